@@ -1,0 +1,58 @@
+//! Per-session limits and options shared by both service kinds.
+
+use std::time::Duration;
+
+/// Options every session of a service gets. Every limit bounds what a remote peer can make
+/// the server hold.
+///
+/// | field | default | what it bounds |
+/// |---|---|---|
+/// | `nodelay` | `true` | Nagle off: game traffic wants low latency |
+/// | `recv_buffer_size` | 4 KiB | initial receive buffer per session |
+/// | `max_recv_buffer` | 1 MiB | bytes a session may leave unconsumed; beyond: [`RecvBufferFull`](crate::DisconnectReason::RecvBufferFull) |
+/// | `max_send_queue` | 16 MiB | bytes queued to a peer that does not read; beyond: [`SendQueueOverflow`](crate::DisconnectReason::SendQueueOverflow) |
+/// | `close_flush_timeout` | 5 s | how long a local `disconnect` waits for queued sends to go out |
+/// | `connect_timeout` | 10 s | outgoing connects (client services) |
+///
+/// ```
+/// let cfg = servercore::SessionConfig::default();
+/// assert!(cfg.nodelay);
+/// assert_eq!(cfg.max_recv_buffer, 1 << 20);
+/// ```
+#[derive(Debug, Clone)]
+pub struct SessionConfig {
+    /// Disable Nagle's algorithm (`TCP_NODELAY`).
+    pub nodelay: bool,
+    /// Initial receive buffer capacity per session, in bytes.
+    pub recv_buffer_size: usize,
+    /// Maximum unconsumed bytes a session may hold.
+    pub max_recv_buffer: usize,
+    /// Maximum bytes queued for sending on one session.
+    pub max_send_queue: usize,
+    /// Time given to queued sends after a local disconnect.
+    pub close_flush_timeout: Duration,
+    /// Time an outgoing connect may take.
+    pub connect_timeout: Duration,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        SessionConfig {
+            nodelay: true,
+            recv_buffer_size: 4096,
+            max_recv_buffer: 1 << 20,
+            max_send_queue: 16 << 20,
+            close_flush_timeout: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl SessionConfig {
+    /// Clamps values that would make the engine misbehave (a zero-sized buffer).
+    pub(crate) fn sanitized(mut self) -> Self {
+        self.recv_buffer_size = self.recv_buffer_size.max(64);
+        self.max_recv_buffer = self.max_recv_buffer.max(self.recv_buffer_size);
+        self
+    }
+}

@@ -1,0 +1,210 @@
+//! The driver: the completion core (the seed's `IocpCore`), one per worker thread.
+//!
+//! # Backend contract
+//!
+//! Every backend (`uring`: io_uring, the default on Linux; `poll`: readiness via `mio`,
+//! emulating completions) offers the same operations with the same meaning, so that the
+//! worker, session and service code above never asks which backend runs.
+//!
+//! * **Thread.** A driver is created on its worker's thread and used only there
+//!   (io_uring's SINGLE_ISSUER). Only its [`Waker`] crosses threads.
+//! * **Sockets.** [`add_stream`](Driver::add_stream) / [`add_listener`](Driver::add_listener)
+//!   hand a std socket to the driver, which owns it from then on and names it by a
+//!   [`SockId`]. [`close`](Driver::close) closes it; the caller guarantees that no operation
+//!   of that socket is still in flight (DESIGN.md invariant 2).
+//! * **Operations** ([`accept`](Driver::accept), [`recv`](Driver::recv),
+//!   [`send`](Driver::send), [`connect`](Driver::connect)) are started at once or queued for
+//!   the next [`wait`](Driver::wait); each returns an [`OpId`] and produces exactly one
+//!   [`Completion`] carrying the caller's `owner` tag, except `accept`, which produces
+//!   completions until one has `more == false`.
+//! * **Owned memory** (DESIGN.md invariant 1). An operation's memory moves into the driver
+//!   with the call (the receive `Vec`, the send buffers) and comes back in its completion.
+//!   Until that completion is produced the driver keeps it alive and unmoved, whatever
+//!   happens to the session or the socket. A driver dropped with operations in flight
+//!   cancels them, waits briefly, and leaks what the kernel may still touch rather than
+//!   free it.
+//! * **recv** reads into the spare capacity of the buffer (after its `len()`), never past
+//!   `capacity()`; the completion's buffer has `len` grown by the bytes read. The caller
+//!   ensures spare capacity is non-zero. `Ok(0)` is the peer's orderly close.
+//! * **send** writes the buffers in order as one gather write (at most [`MAX_IOVECS`]
+//!   buffers) and may be short: `Ok(n)` says how many bytes went out; the caller resumes.
+//!   At most one send per socket is in flight (the caller guarantees it).
+//! * **connect** completes with `Ok(())` only when the connection is established.
+//! * **cancel** asks an operation to finish early; it still produces its completion
+//!   (usually `ECANCELED`, or its result if it finished first).
+//! * **wait** submits everything queued, blocks until at least one completion is ready, the
+//!   timeout passes, or the [`Waker`] is woken, and appends the ready completions to `out`.
+//! * Errors arrive as `io::Error` with the OS error code.
+
+use bytes::Bytes;
+use std::io;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+mod poll;
+#[cfg(target_os = "linux")]
+mod uring;
+
+mod select;
+pub use select::{Backend, BackendChoice};
+
+/// Most buffers one gather write takes (Linux `IOV_MAX`).
+pub(crate) const MAX_IOVECS: usize = 1024;
+
+/// A socket owned by a driver.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) struct SockId(pub(crate) usize);
+
+/// An operation in flight in a driver.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) struct OpId(pub(crate) usize);
+
+/// One finished operation.
+#[derive(Debug)]
+pub(crate) struct Completion {
+    /// The tag the caller gave when starting the operation.
+    pub owner: u64,
+    /// What finished.
+    pub kind: CompletionKind,
+}
+
+/// The result of a finished operation, with the memory it borrowed.
+#[derive(Debug)]
+pub(crate) enum CompletionKind {
+    /// A connection was accepted (or accepting failed). `more == false`: the accept is no
+    /// longer armed.
+    Accept { result: io::Result<TcpStream>, more: bool },
+    /// A receive finished; `buf` has grown by the bytes read.
+    Recv { result: io::Result<usize>, buf: Vec<u8> },
+    /// A gather write finished; `bufs` are the buffers given, unchanged.
+    Send { result: io::Result<usize>, bufs: Vec<Bytes> },
+    /// A connect finished.
+    Connect { result: io::Result<()> },
+}
+
+/// Wakes a driver's `wait` from any thread; `Send + Sync`.
+///
+/// Many wakes before the driver runs cost one system call: an atomic flag records that a
+/// wake-up is already pending.
+pub(crate) struct Waker {
+    pending: AtomicBool,
+    inner: WakerInner,
+}
+
+pub(crate) enum WakerInner {
+    #[cfg(target_os = "linux")]
+    EventFd(crate::sys::EventFd),
+    Mio(mio::Waker),
+}
+
+impl Waker {
+    pub(crate) fn new(inner: WakerInner) -> Self {
+        Waker { pending: AtomicBool::new(false), inner }
+    }
+
+    /// Wakes the driver's thread if it is not already due to wake.
+    pub(crate) fn wake(&self) {
+        if !self.pending.swap(true, Ordering::AcqRel) {
+            let r = match &self.inner {
+                #[cfg(target_os = "linux")]
+                WakerInner::EventFd(fd) => fd.notify(),
+                WakerInner::Mio(w) => w.wake(),
+            };
+            if let Err(e) = r {
+                tracing::error!("waking a worker failed: {e}");
+            }
+        }
+    }
+
+    /// Called by the driver's thread before it looks at its inbox: later wakes must signal
+    /// again.
+    pub(crate) fn reset(&self) {
+        self.pending.store(false, Ordering::Release);
+    }
+}
+
+/// The driver of one worker: one backend, chosen at start.
+pub(crate) enum Driver {
+    #[cfg(target_os = "linux")]
+    Uring(uring::UringDriver),
+    Poll(poll::PollDriver),
+}
+
+macro_rules! each_backend {
+    ($self:ident, $d:ident => $e:expr) => {
+        match $self {
+            #[cfg(target_os = "linux")]
+            Driver::Uring($d) => $e,
+            Driver::Poll($d) => $e,
+        }
+    };
+}
+
+impl Driver {
+    /// Creates a driver of the given backend on the calling thread.
+    pub(crate) fn new(backend: Backend) -> io::Result<Driver> {
+        match backend {
+            #[cfg(target_os = "linux")]
+            Backend::IoUring => uring::UringDriver::new().map(Driver::Uring),
+            #[cfg(not(target_os = "linux"))]
+            Backend::IoUring => Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "io_uring is only available on Linux",
+            )),
+            Backend::Poll => poll::PollDriver::new().map(Driver::Poll),
+        }
+    }
+
+    pub(crate) fn waker(&self) -> Arc<Waker> {
+        each_backend!(self, d => d.waker())
+    }
+
+    pub(crate) fn add_listener(&mut self, l: TcpListener) -> io::Result<SockId> {
+        each_backend!(self, d => d.add_listener(l))
+    }
+
+    pub(crate) fn add_stream(&mut self, s: TcpStream) -> io::Result<SockId> {
+        each_backend!(self, d => d.add_stream(s))
+    }
+
+    pub(crate) fn accept(&mut self, sock: SockId, owner: u64) -> OpId {
+        each_backend!(self, d => d.accept(sock, owner))
+    }
+
+    pub(crate) fn recv(&mut self, sock: SockId, owner: u64, buf: Vec<u8>) -> OpId {
+        debug_assert!(buf.capacity() > buf.len());
+        each_backend!(self, d => d.recv(sock, owner, buf))
+    }
+
+    pub(crate) fn send(&mut self, sock: SockId, owner: u64, bufs: Vec<Bytes>) -> OpId {
+        debug_assert!(!bufs.is_empty() && bufs.len() <= MAX_IOVECS);
+        each_backend!(self, d => d.send(sock, owner, bufs))
+    }
+
+    pub(crate) fn connect(&mut self, sock: SockId, owner: u64, addr: SocketAddr) -> OpId {
+        each_backend!(self, d => d.connect(sock, owner, addr))
+    }
+
+    pub(crate) fn cancel(&mut self, op: OpId) {
+        each_backend!(self, d => d.cancel(op))
+    }
+
+    pub(crate) fn close(&mut self, sock: SockId) {
+        each_backend!(self, d => d.close(sock))
+    }
+
+    pub(crate) fn wait(
+        &mut self,
+        timeout: Option<Duration>,
+        out: &mut Vec<Completion>,
+    ) -> io::Result<()> {
+        each_backend!(self, d => d.wait(timeout, out))
+    }
+
+    /// Operations started and not yet completed.
+    pub(crate) fn in_flight(&self) -> usize {
+        each_backend!(self, d => d.in_flight())
+    }
+}

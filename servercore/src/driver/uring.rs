@@ -1,0 +1,442 @@
+//! The io_uring backend: one ring per worker thread.
+//!
+//! Every operation's memory (receive buffer, send iovecs and `msghdr`, connect address,
+//! wake-up counter, timeout) lives in the driver's operation table from the moment its
+//! entry is pushed until its completion is reaped (DESIGN.md invariant 1). Entries are
+//! batched: nothing is submitted until [`UringDriver::wait`], which submits and waits in
+//! one `io_uring_enter`.
+
+use super::{Completion, CompletionKind, OpId, SockId, Waker, WakerInner};
+use crate::sys::EventFd;
+use bytes::Bytes;
+use io_uring::{cqueue, opcode, squeue, types, IoUring, Probe};
+use slab::Slab;
+use socket2::SockAddr;
+use std::io;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Submission queue size; the completion queue is four times larger.
+const SQ_ENTRIES: u32 = 1024;
+/// `user_data` of cancel requests, whose own completions carry nothing to report.
+const CANCEL_UD: u64 = u64::MAX;
+
+/// Checks that io_uring can be used here: a ring can be created and every opcode this
+/// backend needs is supported.
+pub(crate) fn probe() -> Result<(), String> {
+    if std::env::var_os("SERVERCORE_TEST_DENY_IO_URING").is_some() {
+        // A hook for tests of the fallback: behave as a kernel that refuses io_uring.
+        return Err("io_uring_setup failed: denied by SERVERCORE_TEST_DENY_IO_URING".into());
+    }
+    let ring = IoUring::new(8).map_err(|e| format!("io_uring_setup failed: {e}"))?;
+    let mut probe = Probe::new();
+    ring.submitter()
+        .register_probe(&mut probe)
+        .map_err(|e| format!("io_uring probe failed (kernel older than 5.6?): {e}"))?;
+    let needed = [
+        (opcode::Accept::CODE, "ACCEPT"),
+        (opcode::Recv::CODE, "RECV"),
+        (opcode::SendMsg::CODE, "SENDMSG"),
+        (opcode::Connect::CODE, "CONNECT"),
+        (opcode::AsyncCancel::CODE, "ASYNC_CANCEL"),
+        (opcode::Read::CODE, "READ"),
+        (opcode::Timeout::CODE, "TIMEOUT"),
+    ];
+    for (code, name) in needed {
+        if !probe.is_supported(code) {
+            return Err(format!("the kernel lacks IORING_OP_{name}"));
+        }
+    }
+    Ok(())
+}
+
+/// Builds a ring with the best setup flags the kernel accepts.
+fn build_ring() -> io::Result<IoUring> {
+    let attempts: [fn(&mut io_uring::Builder); 3] = [
+        |b| {
+            b.setup_single_issuer().setup_defer_taskrun();
+        },
+        |b| {
+            b.setup_coop_taskrun();
+        },
+        |_| {},
+    ];
+    let mut last = None;
+    for setup in attempts {
+        let mut b = IoUring::builder();
+        b.setup_cqsize(SQ_ENTRIES * 4);
+        setup(&mut b);
+        match b.build(SQ_ENTRIES) {
+            Ok(ring) => return Ok(ring),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| io::Error::other("io_uring_setup failed")))
+}
+
+/// Memory and bookkeeping of one operation in flight.
+struct Op {
+    owner: u64,
+    state: OpState,
+}
+
+// The boxed fields are never read: they exist to keep memory the kernel writes or reads
+// alive until the completion (invariant 1).
+#[allow(dead_code)]
+enum OpState {
+    Accept { fd: i32, multishot: bool },
+    Recv(Vec<u8>),
+    Send(Box<SendOp>),
+    Connect(Box<SockAddr>),
+    Wake(Box<u64>),
+    Timer(Box<types::Timespec>),
+}
+
+/// A gather write: the buffers, their iovecs and the `msghdr` pointing at them. Boxed so
+/// that the `msghdr` does not move when the operation table grows.
+struct SendOp {
+    bufs: Vec<Bytes>,
+    iovs: Vec<libc::iovec>,
+    msg: libc::msghdr,
+}
+
+/// The io_uring driver of one worker.
+pub(crate) struct UringDriver {
+    ring: IoUring,
+    ops: Slab<Op>,
+    socks: Slab<OwnedFd>,
+    waker: Arc<Waker>,
+    wake_fd: i32,
+    wake_armed: bool,
+    ext_arg: bool,
+    multishot_accept: bool,
+    dropping: bool,
+    /// Completions reaped while making room in a full queue, handed out by the next `wait`.
+    backlog: Vec<Completion>,
+    cqes: Vec<cqueue::Entry>,
+    send_pool: Vec<Box<SendOp>>,
+}
+
+impl UringDriver {
+    pub(crate) fn new() -> io::Result<Self> {
+        let ring = build_ring()?;
+        let ext_arg = ring.params().is_feature_ext_arg();
+        let eventfd = EventFd::new()?;
+        let wake_fd = eventfd.as_raw_fd();
+        let waker = Arc::new(Waker::new(WakerInner::EventFd(eventfd)));
+        Ok(UringDriver {
+            ring,
+            ops: Slab::with_capacity(256),
+            socks: Slab::with_capacity(256),
+            waker,
+            wake_fd,
+            wake_armed: false,
+            ext_arg,
+            multishot_accept: true,
+            dropping: false,
+            backlog: Vec::new(),
+            cqes: Vec::with_capacity(256),
+            send_pool: Vec::new(),
+        })
+    }
+
+    pub(crate) fn waker(&self) -> Arc<Waker> {
+        self.waker.clone()
+    }
+
+    pub(crate) fn add_listener(&mut self, l: TcpListener) -> io::Result<SockId> {
+        l.set_nonblocking(false)?;
+        Ok(SockId(self.socks.insert(OwnedFd::from(l))))
+    }
+
+    pub(crate) fn add_stream(&mut self, s: TcpStream) -> io::Result<SockId> {
+        // io_uring waits for readiness itself; a blocking socket keeps every kernel on the
+        // same path (old kernels returned EAGAIN for O_NONBLOCK files).
+        s.set_nonblocking(false)?;
+        Ok(SockId(self.socks.insert(OwnedFd::from(s))))
+    }
+
+    fn fd(&self, sock: SockId) -> i32 {
+        self.socks[sock.0].as_raw_fd()
+    }
+
+    /// Pushes one entry, submitting first when the submission queue is full.
+    ///
+    /// # Safety
+    /// Every pointer in `entry` must stay valid and unmoved until its completion is reaped.
+    unsafe fn push(&mut self, entry: &squeue::Entry) {
+        loop {
+            // SAFETY: the caller guarantees the entry's memory outlives its completion.
+            if unsafe { self.ring.submission().push(entry) }.is_ok() {
+                return;
+            }
+            // Queue full: hand the queued entries to the kernel to make room.
+            match self.ring.submit() {
+                Ok(_) => {}
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+                    // The completion queue is backed up: reap to make progress.
+                    let mut out = std::mem::take(&mut self.backlog);
+                    self.reap(&mut out);
+                    self.backlog = out;
+                }
+                Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
+                Err(e) => {
+                    tracing::error!("io_uring submit failed: {e}");
+                    std::thread::yield_now();
+                }
+            }
+        }
+    }
+
+    fn push_accept(&mut self, key: usize, fd: i32, multishot: bool) {
+        let entry = if multishot {
+            opcode::AcceptMulti::new(types::Fd(fd)).flags(libc::SOCK_CLOEXEC).build()
+        } else {
+            opcode::Accept::new(types::Fd(fd), std::ptr::null_mut(), std::ptr::null_mut())
+                .flags(libc::SOCK_CLOEXEC)
+                .build()
+        };
+        // SAFETY: an accept without an address buffer points at no user memory.
+        unsafe { self.push(&entry.user_data(key as u64)) };
+    }
+
+    pub(crate) fn accept(&mut self, sock: SockId, owner: u64) -> OpId {
+        let fd = self.fd(sock);
+        let multishot = self.multishot_accept;
+        let key = self.ops.insert(Op { owner, state: OpState::Accept { fd, multishot } });
+        self.push_accept(key, fd, multishot);
+        OpId(key)
+    }
+
+    pub(crate) fn recv(&mut self, sock: SockId, owner: u64, mut buf: Vec<u8>) -> OpId {
+        let fd = self.fd(sock);
+        let spare = buf.spare_capacity_mut();
+        let (ptr, len) = (spare.as_mut_ptr().cast::<u8>(), spare.len() as u32);
+        let key = self.ops.insert(Op { owner, state: OpState::Recv(buf) });
+        let entry = opcode::Recv::new(types::Fd(fd), ptr, len).build().user_data(key as u64);
+        // SAFETY: invariant 1: the Vec now lives in `ops[key]` until this completion is
+        // reaped; moving the Vec into the table did not move its heap storage.
+        unsafe { self.push(&entry) };
+        OpId(key)
+    }
+
+    pub(crate) fn send(&mut self, sock: SockId, owner: u64, bufs: Vec<Bytes>) -> OpId {
+        let fd = self.fd(sock);
+        let mut op = self.send_pool.pop().unwrap_or_else(|| {
+            Box::new(SendOp {
+                bufs: Vec::new(),
+                iovs: Vec::new(),
+                // SAFETY: msghdr is a plain C struct for which all-zero is a valid value.
+                msg: unsafe { std::mem::zeroed() },
+            })
+        });
+        op.bufs = bufs;
+        op.iovs.clear();
+        op.iovs.extend(
+            op.bufs
+                .iter()
+                .map(|b| libc::iovec { iov_base: b.as_ptr() as *mut libc::c_void, iov_len: b.len() }),
+        );
+        op.msg.msg_iov = op.iovs.as_mut_ptr();
+        op.msg.msg_iovlen = op.iovs.len() as _;
+        let msg: *const libc::msghdr = &op.msg;
+        let key = self.ops.insert(Op { owner, state: OpState::Send(op) });
+        let entry = opcode::SendMsg::new(types::Fd(fd), msg)
+            .flags(libc::MSG_NOSIGNAL as u32)
+            .build()
+            .user_data(key as u64);
+        // SAFETY: invariant 1: the boxed SendOp (msghdr, iovecs) and the Bytes the iovecs
+        // point into stay in `ops[key]` until this completion is reaped.
+        unsafe { self.push(&entry) };
+        OpId(key)
+    }
+
+    pub(crate) fn connect(&mut self, sock: SockId, owner: u64, addr: SocketAddr) -> OpId {
+        let fd = self.fd(sock);
+        let addr = Box::new(SockAddr::from(addr));
+        let (ptr, len) = (addr.as_ptr().cast::<libc::sockaddr>(), addr.len());
+        let key = self.ops.insert(Op { owner, state: OpState::Connect(addr) });
+        let entry = opcode::Connect::new(types::Fd(fd), ptr, len).build().user_data(key as u64);
+        // SAFETY: invariant 1: the boxed address stays in `ops[key]` until reaped.
+        unsafe { self.push(&entry) };
+        OpId(key)
+    }
+
+    pub(crate) fn cancel(&mut self, op: OpId) {
+        if !self.ops.contains(op.0) {
+            return;
+        }
+        let entry = opcode::AsyncCancel::new(op.0 as u64).build().user_data(CANCEL_UD);
+        // SAFETY: a cancel request points at no user memory.
+        unsafe { self.push(&entry) };
+    }
+
+    pub(crate) fn close(&mut self, sock: SockId) {
+        // Dropping the OwnedFd closes it; the caller guarantees no operation uses it.
+        drop(self.socks.remove(sock.0));
+    }
+
+    pub(crate) fn in_flight(&self) -> usize {
+        self.ops.len() - usize::from(self.wake_armed)
+    }
+
+    fn arm_wake(&mut self) {
+        let mut counter = Box::new(0u64);
+        let ptr: *mut u64 = &mut *counter;
+        let key = self.ops.insert(Op { owner: u64::MAX, state: OpState::Wake(counter) });
+        let entry = opcode::Read::new(types::Fd(self.wake_fd), ptr.cast(), 8)
+            .build()
+            .user_data(key as u64);
+        // SAFETY: invariant 1: the boxed counter stays in `ops[key]` until reaped; the
+        // eventfd outlives the ring (the Waker holding it is kept by `self.waker`).
+        unsafe { self.push(&entry) };
+        self.wake_armed = true;
+    }
+
+    pub(crate) fn wait(
+        &mut self,
+        timeout: Option<Duration>,
+        out: &mut Vec<Completion>,
+    ) -> io::Result<()> {
+        out.append(&mut self.backlog);
+        if !self.wake_armed && !self.dropping {
+            self.arm_wake();
+        }
+        // Completions already in hand: only submit and collect what else is ready.
+        let timeout = if out.is_empty() { timeout } else { Some(Duration::ZERO) };
+        let result = match timeout {
+            None => self.ring.submit_and_wait(1),
+            Some(d) if self.ext_arg => {
+                let ts = types::Timespec::from(d);
+                let args = types::SubmitArgs::new().timespec(&ts);
+                self.ring.submitter().submit_with_args(1, &args)
+            }
+            Some(d) => {
+                let ts = Box::new(types::Timespec::from(d));
+                let ptr: *const types::Timespec = &*ts;
+                let key = self.ops.insert(Op { owner: u64::MAX, state: OpState::Timer(ts) });
+                let entry = opcode::Timeout::new(ptr).build().user_data(key as u64);
+                // SAFETY: invariant 1: the boxed timespec stays in `ops[key]` until reaped.
+                unsafe { self.push(&entry) };
+                self.ring.submit_and_wait(1)
+            }
+        };
+        match result {
+            Ok(_) => {}
+            Err(e) => match e.raw_os_error() {
+                Some(libc::ETIME) | Some(libc::EINTR) | Some(libc::EBUSY) => {}
+                _ => return Err(e),
+            },
+        }
+        self.reap(out);
+        Ok(())
+    }
+
+    /// Moves every ready completion out of the ring and turns it into a [`Completion`].
+    fn reap(&mut self, out: &mut Vec<Completion>) {
+        let mut cqes = std::mem::take(&mut self.cqes);
+        cqes.extend(self.ring.completion());
+        for cqe in cqes.drain(..) {
+            self.complete(cqe.user_data(), cqe.result(), cqe.flags(), out);
+        }
+        self.cqes = cqes;
+    }
+
+    fn complete(&mut self, user_data: u64, res: i32, flags: u32, out: &mut Vec<Completion>) {
+        if user_data == CANCEL_UD {
+            return;
+        }
+        let key = user_data as usize;
+        let more = cqueue::more(flags);
+        let owner = self.ops[key].owner;
+        let err = || io::Error::from_raw_os_error(-res);
+        if let OpState::Accept { fd, multishot } = self.ops[key].state {
+            if multishot && res == -libc::EINVAL && !more {
+                // Kernel without multishot accept (before 5.19): single-shot from now on.
+                tracing::info!("multishot accept unsupported; using single-shot accept");
+                self.multishot_accept = false;
+                self.ops[key].state = OpState::Accept { fd, multishot: false };
+                if !self.dropping {
+                    self.push_accept(key, fd, false);
+                    return;
+                }
+            }
+            let more = multishot && more;
+            let result = if res >= 0 {
+                // SAFETY: a successful accept's result is a new fd that nobody else owns.
+                Ok(TcpStream::from(unsafe { OwnedFd::from_raw_fd(res) }))
+            } else {
+                Err(err())
+            };
+            if !more {
+                self.ops.remove(key);
+            }
+            out.push(Completion { owner, kind: CompletionKind::Accept { result, more } });
+            return;
+        }
+        let op = self.ops.remove(key);
+        let kind = match op.state {
+            OpState::Accept { .. } => unreachable!("handled above"),
+            OpState::Recv(mut buf) => {
+                let result = if res >= 0 {
+                    let n = res as usize;
+                    debug_assert!(buf.len() + n <= buf.capacity());
+                    // SAFETY: the kernel initialised `n` bytes of the spare capacity it was
+                    // given (never more than that capacity).
+                    unsafe { buf.set_len(buf.len() + n) };
+                    Ok(n)
+                } else {
+                    Err(err())
+                };
+                CompletionKind::Recv { result, buf }
+            }
+            OpState::Send(mut send) => {
+                let bufs = std::mem::take(&mut send.bufs);
+                send.iovs.clear();
+                self.send_pool.push(send);
+                let result = if res >= 0 { Ok(res as usize) } else { Err(err()) };
+                CompletionKind::Send { result, bufs }
+            }
+            OpState::Connect(_addr) => {
+                let result = if res >= 0 { Ok(()) } else { Err(err()) };
+                CompletionKind::Connect { result }
+            }
+            OpState::Wake(_) => {
+                self.wake_armed = false;
+                self.waker.reset();
+                return;
+            }
+            OpState::Timer(_) => return,
+        };
+        out.push(Completion { owner, kind });
+    }
+}
+
+impl Drop for UringDriver {
+    fn drop(&mut self) {
+        // Invariant 1 at teardown: cancel what is in flight and reap it before its memory
+        // goes; whatever the kernel has not released in time is leaked, never freed.
+        self.dropping = true;
+        let keys: Vec<usize> = self.ops.iter().map(|(k, _)| k).collect();
+        for key in keys {
+            self.cancel(OpId(key));
+        }
+        let deadline = Instant::now() + Duration::from_secs(1);
+        let mut sink = Vec::new();
+        while !self.ops.is_empty() && Instant::now() < deadline {
+            if self.wait(Some(Duration::from_millis(10)), &mut sink).is_err() {
+                break;
+            }
+            sink.clear();
+        }
+        if !self.ops.is_empty() {
+            tracing::warn!(
+                "{} io_uring operations still in flight at teardown; leaking their buffers",
+                self.ops.len()
+            );
+            std::mem::forget(std::mem::take(&mut self.ops));
+        }
+    }
+}

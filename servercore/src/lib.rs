@@ -1,0 +1,20 @@
+//! servercore: a game-server network core.
+#![warn(missing_docs)]
+
+pub mod buffer;
+mod config;
+pub(crate) mod driver;
+pub mod packet;
+mod reason;
+pub mod service;
+mod session;
+pub mod sys;
+mod timer;
+mod worker;
+
+pub use buffer::SendBuffer;
+pub use config::SessionConfig;
+pub use driver::{Backend, BackendChoice};
+pub use reason::DisconnectReason;
+pub use service::{ClientService, ServerService, ServiceRef, ServiceStats};
+pub use session::{Ctx, SendError, Session, SessionHandle, SessionId};

@@ -1,0 +1,109 @@
+//! Why a session ended: every disconnect carries a reason a person can read.
+
+use std::borrow::Cow;
+use std::fmt;
+use std::io;
+
+/// The reason a session was disconnected, passed to
+/// [`Session::on_disconnected`](crate::Session::on_disconnected).
+///
+/// ```
+/// use servercore::DisconnectReason;
+/// let r = DisconnectReason::Protocol("packet size 2 is below the 4-byte header".into());
+/// assert_eq!(r.to_string(), "protocol error: packet size 2 is below the 4-byte header");
+/// assert!(r.is_error());
+/// assert!(!DisconnectReason::PeerClosed.is_error());
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DisconnectReason {
+    /// The peer closed its side in order (a 0-byte read).
+    PeerClosed,
+    /// The peer reset the connection (`ECONNRESET`, `EPIPE`).
+    Reset,
+    /// This side called `disconnect` with the given text.
+    Local(Cow<'static, str>),
+    /// The peer broke the wire protocol; the text names the bad value.
+    Protocol(String),
+    /// The peer sent more than the session may leave unconsumed.
+    RecvBufferFull {
+        /// The configured maximum of unconsumed bytes.
+        limit: usize,
+    },
+    /// The peer does not read fast enough: the send queue went past its limit.
+    SendQueueOverflow {
+        /// The configured send-queue limit in bytes.
+        limit: usize,
+    },
+    /// Nothing was received for the configured idle time.
+    IdleTimeout,
+    /// The service shut down.
+    Shutdown,
+    /// An operating-system error on the socket.
+    Os {
+        /// The raw `errno`, when there is one.
+        errno: Option<i32>,
+        /// The error's text.
+        message: String,
+    },
+    /// A user callback panicked; the text is the panic message.
+    Panic(String),
+}
+
+impl DisconnectReason {
+    /// Maps a socket error to the reason a person would expect.
+    pub fn from_io(e: &io::Error) -> Self {
+        match e.kind() {
+            io::ErrorKind::ConnectionReset
+            | io::ErrorKind::BrokenPipe
+            | io::ErrorKind::ConnectionAborted => DisconnectReason::Reset,
+            _ => DisconnectReason::Os { errno: e.raw_os_error(), message: e.to_string() },
+        }
+    }
+
+    /// Whether the reason is a failure (anything but an orderly close, a local disconnect or
+    /// shutdown).
+    pub fn is_error(&self) -> bool {
+        !matches!(
+            self,
+            DisconnectReason::PeerClosed | DisconnectReason::Local(_) | DisconnectReason::Shutdown
+        )
+    }
+
+    /// A short stable label, for metrics and logs ("peer_closed", "reset", ...).
+    pub fn label(&self) -> &'static str {
+        match self {
+            DisconnectReason::PeerClosed => "peer_closed",
+            DisconnectReason::Reset => "reset",
+            DisconnectReason::Local(_) => "local",
+            DisconnectReason::Protocol(_) => "protocol_error",
+            DisconnectReason::RecvBufferFull { .. } => "recv_buffer_full",
+            DisconnectReason::SendQueueOverflow { .. } => "send_queue_overflow",
+            DisconnectReason::IdleTimeout => "idle_timeout",
+            DisconnectReason::Shutdown => "shutdown",
+            DisconnectReason::Os { .. } => "os_error",
+            DisconnectReason::Panic(_) => "panic",
+        }
+    }
+}
+
+impl fmt::Display for DisconnectReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DisconnectReason::PeerClosed => f.write_str("peer closed the connection"),
+            DisconnectReason::Reset => f.write_str("connection reset by peer"),
+            DisconnectReason::Local(why) => write!(f, "disconnected locally: {why}"),
+            DisconnectReason::Protocol(why) => write!(f, "protocol error: {why}"),
+            DisconnectReason::RecvBufferFull { limit } => {
+                write!(f, "receive buffer full: more than {limit} unconsumed bytes")
+            }
+            DisconnectReason::SendQueueOverflow { limit } => {
+                write!(f, "send queue overflow: peer not reading, over {limit} bytes queued")
+            }
+            DisconnectReason::IdleTimeout => f.write_str("idle timeout"),
+            DisconnectReason::Shutdown => f.write_str("service shut down"),
+            DisconnectReason::Os { message, .. } => write!(f, "socket error: {message}"),
+            DisconnectReason::Panic(msg) => write!(f, "session callback panicked: {msg}"),
+        }
+    }
+}

@@ -1,0 +1,281 @@
+//! Services: a set of sessions served by a set of workers (the seed's `Service`).
+//!
+//! [`ServerService`] accepts connections; [`ClientService`] opens them. Both own their
+//! worker threads, count their sessions, broadcast, and shut down gracefully.
+
+mod client;
+mod server;
+
+pub use client::{ClientBuilder, ClientService};
+pub use server::{ServerBuilder, ServerService};
+
+use crate::buffer::SendBuffer;
+use crate::config::SessionConfig;
+use crate::driver::{Backend, Driver};
+use crate::reason::DisconnectReason;
+use crate::session::Session;
+use crate::worker::{self, Command, Role, Worker, WorkerInit, WorkerRemote};
+use std::io;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc, OnceLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// How long dropping a service without calling `shutdown` lets queued sends drain.
+pub const DEFAULT_DROP_SHUTDOWN: Duration = Duration::from_secs(1);
+
+/// State shared by a service, its workers and (weakly) its sessions.
+pub(crate) struct ServiceShared {
+    pub(crate) config: Arc<SessionConfig>,
+    pub(crate) backend: Backend,
+    pub(crate) max_sessions: usize,
+    pub(crate) single_acceptor: bool,
+    pub(crate) workers: OnceLock<Vec<Arc<WorkerRemote>>>,
+    /// Sessions holding a slot (connecting, open or closing).
+    pub(crate) sessions: AtomicUsize,
+    pub(crate) next_id: AtomicU64,
+    pub(crate) accepted: AtomicU64,
+    pub(crate) rejected: AtomicU64,
+    pub(crate) connected: AtomicU64,
+    pub(crate) connect_failures: AtomicU64,
+    pub(crate) disconnected: AtomicU64,
+    pub(crate) disconnected_with_error: AtomicU64,
+}
+
+impl ServiceShared {
+    fn new(config: SessionConfig, backend: Backend, max_sessions: usize) -> Self {
+        ServiceShared {
+            config: Arc::new(config.sanitized()),
+            backend,
+            max_sessions,
+            single_acceptor: false,
+            workers: OnceLock::new(),
+            sessions: AtomicUsize::new(0),
+            next_id: AtomicU64::new(1),
+            accepted: AtomicU64::new(0),
+            rejected: AtomicU64::new(0),
+            connected: AtomicU64::new(0),
+            connect_failures: AtomicU64::new(0),
+            disconnected: AtomicU64::new(0),
+            disconnected_with_error: AtomicU64::new(0),
+        }
+    }
+
+    /// Takes one place under `max_sessions`, or counts a rejection.
+    pub(crate) fn reserve_session(&self) -> bool {
+        let prev = self.sessions.fetch_add(1, Ordering::AcqRel);
+        if prev >= self.max_sessions {
+            self.sessions.fetch_sub(1, Ordering::AcqRel);
+            self.rejected.fetch_add(1, Ordering::Relaxed);
+            return false;
+        }
+        true
+    }
+
+    pub(crate) fn count_disconnect(&self, reason: &DisconnectReason) {
+        self.disconnected.fetch_add(1, Ordering::Relaxed);
+        if reason.is_error() {
+            self.disconnected_with_error.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn broadcast(&self, buf: SendBuffer) {
+        let bytes = buf.into_bytes();
+        for w in self.workers.get().into_iter().flatten() {
+            let _ = w.post(Command::Broadcast(bytes.clone()));
+        }
+    }
+
+    fn stats(&self) -> ServiceStats {
+        ServiceStats {
+            sessions: self.sessions.load(Ordering::Acquire),
+            accepted: self.accepted.load(Ordering::Relaxed),
+            rejected: self.rejected.load(Ordering::Relaxed),
+            connected: self.connected.load(Ordering::Relaxed),
+            connect_failures: self.connect_failures.load(Ordering::Relaxed),
+            disconnected: self.disconnected.load(Ordering::Relaxed),
+            disconnected_with_error: self.disconnected_with_error.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// Counters of a service, read at one moment.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ServiceStats {
+    /// Sessions holding a slot now (connecting, open, or closing).
+    pub sessions: usize,
+    /// Connections accepted (server).
+    pub accepted: u64,
+    /// Connections closed at once because `max_sessions` was reached (server).
+    pub rejected: u64,
+    /// Outgoing connects that succeeded (client).
+    pub connected: u64,
+    /// Outgoing connects that failed or timed out (client).
+    pub connect_failures: u64,
+    /// Sessions that got `on_disconnected`.
+    pub disconnected: u64,
+    /// Of those, the ones whose reason [is an error](DisconnectReason::is_error).
+    pub disconnected_with_error: u64,
+}
+
+/// A session's weak view of its service: broadcast and counts, from inside callbacks.
+///
+/// Thread safety: `Send + Sync`; calls post messages to the workers.
+#[derive(Clone)]
+pub struct ServiceRef(pub(crate) Arc<ServiceShared>);
+
+impl ServiceRef {
+    /// Queues `buf` on every open session of the service (one message per worker, no copy
+    /// of the payload per session).
+    pub fn broadcast(&self, buf: impl Into<SendBuffer>) {
+        self.0.broadcast(buf.into());
+    }
+
+    /// The service's counters.
+    pub fn stats(&self) -> ServiceStats {
+        self.0.stats()
+    }
+
+    /// Number of workers.
+    pub fn workers(&self) -> usize {
+        self.0.workers.get().map_or(0, Vec::len)
+    }
+}
+
+/// The workers of a running service.
+pub(crate) struct Workers {
+    shared: Arc<ServiceShared>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Workers {
+    /// Starts one thread per role; each builds its driver on its own thread (io_uring's
+    /// single issuer) and reports back before this returns.
+    pub(crate) fn spawn<S, F>(
+        shared: ServiceShared,
+        roles: Vec<Role>,
+        factory: F,
+        name: &str,
+    ) -> io::Result<Workers>
+    where
+        S: Session,
+        F: Fn() -> S + Send + Sync + 'static,
+    {
+        let shared = Arc::new(shared);
+        let factory: Arc<dyn Fn() -> S + Send + Sync> = Arc::new(factory);
+        let mut threads = Vec::new();
+        let mut remotes = Vec::new();
+        let mut failure = None;
+        for (index, role) in roles.into_iter().enumerate() {
+            let (tx, rx) = mpsc::channel();
+            let (ready_tx, ready_rx) = mpsc::sync_channel(1);
+            let shared2 = shared.clone();
+            let factory = factory.clone();
+            let backend = shared.backend;
+            let spawned = std::thread::Builder::new()
+                .name(format!("{name}-{index}"))
+                .spawn(move || {
+                    let driver = match Driver::new(backend) {
+                        Ok(d) => d,
+                        Err(e) => {
+                            let _ = ready_tx.send(Err(e));
+                            return;
+                        }
+                    };
+                    let remote = Arc::new(worker::remote(index, tx, driver.waker()));
+                    let init = WorkerInit {
+                        driver,
+                        rx,
+                        remote: remote.clone(),
+                        shared: shared2,
+                        factory,
+                        role,
+                    };
+                    match Worker::new(init) {
+                        Ok(w) => {
+                            let _ = ready_tx.send(Ok(remote));
+                            w.run();
+                        }
+                        Err(e) => {
+                            let _ = ready_tx.send(Err(e));
+                        }
+                    }
+                });
+            match spawned {
+                Ok(t) => threads.push(t),
+                Err(e) => {
+                    failure = Some(e);
+                    break;
+                }
+            }
+            match ready_rx.recv() {
+                Ok(Ok(remote)) => remotes.push(remote),
+                Ok(Err(e)) => {
+                    failure = Some(io::Error::new(
+                        e.kind(),
+                        format!("starting a {} worker failed: {e}", backend),
+                    ));
+                    break;
+                }
+                Err(_) => {
+                    failure = Some(io::Error::other("a worker thread died while starting"));
+                    break;
+                }
+            }
+        }
+        let _ = shared.workers.set(remotes);
+        let workers = Workers { shared, threads };
+        match failure {
+            Some(e) => {
+                drop(workers); // shuts down the ones that started
+                Err(e)
+            }
+            None => Ok(workers),
+        }
+    }
+
+    pub(crate) fn shared(&self) -> &Arc<ServiceShared> {
+        &self.shared
+    }
+
+    pub(crate) fn post_all(&self, mut cmd: impl FnMut() -> Command) {
+        for w in self.shared.workers.get().into_iter().flatten() {
+            let _ = w.post(cmd());
+        }
+    }
+
+    /// Graceful stop: every worker stops accepting, flushes up to `timeout`, disconnects
+    /// its sessions with [`DisconnectReason::Shutdown`], and ends; then the threads are
+    /// joined.
+    pub(crate) fn shutdown(&mut self, timeout: Duration) -> io::Result<()> {
+        let deadline = Instant::now() + timeout;
+        self.post_all(|| Command::Shutdown { deadline });
+        let mut panicked = 0;
+        for t in self.threads.drain(..) {
+            if t.join().is_err() {
+                panicked += 1;
+            }
+        }
+        if panicked > 0 {
+            return Err(io::Error::other(format!("{panicked} worker threads panicked")));
+        }
+        Ok(())
+    }
+
+    pub(crate) fn is_running(&self) -> bool {
+        !self.threads.is_empty()
+    }
+}
+
+impl Drop for Workers {
+    fn drop(&mut self) {
+        if self.is_running() {
+            let _ = self.shutdown(DEFAULT_DROP_SHUTDOWN);
+        }
+    }
+}
+
+/// The default number of workers: the available cores.
+pub(crate) fn default_workers() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}

@@ -1,0 +1,92 @@
+//! The sys layer: socket setup and the few OS calls that have no portable std API.
+//!
+//! This is the only module besides the driver backends that talks to the OS below std.
+//! Socket creation and options go through `socket2` (portable); calls with no portable
+//! equivalent (`eventfd`, CPU affinity, resource usage) are Linux-only and cfg-gated, each
+//! with a portable path or a clear "unsupported" error.
+
+use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+use std::io;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::time::Duration;
+
+#[cfg(target_os = "linux")]
+mod eventfd;
+#[cfg(target_os = "linux")]
+pub(crate) use eventfd::EventFd;
+
+/// Listen backlog used for every listening socket.
+pub(crate) const LISTEN_BACKLOG: i32 = 4096;
+
+/// Creates a listening TCP socket with `SO_REUSEADDR` (and `SO_REUSEPORT` when asked, so
+/// that every worker can own a listener on the same port and the kernel spreads
+/// connections among them).
+pub(crate) fn listen(addr: SocketAddr, reuse_port: bool) -> io::Result<TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    if reuse_port {
+        set_reuse_port(&socket)?;
+    }
+    socket.bind(&SockAddr::from(addr)).map_err(|e| bind_error(addr, e))?;
+    socket.listen(LISTEN_BACKLOG)?;
+    Ok(socket.into())
+}
+
+#[cfg(all(unix, not(target_os = "solaris"), not(target_os = "illumos")))]
+fn set_reuse_port(socket: &Socket) -> io::Result<()> {
+    socket.set_reuse_port(true)
+}
+
+#[cfg(not(all(unix, not(target_os = "solaris"), not(target_os = "illumos"))))]
+fn set_reuse_port(_socket: &Socket) -> io::Result<()> {
+    Err(io::Error::new(
+        io::ErrorKind::Unsupported,
+        "SO_REUSEPORT is not available on this platform",
+    ))
+}
+
+/// Whether per-worker listeners on one port (`SO_REUSEPORT` with kernel load balancing)
+/// are available.
+pub(crate) const REUSE_PORT_BALANCES: bool = cfg!(any(target_os = "linux", target_os = "freebsd"));
+
+fn bind_error(addr: SocketAddr, e: io::Error) -> io::Error {
+    let hint = match e.kind() {
+        io::ErrorKind::AddrInUse => "the address is already in use (another server running?)",
+        io::ErrorKind::PermissionDenied => {
+            "permission denied (ports below 1024 need privileges)"
+        }
+        io::ErrorKind::AddrNotAvailable => "the address is not one of this machine's",
+        _ => "bind failed",
+    };
+    io::Error::new(e.kind(), format!("cannot bind {addr}: {hint} ({e})"))
+}
+
+/// Creates an unconnected TCP socket for an outgoing connection to `addr`.
+pub(crate) fn stream_socket_for(addr: SocketAddr) -> io::Result<Socket> {
+    Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))
+}
+
+/// Per-connection options applied to every accepted or connected socket.
+pub(crate) fn configure_stream(stream: &TcpStream, nodelay: bool) -> io::Result<()> {
+    stream.set_nodelay(nodelay)
+}
+
+/// Makes a later close of `stream` abortive (RST instead of FIN): `SO_LINGER` with a zero
+/// timeout. Used by tests and tools that must simulate a peer reset.
+pub fn set_linger_zero(stream: &TcpStream) -> io::Result<()> {
+    socket2::SockRef::from(stream).set_linger(Some(Duration::ZERO))
+}
+
+/// Number of open file descriptors of this process, where the OS tells it cheaply.
+///
+/// Linux reads `/proc/self/fd`; elsewhere `None`.
+pub fn open_fd_count() -> Option<usize> {
+    #[cfg(target_os = "linux")]
+    {
+        std::fs::read_dir("/proc/self/fd").ok().map(|d| d.count().saturating_sub(1))
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        None
+    }
+}

@@ -1,0 +1,926 @@
+//! A worker: one thread, one event loop, one driver; it owns its sessions.
+//!
+//! The loop, per turn: drain the inbox (messages from other threads), run due timers,
+//! start the sends of every session that queued something ("dirty" sessions), then hand
+//! everything to the driver in one `wait` and dispatch the completions. All sends queued in
+//! one turn therefore reach the kernel in one system call.
+//!
+//! Sessions live in a slab of slots with generations: a completion or a handle names a
+//! session by `(generation, index)`, so a stale one never reaches a newer session in the
+//! same slot (DESIGN.md invariant 2). A slot is freed only once none of its operations is
+//! in flight.
+
+use crate::config::SessionConfig;
+use crate::driver::{Completion, CompletionKind, Driver, OpId, SockId, Waker, MAX_IOVECS};
+use crate::reason::DisconnectReason;
+use crate::service::ServiceShared;
+use crate::session::{Ctx, SendError, Session, SessionId};
+use crate::sys;
+use crate::timer::{TimerId, Timers};
+use bytes::{Buf, Bytes};
+use std::collections::VecDeque;
+use std::io;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::panic::{self, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, Sender, TryRecvError};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+/// Owner tags with this bit set name a listener; others name a session slot.
+const LISTENER_TAG: u64 = 1 << 63;
+/// Back-off before re-arming an accept that failed (e.g. out of file descriptors).
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+/// How long after the shutdown deadline a worker waits for the kernel before leaving.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+
+/// A message to a worker from another thread.
+pub(crate) enum Command {
+    /// Queue a buffer on one session.
+    Send { key: u64, buf: Bytes },
+    /// Disconnect one session.
+    Disconnect { key: u64, reason: DisconnectReason },
+    /// Queue a buffer on every open session of this worker.
+    Broadcast(Bytes),
+    /// Open `count` outgoing sessions (client services).
+    Connect { count: usize },
+    /// Take over a connection accepted by another worker.
+    Adopt(TcpStream),
+    /// Stop accepting, flush, disconnect every session, and end the thread.
+    Shutdown { deadline: Instant },
+}
+
+/// The part of a worker other threads can reach: its inbox and its wake-up.
+/// Thread safety: `Send + Sync`; `post` may be called from any thread.
+pub(crate) struct WorkerRemote {
+    pub(crate) index: usize,
+    tx: Sender<Command>,
+    waker: Arc<Waker>,
+}
+
+impl WorkerRemote {
+    /// Posts a command and wakes the worker. Fails once the worker has ended.
+    pub(crate) fn post(&self, cmd: Command) -> Result<(), ()> {
+        self.tx.send(cmd).map_err(|_| ())?;
+        self.waker.wake();
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Connecting,
+    Open,
+    Closing,
+}
+
+/// The engine's state of one session (what the seed's `Session` base class held).
+pub(crate) struct Core {
+    pub(crate) id: SessionId,
+    pub(crate) key: u64,
+    pub(crate) peer: SocketAddr,
+    sock: SockId,
+    state: State,
+    /// Unconsumed received bytes (`len`) plus room for the next read (capacity).
+    rbuf: Vec<u8>,
+    recv_op: Option<OpId>,
+    send_op: Option<OpId>,
+    connect_op: Option<OpId>,
+    in_flight: u32,
+    queue: VecDeque<Bytes>,
+    pub(crate) queued: usize,
+    /// A spare vector for the next gather write, so steady sending allocates nothing.
+    batch: Vec<Bytes>,
+    dirty: bool,
+    close_request: Option<DisconnectReason>,
+    /// Closing, and queued data still goes out (local disconnect or shutdown).
+    flushing: bool,
+    /// Set when a graceful close has begun, so `on_disconnected` may still queue sends.
+    graceful: bool,
+    timer: Option<TimerId>,
+    connect_error: Option<io::Error>,
+    pub(crate) alive: Arc<AtomicBool>,
+}
+
+impl Core {
+    pub(crate) fn is_open(&self) -> bool {
+        self.state == State::Open && self.close_request.is_none()
+    }
+}
+
+/// A worker's state that callbacks reach through [`Ctx`].
+pub(crate) struct Local {
+    pub(crate) remote: Arc<WorkerRemote>,
+    pub(crate) service: Weak<ServiceShared>,
+    pub(crate) config: Arc<SessionConfig>,
+    dirty: Vec<u64>,
+}
+
+impl Local {
+    fn mark_dirty(&mut self, core: &mut Core) {
+        if !core.dirty {
+            core.dirty = true;
+            self.dirty.push(core.key);
+        }
+    }
+
+    /// Queues bytes on a session; the send starts at the end of the loop turn.
+    pub(crate) fn queue_send(&mut self, core: &mut Core, buf: Bytes) -> Result<(), SendError> {
+        let accepting = match core.state {
+            State::Open => core.close_request.is_none(),
+            State::Closing => core.graceful,
+            State::Connecting => false,
+        };
+        if !accepting {
+            return Err(SendError::Disconnected);
+        }
+        if buf.is_empty() {
+            return Ok(());
+        }
+        let limit = self.config.max_send_queue;
+        if core.queued + buf.len() > limit {
+            self.request_close(core, DisconnectReason::SendQueueOverflow { limit });
+            return Err(SendError::QueueFull { limit });
+        }
+        core.queued += buf.len();
+        core.queue.push_back(buf);
+        self.mark_dirty(core);
+        Ok(())
+    }
+
+    /// Records a disconnect request; it is carried out at the end of the loop turn, outside
+    /// any callback. The first reason wins.
+    pub(crate) fn request_close(&mut self, core: &mut Core, reason: DisconnectReason) {
+        if core.state != State::Closing && core.close_request.is_none() {
+            core.close_request = Some(reason);
+            self.mark_dirty(core);
+        }
+    }
+}
+
+/// A session slot: the user's object and the engine's core.
+struct Conn<S> {
+    user: S,
+    core: Core,
+}
+
+struct Slot<S> {
+    generation: u32,
+    conn: Option<Conn<S>>,
+}
+
+struct ListenerState {
+    sock: SockId,
+    op: Option<OpId>,
+    rearm: Option<TimerId>,
+    closed: bool,
+}
+
+enum TimerAction {
+    ConnectTimeout(u64),
+    FlushDeadline(u64),
+    RearmAccept(usize),
+    ShutdownDeadline,
+}
+
+/// What a worker does besides serving its sessions.
+pub(crate) struct Role {
+    pub(crate) listeners: Vec<TcpListener>,
+    pub(crate) connect_to: Option<SocketAddr>,
+}
+
+/// Everything a worker needs at start.
+pub(crate) struct WorkerInit<S> {
+    pub(crate) driver: Driver,
+    pub(crate) rx: Receiver<Command>,
+    pub(crate) remote: Arc<WorkerRemote>,
+    pub(crate) shared: Arc<ServiceShared>,
+    pub(crate) factory: Arc<dyn Fn() -> S + Send + Sync>,
+    pub(crate) role: Role,
+}
+
+/// Builds the remote half of a worker from its inbox sender and its driver's waker.
+pub(crate) fn remote(index: usize, tx: Sender<Command>, waker: Arc<Waker>) -> WorkerRemote {
+    WorkerRemote { index, tx, waker }
+}
+
+pub(crate) struct Worker<S: Session> {
+    driver: Driver,
+    rx: Receiver<Command>,
+    slots: Vec<Slot<S>>,
+    free: Vec<u32>,
+    live: usize,
+    local: Local,
+    shared: Arc<ServiceShared>,
+    factory: Arc<dyn Fn() -> S + Send + Sync>,
+    listeners: Vec<ListenerState>,
+    connect_to: Option<SocketAddr>,
+    timers: Timers<TimerAction>,
+    completions: Vec<Completion>,
+    shutdown: Option<Instant>,
+    accept_error_logged: bool,
+    next_adopt: usize,
+}
+
+fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = p.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = p.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "non-string panic payload".to_string()
+    }
+}
+
+/// Runs a user callback, turning a panic into a disconnect request for that session.
+fn call<S, R>(
+    conn: &mut Conn<S>,
+    local: &mut Local,
+    f: impl FnOnce(&mut S, &mut Ctx<'_>) -> R,
+) -> Option<R> {
+    let Conn { user, core } = conn;
+    let mut ctx = Ctx { core, local };
+    match panic::catch_unwind(AssertUnwindSafe(|| f(user, &mut ctx))) {
+        Ok(r) => Some(r),
+        Err(p) => {
+            let msg = panic_message(&*p);
+            tracing::error!("{}: callback panicked: {msg}", ctx.core.id);
+            ctx.local.request_close(ctx.core, DisconnectReason::Panic(msg));
+            None
+        }
+    }
+}
+
+impl<S: Session> Worker<S> {
+    pub(crate) fn new(init: WorkerInit<S>) -> io::Result<Self> {
+        let WorkerInit { mut driver, rx, remote, shared, factory, role } = init;
+        let mut listeners = Vec::new();
+        for l in role.listeners {
+            let sock = driver.add_listener(l)?;
+            listeners.push(ListenerState { sock, op: None, rearm: None, closed: false });
+        }
+        let config = shared.config.clone();
+        let mut w = Worker {
+            driver,
+            rx,
+            slots: Vec::new(),
+            free: Vec::new(),
+            live: 0,
+            local: Local { remote, service: Arc::downgrade(&shared), config, dirty: Vec::new() },
+            shared,
+            factory,
+            listeners,
+            connect_to: role.connect_to,
+            timers: Timers::new(),
+            completions: Vec::with_capacity(256),
+            shutdown: None,
+            accept_error_logged: false,
+            next_adopt: 0,
+        };
+        for i in 0..w.listeners.len() {
+            w.arm_accept(i);
+        }
+        Ok(w)
+    }
+
+    pub(crate) fn run(mut self) {
+        loop {
+            self.drain_inbox();
+            self.run_timers();
+            self.flush_dirty();
+            if let Some(deadline) = self.shutdown {
+                if self.finished() {
+                    break;
+                }
+                if Instant::now() > deadline + SHUTDOWN_GRACE {
+                    tracing::warn!(
+                        "worker {} leaving with {} sessions and {} operations unfinished",
+                        self.local.remote.index,
+                        self.live,
+                        self.driver.in_flight()
+                    );
+                    break;
+                }
+            }
+            let timeout = self.timers.next_timeout(Instant::now());
+            if let Err(e) = self.driver.wait(timeout, &mut self.completions) {
+                tracing::error!("worker {}: driver wait failed: {e}", self.local.remote.index);
+                self.begin_shutdown(Instant::now());
+                if self.driver.in_flight() > 0 {
+                    // The driver is broken; its drop cancels and leaks what is left.
+                    break;
+                }
+            }
+            let mut completions = std::mem::take(&mut self.completions);
+            for c in completions.drain(..) {
+                self.dispatch(c);
+            }
+            self.completions = completions;
+        }
+        // Sessions still here were force-closed: drop them (their memory held by the
+        // kernel stays in the driver, which leaks it rather than free it).
+        let n = self.live;
+        self.shared.sessions.fetch_sub(n, Ordering::AcqRel);
+    }
+
+    fn finished(&self) -> bool {
+        self.live == 0
+            && self.listeners.iter().all(|l| l.closed)
+            && self.driver.in_flight() == 0
+    }
+
+    // ----- slots -------------------------------------------------------------------
+
+    /// Puts a new session in a free slot and returns its key.
+    fn install(&mut self, peer: SocketAddr, sock: SockId, state: State) -> u64 {
+        let index = match self.free.pop() {
+            Some(i) => i,
+            None => {
+                self.slots.push(Slot { generation: 1, conn: None });
+                (self.slots.len() - 1) as u32
+            }
+        };
+        let key = (u64::from(self.slots[index as usize].generation) << 32) | u64::from(index);
+        let core = self.new_core(key, peer, sock, state);
+        let user = (self.factory)();
+        self.slots[index as usize].conn = Some(Conn { user, core });
+        self.live += 1;
+        key
+    }
+
+    fn conn(&mut self, key: u64) -> Option<&mut Conn<S>> {
+        conn_of(&mut self.slots, key)
+    }
+
+    fn new_core(&self, key: u64, peer: SocketAddr, sock: SockId, state: State) -> Core {
+        let id = SessionId(self.shared.next_id.fetch_add(1, Ordering::Relaxed));
+        Core {
+            id,
+            key,
+            peer,
+            sock,
+            state,
+            rbuf: Vec::new(),
+            recv_op: None,
+            send_op: None,
+            connect_op: None,
+            in_flight: 0,
+            queue: VecDeque::new(),
+            queued: 0,
+            batch: Vec::new(),
+            dirty: false,
+            close_request: None,
+            flushing: false,
+            graceful: false,
+            timer: None,
+            connect_error: None,
+            alive: Arc::new(AtomicBool::new(state == State::Open)),
+        }
+    }
+
+    // ----- inbox and timers --------------------------------------------------------
+
+    fn drain_inbox(&mut self) {
+        loop {
+            match self.rx.try_recv() {
+                Ok(cmd) => self.command(cmd),
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => {
+                    if self.shutdown.is_none() {
+                        self.begin_shutdown(Instant::now());
+                    }
+                    break;
+                }
+            }
+        }
+    }
+
+    fn command(&mut self, cmd: Command) {
+        match cmd {
+            Command::Send { key, buf } => {
+                let local = &mut self.local;
+                if let Some(conn) = conn_of(&mut self.slots, key) {
+                    let _ = local.queue_send(&mut conn.core, buf);
+                }
+            }
+            Command::Disconnect { key, reason } => {
+                let local = &mut self.local;
+                if let Some(conn) = conn_of(&mut self.slots, key) {
+                    local.request_close(&mut conn.core, reason);
+                }
+            }
+            Command::Broadcast(buf) => {
+                let local = &mut self.local;
+                for slot in &mut self.slots {
+                    if let Some(conn) = &mut slot.conn {
+                        if conn.core.is_open() {
+                            let _ = local.queue_send(&mut conn.core, buf.clone());
+                        }
+                    }
+                }
+            }
+            Command::Connect { count } => {
+                for _ in 0..count {
+                    self.start_connect();
+                }
+            }
+            Command::Adopt(stream) => self.open_accepted(stream),
+            Command::Shutdown { deadline } => self.begin_shutdown(deadline),
+        }
+    }
+
+    fn run_timers(&mut self) {
+        let now = Instant::now();
+        while let Some(action) = self.timers.pop_due(now) {
+            match action {
+                TimerAction::ConnectTimeout(key) => {
+                    let timeout = self.shared.config.connect_timeout;
+                    if let Some(conn) = self.conn(key) {
+                        conn.core.timer = None;
+                        if let Some(op) = conn.core.connect_op {
+                            conn.core.connect_error = Some(io::Error::new(
+                                io::ErrorKind::TimedOut,
+                                format!("connect timed out after {timeout:?}"),
+                            ));
+                            self.driver.cancel(op);
+                        }
+                    }
+                }
+                TimerAction::FlushDeadline(key) => {
+                    if let Some(conn) = self.conn(key) {
+                        conn.core.timer = None;
+                    }
+                    self.stop_flushing(key);
+                }
+                TimerAction::RearmAccept(i) => {
+                    self.listeners[i].rearm = None;
+                    self.arm_accept(i);
+                }
+                TimerAction::ShutdownDeadline => {
+                    let keys: Vec<u64> = self.live_keys();
+                    for key in keys {
+                        self.stop_flushing(key);
+                    }
+                }
+            }
+        }
+    }
+
+    fn live_keys(&self) -> Vec<u64> {
+        self.slots.iter().filter_map(|s| s.conn.as_ref().map(|c| c.core.key)).collect()
+    }
+
+    // ----- accept ------------------------------------------------------------------
+
+    fn arm_accept(&mut self, i: usize) {
+        let l = &mut self.listeners[i];
+        if self.shutdown.is_some() || l.op.is_some() || l.closed {
+            return;
+        }
+        l.op = Some(self.driver.accept(l.sock, LISTENER_TAG | i as u64));
+    }
+
+    fn on_accept(&mut self, i: usize, result: io::Result<TcpStream>, more: bool) {
+        if !more {
+            self.listeners[i].op = None;
+        }
+        match result {
+            Ok(stream) => {
+                self.accept_error_logged = false;
+                self.route_accepted(stream);
+            }
+            Err(e) => {
+                if self.shutdown.is_none() && !more {
+                    if !self.accept_error_logged {
+                        tracing::warn!("accept failed: {e}; retrying in {ACCEPT_BACKOFF:?}");
+                        self.accept_error_logged = true;
+                    }
+                    let at = Instant::now() + ACCEPT_BACKOFF;
+                    self.listeners[i].rearm = Some(self.timers.add(at, TimerAction::RearmAccept(i)));
+                }
+            }
+        }
+        let l = &mut self.listeners[i];
+        if l.op.is_none() {
+            if self.shutdown.is_some() {
+                if !l.closed {
+                    l.closed = true;
+                    self.driver.close(l.sock);
+                }
+            } else if l.rearm.is_none() {
+                self.arm_accept(i);
+            }
+        }
+    }
+
+    /// With one shared listener, spread accepted connections over the workers.
+    fn route_accepted(&mut self, stream: TcpStream) {
+        if self.shared.single_acceptor {
+            if let Some(workers) = self.shared.workers.get() {
+                let target = self.next_adopt % workers.len();
+                self.next_adopt = self.next_adopt.wrapping_add(1);
+                if target != self.local.remote.index {
+                    if workers[target].post(Command::Adopt(stream)).is_err() {
+                        tracing::warn!("worker {target} has ended; dropped a connection");
+                    }
+                    return;
+                }
+            }
+        }
+        self.open_accepted(stream);
+    }
+
+    fn open_accepted(&mut self, stream: TcpStream) {
+        if self.shutdown.is_some() {
+            return;
+        }
+        let shared = self.shared.clone();
+        if !shared.reserve_session() {
+            drop(stream); // closes at once: the cap is real
+            return;
+        }
+        let setup = sys::configure_stream(&stream, shared.config.nodelay)
+            .and_then(|()| stream.peer_addr())
+            .and_then(|peer| Ok((peer, self.driver.add_stream(stream)?)));
+        let (peer, sock) = match setup {
+            Ok(v) => v,
+            Err(e) => {
+                // Typically the peer already reset the connection.
+                tracing::debug!("dropping an accepted connection: {e}");
+                shared.sessions.fetch_sub(1, Ordering::AcqRel);
+                return;
+            }
+        };
+        shared.accepted.fetch_add(1, Ordering::Relaxed);
+        let key = self.install(peer, sock, State::Open);
+        self.open_session(key);
+    }
+
+    // ----- connect -----------------------------------------------------------------
+
+    fn start_connect(&mut self) {
+        let Some(addr) = self.connect_to else { return };
+        if self.shutdown.is_some() {
+            return;
+        }
+        let nodelay = self.shared.config.nodelay;
+        let sock = sys::stream_socket_for(addr)
+            .and_then(|s| {
+                s.set_tcp_nodelay(nodelay)?;
+                Ok(TcpStream::from(s))
+            })
+            .and_then(|s| self.driver.add_stream(s));
+        let sock = match sock {
+            Ok(sock) => sock,
+            Err(e) => {
+                self.shared.connect_failures.fetch_add(1, Ordering::Relaxed);
+                let mut user = (self.factory)();
+                let _ = panic::catch_unwind(AssertUnwindSafe(|| user.on_connect_failed(addr, &e)));
+                return;
+            }
+        };
+        self.shared.sessions.fetch_add(1, Ordering::AcqRel);
+        let key = self.install(addr, sock, State::Connecting);
+        let op = self.driver.connect(sock, key, addr);
+        let at = Instant::now() + self.shared.config.connect_timeout;
+        let timer = self.timers.add(at, TimerAction::ConnectTimeout(key));
+        let core = &mut self.conn(key).expect("just installed").core;
+        core.connect_op = Some(op);
+        core.in_flight = 1;
+        core.timer = Some(timer);
+    }
+
+    fn on_connect(&mut self, key: u64, result: io::Result<()>) {
+        let Some(conn) = self.conn(key) else { return };
+        let core = &mut conn.core;
+        core.in_flight -= 1;
+        core.connect_op = None;
+        let timer = core.timer.take();
+        let result = match (result, core.connect_error.take(), core.state) {
+            (_, Some(e), _) => Err(e),
+            (Ok(()), None, State::Connecting) => Ok(()),
+            (Ok(()), None, _) => Err(io::Error::new(
+                io::ErrorKind::Interrupted,
+                "service shut down while connecting",
+            )),
+            (Err(e), None, _) => Err(e),
+        };
+        if let Some(t) = timer {
+            self.timers.cancel(t);
+        }
+        match result {
+            Ok(()) => {
+                self.shared.connected.fetch_add(1, Ordering::Relaxed);
+                let conn = self.conn(key).expect("checked above");
+                conn.core.state = State::Open;
+                conn.core.alive.store(true, Ordering::Release);
+                self.open_session(key);
+            }
+            Err(e) => {
+                self.shared.connect_failures.fetch_add(1, Ordering::Relaxed);
+                let conn = self.conn(key).expect("checked above");
+                let addr = conn.core.peer;
+                let user = &mut conn.user;
+                if let Err(p) = panic::catch_unwind(AssertUnwindSafe(|| user.on_connect_failed(addr, &e))) {
+                    tracing::error!("on_connect_failed panicked: {}", panic_message(&*p));
+                }
+                conn.core.state = State::Closing;
+                self.try_finalize(key);
+            }
+        }
+    }
+
+    // ----- session life ------------------------------------------------------------
+
+    /// `on_connected`, then the first receive.
+    fn open_session(&mut self, key: u64) {
+        let local = &mut self.local;
+        let Some(conn) = conn_of(&mut self.slots, key) else { return };
+        call(conn, local, |s, ctx| s.on_connected(ctx));
+        self.arm_recv(key);
+    }
+
+    fn arm_recv(&mut self, key: u64) {
+        let config = self.local.config.clone();
+        let Some(conn) = conn_of(&mut self.slots, key) else { return };
+        let core = &mut conn.core;
+        if !core.is_open() || core.recv_op.is_some() {
+            return;
+        }
+        let rbuf = &mut core.rbuf;
+        if rbuf.capacity() == 0 {
+            rbuf.reserve_exact(config.recv_buffer_size);
+        } else if rbuf.is_empty() && rbuf.capacity() > 4 * config.recv_buffer_size {
+            // A burst grew the buffer; give the memory back once it is drained.
+            *rbuf = Vec::with_capacity(config.recv_buffer_size);
+        } else if rbuf.len() == rbuf.capacity() {
+            if rbuf.capacity() >= config.max_recv_buffer {
+                let limit = config.max_recv_buffer;
+                self.local.request_close(core, DisconnectReason::RecvBufferFull { limit });
+                return;
+            }
+            let target = (rbuf.capacity() * 2).min(config.max_recv_buffer);
+            rbuf.reserve_exact(target - rbuf.len());
+        }
+        let buf = std::mem::take(&mut core.rbuf);
+        core.recv_op = Some(self.driver.recv(core.sock, key, buf));
+        core.in_flight += 1;
+    }
+
+    fn on_recv(&mut self, key: u64, result: io::Result<usize>, buf: Vec<u8>) {
+        let local = &mut self.local;
+        let Some(conn) = conn_of(&mut self.slots, key) else { return };
+        let core = &mut conn.core;
+        core.in_flight -= 1;
+        core.recv_op = None;
+        core.rbuf = buf;
+        if !core.is_open() {
+            self.try_finalize(key);
+            return;
+        }
+        match result {
+            Ok(0) => local.request_close(core, DisconnectReason::PeerClosed),
+            Ok(_) => {
+                let mut data = std::mem::take(&mut conn.core.rbuf);
+                let consumed = call(conn, local, |s, ctx| s.on_recv(ctx, &data));
+                if let Some(n) = consumed {
+                    let n = n.min(data.len());
+                    data.drain(..n);
+                }
+                conn.core.rbuf = data;
+                self.arm_recv(key);
+            }
+            Err(e) => local.request_close(core, DisconnectReason::from_io(&e)),
+        }
+    }
+
+    /// Starts the gather write of a session's queue if none is in flight.
+    fn start_send(&mut self, key: u64) {
+        let Some(conn) = conn_of(&mut self.slots, key) else { return };
+        let core = &mut conn.core;
+        let may_send = core.state == State::Open || core.flushing;
+        if !may_send || core.send_op.is_some() || core.queue.is_empty() {
+            return;
+        }
+        let mut batch = std::mem::take(&mut core.batch);
+        let n = core.queue.len().min(MAX_IOVECS);
+        batch.extend(core.queue.drain(..n));
+        core.send_op = Some(self.driver.send(core.sock, key, batch));
+        core.in_flight += 1;
+    }
+
+    fn on_send(&mut self, key: u64, result: io::Result<usize>, mut bufs: Vec<Bytes>) {
+        let local = &mut self.local;
+        let Some(conn) = conn_of(&mut self.slots, key) else { return };
+        let core = &mut conn.core;
+        core.in_flight -= 1;
+        core.send_op = None;
+        match result {
+            Ok(n) => {
+                core.queued -= n;
+                // Drop what went out; put a short write's rest back in front, in order.
+                let mut left = n;
+                let mut done = 0;
+                for b in bufs.iter_mut() {
+                    if left >= b.len() {
+                        left -= b.len();
+                        done += 1;
+                    } else {
+                        b.advance(left);
+                        break;
+                    }
+                }
+                for b in bufs.drain(done..).rev() {
+                    core.queue.push_front(b);
+                }
+                bufs.clear();
+                core.batch = bufs;
+                if !core.queue.is_empty() {
+                    local.mark_dirty(core);
+                }
+                if core.is_open() {
+                    call(conn, local, |s, ctx| s.on_send(ctx, n));
+                } else {
+                    self.try_finalize(key);
+                }
+            }
+            Err(e) => {
+                drop(bufs);
+                if core.state == State::Closing {
+                    self.stop_flushing(key);
+                } else {
+                    local.request_close(core, DisconnectReason::from_io(&e));
+                }
+            }
+        }
+    }
+
+    /// Carries out disconnect requests and starts sends for every session touched this
+    /// turn.
+    fn flush_dirty(&mut self) {
+        while !self.local.dirty.is_empty() {
+            let dirty = std::mem::take(&mut self.local.dirty);
+            for &key in &dirty {
+                let Some(conn) = self.conn(key) else { continue };
+                conn.core.dirty = false;
+                if let Some(reason) = conn.core.close_request.take() {
+                    self.close(key, reason);
+                }
+                self.start_send(key);
+            }
+            // Closing may have queued more (sends from on_disconnected).
+            let mut dirty = dirty;
+            dirty.clear();
+            if self.local.dirty.is_empty() {
+                self.local.dirty = dirty;
+            }
+        }
+    }
+
+    /// Begins the close: `on_disconnected` once, cancel the receive, flush or drop the
+    /// queue, then [`Self::try_finalize`].
+    fn close(&mut self, key: u64, reason: DisconnectReason) {
+        let flush_timeout = self.local.config.close_flush_timeout;
+        let local = &mut self.local;
+        let Some(conn) = conn_of(&mut self.slots, key) else { return };
+        let core = &mut conn.core;
+        let was = core.state;
+        if was == State::Closing {
+            return;
+        }
+        core.state = State::Closing;
+        core.alive.store(false, Ordering::Release);
+        core.graceful = matches!(reason, DisconnectReason::Local(_) | DisconnectReason::Shutdown);
+        if was == State::Open {
+            tracing::debug!("{} disconnected: {reason}", core.id);
+            self.shared.count_disconnect(&reason);
+            call(conn, local, |s, ctx| s.on_disconnected(ctx, &reason));
+        }
+        let core = &mut conn.core;
+        core.close_request = None;
+        core.flushing = core.graceful && (!core.queue.is_empty() || core.send_op.is_some());
+        for op in [core.recv_op, core.connect_op].into_iter().flatten() {
+            self.driver.cancel(op);
+        }
+        if core.flushing {
+            let deadline = match self.shutdown {
+                Some(d) => d.min(Instant::now() + flush_timeout),
+                None => Instant::now() + flush_timeout,
+            };
+            if let Some(t) = core.timer.take() {
+                self.timers.cancel(t);
+            }
+            core.timer = Some(self.timers.add(deadline, TimerAction::FlushDeadline(key)));
+            local.mark_dirty(core);
+        } else {
+            self.stop_flushing(key);
+        }
+        self.try_finalize(key);
+    }
+
+    /// Gives up on queued data (error or deadline): drop the queue, cancel the send.
+    fn stop_flushing(&mut self, key: u64) {
+        let Some(conn) = conn_of(&mut self.slots, key) else { return };
+        let core = &mut conn.core;
+        if core.state != State::Closing {
+            return;
+        }
+        core.flushing = false;
+        core.queue.clear();
+        core.queued = 0;
+        if let Some(op) = core.send_op {
+            self.driver.cancel(op);
+        }
+        self.try_finalize(key);
+    }
+
+    /// Frees the slot once the session is closing, flushed, and has nothing in flight.
+    fn try_finalize(&mut self, key: u64) {
+        let Some(conn) = conn_of(&mut self.slots, key) else { return };
+        let core = &mut conn.core;
+        if core.state != State::Closing {
+            return;
+        }
+        if core.flushing {
+            if !core.queue.is_empty() || core.send_op.is_some() {
+                return;
+            }
+            core.flushing = false;
+        }
+        if core.in_flight > 0 {
+            // Everything in flight was cancelled; its completions are on their way.
+            return;
+        }
+        if let Some(t) = core.timer.take() {
+            self.timers.cancel(t);
+        }
+        self.driver.close(core.sock);
+        let index = (key & 0xffff_ffff) as u32;
+        let slot = &mut self.slots[index as usize];
+        slot.conn = None;
+        // Generations stay below bit 31 so a key never has the listener tag.
+        slot.generation = if slot.generation >= 0x7fff_ffff { 1 } else { slot.generation + 1 };
+        self.free.push(index);
+        self.live -= 1;
+        self.shared.sessions.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    fn begin_shutdown(&mut self, deadline: Instant) {
+        if self.shutdown.is_some() {
+            return;
+        }
+        self.shutdown = Some(deadline);
+        for i in 0..self.listeners.len() {
+            let l = &mut self.listeners[i];
+            if let Some(t) = l.rearm.take() {
+                self.timers.cancel(t);
+            }
+            match l.op {
+                Some(op) => self.driver.cancel(op),
+                None if !l.closed => {
+                    l.closed = true;
+                    self.driver.close(l.sock);
+                }
+                None => {}
+            }
+        }
+        for key in self.live_keys() {
+            let Some(conn) = self.conn(key) else { continue };
+            if conn.core.state == State::Connecting {
+                conn.core.state = State::Closing;
+                if let Some(op) = conn.core.connect_op {
+                    self.driver.cancel(op);
+                }
+            } else {
+                self.close(key, DisconnectReason::Shutdown);
+            }
+        }
+        self.timers.add(deadline, TimerAction::ShutdownDeadline);
+    }
+
+    fn dispatch(&mut self, c: Completion) {
+        if c.owner & LISTENER_TAG != 0 {
+            if let CompletionKind::Accept { result, more } = c.kind {
+                self.on_accept((c.owner & !LISTENER_TAG) as usize, result, more);
+            }
+            return;
+        }
+        match c.kind {
+            CompletionKind::Recv { result, buf } => self.on_recv(c.owner, result, buf),
+            CompletionKind::Send { result, bufs } => self.on_send(c.owner, result, bufs),
+            CompletionKind::Connect { result } => self.on_connect(c.owner, result),
+            CompletionKind::Accept { .. } => {}
+        }
+    }
+}
+
+fn conn_of<S>(slots: &mut [Slot<S>], key: u64) -> Option<&mut Conn<S>> {
+    if key & LISTENER_TAG != 0 {
+        return None;
+    }
+    let slot = slots.get_mut((key & 0xffff_ffff) as usize)?;
+    if u64::from(slot.generation) != key >> 32 {
+        return None;
+    }
+    slot.conn.as_mut()
+}
