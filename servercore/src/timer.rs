@@ -1,7 +1,7 @@
 //! A worker's timers: a min-heap of deadlines with lazy cancellation.
 
-use std::collections::{BinaryHeap, HashMap};
 use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
 use std::time::{Duration, Instant};
 
 /// Identifies a scheduled timer.
@@ -17,7 +17,11 @@ pub(crate) struct Timers<T> {
 
 impl<T> Timers<T> {
     pub(crate) fn new() -> Self {
-        Timers { heap: BinaryHeap::new(), actions: HashMap::new(), next: 0 }
+        Timers {
+            heap: BinaryHeap::new(),
+            actions: HashMap::new(),
+            next: 0,
+        }
     }
 
     pub(crate) fn add(&mut self, at: Instant, action: T) -> TimerId {

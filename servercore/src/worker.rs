@@ -245,7 +245,8 @@ fn call<S, R>(
         Err(p) => {
             let msg = panic_message(&*p);
             tracing::error!("{}: callback panicked: {msg}", ctx.core.id);
-            ctx.local.request_close(ctx.core, DisconnectReason::Panic(msg));
+            ctx.local
+                .request_close(ctx.core, DisconnectReason::Panic(msg));
             None
         }
     }
@@ -253,11 +254,23 @@ fn call<S, R>(
 
 impl<S: Session> Worker<S> {
     pub(crate) fn new(init: WorkerInit<S>) -> io::Result<Self> {
-        let WorkerInit { mut driver, rx, remote, shared, factory, role } = init;
+        let WorkerInit {
+            mut driver,
+            rx,
+            remote,
+            shared,
+            factory,
+            role,
+        } = init;
         let mut listeners = Vec::new();
         for l in role.listeners {
             let sock = driver.add_listener(l)?;
-            listeners.push(ListenerState { sock, op: None, rearm: None, closed: false });
+            listeners.push(ListenerState {
+                sock,
+                op: None,
+                rearm: None,
+                closed: false,
+            });
         }
         let config = shared.config.clone();
         let mut w = Worker {
@@ -266,7 +279,12 @@ impl<S: Session> Worker<S> {
             slots: Vec::new(),
             free: Vec::new(),
             live: 0,
-            local: Local { remote, service: Arc::downgrade(&shared), config, dirty: Vec::new() },
+            local: Local {
+                remote,
+                service: Arc::downgrade(&shared),
+                config,
+                dirty: Vec::new(),
+            },
             shared,
             factory,
             listeners,
@@ -304,7 +322,10 @@ impl<S: Session> Worker<S> {
             }
             let timeout = self.timers.next_timeout(Instant::now());
             if let Err(e) = self.driver.wait(timeout, &mut self.completions) {
-                tracing::error!("worker {}: driver wait failed: {e}", self.local.remote.index);
+                tracing::error!(
+                    "worker {}: driver wait failed: {e}",
+                    self.local.remote.index
+                );
                 self.begin_shutdown(Instant::now());
                 if self.driver.in_flight() > 0 {
                     // The driver is broken; its drop cancels and leaks what is left.
@@ -324,9 +345,7 @@ impl<S: Session> Worker<S> {
     }
 
     fn finished(&self) -> bool {
-        self.live == 0
-            && self.listeners.iter().all(|l| l.closed)
-            && self.driver.in_flight() == 0
+        self.live == 0 && self.listeners.iter().all(|l| l.closed) && self.driver.in_flight() == 0
     }
 
     // ----- slots -------------------------------------------------------------------
@@ -336,7 +355,10 @@ impl<S: Session> Worker<S> {
         let index = match self.free.pop() {
             Some(i) => i,
             None => {
-                self.slots.push(Slot { generation: 1, conn: None });
+                self.slots.push(Slot {
+                    generation: 1,
+                    conn: None,
+                });
                 (self.slots.len() - 1) as u32
             }
         };
@@ -467,7 +489,10 @@ impl<S: Session> Worker<S> {
     }
 
     fn live_keys(&self) -> Vec<u64> {
-        self.slots.iter().filter_map(|s| s.conn.as_ref().map(|c| c.core.key)).collect()
+        self.slots
+            .iter()
+            .filter_map(|s| s.conn.as_ref().map(|c| c.core.key))
+            .collect()
     }
 
     // ----- accept ------------------------------------------------------------------
@@ -496,7 +521,8 @@ impl<S: Session> Worker<S> {
                         self.accept_error_logged = true;
                     }
                     let at = Instant::now() + ACCEPT_BACKOFF;
-                    self.listeners[i].rearm = Some(self.timers.add(at, TimerAction::RearmAccept(i)));
+                    self.listeners[i].rearm =
+                        Some(self.timers.add(at, TimerAction::RearmAccept(i)));
                 }
             }
         }
@@ -621,7 +647,9 @@ impl<S: Session> Worker<S> {
                 let conn = self.conn(key).expect("checked above");
                 let addr = conn.core.peer;
                 let user = &mut conn.user;
-                if let Err(p) = panic::catch_unwind(AssertUnwindSafe(|| user.on_connect_failed(addr, &e))) {
+                if let Err(p) =
+                    panic::catch_unwind(AssertUnwindSafe(|| user.on_connect_failed(addr, &e)))
+                {
                     tracing::error!("on_connect_failed panicked: {}", panic_message(&*p));
                 }
                 conn.core.state = State::Closing;
@@ -635,14 +663,18 @@ impl<S: Session> Worker<S> {
     /// `on_connected`, then the first receive.
     fn open_session(&mut self, key: u64) {
         let local = &mut self.local;
-        let Some(conn) = conn_of(&mut self.slots, key) else { return };
+        let Some(conn) = conn_of(&mut self.slots, key) else {
+            return;
+        };
         call(conn, local, |s, ctx| s.on_connected(ctx));
         self.arm_recv(key);
     }
 
     fn arm_recv(&mut self, key: u64) {
         let config = self.local.config.clone();
-        let Some(conn) = conn_of(&mut self.slots, key) else { return };
+        let Some(conn) = conn_of(&mut self.slots, key) else {
+            return;
+        };
         let core = &mut conn.core;
         if !core.is_open() || core.recv_op.is_some() {
             return;
@@ -656,7 +688,8 @@ impl<S: Session> Worker<S> {
         } else if rbuf.len() == rbuf.capacity() {
             if rbuf.capacity() >= config.max_recv_buffer {
                 let limit = config.max_recv_buffer;
-                self.local.request_close(core, DisconnectReason::RecvBufferFull { limit });
+                self.local
+                    .request_close(core, DisconnectReason::RecvBufferFull { limit });
                 return;
             }
             let target = (rbuf.capacity() * 2).min(config.max_recv_buffer);
@@ -669,7 +702,9 @@ impl<S: Session> Worker<S> {
 
     fn on_recv(&mut self, key: u64, result: io::Result<usize>, buf: Vec<u8>) {
         let local = &mut self.local;
-        let Some(conn) = conn_of(&mut self.slots, key) else { return };
+        let Some(conn) = conn_of(&mut self.slots, key) else {
+            return;
+        };
         let core = &mut conn.core;
         core.in_flight -= 1;
         core.recv_op = None;
@@ -696,7 +731,9 @@ impl<S: Session> Worker<S> {
 
     /// Starts the gather write of a session's queue if none is in flight.
     fn start_send(&mut self, key: u64) {
-        let Some(conn) = conn_of(&mut self.slots, key) else { return };
+        let Some(conn) = conn_of(&mut self.slots, key) else {
+            return;
+        };
         let core = &mut conn.core;
         let may_send = core.state == State::Open || core.flushing;
         if !may_send || core.send_op.is_some() || core.queue.is_empty() {
@@ -711,7 +748,9 @@ impl<S: Session> Worker<S> {
 
     fn on_send(&mut self, key: u64, result: io::Result<usize>, mut bufs: Vec<Bytes>) {
         let local = &mut self.local;
-        let Some(conn) = conn_of(&mut self.slots, key) else { return };
+        let Some(conn) = conn_of(&mut self.slots, key) else {
+            return;
+        };
         let core = &mut conn.core;
         core.in_flight -= 1;
         core.send_op = None;
@@ -782,7 +821,9 @@ impl<S: Session> Worker<S> {
     fn close(&mut self, key: u64, reason: DisconnectReason) {
         let flush_timeout = self.local.config.close_flush_timeout;
         let local = &mut self.local;
-        let Some(conn) = conn_of(&mut self.slots, key) else { return };
+        let Some(conn) = conn_of(&mut self.slots, key) else {
+            return;
+        };
         let core = &mut conn.core;
         let was = core.state;
         if was == State::Closing {
@@ -790,7 +831,10 @@ impl<S: Session> Worker<S> {
         }
         core.state = State::Closing;
         core.alive.store(false, Ordering::Release);
-        core.graceful = matches!(reason, DisconnectReason::Local(_) | DisconnectReason::Shutdown);
+        core.graceful = matches!(
+            reason,
+            DisconnectReason::Local(_) | DisconnectReason::Shutdown
+        );
         if was == State::Open {
             tracing::debug!("{} disconnected: {reason}", core.id);
             self.shared.count_disconnect(&reason);
@@ -820,7 +864,9 @@ impl<S: Session> Worker<S> {
 
     /// Gives up on queued data (error or deadline): drop the queue, cancel the send.
     fn stop_flushing(&mut self, key: u64) {
-        let Some(conn) = conn_of(&mut self.slots, key) else { return };
+        let Some(conn) = conn_of(&mut self.slots, key) else {
+            return;
+        };
         let core = &mut conn.core;
         if core.state != State::Closing {
             return;
@@ -836,7 +882,9 @@ impl<S: Session> Worker<S> {
 
     /// Frees the slot once the session is closing, flushed, and has nothing in flight.
     fn try_finalize(&mut self, key: u64) {
-        let Some(conn) = conn_of(&mut self.slots, key) else { return };
+        let Some(conn) = conn_of(&mut self.slots, key) else {
+            return;
+        };
         let core = &mut conn.core;
         if core.state != State::Closing {
             return;
@@ -859,7 +907,11 @@ impl<S: Session> Worker<S> {
         let slot = &mut self.slots[index as usize];
         slot.conn = None;
         // Generations stay below bit 31 so a key never has the listener tag.
-        slot.generation = if slot.generation >= 0x7fff_ffff { 1 } else { slot.generation + 1 };
+        slot.generation = if slot.generation >= 0x7fff_ffff {
+            1
+        } else {
+            slot.generation + 1
+        };
         self.free.push(index);
         self.live -= 1;
         self.shared.sessions.fetch_sub(1, Ordering::AcqRel);

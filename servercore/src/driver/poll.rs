@@ -306,6 +306,9 @@ impl PollDriver {
         OpId(key)
     }
 
+    /// Stays armed until cancelled or an error (`more == false`). Accepted streams come
+    /// back non-blocking (as `mio` accepts them); `add_stream` of either backend sets the
+    /// mode it needs.
     pub(crate) fn accept(&mut self, sock: SockId, owner: u64) -> OpId {
         self.start(sock, owner, OpState::Accept)
     }
@@ -775,7 +778,8 @@ mod tests {
         let mut h = Harness::new();
         let (l, addr) = h.listener();
         let op = h.d.accept(l, 1);
-        let n = ACCEPT_BATCH * 2 + 5;
+        // More than one batch, fewer than the listen backlog (128).
+        let n = ACCEPT_BATCH + 36;
         let clients: Vec<TcpStream> = (0..n)
             .map(|_| TcpStream::connect(addr).expect("connect"))
             .collect();

@@ -19,7 +19,7 @@
 //! The cost of this design: one long-lived packet keeps its whole chunk alive.
 
 use crate::buffer::SendBuffer;
-use crate::packet::frame::{packet_size, FrameError, HEADER_LEN};
+use crate::packet::frame::{packet_size, FrameError, HEADER_LEN, MAX_PACKET_SIZE_LIMIT};
 use bytes::{BufMut, BytesMut};
 use std::cell::RefCell;
 use std::fmt;
@@ -113,9 +113,11 @@ impl PacketWriter {
     }
 
     /// Starts packet `id` with room for `payload_hint` payload bytes, so a payload of known
-    /// size is written without the chunk having to grow midway.
+    /// size is written without the chunk having to grow midway. Hints above the largest
+    /// possible payload (65531 bytes) are treated as that.
     pub fn with_capacity(id: u16, payload_hint: usize) -> Self {
-        let mut chunk = acquire(HEADER_LEN.saturating_add(payload_hint));
+        let hint = payload_hint.min(MAX_PACKET_SIZE_LIMIT - HEADER_LEN);
+        let mut chunk = acquire(HEADER_LEN + hint);
         // The chunk is always empty here: `finish` splits off everything written, and
         // `Drop` clears it.
         chunk.clear();
@@ -375,6 +377,13 @@ mod tests {
         let mut w = PacketWriter::new(1);
         w.buf().put_bytes(0, 65531);
         assert_eq!(w.finish().unwrap().len(), 65535);
+    }
+
+    #[test]
+    fn absurd_hint() {
+        let mut w = PacketWriter::with_capacity(1, usize::MAX);
+        w.put_u8(1);
+        assert_eq!(&w.finish().unwrap()[..], &[5, 0, 1, 0, 1]);
     }
 
     #[test]

@@ -257,7 +257,9 @@ impl Workers {
             }
         }
         if panicked > 0 {
-            return Err(io::Error::other(format!("{panicked} worker threads panicked")));
+            return Err(io::Error::other(format!(
+                "{panicked} worker threads panicked"
+            )));
         }
         Ok(())
     }

@@ -72,11 +72,20 @@ impl ServerBuilder {
         let per_worker = self.reuse_port && sys::REUSE_PORT_BALANCES && self.workers > 1;
         let first = sys::listen(self.addr, per_worker)?;
         let local_addr = first.local_addr()?;
-        let mut roles = vec![Role { listeners: vec![first], connect_to: None }];
+        let mut roles = vec![Role {
+            listeners: vec![first],
+            connect_to: None,
+        }];
         for _ in 1..self.workers {
-            let listeners =
-                if per_worker { vec![sys::listen(local_addr, true)?] } else { Vec::new() };
-            roles.push(Role { listeners, connect_to: None });
+            let listeners = if per_worker {
+                vec![sys::listen(local_addr, true)?]
+            } else {
+                Vec::new()
+            };
+            roles.push(Role {
+                listeners,
+                connect_to: None,
+            });
         }
         let mut shared = ServiceShared::new(self.config, backend, self.max_sessions);
         shared.single_acceptor = !per_worker && self.workers > 1;
@@ -85,7 +94,12 @@ impl ServerBuilder {
             "listening on {local_addr} (backend: {backend}, workers: {})",
             self.workers
         );
-        Ok(ServerService { workers, local_addr, backend, worker_count: self.workers })
+        Ok(ServerService {
+            workers,
+            local_addr,
+            backend,
+            worker_count: self.workers,
+        })
     }
 }
 

@@ -12,8 +12,10 @@ use std::time::Duration;
 
 #[cfg(target_os = "linux")]
 mod eventfd;
+mod signals;
 #[cfg(target_os = "linux")]
 pub(crate) use eventfd::EventFd;
+pub use signals::TerminationSignals;
 
 /// Listen backlog used for every listening socket.
 pub(crate) const LISTEN_BACKLOG: i32 = 4096;
@@ -27,7 +29,9 @@ pub(crate) fn listen(addr: SocketAddr, reuse_port: bool) -> io::Result<TcpListen
     if reuse_port {
         set_reuse_port(&socket)?;
     }
-    socket.bind(&SockAddr::from(addr)).map_err(|e| bind_error(addr, e))?;
+    socket
+        .bind(&SockAddr::from(addr))
+        .map_err(|e| bind_error(addr, e))?;
     socket.listen(LISTEN_BACKLOG)?;
     Ok(socket.into())
 }
@@ -52,9 +56,7 @@ pub(crate) const REUSE_PORT_BALANCES: bool = cfg!(any(target_os = "linux", targe
 fn bind_error(addr: SocketAddr, e: io::Error) -> io::Error {
     let hint = match e.kind() {
         io::ErrorKind::AddrInUse => "the address is already in use (another server running?)",
-        io::ErrorKind::PermissionDenied => {
-            "permission denied (ports below 1024 need privileges)"
-        }
+        io::ErrorKind::PermissionDenied => "permission denied (ports below 1024 need privileges)",
         io::ErrorKind::AddrNotAvailable => "the address is not one of this machine's",
         _ => "bind failed",
     };
@@ -83,7 +85,9 @@ pub fn set_linger_zero(stream: &TcpStream) -> io::Result<()> {
 pub fn open_fd_count() -> Option<usize> {
     #[cfg(target_os = "linux")]
     {
-        std::fs::read_dir("/proc/self/fd").ok().map(|d| d.count().saturating_sub(1))
+        std::fs::read_dir("/proc/self/fd")
+            .ok()
+            .map(|d| d.count().saturating_sub(1))
     }
     #[cfg(not(target_os = "linux"))]
     {

@@ -1,0 +1,74 @@
+//! `servercore`: the demo, the sample servers and the dummy (load) client.
+
+mod demo;
+mod dummy;
+mod samples;
+mod serve;
+
+use clap::{Parser, Subcommand};
+use std::net::SocketAddr;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "servercore",
+    version,
+    about = "A game-server network core: demo, sample servers, load client"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Embedded server + dummy clients on loopback, live stats, summary (the default).
+    Demo(demo::DemoArgs),
+    /// Raw echo server (PROTOCOL.md section 1).
+    EchoServer(serve::ServerArgs<7000>),
+    /// Load client: many sessions that send, receive and verify.
+    DummyClient(dummy::DummyArgs),
+}
+
+fn main() -> ExitCode {
+    // Block SIGINT/SIGTERM before any thread starts, so that only `sigwait` takes them.
+    let signals = match servercore::sys::TerminationSignals::block() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: cannot set up signal handling: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli
+        .command
+        .unwrap_or(Command::Demo(demo::DemoArgs::default()))
+    {
+        Command::Demo(args) => demo::run(args),
+        Command::EchoServer(args) => serve::run_echo(args, signals),
+        Command::DummyClient(args) => dummy::run(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Parses `host:port`, with a message a person can act on.
+fn parse_addr(s: &str) -> Result<SocketAddr, String> {
+    use std::net::ToSocketAddrs;
+    s.to_socket_addrs()
+        .map_err(|e| format!("invalid address {s:?}: {e} (expected e.g. 127.0.0.1:7000)"))?
+        .next()
+        .ok_or_else(|| format!("address {s:?} resolves to nothing"))
+}

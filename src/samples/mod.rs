@@ -1,0 +1,3 @@
+//! The sample sessions the servers run.
+
+pub mod echo;

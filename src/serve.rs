@@ -1,0 +1,77 @@
+//! The sample servers: start, print the readiness line, serve until SIGINT/SIGTERM.
+
+use crate::samples::echo::EchoSession;
+use clap::Args;
+use servercore::sys::TerminationSignals;
+use servercore::{BackendChoice, ServerService};
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::Duration;
+
+/// Options shared by the sample servers; `PORT` is the default port.
+#[derive(Args, Debug, Clone)]
+pub struct ServerArgs<const PORT: u16> {
+    /// Address to listen on.
+    #[arg(long, default_value_t = SocketAddr::from(([127, 0, 0, 1], PORT)), value_parser = crate::parse_addr)]
+    pub addr: SocketAddr,
+    /// Worker threads (default: available cores).
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub workers: Option<u16>,
+    /// Most sessions at once.
+    #[arg(long, default_value_t = 100_000)]
+    pub max_sessions: usize,
+    /// Seconds given to queued sends at shutdown.
+    #[arg(long, default_value_t = 5)]
+    pub shutdown_secs: u64,
+}
+
+pub fn builder<const P: u16>(args: &ServerArgs<P>) -> servercore::service::ServerBuilder {
+    let mut b = ServerService::builder(args.addr)
+        .max_sessions(args.max_sessions)
+        .backend(BackendChoice::Auto);
+    if let Some(w) = args.workers {
+        b = b.workers(w.into());
+    }
+    b
+}
+
+/// Prints the readiness line of PROTOCOL.md section 4 and flushes it.
+pub fn print_ready(server: &ServerService) {
+    use std::io::Write;
+    println!(
+        "listening on {} (backend: {}, workers: {})",
+        server.local_addr(),
+        server.backend(),
+        server.workers()
+    );
+    let _ = std::io::stdout().flush();
+}
+
+/// Waits for SIGINT/SIGTERM, then shuts the server down gracefully.
+pub fn serve_until_signal(
+    server: ServerService,
+    signals: TerminationSignals,
+    shutdown_secs: u64,
+) -> Result<ExitCode, String> {
+    let sig = signals
+        .wait()
+        .map_err(|e| format!("waiting for signals failed: {e}"))?;
+    eprintln!("{sig} received: shutting down");
+    let stats = server.stats();
+    server
+        .shutdown(Duration::from_secs(shutdown_secs))
+        .map_err(|e| format!("shutdown failed: {e}"))?;
+    eprintln!(
+        "served {} sessions ({} rejected over the cap)",
+        stats.accepted, stats.rejected
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn run_echo(args: ServerArgs<7000>, signals: TerminationSignals) -> Result<ExitCode, String> {
+    let server = builder(&args)
+        .start(EchoSession::default)
+        .map_err(|e| format!("echo server failed to start: {e}"))?;
+    print_ready(&server);
+    serve_until_signal(server, signals, args.shutdown_secs)
+}
