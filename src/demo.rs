@@ -26,30 +26,21 @@ pub struct DemoArgs {
 
 impl Default for DemoArgs {
     fn default() -> Self {
-        DemoArgs {
-            secs: 5.0,
-            sessions: 100,
-            size: 64,
-            workers: None,
-        }
+        DemoArgs { secs: 5.0, sessions: 100, size: 64, workers: None }
     }
 }
 
 pub fn run(args: DemoArgs) -> Result<ExitCode, String> {
     if !(args.secs.is_finite() && args.secs > 0.0) {
-        return Err(format!(
-            "--secs must be a positive number of seconds, got {}",
-            args.secs
-        ));
+        return Err(format!("--secs must be a positive number of seconds, got {}", args.secs));
     }
     let mut b = ServerService::builder("127.0.0.1:0".parse().expect("valid address"))
         .backend(BackendChoice::Auto);
     if let Some(w) = args.workers {
         b = b.workers(w.into());
     }
-    let server = b
-        .start(EchoSession::default)
-        .map_err(|e| format!("demo server failed to start: {e}"))?;
+    let server =
+        b.start(EchoSession::default).map_err(|e| format!("demo server failed to start: {e}"))?;
     println!(
         "servercore demo: echo server on {} (backend: {}, workers: {}); {} client sessions for {} s",
         server.local_addr(),
@@ -70,18 +61,12 @@ pub fn run(args: DemoArgs) -> Result<ExitCode, String> {
     };
     let report = dummy::run_load(&plan);
     let stats = server.stats();
-    server
-        .shutdown(Duration::from_secs(2))
-        .map_err(|e| format!("server shutdown failed: {e}"))?;
+    server.shutdown(Duration::from_secs(2)).map_err(|e| format!("server shutdown failed: {e}"))?;
     let report = report?;
     print!("{}", report.to_text());
     println!(
         "  server    {} sessions accepted, {} disconnected with an error",
         stats.accepted, stats.disconnected_with_error
     );
-    Ok(if report.ok() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+    Ok(if report.ok() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }

@@ -47,10 +47,7 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    let result = match cli
-        .command
-        .unwrap_or(Command::Demo(demo::DemoArgs::default()))
-    {
+    let result = match cli.command.unwrap_or(Command::Demo(demo::DemoArgs::default())) {
         Command::Demo(args) => demo::run(args),
         Command::EchoServer(args) => serve::run_echo(args, signals),
         Command::DummyClient(args) => dummy::run(args),

@@ -53,18 +53,13 @@ pub fn serve_until_signal(
     signals: TerminationSignals,
     shutdown_secs: u64,
 ) -> Result<ExitCode, String> {
-    let sig = signals
-        .wait()
-        .map_err(|e| format!("waiting for signals failed: {e}"))?;
+    let sig = signals.wait().map_err(|e| format!("waiting for signals failed: {e}"))?;
     eprintln!("{sig} received: shutting down");
     let stats = server.stats();
     server
         .shutdown(Duration::from_secs(shutdown_secs))
         .map_err(|e| format!("shutdown failed: {e}"))?;
-    eprintln!(
-        "served {} sessions ({} rejected over the cap)",
-        stats.accepted, stats.rejected
-    );
+    eprintln!("served {} sessions ({} rejected over the cap)", stats.accepted, stats.rejected);
     Ok(ExitCode::SUCCESS)
 }
 

@@ -57,10 +57,7 @@ impl DisconnectReason {
             io::ErrorKind::ConnectionReset
             | io::ErrorKind::BrokenPipe
             | io::ErrorKind::ConnectionAborted => DisconnectReason::Reset,
-            _ => DisconnectReason::Os {
-                errno: e.raw_os_error(),
-                message: e.to_string(),
-            },
+            _ => DisconnectReason::Os { errno: e.raw_os_error(), message: e.to_string() },
         }
     }
 
@@ -101,10 +98,7 @@ impl fmt::Display for DisconnectReason {
                 write!(f, "receive buffer full: more than {limit} unconsumed bytes")
             }
             DisconnectReason::SendQueueOverflow { limit } => {
-                write!(
-                    f,
-                    "send queue overflow: peer not reading, over {limit} bytes queued"
-                )
+                write!(f, "send queue overflow: peer not reading, over {limit} bytes queued")
             }
             DisconnectReason::IdleTimeout => f.write_str("idle timeout"),
             DisconnectReason::Shutdown => f.write_str("service shut down"),

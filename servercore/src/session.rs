@@ -100,10 +100,7 @@ impl fmt::Display for SendError {
         match self {
             SendError::Disconnected => f.write_str("session is disconnected"),
             SendError::QueueFull { limit } => {
-                write!(
-                    f,
-                    "send queue over its limit of {limit} bytes; session disconnecting"
-                )
+                write!(f, "send queue over its limit of {limit} bytes; session disconnecting")
             }
         }
     }
@@ -221,10 +218,7 @@ impl SessionHandle {
             return Err(SendError::Disconnected);
         }
         self.worker
-            .post(Command::Send {
-                key: self.key,
-                buf: buf.into().into_bytes(),
-            })
+            .post(Command::Send { key: self.key, buf: buf.into().into_bytes() })
             .map_err(|_| SendError::Disconnected)
     }
 
@@ -239,10 +233,7 @@ impl SessionHandle {
             return Err(SendError::Disconnected);
         }
         self.worker
-            .post(Command::Disconnect {
-                key: self.key,
-                reason,
-            })
+            .post(Command::Disconnect { key: self.key, reason })
             .map_err(|_| SendError::Disconnected)
     }
 }

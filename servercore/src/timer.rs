@@ -17,11 +17,7 @@ pub(crate) struct Timers<T> {
 
 impl<T> Timers<T> {
     pub(crate) fn new() -> Self {
-        Timers {
-            heap: BinaryHeap::new(),
-            actions: HashMap::new(),
-            next: 0,
-        }
+        Timers { heap: BinaryHeap::new(), actions: HashMap::new(), next: 0 }
     }
 
     pub(crate) fn add(&mut self, at: Instant, action: T) -> TimerId {

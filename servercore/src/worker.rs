@@ -245,8 +245,7 @@ fn call<S, R>(
         Err(p) => {
             let msg = panic_message(&*p);
             tracing::error!("{}: callback panicked: {msg}", ctx.core.id);
-            ctx.local
-                .request_close(ctx.core, DisconnectReason::Panic(msg));
+            ctx.local.request_close(ctx.core, DisconnectReason::Panic(msg));
             None
         }
     }
@@ -254,23 +253,11 @@ fn call<S, R>(
 
 impl<S: Session> Worker<S> {
     pub(crate) fn new(init: WorkerInit<S>) -> io::Result<Self> {
-        let WorkerInit {
-            mut driver,
-            rx,
-            remote,
-            shared,
-            factory,
-            role,
-        } = init;
+        let WorkerInit { mut driver, rx, remote, shared, factory, role } = init;
         let mut listeners = Vec::new();
         for l in role.listeners {
             let sock = driver.add_listener(l)?;
-            listeners.push(ListenerState {
-                sock,
-                op: None,
-                rearm: None,
-                closed: false,
-            });
+            listeners.push(ListenerState { sock, op: None, rearm: None, closed: false });
         }
         let config = shared.config.clone();
         let mut w = Worker {
@@ -279,12 +266,7 @@ impl<S: Session> Worker<S> {
             slots: Vec::new(),
             free: Vec::new(),
             live: 0,
-            local: Local {
-                remote,
-                service: Arc::downgrade(&shared),
-                config,
-                dirty: Vec::new(),
-            },
+            local: Local { remote, service: Arc::downgrade(&shared), config, dirty: Vec::new() },
             shared,
             factory,
             listeners,
@@ -322,10 +304,7 @@ impl<S: Session> Worker<S> {
             }
             let timeout = self.timers.next_timeout(Instant::now());
             if let Err(e) = self.driver.wait(timeout, &mut self.completions) {
-                tracing::error!(
-                    "worker {}: driver wait failed: {e}",
-                    self.local.remote.index
-                );
+                tracing::error!("worker {}: driver wait failed: {e}", self.local.remote.index);
                 self.begin_shutdown(Instant::now());
                 if self.driver.in_flight() > 0 {
                     // The driver is broken; its drop cancels and leaks what is left.
@@ -351,20 +330,27 @@ impl<S: Session> Worker<S> {
     // ----- slots -------------------------------------------------------------------
 
     /// Puts a new session in a free slot and returns its key.
-    fn install(&mut self, peer: SocketAddr, sock: SockId, state: State) -> u64 {
+    /// Calls the session factory; a panic there costs only this connection.
+    fn make_user(&self) -> Option<S> {
+        match panic::catch_unwind(AssertUnwindSafe(|| (self.factory)())) {
+            Ok(user) => Some(user),
+            Err(p) => {
+                tracing::error!("session factory panicked: {}", panic_message(&*p));
+                None
+            }
+        }
+    }
+
+    fn install(&mut self, user: S, peer: SocketAddr, sock: SockId, state: State) -> u64 {
         let index = match self.free.pop() {
             Some(i) => i,
             None => {
-                self.slots.push(Slot {
-                    generation: 1,
-                    conn: None,
-                });
+                self.slots.push(Slot { generation: 1, conn: None });
                 (self.slots.len() - 1) as u32
             }
         };
         let key = (u64::from(self.slots[index as usize].generation) << 32) | u64::from(index);
         let core = self.new_core(key, peer, sock, state);
-        let user = (self.factory)();
         self.slots[index as usize].conn = Some(Conn { user, core });
         self.live += 1;
         key
@@ -489,10 +475,7 @@ impl<S: Session> Worker<S> {
     }
 
     fn live_keys(&self) -> Vec<u64> {
-        self.slots
-            .iter()
-            .filter_map(|s| s.conn.as_ref().map(|c| c.core.key))
-            .collect()
+        self.slots.iter().filter_map(|s| s.conn.as_ref().map(|c| c.core.key)).collect()
     }
 
     // ----- accept ------------------------------------------------------------------
@@ -565,6 +548,10 @@ impl<S: Session> Worker<S> {
             drop(stream); // closes at once: the cap is real
             return;
         }
+        let Some(user) = self.make_user() else {
+            shared.sessions.fetch_sub(1, Ordering::AcqRel);
+            return; // dropping the stream closes it
+        };
         let setup = sys::configure_stream(&stream, shared.config.nodelay)
             .and_then(|()| stream.peer_addr())
             .and_then(|peer| Ok((peer, self.driver.add_stream(stream)?)));
@@ -578,7 +565,7 @@ impl<S: Session> Worker<S> {
             }
         };
         shared.accepted.fetch_add(1, Ordering::Relaxed);
-        let key = self.install(peer, sock, State::Open);
+        let key = self.install(user, peer, sock, State::Open);
         self.open_session(key);
     }
 
@@ -589,6 +576,10 @@ impl<S: Session> Worker<S> {
         if self.shutdown.is_some() {
             return;
         }
+        let Some(mut user) = self.make_user() else {
+            self.shared.connect_failures.fetch_add(1, Ordering::Relaxed);
+            return;
+        };
         let nodelay = self.shared.config.nodelay;
         let sock = sys::stream_socket_for(addr)
             .and_then(|s| {
@@ -600,13 +591,12 @@ impl<S: Session> Worker<S> {
             Ok(sock) => sock,
             Err(e) => {
                 self.shared.connect_failures.fetch_add(1, Ordering::Relaxed);
-                let mut user = (self.factory)();
                 let _ = panic::catch_unwind(AssertUnwindSafe(|| user.on_connect_failed(addr, &e)));
                 return;
             }
         };
         self.shared.sessions.fetch_add(1, Ordering::AcqRel);
-        let key = self.install(addr, sock, State::Connecting);
+        let key = self.install(user, addr, sock, State::Connecting);
         let op = self.driver.connect(sock, key, addr);
         let at = Instant::now() + self.shared.config.connect_timeout;
         let timer = self.timers.add(at, TimerAction::ConnectTimeout(key));
@@ -688,8 +678,7 @@ impl<S: Session> Worker<S> {
         } else if rbuf.len() == rbuf.capacity() {
             if rbuf.capacity() >= config.max_recv_buffer {
                 let limit = config.max_recv_buffer;
-                self.local
-                    .request_close(core, DisconnectReason::RecvBufferFull { limit });
+                self.local.request_close(core, DisconnectReason::RecvBufferFull { limit });
                 return;
             }
             let target = (rbuf.capacity() * 2).min(config.max_recv_buffer);
@@ -756,7 +745,8 @@ impl<S: Session> Worker<S> {
         core.send_op = None;
         match result {
             Ok(n) => {
-                core.queued -= n;
+                // Saturating: an abandoned flush zeroes the count while a send is in flight.
+                core.queued = core.queued.saturating_sub(n);
                 // Drop what went out; put a short write's rest back in front, in order.
                 let mut left = n;
                 let mut done = 0;
@@ -831,10 +821,7 @@ impl<S: Session> Worker<S> {
         }
         core.state = State::Closing;
         core.alive.store(false, Ordering::Release);
-        core.graceful = matches!(
-            reason,
-            DisconnectReason::Local(_) | DisconnectReason::Shutdown
-        );
+        core.graceful = matches!(reason, DisconnectReason::Local(_) | DisconnectReason::Shutdown);
         if was == State::Open {
             tracing::debug!("{} disconnected: {reason}", core.id);
             self.shared.count_disconnect(&reason);
@@ -907,11 +894,7 @@ impl<S: Session> Worker<S> {
         let slot = &mut self.slots[index as usize];
         slot.conn = None;
         // Generations stay below bit 31 so a key never has the listener tag.
-        slot.generation = if slot.generation >= 0x7fff_ffff {
-            1
-        } else {
-            slot.generation + 1
-        };
+        slot.generation = if slot.generation >= 0x7fff_ffff { 1 } else { slot.generation + 1 };
         self.free.push(index);
         self.live -= 1;
         self.shared.sessions.fetch_sub(1, Ordering::AcqRel);

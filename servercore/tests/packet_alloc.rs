@@ -130,10 +130,7 @@ fn steady_state_with_odd_sizes_and_a_few_in_flight() {
     // allocation for its storage, one for its shared header): a few per 64 KiB at most,
     // never one per packet.
     let passes = 5_000 * 97 / WRITER_CHUNK_SIZE + 1;
-    assert!(
-        allocs <= 2 * passes,
-        "{allocs} allocations for 5000 packets ({passes} chunk passes)"
-    );
+    assert!(allocs <= 2 * passes, "{allocs} allocations for 5000 packets ({passes} chunk passes)");
 }
 
 #[test]

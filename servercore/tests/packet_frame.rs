@@ -19,12 +19,7 @@ struct Rx {
 
 impl Rx {
     fn new(max: usize) -> Self {
-        Rx {
-            decoder: FrameDecoder::new(max),
-            buf: Vec::new(),
-            packets: Vec::new(),
-            error: None,
-        }
+        Rx { decoder: FrameDecoder::new(max), buf: Vec::new(), packets: Vec::new(), error: None }
     }
 
     /// Feeds one read; after an error the session is closed and further bytes are ignored.
@@ -117,9 +112,8 @@ fn one_byte_at_a_time() {
 
 #[test]
 fn many_packets_in_one_read() {
-    let packets: Vec<Owned> = (0..1000u16)
-        .map(|i| (i, vec![i as u8; usize::from(i % 50)]))
-        .collect();
+    let packets: Vec<Owned> =
+        (0..1000u16).map(|i| (i, vec![i as u8; usize::from(i % 50)])).collect();
     let wire = stream_of(&packets);
     let mut rx = Rx::new(DEFAULT_MAX_PACKET_SIZE);
     rx.feed(&wire);
@@ -166,19 +160,9 @@ fn too_large_sizes() {
     rx.feed(&[0xFF]);
     assert_eq!(rx.error, None);
     rx.feed(&[0xFF]);
+    assert_eq!(rx.error, Some(FrameError::TooLarge { size: 65535, max: 64 }));
     assert_eq!(
-        rx.error,
-        Some(FrameError::TooLarge {
-            size: 65535,
-            max: 64
-        })
-    );
-    assert_eq!(
-        FrameError::TooLarge {
-            size: 9000,
-            max: 4096
-        }
-        .to_string(),
+        FrameError::TooLarge { size: 9000, max: 4096 }.to_string(),
         "packet size 9000 exceeds the maximum 4096"
     );
 }
@@ -186,16 +170,7 @@ fn too_large_sizes() {
 #[test]
 fn boundary_sizes_are_fine() {
     // Size exactly 4: empty payload.
-    assert_eq!(
-        decode(&header(4, 5), 64),
-        Ok(Some((
-            Packet {
-                id: 5,
-                payload: &[]
-            },
-            4
-        )))
-    );
+    assert_eq!(decode(&header(4, 5), 64), Ok(Some((Packet { id: 5, payload: &[] }, 4))));
     // Size exactly max.
     let wire = encode(6, &[1; 60]).unwrap();
     assert_eq!(wire.len(), 64);
@@ -213,10 +188,7 @@ fn nothing_read_past_the_packet() {
     wire.extend_from_slice(&[0, 0, 0xFF]); // garbage (a bad header) right after it
     let (p, used) = decode(&wire, 4096).unwrap().unwrap();
     assert_eq!((p.id, p.payload, used), (1, &b"abc"[..], 7));
-    assert_eq!(
-        decode(&wire[used..], 4096),
-        Err(FrameError::TooSmall { size: 0 })
-    );
+    assert_eq!(decode(&wire[used..], 4096), Err(FrameError::TooSmall { size: 0 }));
 }
 
 #[test]
@@ -257,10 +229,7 @@ fn decoder_clamps_its_maximum() {
     // With the clamped minimum, only empty packets pass.
     let d = FrameDecoder::new(1);
     assert!(d.decode(&header(4, 0)).unwrap().is_some());
-    assert_eq!(
-        d.decode(&header(5, 0)),
-        Err(FrameError::TooLarge { size: 5, max: 4 })
-    );
+    assert_eq!(d.decode(&header(5, 0)), Err(FrameError::TooLarge { size: 5, max: 4 }));
 }
 
 #[test]
@@ -268,10 +237,7 @@ fn encode_limits() {
     assert_eq!(encode(1, &vec![0; 65531]).unwrap().len(), 65535);
     assert_eq!(
         encode(1, &vec![0; 65532]),
-        Err(FrameError::TooLarge {
-            size: u16::MAX,
-            max: 65535
-        })
+        Err(FrameError::TooLarge { size: u16::MAX, max: 65535 })
     );
     assert_eq!(&encode(0x0201, b"z").unwrap()[..], &[5, 0, 1, 2, b'z']);
 }
@@ -333,11 +299,7 @@ fn chunked<'a>(data: &'a [u8], sizes: &[usize]) -> Vec<&'a [u8]> {
     let mut rest = data;
     let mut i = 0;
     while !rest.is_empty() {
-        let n = sizes
-            .get(i % sizes.len().max(1))
-            .copied()
-            .unwrap_or(1)
-            .max(1);
+        let n = sizes.get(i % sizes.len().max(1)).copied().unwrap_or(1).max(1);
         let (a, b) = rest.split_at(n.min(rest.len()));
         out.push(a);
         rest = b;
@@ -371,10 +333,7 @@ fn reference(raw: &[u8], max: usize) -> (Vec<Owned>, Option<FrameError>) {
 }
 
 fn arb_packets() -> impl Strategy<Value = Vec<Owned>> {
-    prop::collection::vec(
-        (any::<u16>(), prop::collection::vec(any::<u8>(), 0..300)),
-        0..20,
-    )
+    prop::collection::vec((any::<u16>(), prop::collection::vec(any::<u8>(), 0..300)), 0..20)
 }
 
 fn arb_chunks() -> impl Strategy<Value = Vec<usize>> {

@@ -49,8 +49,7 @@ impl EchoLoad {
         let seq = self.next_send;
         self.next_send += 1;
         self.scratch.clear();
-        self.scratch
-            .extend((0..self.size).map(|k| pattern(self.salt, seq, k)));
+        self.scratch.extend((0..self.size).map(|k| pattern(self.salt, seq, k)));
         self.sent_at.push_back(Instant::now());
         let _ = ctx.send(SendBuffer::copy_from_slice(&self.scratch));
     }
@@ -91,9 +90,7 @@ impl Session for EchoLoad {
                 }
             }
         }
-        self.stats
-            .bytes
-            .fetch_add(data.len() as u64, Ordering::Relaxed);
+        self.stats.bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
         if completed > 0 {
             self.stats.messages.fetch_add(completed, Ordering::Relaxed);
             if !self.stats.stopping.load(Ordering::Relaxed) {
@@ -107,21 +104,15 @@ impl Session for EchoLoad {
 
     fn on_disconnected(&mut self, ctx: &mut Ctx<'_>, reason: &DisconnectReason) {
         self.stats.merge_latency(&self.hist);
-        let expected = matches!(
-            reason,
-            DisconnectReason::Shutdown | DisconnectReason::Local(_)
-        );
+        let expected = matches!(reason, DisconnectReason::Shutdown | DisconnectReason::Local(_));
         if !expected && !self.stats.stopping.load(Ordering::Acquire) {
-            self.stats
-                .unexpected_disconnects
-                .fetch_add(1, Ordering::Relaxed);
+            self.stats.unexpected_disconnects.fetch_add(1, Ordering::Relaxed);
             self.stats.error(format!("{} dropped: {reason}", ctx.id()));
         }
     }
 
     fn on_connect_failed(&mut self, addr: SocketAddr, error: &io::Error) {
         self.stats.connect_failures.fetch_add(1, Ordering::Relaxed);
-        self.stats
-            .error(format!("connect to {addr} failed: {error}"));
+        self.stats.error(format!("connect to {addr} failed: {error}"));
     }
 }

@@ -66,10 +66,7 @@ pub struct LoadPlan {
 
 pub fn run(args: DummyArgs) -> Result<ExitCode, String> {
     if !(args.secs.is_finite() && args.secs > 0.0) {
-        return Err(format!(
-            "--secs must be a positive number of seconds, got {}",
-            args.secs
-        ));
+        return Err(format!("--secs must be a positive number of seconds, got {}", args.secs));
     }
     let plan = LoadPlan {
         addr: args.addr,
@@ -87,11 +84,7 @@ pub fn run(args: DummyArgs) -> Result<ExitCode, String> {
     } else {
         print!("{}", report.to_text());
     }
-    Ok(if report.ok() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+    Ok(if report.ok() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
 /// Connects the sessions, runs the workload for the planned time, and reports.
@@ -127,28 +120,15 @@ pub fn run_load(plan: &LoadPlan) -> Result<Report, String> {
     }
     let connected = clients.stats().connected;
     if connected == 0 {
-        let why = stats
-            .first_error()
-            .unwrap_or_else(|| "no session connected".into());
+        let why = stats.first_error().unwrap_or_else(|| "no session connected".into());
         let _ = clients.shutdown(Duration::from_millis(100));
         return Err(format!("cannot reach the server at {}: {why}", plan.addr));
     }
 
     let run = report::Progress::run(plan, &stats, &clients);
     let elapsed = run.elapsed;
-    stats
-        .stopping
-        .store(true, std::sync::atomic::Ordering::Release);
+    stats.stopping.store(true, std::sync::atomic::Ordering::Release);
     let final_stats = clients.stats();
-    clients
-        .shutdown(Duration::from_secs(2))
-        .map_err(|e| format!("client shutdown failed: {e}"))?;
-    Ok(Report::new(
-        plan,
-        backend,
-        &stats,
-        final_stats,
-        elapsed,
-        run.counted,
-    ))
+    clients.shutdown(Duration::from_secs(2)).map_err(|e| format!("client shutdown failed: {e}"))?;
+    Ok(Report::new(plan, backend, &stats, final_stats, elapsed, run.counted))
 }

@@ -32,10 +32,7 @@ impl Progress {
             ProgressBar::hidden()
         };
         let start = Instant::now();
-        let (m0, b0) = (
-            LoadStats::load(&stats.messages),
-            LoadStats::load(&stats.bytes),
-        );
+        let (m0, b0) = (LoadStats::load(&stats.messages), LoadStats::load(&stats.bytes));
         let (mut last_t, mut last_m, mut last_b) = (start, m0, b0);
         let tick = Duration::from_millis(250);
         loop {
@@ -46,10 +43,7 @@ impl Progress {
             }
             std::thread::sleep(tick.min(plan.duration - done));
             let now = Instant::now();
-            let (m, b) = (
-                LoadStats::load(&stats.messages),
-                LoadStats::load(&stats.bytes),
-            );
+            let (m, b) = (LoadStats::load(&stats.messages), LoadStats::load(&stats.bytes));
             let dt = now.duration_since(last_t).as_secs_f64().max(1e-9);
             bar.set_position(now.duration_since(start).as_millis() as u64);
             bar.set_message(format!(

@@ -47,10 +47,7 @@ impl LoadStats {
     }
 
     pub fn first_error(&self) -> Option<String> {
-        self.first_error
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.first_error.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     pub fn merge_latency(&self, h: &Histogram<u64>) {

@@ -75,20 +75,11 @@ pub(crate) struct Completion {
 pub(crate) enum CompletionKind {
     /// A connection was accepted (or accepting failed). `more == false`: the accept is no
     /// longer armed.
-    Accept {
-        result: io::Result<TcpStream>,
-        more: bool,
-    },
+    Accept { result: io::Result<TcpStream>, more: bool },
     /// A receive finished; `buf` has grown by the bytes read.
-    Recv {
-        result: io::Result<usize>,
-        buf: Vec<u8>,
-    },
+    Recv { result: io::Result<usize>, buf: Vec<u8> },
     /// A gather write finished; `bufs` are the buffers given, unchanged.
-    Send {
-        result: io::Result<usize>,
-        bufs: Vec<Bytes>,
-    },
+    Send { result: io::Result<usize>, bufs: Vec<Bytes> },
     /// A connect finished.
     Connect { result: io::Result<()> },
 }
@@ -110,10 +101,7 @@ pub(crate) enum WakerInner {
 
 impl Waker {
     pub(crate) fn new(inner: WakerInner) -> Self {
-        Waker {
-            pending: AtomicBool::new(false),
-            inner,
-        }
+        Waker { pending: AtomicBool::new(false), inner }
     }
 
     /// Wakes the driver's thread if it is not already due to wake.

@@ -146,18 +146,9 @@ impl OpState {
     /// The completion of this operation with `err`, returning its memory.
     fn fail(self, err: io::Error) -> CompletionKind {
         match self {
-            OpState::Accept => CompletionKind::Accept {
-                result: Err(err),
-                more: false,
-            },
-            OpState::Recv(buf) => CompletionKind::Recv {
-                result: Err(err),
-                buf,
-            },
-            OpState::Send(bufs) => CompletionKind::Send {
-                result: Err(err),
-                bufs,
-            },
+            OpState::Accept => CompletionKind::Accept { result: Err(err), more: false },
+            OpState::Recv(buf) => CompletionKind::Recv { result: Err(err), buf },
+            OpState::Send(bufs) => CompletionKind::Send { result: Err(err), bufs },
             OpState::Connect { .. } => CompletionKind::Connect { result: Err(err) },
         }
     }
@@ -177,10 +168,7 @@ fn cancelled() -> io::Error {
 
 /// Whether a non-blocking `connect` is under way rather than failed.
 fn connect_in_progress(e: &io::Error) -> bool {
-    if matches!(
-        e.kind(),
-        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
-    ) {
+    if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) {
         return true;
     }
     #[cfg(unix)]
@@ -230,9 +218,7 @@ impl PollDriver {
         let entry = self.socks.vacant_entry();
         let key = entry.key();
         let mut sock = Sock::new(io);
-        self.poll
-            .registry()
-            .register(sock.io.source(), Token(key), interest)?;
+        self.poll.registry().register(sock.io.source(), Token(key), interest)?;
         entry.insert(sock);
         Ok(SockId(key))
     }
@@ -263,12 +249,7 @@ impl PollDriver {
     /// Records a new operation on `sock` and queues the socket for the next `wait`.
     fn start(&mut self, sock: SockId, owner: u64, state: OpState) -> OpId {
         let kind = state.kind();
-        let key = self.ops.insert(Op {
-            owner,
-            sock: sock.0,
-            doomed: false,
-            state,
-        });
+        let key = self.ops.insert(Op { owner, sock: sock.0, doomed: false, state });
         let problem = match self.socks.get_mut(sock.0) {
             None => Some(io::Error::new(io::ErrorKind::NotFound, "unknown socket")),
             Some(s) => {
@@ -322,14 +303,7 @@ impl PollDriver {
     }
 
     pub(crate) fn connect(&mut self, sock: SockId, owner: u64, addr: SocketAddr) -> OpId {
-        self.start(
-            sock,
-            owner,
-            OpState::Connect {
-                addr,
-                started: false,
-            },
-        )
+        self.start(sock, owner, OpState::Connect { addr, started: false })
     }
 
     pub(crate) fn cancel(&mut self, op: OpId) {
@@ -367,11 +341,8 @@ impl PollDriver {
     ) -> io::Result<()> {
         self.process(out);
         // Completions in hand, or work left over (a capped accept): only look for events.
-        let timeout = if out.is_empty() && self.dirty.is_empty() {
-            timeout
-        } else {
-            Some(Duration::ZERO)
-        };
+        let timeout =
+            if out.is_empty() && self.dirty.is_empty() { timeout } else { Some(Duration::ZERO) };
         match self.poll.poll(&mut self.events, timeout) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(()),
@@ -413,10 +384,7 @@ impl PollDriver {
                     *slot = None;
                 }
             }
-            out.push(Completion {
-                owner: op.owner,
-                kind: op.state.fail(err),
-            });
+            out.push(Completion { owner: op.owner, kind: op.state.fail(err) });
         }
         let mut list = std::mem::take(&mut self.dirty);
         for &key in &list {
@@ -454,20 +422,14 @@ fn drive(sock: &mut Sock, ops: &mut Slab<Op>, out: &mut Vec<Completion>) -> bool
                         accepted += 1;
                         let result = Ok(TcpStream::from(s));
                         let kind = CompletionKind::Accept { result, more: true };
-                        out.push(Completion {
-                            owner: ops[key].owner,
-                            kind,
-                        });
+                        out.push(Completion { owner: ops[key].owner, kind });
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => sock.readable = false,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                     Err(e) => {
                         sock.accept = None;
                         let op = ops.remove(key);
-                        out.push(Completion {
-                            owner: op.owner,
-                            kind: op.state.fail(e),
-                        });
+                        out.push(Completion { owner: op.owner, kind: op.state.fail(e) });
                         break;
                     }
                 }
@@ -482,10 +444,7 @@ fn drive(sock: &mut Sock, ops: &mut Slab<Op>, out: &mut Vec<Completion>) -> bool
                     sock.readable = true;
                     sock.writable = true;
                     let owner = ops.remove(key).owner;
-                    out.push(Completion {
-                        owner,
-                        kind: CompletionKind::Connect { result },
-                    });
+                    out.push(Completion { owner, kind: CompletionKind::Connect { result } });
                 }
             }
             if let (Some(key), true) = (sock.recv, sock.readable) {
@@ -495,9 +454,7 @@ fn drive(sock: &mut Sock, ops: &mut Slab<Op>, out: &mut Vec<Completion>) -> bool
                 if let Some(result) = try_recv(stream, buf, &mut sock.readable) {
                     sock.recv = None;
                     let op = ops.remove(key);
-                    let OpState::Recv(buf) = op.state else {
-                        unreachable!("checked above")
-                    };
+                    let OpState::Recv(buf) = op.state else { unreachable!("checked above") };
                     out.push(Completion {
                         owner: op.owner,
                         kind: CompletionKind::Recv { result, buf },
@@ -511,9 +468,7 @@ fn drive(sock: &mut Sock, ops: &mut Slab<Op>, out: &mut Vec<Completion>) -> bool
                 if let Some(result) = try_send(stream, bufs, &mut sock.writable) {
                     sock.send = None;
                     let op = ops.remove(key);
-                    let OpState::Send(bufs) = op.state else {
-                        unreachable!("checked above")
-                    };
+                    let OpState::Send(bufs) = op.state else { unreachable!("checked above") };
                     out.push(Completion {
                         owner: op.owner,
                         kind: CompletionKind::Send { result, bufs },
@@ -599,11 +554,8 @@ fn try_send(
     bufs: &[Bytes],
     writable: &mut bool,
 ) -> Option<io::Result<usize>> {
-    let slices: Vec<IoSlice<'_>> = bufs
-        .iter()
-        .take(super::MAX_IOVECS)
-        .map(|b| IoSlice::new(b))
-        .collect();
+    let slices: Vec<IoSlice<'_>> =
+        bufs.iter().take(super::MAX_IOVECS).map(|b| IoSlice::new(b)).collect();
     loop {
         match stream.try_io(|| gather_write(stream, &slices)) {
             Ok(n) => return Some(Ok(n)),
@@ -646,10 +598,7 @@ mod tests {
 
     impl Harness {
         fn new() -> Self {
-            Harness {
-                d: PollDriver::new().expect("driver"),
-                q: VecDeque::new(),
-            }
+            Harness { d: PollDriver::new().expect("driver"), q: VecDeque::new() }
         }
 
         /// The next completion, waiting for it; fails the test after the deadline.
@@ -657,13 +606,8 @@ mod tests {
             let start = Instant::now();
             let mut out = Vec::new();
             while self.q.is_empty() {
-                assert!(
-                    start.elapsed() < DEADLINE,
-                    "no completion before the deadline"
-                );
-                self.d
-                    .wait(Some(Duration::from_millis(100)), &mut out)
-                    .expect("wait");
+                assert!(start.elapsed() < DEADLINE, "no completion before the deadline");
+                self.d.wait(Some(Duration::from_millis(100)), &mut out).expect("wait");
                 self.q.extend(out.drain(..));
             }
             self.q.pop_front().expect("not empty")
@@ -682,20 +626,12 @@ mod tests {
             let client = TcpStream::connect(addr).expect("connect");
             let c = self.next();
             assert_eq!(c.owner, 7);
-            let CompletionKind::Accept { result, more } = c.kind else {
-                panic!("{c:?}")
-            };
+            let CompletionKind::Accept { result, more } = c.kind else { panic!("{c:?}") };
             assert!(more);
             let s = result.expect("accepted");
             self.d.cancel(op);
             let c = self.next();
-            assert!(matches!(
-                c.kind,
-                CompletionKind::Accept {
-                    result: Err(_),
-                    more: false
-                }
-            ));
+            assert!(matches!(c.kind, CompletionKind::Accept { result: Err(_), more: false }));
             self.d.close(l);
             (self.d.add_stream(s).expect("add stream"), client)
         }
@@ -723,10 +659,7 @@ mod tests {
         fn connect(&mut self, addr: SocketAddr) -> (SockId, io::Result<()>) {
             let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
                 .expect("socket");
-            let s = self
-                .d
-                .add_stream(TcpStream::from(sock))
-                .expect("add stream");
+            let s = self.d.add_stream(TcpStream::from(sock)).expect("add stream");
             self.d.connect(s, 5, addr);
             let c = self.next();
             assert_eq!(c.owner, 5);
@@ -780,26 +713,19 @@ mod tests {
         let op = h.d.accept(l, 1);
         // More than one batch, fewer than the listen backlog (128).
         let n = ACCEPT_BATCH + 36;
-        let clients: Vec<TcpStream> = (0..n)
-            .map(|_| TcpStream::connect(addr).expect("connect"))
-            .collect();
+        let clients: Vec<TcpStream> =
+            (0..n).map(|_| TcpStream::connect(addr).expect("connect")).collect();
         for _ in 0..n {
             let c = h.next();
             assert_eq!(c.owner, 1);
-            let CompletionKind::Accept { result, more } = c.kind else {
-                panic!("{c:?}")
-            };
+            let CompletionKind::Accept { result, more } = c.kind else { panic!("{c:?}") };
             assert!(more);
             result.expect("accepted");
         }
         assert_eq!(h.d.in_flight(), 1);
         h.d.cancel(op);
         let c = h.next();
-        let CompletionKind::Accept {
-            result: Err(e),
-            more: false,
-        } = c.kind
-        else {
+        let CompletionKind::Accept { result: Err(e), more: false } = c.kind else {
             panic!("{c:?}")
         };
         assert!(is_cancelled(&e), "{e}");
@@ -830,10 +756,7 @@ mod tests {
         const CHUNK: usize = 64 << 10;
         let mut h = Harness::new();
         let (s, mut client) = h.pair();
-        let data: Bytes = (0..TOTAL)
-            .map(|i| (i % 251) as u8)
-            .collect::<Vec<u8>>()
-            .into();
+        let data: Bytes = (0..TOTAL).map(|i| (i % 251) as u8).collect::<Vec<u8>>().into();
         let reader = std::thread::spawn(move || {
             let mut got = Vec::with_capacity(TOTAL);
             let mut chunk = vec![0u8; 1 << 16];
@@ -920,10 +843,7 @@ mod tests {
         drop(client);
         let start = Instant::now();
         loop {
-            assert!(
-                start.elapsed() < DEADLINE,
-                "sending to a closed peer never failed"
-            );
+            assert!(start.elapsed() < DEADLINE, "sending to a closed peer never failed");
             match h.send(s, vec![Bytes::from_static(&[0u8; 4096])]) {
                 (Ok(_), _) => continue,
                 (Err(e), bufs) => {
@@ -957,13 +877,7 @@ mod tests {
         h.d.cancel(op);
         let c = h.next();
         assert_eq!(c.owner, 9);
-        let CompletionKind::Recv {
-            result: Err(e),
-            buf,
-        } = c.kind
-        else {
-            panic!("{c:?}")
-        };
+        let CompletionKind::Recv { result: Err(e), buf } = c.kind else { panic!("{c:?}") };
         assert!(is_cancelled(&e), "{e}");
         assert_eq!(buf, b"xy");
         assert_eq!(buf.capacity(), 16);
@@ -990,16 +904,11 @@ mod tests {
         client.write_all(b"unread").expect("write");
         let mut out = Vec::new();
         // Let the readable edge be seen with no recv pending.
-        h.d.wait(Some(Duration::from_millis(10)), &mut out)
-            .expect("wait");
+        h.d.wait(Some(Duration::from_millis(10)), &mut out).expect("wait");
         let start = Instant::now();
-        h.d.wait(Some(Duration::from_millis(60)), &mut out)
-            .expect("wait");
+        h.d.wait(Some(Duration::from_millis(60)), &mut out).expect("wait");
         assert!(out.is_empty());
-        assert!(
-            start.elapsed() >= Duration::from_millis(50),
-            "wait returned early"
-        );
+        assert!(start.elapsed() >= Duration::from_millis(50), "wait returned early");
     }
 
     #[test]

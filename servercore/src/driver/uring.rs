@@ -195,9 +195,7 @@ impl UringDriver {
 
     fn push_accept(&mut self, key: usize, fd: i32, multishot: bool) {
         let entry = if multishot {
-            opcode::AcceptMulti::new(types::Fd(fd))
-                .flags(libc::SOCK_CLOEXEC)
-                .build()
+            opcode::AcceptMulti::new(types::Fd(fd)).flags(libc::SOCK_CLOEXEC).build()
         } else {
             opcode::Accept::new(types::Fd(fd), std::ptr::null_mut(), std::ptr::null_mut())
                 .flags(libc::SOCK_CLOEXEC)
@@ -210,10 +208,7 @@ impl UringDriver {
     pub(crate) fn accept(&mut self, sock: SockId, owner: u64) -> OpId {
         let fd = self.fd(sock);
         let multishot = self.multishot_accept;
-        let key = self.ops.insert(Op {
-            owner,
-            state: OpState::Accept { fd, multishot },
-        });
+        let key = self.ops.insert(Op { owner, state: OpState::Accept { fd, multishot } });
         self.push_accept(key, fd, multishot);
         OpId(key)
     }
@@ -222,13 +217,8 @@ impl UringDriver {
         let fd = self.fd(sock);
         let spare = buf.spare_capacity_mut();
         let (ptr, len) = (spare.as_mut_ptr().cast::<u8>(), spare.len() as u32);
-        let key = self.ops.insert(Op {
-            owner,
-            state: OpState::Recv(buf),
-        });
-        let entry = opcode::Recv::new(types::Fd(fd), ptr, len)
-            .build()
-            .user_data(key as u64);
+        let key = self.ops.insert(Op { owner, state: OpState::Recv(buf) });
+        let entry = opcode::Recv::new(types::Fd(fd), ptr, len).build().user_data(key as u64);
         // SAFETY: invariant 1: the Vec now lives in `ops[key]` until this completion is
         // reaped; moving the Vec into the table did not move its heap storage.
         unsafe { self.push(&entry) };
@@ -247,17 +237,16 @@ impl UringDriver {
         });
         op.bufs = bufs;
         op.iovs.clear();
-        op.iovs.extend(op.bufs.iter().map(|b| libc::iovec {
-            iov_base: b.as_ptr() as *mut libc::c_void,
-            iov_len: b.len(),
-        }));
+        op.iovs.extend(
+            op.bufs.iter().map(|b| libc::iovec {
+                iov_base: b.as_ptr() as *mut libc::c_void,
+                iov_len: b.len(),
+            }),
+        );
         op.msg.msg_iov = op.iovs.as_mut_ptr();
         op.msg.msg_iovlen = op.iovs.len() as _;
         let msg: *const libc::msghdr = &op.msg;
-        let key = self.ops.insert(Op {
-            owner,
-            state: OpState::Send(op),
-        });
+        let key = self.ops.insert(Op { owner, state: OpState::Send(op) });
         let entry = opcode::SendMsg::new(types::Fd(fd), msg)
             .flags(libc::MSG_NOSIGNAL as u32)
             .build()
@@ -272,13 +261,8 @@ impl UringDriver {
         let fd = self.fd(sock);
         let addr = Box::new(SockAddr::from(addr));
         let (ptr, len) = (addr.as_ptr().cast::<libc::sockaddr>(), addr.len());
-        let key = self.ops.insert(Op {
-            owner,
-            state: OpState::Connect(addr),
-        });
-        let entry = opcode::Connect::new(types::Fd(fd), ptr, len)
-            .build()
-            .user_data(key as u64);
+        let key = self.ops.insert(Op { owner, state: OpState::Connect(addr) });
+        let entry = opcode::Connect::new(types::Fd(fd), ptr, len).build().user_data(key as u64);
         // SAFETY: invariant 1: the boxed address stays in `ops[key]` until reaped.
         unsafe { self.push(&entry) };
         OpId(key)
@@ -288,9 +272,7 @@ impl UringDriver {
         if !self.ops.contains(op.0) {
             return;
         }
-        let entry = opcode::AsyncCancel::new(op.0 as u64)
-            .build()
-            .user_data(CANCEL_UD);
+        let entry = opcode::AsyncCancel::new(op.0 as u64).build().user_data(CANCEL_UD);
         // SAFETY: a cancel request points at no user memory.
         unsafe { self.push(&entry) };
     }
@@ -307,13 +289,9 @@ impl UringDriver {
     fn arm_wake(&mut self) {
         let mut counter = Box::new(0u64);
         let ptr: *mut u64 = &mut *counter;
-        let key = self.ops.insert(Op {
-            owner: u64::MAX,
-            state: OpState::Wake(counter),
-        });
-        let entry = opcode::Read::new(types::Fd(self.wake_fd), ptr.cast(), 8)
-            .build()
-            .user_data(key as u64);
+        let key = self.ops.insert(Op { owner: u64::MAX, state: OpState::Wake(counter) });
+        let entry =
+            opcode::Read::new(types::Fd(self.wake_fd), ptr.cast(), 8).build().user_data(key as u64);
         // SAFETY: invariant 1: the boxed counter stays in `ops[key]` until reaped; the
         // eventfd outlives the ring (the Waker holding it is kept by `self.waker`).
         unsafe { self.push(&entry) };
@@ -330,11 +308,7 @@ impl UringDriver {
             self.arm_wake();
         }
         // Completions already in hand: only submit and collect what else is ready.
-        let timeout = if out.is_empty() {
-            timeout
-        } else {
-            Some(Duration::ZERO)
-        };
+        let timeout = if out.is_empty() { timeout } else { Some(Duration::ZERO) };
         let result = match timeout {
             None => self.ring.submit_and_wait(1),
             Some(d) if self.ext_arg => {
@@ -345,10 +319,7 @@ impl UringDriver {
             Some(d) => {
                 let ts = Box::new(types::Timespec::from(d));
                 let ptr: *const types::Timespec = &*ts;
-                let key = self.ops.insert(Op {
-                    owner: u64::MAX,
-                    state: OpState::Timer(ts),
-                });
+                let key = self.ops.insert(Op { owner: u64::MAX, state: OpState::Timer(ts) });
                 let entry = opcode::Timeout::new(ptr).build().user_data(key as u64);
                 // SAFETY: invariant 1: the boxed timespec stays in `ops[key]` until reaped.
                 unsafe { self.push(&entry) };
@@ -389,10 +360,7 @@ impl UringDriver {
                 // Kernel without multishot accept (before 5.19): single-shot from now on.
                 tracing::info!("multishot accept unsupported; using single-shot accept");
                 self.multishot_accept = false;
-                self.ops[key].state = OpState::Accept {
-                    fd,
-                    multishot: false,
-                };
+                self.ops[key].state = OpState::Accept { fd, multishot: false };
                 if !self.dropping {
                     self.push_accept(key, fd, false);
                     return;
@@ -408,10 +376,7 @@ impl UringDriver {
             if !more {
                 self.ops.remove(key);
             }
-            out.push(Completion {
-                owner,
-                kind: CompletionKind::Accept { result, more },
-            });
+            out.push(Completion { owner, kind: CompletionKind::Accept { result, more } });
             return;
         }
         let op = self.ops.remove(key);
@@ -434,11 +399,7 @@ impl UringDriver {
                 let bufs = std::mem::take(&mut send.bufs);
                 send.iovs.clear();
                 self.send_pool.push(send);
-                let result = if res >= 0 {
-                    Ok(res as usize)
-                } else {
-                    Err(err())
-                };
+                let result = if res >= 0 { Ok(res as usize) } else { Err(err()) };
                 CompletionKind::Send { result, bufs }
             }
             OpState::Connect(_addr) => {
@@ -468,10 +429,7 @@ impl Drop for UringDriver {
         let deadline = Instant::now() + Duration::from_secs(1);
         let mut sink = Vec::new();
         while !self.ops.is_empty() && Instant::now() < deadline {
-            if self
-                .wait(Some(Duration::from_millis(10)), &mut sink)
-                .is_err()
-            {
+            if self.wait(Some(Duration::from_millis(10)), &mut sink).is_err() {
                 break;
             }
             sink.clear();

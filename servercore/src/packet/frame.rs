@@ -78,20 +78,14 @@ impl fmt::Display for FrameError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match *self {
             FrameError::TooSmall { size } => {
-                write!(
-                    f,
-                    "packet size {size} is below the {HEADER_LEN}-byte header"
-                )
+                write!(f, "packet size {size} is below the {HEADER_LEN}-byte header")
             }
             FrameError::TooLarge { size, max } if usize::from(size) > max => {
                 write!(f, "packet size {size} exceeds the maximum {max}")
             }
             // Only reachable through encoding, where the real size did not fit in a u16.
             FrameError::TooLarge { max, .. } => {
-                write!(
-                    f,
-                    "packet size above {MAX_PACKET_SIZE_LIMIT} exceeds the maximum {max}"
-                )
+                write!(f, "packet size above {MAX_PACKET_SIZE_LIMIT} exceeds the maximum {max}")
             }
         }
     }
@@ -182,9 +176,7 @@ impl FrameDecoder {
     /// Never panics: `max_packet_size` is clamped into `4..=65535` (a packet is at least its
     /// header, and `size` is 16 bits), so a bad configuration value cannot take a server down.
     pub fn new(max_packet_size: usize) -> Self {
-        FrameDecoder {
-            max_packet_size: clamp_max(max_packet_size),
-        }
+        FrameDecoder { max_packet_size: clamp_max(max_packet_size) }
     }
 
     /// The maximum in force, after clamping.
@@ -235,10 +227,7 @@ pub(crate) fn packet_size(payload_len: usize) -> Result<u16, FrameError> {
     HEADER_LEN
         .checked_add(payload_len)
         .and_then(|size| u16::try_from(size).ok())
-        .ok_or(FrameError::TooLarge {
-            size: u16::MAX,
-            max: MAX_PACKET_SIZE_LIMIT,
-        })
+        .ok_or(FrameError::TooLarge { size: u16::MAX, max: MAX_PACKET_SIZE_LIMIT })
 }
 
 /// Appends one packet (header and payload) to `buf`.
@@ -288,16 +277,7 @@ mod tests {
 
     #[test]
     fn decode_header_only() {
-        assert_eq!(
-            decode(&[4, 0, 3, 0, 9], 4096),
-            Ok(Some((
-                Packet {
-                    id: 3,
-                    payload: &[]
-                },
-                4
-            )))
-        );
+        assert_eq!(decode(&[4, 0, 3, 0, 9], 4096), Ok(Some((Packet { id: 3, payload: &[] }, 4))));
     }
 
     #[test]
@@ -311,17 +291,8 @@ mod tests {
     fn encode_too_large() {
         let payload = vec![0u8; MAX_PACKET_SIZE_LIMIT - HEADER_LEN + 1];
         let err = encode(1, &payload).unwrap_err();
-        assert_eq!(
-            err,
-            FrameError::TooLarge {
-                size: u16::MAX,
-                max: 65535
-            }
-        );
-        assert_eq!(
-            err.to_string(),
-            "packet size above 65535 exceeds the maximum 65535"
-        );
+        assert_eq!(err, FrameError::TooLarge { size: u16::MAX, max: 65535 });
+        assert_eq!(err.to_string(), "packet size above 65535 exceeds the maximum 65535");
         let mut out = Vec::new();
         assert!(encode_into(&mut out, 1, &payload).is_err());
         assert!(out.is_empty());
@@ -335,11 +306,7 @@ mod tests {
             "packet size 2 is below the 4-byte header"
         );
         assert_eq!(
-            FrameError::TooLarge {
-                size: 9000,
-                max: 4096
-            }
-            .to_string(),
+            FrameError::TooLarge { size: 9000, max: 4096 }.to_string(),
             "packet size 9000 exceeds the maximum 4096"
         );
     }

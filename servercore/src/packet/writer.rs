@@ -38,10 +38,8 @@ thread_local! {
 
 /// Takes this thread's chunk (or makes one) with room for at least `need` bytes.
 fn acquire(need: usize) -> BytesMut {
-    let taken = CHUNK
-        .try_with(|slot| slot.try_borrow_mut().ok().and_then(|mut s| s.take()))
-        .ok()
-        .flatten();
+    let taken =
+        CHUNK.try_with(|slot| slot.try_borrow_mut().ok().and_then(|mut s| s.take())).ok().flatten();
     match taken {
         Some(mut chunk) => {
             // Reclaims the whole allocation if every packet carved from it is gone;
@@ -62,9 +60,7 @@ fn release(chunk: BytesMut) {
     // During thread teardown the slot may be gone; then the chunk is simply dropped.
     let _ = CHUNK.try_with(|slot| {
         if let Ok(mut slot) = slot.try_borrow_mut() {
-            let keep_old = slot
-                .as_ref()
-                .is_some_and(|old| old.capacity() >= chunk.capacity());
+            let keep_old = slot.as_ref().is_some_and(|old| old.capacity() >= chunk.capacity());
             if !keep_old {
                 *slot = Some(chunk);
             }
@@ -123,11 +119,7 @@ impl PacketWriter {
         chunk.clear();
         chunk.put_bytes(0, HEADER_LEN);
         let header = chunk.split();
-        PacketWriter {
-            id,
-            header,
-            payload: chunk,
-        }
+        PacketWriter { id, header, payload: chunk }
     }
 
     /// The packet id this writer will stamp.
@@ -326,10 +318,7 @@ mod tests {
             let again = build(2, b"y");
             let base = start as usize;
             let at = again.as_ptr() as usize;
-            assert!(
-                at >= base && at < base + WRITER_CHUNK_SIZE,
-                "same allocation reused"
-            );
+            assert!(at >= base && at < base + WRITER_CHUNK_SIZE, "same allocation reused");
         });
     }
 
@@ -367,13 +356,7 @@ mod tests {
     fn too_large() {
         let mut w = PacketWriter::new(1);
         w.buf().put_bytes(0, 65532);
-        assert_eq!(
-            w.finish().unwrap_err(),
-            FrameError::TooLarge {
-                size: u16::MAX,
-                max: 65535
-            }
-        );
+        assert_eq!(w.finish().unwrap_err(), FrameError::TooLarge { size: u16::MAX, max: 65535 });
         let mut w = PacketWriter::new(1);
         w.buf().put_bytes(0, 65531);
         assert_eq!(w.finish().unwrap().len(), 65535);

@@ -68,10 +68,7 @@ impl ClientBuilder {
     {
         let backend = self.backend.resolve()?;
         let roles = (0..self.workers)
-            .map(|_| Role {
-                listeners: Vec::new(),
-                connect_to: Some(self.addr),
-            })
+            .map(|_| Role { listeners: Vec::new(), connect_to: Some(self.addr) })
             .collect();
         let shared = ServiceShared::new(self.config, backend, usize::MAX);
         let workers = Workers::spawn(shared, roles, factory, "sc-client")?;
@@ -156,13 +153,7 @@ impl ClientService {
         for i in 0..n {
             counts[(start + i) % w] += 1;
         }
-        let remotes = self
-            .workers
-            .shared()
-            .workers
-            .get()
-            .cloned()
-            .unwrap_or_default();
+        let remotes = self.workers.shared().workers.get().cloned().unwrap_or_default();
         for (remote, count) in remotes.iter().zip(counts) {
             if count > 0 {
                 let _ = remote.post(Command::Connect { count });

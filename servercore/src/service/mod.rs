@@ -172,9 +172,8 @@ impl Workers {
             let shared2 = shared.clone();
             let factory = factory.clone();
             let backend = shared.backend;
-            let spawned = std::thread::Builder::new()
-                .name(format!("{name}-{index}"))
-                .spawn(move || {
+            let spawned =
+                std::thread::Builder::new().name(format!("{name}-{index}")).spawn(move || {
                     let driver = match Driver::new(backend) {
                         Ok(d) => d,
                         Err(e) => {
@@ -257,9 +256,7 @@ impl Workers {
             }
         }
         if panicked > 0 {
-            return Err(io::Error::other(format!(
-                "{panicked} worker threads panicked"
-            )));
+            return Err(io::Error::other(format!("{panicked} worker threads panicked")));
         }
         Ok(())
     }

@@ -70,36 +70,17 @@ impl ServerBuilder {
     {
         let backend = self.backend.resolve()?;
         let per_worker = self.reuse_port && sys::REUSE_PORT_BALANCES && self.workers > 1;
-        let first = sys::listen(self.addr, per_worker)?;
-        let local_addr = first.local_addr()?;
-        let mut roles = vec![Role {
-            listeners: vec![first],
-            connect_to: None,
-        }];
-        for _ in 1..self.workers {
-            let listeners = if per_worker {
-                vec![sys::listen(local_addr, true)?]
-            } else {
-                Vec::new()
-            };
-            roles.push(Role {
-                listeners,
-                connect_to: None,
-            });
-        }
+        let listeners = sys::listen_group(self.addr, if per_worker { self.workers } else { 1 })?;
+        let local_addr = listeners[0].local_addr()?;
+        let mut listeners = listeners.into_iter();
+        let roles = (0..self.workers)
+            .map(|_| Role { listeners: listeners.next().into_iter().collect(), connect_to: None })
+            .collect();
         let mut shared = ServiceShared::new(self.config, backend, self.max_sessions);
         shared.single_acceptor = !per_worker && self.workers > 1;
         let workers = Workers::spawn(shared, roles, factory, "sc-server")?;
-        tracing::info!(
-            "listening on {local_addr} (backend: {backend}, workers: {})",
-            self.workers
-        );
-        Ok(ServerService {
-            workers,
-            local_addr,
-            backend,
-            worker_count: self.workers,
-        })
+        tracing::info!("listening on {local_addr} (backend: {backend}, workers: {})", self.workers);
+        Ok(ServerService { workers, local_addr, backend, worker_count: self.workers })
     }
 }
 

@@ -23,11 +23,7 @@ impl EventFd {
         let one: u64 = 1;
         // SAFETY: writes 8 bytes from a live local u64 to an fd this struct owns.
         let n = unsafe {
-            libc::write(
-                self.0.as_raw_fd(),
-                (&one as *const u64).cast(),
-                std::mem::size_of::<u64>(),
-            )
+            libc::write(self.0.as_raw_fd(), (&one as *const u64).cast(), std::mem::size_of::<u64>())
         };
         if n < 0 {
             let e = io::Error::last_os_error();

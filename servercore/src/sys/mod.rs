@@ -20,18 +20,33 @@ pub use signals::TerminationSignals;
 /// Listen backlog used for every listening socket.
 pub(crate) const LISTEN_BACKLOG: i32 = 4096;
 
-/// Creates a listening TCP socket with `SO_REUSEADDR` (and `SO_REUSEPORT` when asked, so
-/// that every worker can own a listener on the same port and the kernel spreads
-/// connections among them).
+/// Creates `n` listening sockets on `addr`: one plain listener when `n == 1`, else a
+/// `SO_REUSEPORT` group so that every worker owns a listener and the kernel spreads
+/// connections among them.
+///
+/// `SO_REUSEPORT` would let a second process of the same user join the group silently;
+/// a plain bind first makes "address in use" an error as it is without the option. (For
+/// port 0 it also picks a port no one else uses.)
+pub(crate) fn listen_group(addr: SocketAddr, n: usize) -> io::Result<Vec<TcpListener>> {
+    if n <= 1 {
+        return Ok(vec![listen(addr, false)?]);
+    }
+    let probe = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    probe.set_reuse_address(true)?;
+    probe.bind(&SockAddr::from(addr)).map_err(|e| bind_error(addr, e))?;
+    let addr = probe.local_addr()?.as_socket().unwrap_or(addr);
+    drop(probe);
+    (0..n).map(|_| listen(addr, true)).collect()
+}
+
+/// Creates a listening TCP socket with `SO_REUSEADDR` (and `SO_REUSEPORT` when asked).
 pub(crate) fn listen(addr: SocketAddr, reuse_port: bool) -> io::Result<TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     socket.set_reuse_address(true)?;
     if reuse_port {
         set_reuse_port(&socket)?;
     }
-    socket
-        .bind(&SockAddr::from(addr))
-        .map_err(|e| bind_error(addr, e))?;
+    socket.bind(&SockAddr::from(addr)).map_err(|e| bind_error(addr, e))?;
     socket.listen(LISTEN_BACKLOG)?;
     Ok(socket.into())
 }
@@ -85,9 +100,7 @@ pub fn set_linger_zero(stream: &TcpStream) -> io::Result<()> {
 pub fn open_fd_count() -> Option<usize> {
     #[cfg(target_os = "linux")]
     {
-        std::fs::read_dir("/proc/self/fd")
-            .ok()
-            .map(|d| d.count().saturating_sub(1))
+        std::fs::read_dir("/proc/self/fd").ok().map(|d| d.count().saturating_sub(1))
     }
     #[cfg(not(target_os = "linux"))]
     {

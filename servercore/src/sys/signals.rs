@@ -47,18 +47,11 @@ impl TerminationSignals {
             if rc != 0 {
                 return Err(io::Error::from_raw_os_error(rc));
             }
-            Ok(if sig == libc::SIGINT {
-                "SIGINT"
-            } else {
-                "SIGTERM"
-            })
+            Ok(if sig == libc::SIGINT { "SIGINT" } else { "SIGTERM" })
         }
         #[cfg(not(unix))]
         {
-            Err(io::Error::new(
-                io::ErrorKind::Unsupported,
-                "signals are unix-only",
-            ))
+            Err(io::Error::new(io::ErrorKind::Unsupported, "signals are unix-only"))
         }
     }
 }

@@ -1,0 +1,654 @@
+//! End-to-end tests of the `servercore` binary (DESIGN.md "Contract for the binary",
+//! PROTOCOL.md sections 1 and 4): echo-server lifecycle and signals, dummy-client against a
+//! live server and against nothing, the demo, flag validation, and a port already in use.
+//!
+//! Every child process is owned by a [`Proc`] guard that kills it on drop, and every wait
+//! (a stdout line, an exit) is bounded, so a hung binary fails a test instead of hanging it.
+//! `SERVERCORE_BACKEND` is inherited from the test run, so
+//! `SERVERCORE_BACKEND=poll cargo test -p servercore-cli --test cli` runs everything on poll.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, TryRecvError};
+use std::sync::{Arc, Mutex};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_servercore");
+/// Longest wait for one line on a child's stdout.
+const LINE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest wait for a server to exit after SIGTERM/SIGINT.
+const EXIT_TIMEOUT: Duration = Duration::from_secs(15);
+/// Longest wait for a run-to-completion command (demo, dummy-client, bad flags).
+const RUN_TIMEOUT: Duration = Duration::from_secs(90);
+/// Socket read/write timeout of the test clients.
+const IO_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A running `servercore` child: stdout as lines over a channel, stderr collected in the
+/// background. Dropping it kills the child if it still runs, and reaps it.
+struct Proc {
+    child: Child,
+    what: String,
+    stdout: Receiver<String>,
+    stdout_thread: Option<JoinHandle<()>>,
+    stderr: Arc<Mutex<String>>,
+    stderr_thread: Option<JoinHandle<()>>,
+}
+
+/// What a finished child left behind.
+struct Finished {
+    what: String,
+    status: ExitStatus,
+    stdout: String,
+    stderr: String,
+    elapsed: Duration,
+}
+
+impl Finished {
+    fn describe(&self) -> String {
+        format!(
+            "`servercore {}` exited with {:?} after {:.1} s\n--- stdout ---\n{}\n--- stderr ---\n{}",
+            self.what,
+            self.status,
+            self.elapsed.as_secs_f64(),
+            self.stdout,
+            self.stderr
+        )
+    }
+}
+
+impl Proc {
+    fn spawn(args: &[&str]) -> Proc {
+        Proc::spawn_env(args, &[])
+    }
+
+    fn spawn_env(args: &[&str], env: &[(&str, &str)]) -> Proc {
+        let mut cmd = Command::new(BIN);
+        cmd.args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {BIN}: {e}"));
+        let out = child.stdout.take().expect("piped stdout");
+        let (tx, rx) = mpsc::channel();
+        let stdout_thread = thread::spawn(move || {
+            for line in BufReader::new(out).lines() {
+                match line {
+                    Ok(l) => {
+                        if tx.send(l).is_err() {
+                            break;
+                        }
+                    }
+                    Err(_) => break,
+                }
+            }
+        });
+        let mut err = child.stderr.take().expect("piped stderr");
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let sink = stderr.clone();
+        let stderr_thread = thread::spawn(move || {
+            let mut chunk = [0u8; 4096];
+            loop {
+                match err.read(&mut chunk) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => sink
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push_str(&String::from_utf8_lossy(&chunk[..n])),
+                }
+            }
+        });
+        Proc {
+            child,
+            what: args.join(" "),
+            stdout: rx,
+            stdout_thread: Some(stdout_thread),
+            stderr,
+            stderr_thread: Some(stderr_thread),
+        }
+    }
+
+    fn stderr_so_far(&self) -> String {
+        self.stderr.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The next stdout line, or a panic (the guard then kills the child).
+    fn next_line(&mut self, timeout: Duration) -> String {
+        match self.stdout.recv_timeout(timeout) {
+            Ok(line) => line,
+            Err(RecvTimeoutError::Timeout) => panic!(
+                "`servercore {}`: no stdout line within {timeout:?}; stderr so far:\n{}",
+                self.what,
+                self.stderr_so_far()
+            ),
+            Err(RecvTimeoutError::Disconnected) => {
+                // Give the stderr reader a moment to catch the reason.
+                let status = self.wait_timeout(Duration::from_secs(5));
+                if let Some(t) = self.stderr_thread.take() {
+                    let _ = t.join();
+                }
+                panic!(
+                    "`servercore {}`: stdout closed before the expected line (status {status:?}); stderr:\n{}",
+                    self.what,
+                    self.stderr_so_far()
+                )
+            }
+        }
+    }
+
+    fn signal(&self, sig: libc::c_int) {
+        let pid = self.child.id() as libc::pid_t;
+        // SAFETY: kill(2) only sends a signal to our own child, which we have not reaped yet
+        // (the Child is still owned here), so the pid cannot have been reused.
+        let rc = unsafe { libc::kill(pid, sig) };
+        assert_eq!(rc, 0, "kill({pid}, {sig}) failed: {}", std::io::Error::last_os_error());
+    }
+
+    fn try_wait(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().expect("try_wait on the child")
+    }
+
+    fn wait_timeout(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Waits for the child to exit (at most `timeout`, else panics and the guard kills it)
+    /// and collects everything it printed.
+    fn finish(mut self, timeout: Duration) -> Finished {
+        let start = Instant::now();
+        let Some(status) = self.wait_timeout(timeout) else {
+            panic!(
+                "`servercore {}` did not exit within {timeout:?}; stderr so far:\n{}",
+                self.what,
+                self.stderr_so_far()
+            );
+        };
+        let elapsed = start.elapsed();
+        if let Some(t) = self.stdout_thread.take() {
+            let _ = t.join();
+        }
+        if let Some(t) = self.stderr_thread.take() {
+            let _ = t.join();
+        }
+        let mut stdout = String::new();
+        while let Ok(line) = self.stdout.try_recv() {
+            stdout.push_str(&line);
+            stdout.push('\n');
+        }
+        Finished { what: self.what.clone(), status, stdout, stderr: self.stderr_so_far(), elapsed }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+        }
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs a command to completion (bounded by [`RUN_TIMEOUT`]).
+fn run(args: &[&str]) -> Finished {
+    Proc::spawn(args).finish(RUN_TIMEOUT)
+}
+
+/// The backend `SERVERCORE_BACKEND` forces on this test run, if any.
+fn forced_backend() -> Option<&'static str> {
+    match std::env::var("SERVERCORE_BACKEND").ok().as_deref() {
+        Some("io_uring") => Some("io_uring"),
+        Some("poll") => Some("poll"),
+        _ => None,
+    }
+}
+
+/// Checks the readiness line of PROTOCOL.md section 4 exactly; returns the address and the
+/// backend it names.
+fn parse_ready(line: &str, workers: u32) -> (SocketAddr, String) {
+    let bad = |why: &str| -> ! {
+        panic!(
+            "readiness line {line:?} {why}; expected \
+             `listening on 127.0.0.1:<port> (backend: <io_uring|poll>, workers: {workers})`"
+        )
+    };
+    let Some(rest) = line.strip_prefix("listening on 127.0.0.1:") else {
+        bad("does not start with `listening on 127.0.0.1:`")
+    };
+    let Some((port, rest)) = rest.split_once(" (backend: ") else {
+        bad("has no ` (backend: ` after the port")
+    };
+    if port.is_empty() || !port.bytes().all(|b| b.is_ascii_digit()) {
+        bad("has a port that is not a decimal number");
+    }
+    let port: u16 = port.parse().unwrap_or_else(|_| bad("has a port out of range"));
+    if port == 0 {
+        bad("names port 0 instead of the bound port");
+    }
+    let Some((backend, rest)) = rest.split_once(", workers: ") else {
+        bad("has no `, workers: ` after the backend")
+    };
+    if backend != "io_uring" && backend != "poll" {
+        bad("names a backend other than io_uring or poll");
+    }
+    if rest != format!("{workers})") {
+        bad("has the wrong worker count or trailing text");
+    }
+    (SocketAddr::from(([127, 0, 0, 1], port)), backend.to_string())
+}
+
+/// Starts `echo-server --addr 127.0.0.1:0 --workers N` and waits for its readiness line.
+fn start_echo_server(workers: u32, env: &[(&str, &str)]) -> (Proc, SocketAddr, String) {
+    let w = workers.to_string();
+    let mut server =
+        Proc::spawn_env(&["echo-server", "--addr", "127.0.0.1:0", "--workers", &w], env);
+    let line = server.next_line(LINE_TIMEOUT);
+    let (addr, backend) = parse_ready(&line, workers);
+    (server, addr, backend)
+}
+
+fn connect(addr: SocketAddr) -> TcpStream {
+    let s = TcpStream::connect_timeout(&addr, Duration::from_secs(10))
+        .unwrap_or_else(|e| panic!("connect to {addr}: {e}"));
+    s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    s.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
+    s
+}
+
+/// Sends `payload` on `stream` (from a second thread, so that a large payload cannot
+/// deadlock against the echo) and checks that exactly the same bytes come back.
+fn echo_round_trip(stream: &mut TcpStream, payload: &[u8]) {
+    let mut writer = stream.try_clone().expect("clone the client socket");
+    let data = payload.to_vec();
+    let w = thread::spawn(move || writer.write_all(&data));
+    let mut back = vec![0u8; payload.len()];
+    let mut got = 0;
+    while got < back.len() {
+        match stream.read(&mut back[got..]) {
+            Ok(0) => panic!(
+                "server closed the connection after echoing {got} of {} bytes",
+                payload.len()
+            ),
+            Ok(n) => got += n,
+            Err(e) => panic!("reading the echo failed after {got} of {} bytes: {e}", payload.len()),
+        }
+    }
+    w.join()
+        .expect("writer thread")
+        .unwrap_or_else(|e| panic!("sending {} bytes failed: {e}", payload.len()));
+    if let Some(i) = (0..payload.len()).find(|&i| back[i] != payload[i]) {
+        panic!(
+            "echo differs at byte {i} of {}: sent {:#04x}, got {:#04x}",
+            payload.len(),
+            payload[i],
+            back[i]
+        );
+    }
+}
+
+fn pattern(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i.wrapping_mul(7) ^ (i >> 8)) as u8).collect()
+}
+
+fn assert_no_panic(f: &Finished) {
+    assert!(
+        !f.stderr.contains("panicked") && !f.stdout.contains("panicked"),
+        "the binary panicked:\n{}",
+        f.describe()
+    );
+}
+
+fn assert_exit_code(f: &Finished, code: i32) {
+    assert_eq!(f.status.code(), Some(code), "wrong exit status:\n{}", f.describe());
+}
+
+fn assert_failed_cleanly(f: &Finished) {
+    assert!(
+        matches!(f.status.code(), Some(c) if c != 0),
+        "expected a non-zero exit code (not a signal):\n{}",
+        f.describe()
+    );
+    assert_no_panic(f);
+}
+
+/// Value of a non-negative integer field of a flat JSON object, by string search.
+fn json_u64(json: &str, key: &str) -> Option<u64> {
+    let pat = format!("\"{key}\":");
+    let start = json.find(&pat)? + pat.len();
+    let digits: String = json[start..]
+        .chars()
+        .skip_while(|c| c.is_whitespace())
+        .take_while(|c| c.is_ascii_digit())
+        .collect();
+    digits.parse().ok()
+}
+
+/// Sends `sig` to a running echo-server and checks that it exits with status 0 in time.
+fn stop_with(server: Proc, sig: libc::c_int, sig_name: &str) -> Finished {
+    server.signal(sig);
+    let f = server.finish(EXIT_TIMEOUT);
+    assert_exit_code(&f, 0);
+    assert_no_panic(&f);
+    assert!(
+        f.stderr.contains(&format!("{sig_name} received")),
+        "expected `{sig_name} received` on stderr:\n{}",
+        f.describe()
+    );
+    f
+}
+
+/// Test 1: readiness line, backend, echo round trips, then a signal and exit status 0.
+fn echo_server_lifecycle(sig: libc::c_int, sig_name: &str, client_open_at_signal: bool) {
+    let (server, addr, backend) = start_echo_server(2, &[]);
+    if let Some(forced) = forced_backend() {
+        assert_eq!(
+            backend, forced,
+            "SERVERCORE_BACKEND={forced} but the readiness line names {backend}"
+        );
+    }
+
+    let mut client = connect(addr);
+    echo_round_trip(&mut client, b"hello, servercore");
+    echo_round_trip(&mut client, &[0u8]);
+    echo_round_trip(&mut client, &pattern(100 * 1024));
+    // A second connection, concurrently open, is served too.
+    let mut other = connect(addr);
+    echo_round_trip(&mut other, &pattern(4096));
+    echo_round_trip(&mut client, b"still echoing");
+    drop(other);
+
+    if client_open_at_signal {
+        stop_with(server, sig, sig_name);
+        // The graceful shutdown closes the open session: the client sees EOF (or a reset),
+        // not a hang.
+        let mut buf = [0u8; 16];
+        match client.read(&mut buf) {
+            Ok(0) | Err(_) => {}
+            Ok(n) => panic!("unexpected {n} bytes after shutdown"),
+        }
+    } else {
+        drop(client);
+        stop_with(server, sig, sig_name);
+    }
+}
+
+#[test]
+fn echo_server_ready_line_echo_and_sigterm_exit_0() {
+    echo_server_lifecycle(libc::SIGTERM, "SIGTERM", false);
+}
+
+#[test]
+fn echo_server_ready_line_echo_and_sigint_exit_0_with_client_open() {
+    echo_server_lifecycle(libc::SIGINT, "SIGINT", true);
+}
+
+#[test]
+fn echo_server_honours_forced_poll_backend() {
+    let (server, addr, backend) = start_echo_server(2, &[("SERVERCORE_BACKEND", "poll")]);
+    assert_eq!(backend, "poll");
+    let mut client = connect(addr);
+    echo_round_trip(&mut client, &pattern(100 * 1024));
+    drop(client);
+    stop_with(server, libc::SIGTERM, "SIGTERM");
+}
+
+#[test]
+fn echo_server_single_worker_ready_line() {
+    let (server, addr, _) = start_echo_server(1, &[]);
+    let mut client = connect(addr);
+    echo_round_trip(&mut client, b"one worker");
+    drop(client);
+    stop_with(server, libc::SIGTERM, "SIGTERM");
+}
+
+#[test]
+fn unknown_backend_env_is_a_clear_error() {
+    let f = Proc::spawn_env(
+        &["echo-server", "--addr", "127.0.0.1:0"],
+        &[("SERVERCORE_BACKEND", "bogus")],
+    )
+    .finish(RUN_TIMEOUT);
+    assert_failed_cleanly(&f);
+    assert!(
+        f.stderr.contains("SERVERCORE_BACKEND") && f.stderr.contains("bogus"),
+        "expected the error to name SERVERCORE_BACKEND and the bad value:\n{}",
+        f.describe()
+    );
+    assert!(!f.stdout.contains("listening on"), "must not report readiness:\n{}", f.describe());
+}
+
+/// Test 2: the dummy client against a live echo server, JSON report.
+#[test]
+fn dummy_client_json_against_echo_server() {
+    let (server, addr, _) = start_echo_server(2, &[]);
+    let a = addr.to_string();
+    let f = run(&[
+        "dummy-client",
+        "--addr",
+        &a,
+        "--mode",
+        "echo",
+        "--sessions",
+        "50",
+        "--size",
+        "64",
+        "--depth",
+        "4",
+        "--secs",
+        "1",
+        "--json",
+    ]);
+    assert_exit_code(&f, 0);
+    assert_no_panic(&f);
+    let json = f
+        .stdout
+        .lines()
+        .find(|l| l.trim_start().starts_with('{'))
+        .unwrap_or_else(|| panic!("no JSON object on stdout:\n{}", f.describe()))
+        .trim();
+    assert!(json.ends_with('}'), "JSON not one line: {json}");
+    let field =
+        |k: &str| json_u64(json, k).unwrap_or_else(|| panic!("no integer field {k:?} in {json}"));
+    assert_eq!(field("errors"), 0, "{json}");
+    assert_eq!(field("connected"), 50, "{json}");
+    assert_eq!(field("sessions"), 50, "{json}");
+    assert!(field("messages") > 0, "{json}");
+    assert!(json.contains("\"mode\":\"echo\""), "{json}");
+    assert!(json.contains("\"first_error\":null"), "{json}");
+    stop_with(server, libc::SIGTERM, "SIGTERM");
+}
+
+#[test]
+fn dummy_client_text_report_against_echo_server() {
+    let (server, addr, _) = start_echo_server(2, &[]);
+    let a = addr.to_string();
+    let f =
+        run(&["dummy-client", "--addr", &a, "--sessions", "10", "--size", "1000", "--secs", "1"]);
+    assert_exit_code(&f, 0);
+    assert_no_panic(&f);
+    assert!(
+        f.stdout.contains("10 sessions (10 connected)") && f.stdout.contains("errors    0 "),
+        "unexpected report:\n{}",
+        f.describe()
+    );
+    stop_with(server, libc::SIGTERM, "SIGTERM");
+}
+
+/// Test 3: nothing listens at the address.
+#[test]
+fn dummy_client_unreachable_address_fails_cleanly() {
+    let port = {
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+        l.local_addr().unwrap().port()
+    };
+    let a = format!("127.0.0.1:{port}");
+    let f = run(&["dummy-client", "--addr", &a, "--sessions", "4", "--secs", "1"]);
+    assert_failed_cleanly(&f);
+    let err = f.stderr.to_lowercase();
+    assert!(
+        err.contains("cannot reach") || err.contains("connection refused"),
+        "expected `cannot reach` or a connection-refused message on stderr:\n{}",
+        f.describe()
+    );
+    assert!(f.stderr.contains(&a), "the error should name the address {a}:\n{}", f.describe());
+    assert!(
+        f.elapsed < Duration::from_secs(20),
+        "a refused connection should fail fast:\n{}",
+        f.describe()
+    );
+}
+
+/// Test 4: the demo.
+#[test]
+fn demo_runs_and_reports_no_errors() {
+    let f = run(&["demo", "--secs", "1", "--sessions", "20"]);
+    assert_exit_code(&f, 0);
+    assert_no_panic(&f);
+    assert!(
+        f.stdout.contains("servercore demo: echo server on 127.0.0.1:"),
+        "no demo banner:\n{}",
+        f.describe()
+    );
+    assert!(
+        f.stdout.contains("20 sessions (20 connected)"),
+        "not every session connected:\n{}",
+        f.describe()
+    );
+    assert!(
+        f.stdout.contains("errors    0 "),
+        "expected `errors    0` in the summary:\n{}",
+        f.describe()
+    );
+    if let Some(forced) = forced_backend() {
+        assert!(
+            f.stdout.contains(&format!("(backend: {forced},")),
+            "SERVERCORE_BACKEND={forced} not honoured by the demo:\n{}",
+            f.describe()
+        );
+    }
+}
+
+#[test]
+fn no_arguments_runs_the_demo() {
+    // The default demo: 100 sessions for 5 s.
+    let f = run(&[]);
+    assert_exit_code(&f, 0);
+    assert_no_panic(&f);
+    assert!(
+        f.stdout.contains("servercore demo: echo server on 127.0.0.1:")
+            && f.stdout.contains("100 client sessions for 5 s")
+            && f.stdout.contains("100 sessions (100 connected)")
+            && f.stdout.contains("errors    0 "),
+        "no arguments should run the default demo cleanly:\n{}",
+        f.describe()
+    );
+}
+
+/// Test 5: invalid flag values.
+#[test]
+fn invalid_flags_give_clear_errors() {
+    // (arguments, text the error must contain)
+    let cases: &[(&[&str], &str)] = &[
+        (&["echo-server", "--addr", "nonsense"], "nonsense"),
+        (&["echo-server", "--addr", "nonsense"], "--addr"),
+        (&["dummy-client", "--addr", "127.0.0.1:1", "--sessions", "0"], "--sessions"),
+        // clap reads `-1` as an unknown flag rather than a value of --secs.
+        (&["demo", "--secs", "-1"], "-1"),
+        (&["demo", "--secs=-1"], "--secs must be a positive"),
+        (&["demo", "--secs", "0"], "--secs must be a positive"),
+        (&["dummy-client", "--addr", "127.0.0.1:1", "--secs", "nan"], "--secs must be a positive"),
+        (&["echo-server", "--workers", "0"], "--workers"),
+        (&["demo", "--sessions", "0"], "--sessions"),
+        (&["dummy-client", "--sessions", "5"], "--addr"),
+        (&["no-such-command"], "no-such-command"),
+    ];
+    for (args, needle) in cases {
+        let f = run(args);
+        assert_failed_cleanly(&f);
+        assert!(f.stderr.contains("error"), "no error message on stderr:\n{}", f.describe());
+        assert!(f.stderr.contains(needle), "expected {needle:?} in the error:\n{}", f.describe());
+        assert!(!f.stdout.contains("listening on"), "must not start serving:\n{}", f.describe());
+    }
+}
+
+/// Test 6: a second server on a port that one already serves must fail with "in use".
+fn second_server_on_same_port(workers: u32) {
+    let (mut first, addr, _) = start_echo_server(workers, &[]);
+    let w = workers.to_string();
+    let a = addr.to_string();
+    let mut second = Proc::spawn(&["echo-server", "--addr", &a, "--workers", &w]);
+    let deadline = Instant::now() + LINE_TIMEOUT;
+    loop {
+        match second.stdout.try_recv() {
+            Ok(line) => {
+                // The bug: the second process bound the same port. Show that it really
+                // serves it: stop the first, and the port still echoes.
+                first.signal(libc::SIGTERM);
+                let first_status = first.wait_timeout(EXIT_TIMEOUT);
+                let still_served = TcpStream::connect_timeout(&addr, Duration::from_secs(2))
+                    .ok()
+                    .map(|mut s| {
+                        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                        let _ = s.write_all(b"who?");
+                        let mut b = [0u8; 4];
+                        s.read_exact(&mut b).is_ok() && &b == b"who?"
+                    })
+                    .unwrap_or(false);
+                panic!(
+                    "BUG: a second `echo-server --addr {a} --workers {workers}` started on a port \
+                     the first one already listens on; it printed {line:?} instead of failing \
+                     with \"address in use\". Both processes listened on {a} at once (SO_REUSEPORT \
+                     on every per-worker listener, same UID), so the kernel splits new \
+                     connections between them. After SIGTERM to the first (status \
+                     {first_status:?}), {a} still echoes: {still_served}."
+                );
+            }
+            Err(TryRecvError::Disconnected) | Err(TryRecvError::Empty) => {}
+        }
+        if second.try_wait().is_some() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "second server neither failed nor became ready within {LINE_TIMEOUT:?}; stderr:\n{}",
+            second.stderr_so_far()
+        );
+        thread::sleep(Duration::from_millis(10));
+    }
+    let f = second.finish(EXIT_TIMEOUT);
+    assert_failed_cleanly(&f);
+    assert!(
+        f.stderr.contains("in use"),
+        "expected an `in use` error from the second server:\n{}",
+        f.describe()
+    );
+    assert!(
+        !f.stdout.contains("listening on"),
+        "the second server reported readiness:\n{}",
+        f.describe()
+    );
+    // The first server is unaffected.
+    let mut client = connect(addr);
+    echo_round_trip(&mut client, b"first server still serves");
+    drop(client);
+    stop_with(first, libc::SIGTERM, "SIGTERM");
+}
+
+#[test]
+fn addr_in_use_single_worker_servers() {
+    second_server_on_same_port(1);
+}
+
+#[test]
+fn addr_in_use_multi_worker_servers() {
+    second_server_on_same_port(2);
+}
