@@ -3,14 +3,17 @@
 
 use crate::buffer::SendBuffer;
 use crate::reason::DisconnectReason;
+use crate::room::Room;
 use crate::service::ServiceRef;
-use crate::worker::{Command, Core, Local, WorkerRemote};
+use crate::timer::TimerId;
+use crate::worker::{Command, Core, Local, SessionJob, WorkerRemote};
 use std::borrow::Cow;
 use std::fmt;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 /// A connection's behaviour: the seed's `OnConnected` / `OnRecv` / `OnSend` /
 /// `OnDisconnected`.
@@ -55,6 +58,12 @@ pub trait Session: Send + 'static {
     /// when the reason is a local disconnect or a shutdown.
     fn on_disconnected(&mut self, ctx: &mut Ctx<'_>, reason: &DisconnectReason) {
         let _ = (ctx, reason);
+    }
+
+    /// A timer set with [`Ctx::set_timer`] or [`Ctx::set_interval`] fired; `token` is the
+    /// value given when it was set. Never called after `on_disconnected`.
+    fn on_timer(&mut self, ctx: &mut Ctx<'_>, token: u64) {
+        let _ = (ctx, token);
     }
 
     /// An outgoing connect (client services) failed or timed out; this session object is
@@ -172,6 +181,43 @@ impl Ctx<'_> {
         self.local.remote.index
     }
 
+    /// Calls [`Session::on_timer`] with `token` once, after `delay` (millisecond
+    /// resolution). The timer dies with the session.
+    pub fn set_timer(&mut self, delay: Duration, token: u64) -> TimerId {
+        self.local.set_session_timer(self.core, delay, None, token)
+    }
+
+    /// Calls [`Session::on_timer`] with `token` every `period` (first after one period)
+    /// until cancelled or the session ends.
+    pub fn set_interval(&mut self, period: Duration, token: u64) -> TimerId {
+        let period = period.max(Duration::from_millis(1));
+        self.local.set_session_timer(self.core, period, Some(period), token)
+    }
+
+    /// Cancels one of this session's timers; false if it already fired (once) or is not
+    /// this session's.
+    pub fn cancel_timer(&mut self, id: TimerId) -> bool {
+        self.local.cancel_session_timer(self.core, id)
+    }
+
+    /// Adds this session to `room` once the callback returns. False if the room belongs
+    /// to another service.
+    pub fn enter_room(&mut self, room: &Room) -> bool {
+        self.local.enter_room(self.core, &room.inner)
+    }
+
+    /// Removes this session from `room` once the callback returns.
+    pub fn leave_room(&mut self, room: &Room) {
+        self.local.leave_room(self.core, room.inner.id)
+    }
+
+    /// Queues `buf` on every member of `room` (this session included, if a member). The
+    /// members on this worker get it right after the callback; other workers get one
+    /// message each. One sender's broadcasts reach every member in order.
+    pub fn broadcast_room(&mut self, room: &Room, buf: impl Into<SendBuffer>) {
+        self.local.broadcast_room(&room.inner, buf.into().into_bytes())
+    }
+
     /// The service this session belongs to, while it exists (sessions hold it weakly).
     pub fn service(&self) -> Option<ServiceRef> {
         self.local.service.upgrade().map(ServiceRef)
@@ -219,6 +265,25 @@ impl SessionHandle {
         }
         self.worker
             .post(Command::Send { key: self.key, buf: buf.into().into_bytes() })
+            .map_err(|_| SendError::Disconnected)
+    }
+
+    /// Runs `job` on the session's worker with the session object, in order with the other
+    /// messages to it. Does nothing if the session is gone by then, or is not an `S`.
+    pub fn run<S: Session>(
+        &self,
+        job: impl FnOnce(&mut S, &mut Ctx<'_>) + Send + 'static,
+    ) -> Result<(), SendError> {
+        if !self.is_connected() {
+            return Err(SendError::Disconnected);
+        }
+        let job: SessionJob = Box::new(move |any, ctx| {
+            if let Some(s) = any.downcast_mut::<S>() {
+                job(s, ctx)
+            }
+        });
+        self.worker
+            .post(Command::SessionJob { key: self.key, job })
             .map_err(|_| SendError::Disconnected)
     }
 

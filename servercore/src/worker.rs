@@ -13,12 +13,14 @@
 use crate::config::SessionConfig;
 use crate::driver::{Completion, CompletionKind, Driver, OpId, SockId, Waker, MAX_IOVECS};
 use crate::reason::DisconnectReason;
+use crate::room::RoomInner;
 use crate::service::ServiceShared;
 use crate::session::{Ctx, SendError, Session, SessionId};
 use crate::sys;
 use crate::timer::{TimerId, Timers};
 use bytes::{Buf, Bytes};
-use std::collections::VecDeque;
+use std::any::Any;
+use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::panic::{self, AssertUnwindSafe};
@@ -48,7 +50,27 @@ pub(crate) enum Command {
     Adopt(TcpStream),
     /// Stop accepting, flush, disconnect every session, and end the thread.
     Shutdown { deadline: Instant },
+    /// Run a closure on this worker.
+    Job(Box<dyn FnOnce() + Send>),
+    /// Run a closure after `delay`, then every `period` if given, until cancelled.
+    TimedJob {
+        delay: Duration,
+        period: Option<Duration>,
+        cancelled: Arc<AtomicBool>,
+        job: Box<dyn FnMut() + Send>,
+    },
+    /// Run a closure with a session's object and context.
+    SessionJob { key: u64, job: SessionJob },
+    /// Add a session to a room.
+    RoomEnter { room: Arc<RoomInner>, key: u64 },
+    /// Remove a session from a room.
+    RoomLeave { room: u64, key: u64 },
+    /// Queue a buffer on the room's members on this worker.
+    RoomBroadcast { room: u64, buf: Bytes },
 }
+
+/// A closure run on a session's worker with the session object (as `Any`) and its context.
+pub(crate) type SessionJob = Box<dyn FnOnce(&mut dyn Any, &mut Ctx<'_>) + Send>;
 
 /// The part of a worker other threads can reach: its inbox and its wake-up.
 /// Thread safety: `Send + Sync`; `post` may be called from any thread.
@@ -99,6 +121,8 @@ pub(crate) struct Core {
     graceful: bool,
     timer: Option<TimerId>,
     connect_error: Option<io::Error>,
+    /// Rooms this session is in (ids), so it leaves them when it closes.
+    rooms: Vec<u64>,
     pub(crate) alive: Arc<AtomicBool>,
 }
 
@@ -114,9 +138,66 @@ pub(crate) struct Local {
     pub(crate) service: Weak<ServiceShared>,
     pub(crate) config: Arc<SessionConfig>,
     dirty: Vec<u64>,
+    /// Room operations asked for inside callbacks, carried out right after them.
+    deferred: Vec<Deferred>,
+    pub(crate) timers: Timers<TimerAction>,
+}
+
+/// Work a callback asks for that touches other sessions of this worker.
+enum Deferred {
+    Enter(Arc<RoomInner>, u64),
+    Leave(u64, u64),
+    Broadcast(u64, Bytes),
 }
 
 impl Local {
+    /// Adds the session to `room` once the callback returns.
+    pub(crate) fn enter_room(&mut self, core: &Core, room: &Arc<RoomInner>) -> bool {
+        let Some(service) = self.service.upgrade() else { return false };
+        if !room.bind(&service) {
+            return false;
+        }
+        self.deferred.push(Deferred::Enter(room.clone(), core.key));
+        true
+    }
+
+    pub(crate) fn leave_room(&mut self, core: &Core, room: u64) {
+        self.deferred.push(Deferred::Leave(room, core.key));
+    }
+
+    /// Posts the buffer to the other workers with members now, and queues it on this
+    /// worker's members right after the callback: one sender's broadcasts stay in order.
+    pub(crate) fn broadcast_room(&mut self, room: &Arc<RoomInner>, buf: Bytes) {
+        let me = self.remote.index;
+        room.for_remote_workers(me, |w| {
+            let _ = w.post(Command::RoomBroadcast { room: room.id, buf: buf.clone() });
+        });
+        self.deferred.push(Deferred::Broadcast(room.id, buf));
+    }
+
+    pub(crate) fn set_session_timer(
+        &mut self,
+        core: &Core,
+        delay: Duration,
+        period: Option<Duration>,
+        token: u64,
+    ) -> TimerId {
+        let at = Instant::now() + delay;
+        self.timers.add(at, TimerAction::Session { key: core.key, token, period })
+    }
+
+    pub(crate) fn cancel_session_timer(&mut self, core: &Core, id: TimerId) -> bool {
+        match self.timers.cancel(id) {
+            Some(TimerAction::Session { key, .. }) if key == core.key => true,
+            Some(other) => {
+                // Not this session's timer: leave it alone.
+                self.timers.restore(id, other);
+                false
+            }
+            None => false,
+        }
+    }
+
     fn mark_dirty(&mut self, core: &mut Core) {
         if !core.dirty {
             core.dirty = true;
@@ -176,11 +257,13 @@ struct ListenerState {
     closed: bool,
 }
 
-enum TimerAction {
+pub(crate) enum TimerAction {
     ConnectTimeout(u64),
     FlushDeadline(u64),
     RearmAccept(usize),
     ShutdownDeadline,
+    Session { key: u64, token: u64, period: Option<Duration> },
+    Job { period: Option<Duration>, cancelled: Arc<AtomicBool>, job: Box<dyn FnMut() + Send> },
 }
 
 /// What a worker does besides serving its sessions.
@@ -204,6 +287,12 @@ pub(crate) fn remote(index: usize, tx: Sender<Command>, waker: Arc<Waker>) -> Wo
     WorkerRemote { index, tx, waker }
 }
 
+/// A room's members that live on this worker.
+struct LocalRoom {
+    room: Arc<RoomInner>,
+    members: Vec<u64>,
+}
+
 pub(crate) struct Worker<S: Session> {
     driver: Driver,
     rx: Receiver<Command>,
@@ -215,7 +304,7 @@ pub(crate) struct Worker<S: Session> {
     factory: Arc<dyn Fn() -> S + Send + Sync>,
     listeners: Vec<ListenerState>,
     connect_to: Option<SocketAddr>,
-    timers: Timers<TimerAction>,
+    rooms: HashMap<u64, LocalRoom>,
     completions: Vec<Completion>,
     shutdown: Option<Instant>,
     accept_error_logged: bool,
@@ -266,12 +355,19 @@ impl<S: Session> Worker<S> {
             slots: Vec::new(),
             free: Vec::new(),
             live: 0,
-            local: Local { remote, service: Arc::downgrade(&shared), config, dirty: Vec::new() },
+            local: Local {
+                remote,
+                service: Arc::downgrade(&shared),
+                config,
+                dirty: Vec::new(),
+                deferred: Vec::new(),
+                timers: Timers::new(),
+            },
             shared,
             factory,
             listeners,
             connect_to: role.connect_to,
-            timers: Timers::new(),
+            rooms: HashMap::new(),
             completions: Vec::with_capacity(256),
             shutdown: None,
             accept_error_logged: false,
@@ -302,7 +398,7 @@ impl<S: Session> Worker<S> {
                     break;
                 }
             }
-            let timeout = self.timers.next_timeout(Instant::now());
+            let timeout = self.local.timers.next_timeout(Instant::now());
             if let Err(e) = self.driver.wait(timeout, &mut self.completions) {
                 tracing::error!("worker {}: driver wait failed: {e}", self.local.remote.index);
                 self.begin_shutdown(Instant::now());
@@ -382,6 +478,7 @@ impl<S: Session> Worker<S> {
             graceful: false,
             timer: None,
             connect_error: None,
+            rooms: Vec::new(),
             alive: Arc::new(AtomicBool::new(state == State::Open)),
         }
     }
@@ -434,13 +531,111 @@ impl<S: Session> Worker<S> {
             }
             Command::Adopt(stream) => self.open_accepted(stream),
             Command::Shutdown { deadline } => self.begin_shutdown(deadline),
+            Command::Job(job) => run_job(job),
+            Command::TimedJob { delay, period, cancelled, job } => {
+                let at = Instant::now() + delay;
+                self.local.timers.add(at, TimerAction::Job { period, cancelled, job });
+            }
+            Command::SessionJob { key, job } => {
+                let local = &mut self.local;
+                if let Some(conn) = conn_of(&mut self.slots, key) {
+                    if conn.core.is_open() {
+                        call(conn, local, |s, ctx| job(s as &mut dyn Any, ctx));
+                    }
+                }
+            }
+            Command::RoomEnter { room, key } => self.room_enter(room, key),
+            Command::RoomLeave { room, key } => self.room_leave(room, key),
+            Command::RoomBroadcast { room, buf } => self.room_broadcast(room, buf),
+        }
+    }
+
+    fn room_enter(&mut self, room: Arc<RoomInner>, key: u64) {
+        let Some(conn) = conn_of(&mut self.slots, key) else { return };
+        if !conn.core.is_open() || conn.core.rooms.contains(&room.id) {
+            return;
+        }
+        conn.core.rooms.push(room.id);
+        room.member_added(self.local.remote.index);
+        let id = room.id;
+        self.rooms
+            .entry(id)
+            .or_insert_with(|| LocalRoom { room, members: Vec::new() })
+            .members
+            .push(key);
+    }
+
+    fn room_leave(&mut self, room: u64, key: u64) {
+        let Some(conn) = conn_of(&mut self.slots, key) else { return };
+        let Some(pos) = conn.core.rooms.iter().position(|&r| r == room) else { return };
+        conn.core.rooms.swap_remove(pos);
+        self.remove_member(room, key);
+    }
+
+    /// Drops `key` from this worker's list of `room` members.
+    fn remove_member(&mut self, room: u64, key: u64) {
+        if let Some(local) = self.rooms.get_mut(&room) {
+            if let Some(i) = local.members.iter().position(|&k| k == key) {
+                local.members.swap_remove(i);
+                local.room.member_removed(self.local.remote.index);
+            }
+            if local.members.is_empty() {
+                self.rooms.remove(&room);
+            }
+        }
+    }
+
+    fn room_broadcast(&mut self, room: u64, buf: Bytes) {
+        let Some(local_room) = self.rooms.get(&room) else { return };
+        for &key in &local_room.members {
+            if let Some(conn) = conn_of(&mut self.slots, key) {
+                let _ = self.local.queue_send(&mut conn.core, buf.clone());
+            }
+        }
+    }
+
+    /// Carries out the room operations callbacks asked for, in order.
+    fn run_deferred(&mut self) {
+        while !self.local.deferred.is_empty() {
+            let deferred = std::mem::take(&mut self.local.deferred);
+            for d in deferred {
+                match d {
+                    Deferred::Enter(room, key) => self.room_enter(room, key),
+                    Deferred::Leave(room, key) => self.room_leave(room, key),
+                    Deferred::Broadcast(room, buf) => self.room_broadcast(room, buf),
+                }
+            }
         }
     }
 
     fn run_timers(&mut self) {
         let now = Instant::now();
-        while let Some(action) = self.timers.pop_due(now) {
+        while let Some((id, action)) = self.local.timers.pop_due(now) {
             match action {
+                TimerAction::Session { key, token, period } => {
+                    let local = &mut self.local;
+                    let Some(conn) = conn_of(&mut self.slots, key) else { continue };
+                    if !conn.core.is_open() {
+                        continue; // a session's timers die with it
+                    }
+                    if let Some(p) = period {
+                        let next = TimerAction::Session { key, token, period };
+                        local.timers.reschedule(id, now + p, next);
+                    }
+                    call(conn, local, |s, ctx| s.on_timer(ctx, token));
+                }
+                TimerAction::Job { period, cancelled, mut job } => {
+                    if cancelled.load(Ordering::Acquire) {
+                        continue;
+                    }
+                    let ok = panic::catch_unwind(AssertUnwindSafe(&mut job)).is_ok();
+                    if !ok {
+                        tracing::error!("a timed job panicked; it will not run again");
+                    } else if let Some(p) = period {
+                        let next = TimerAction::Job { period, cancelled, job };
+                        self.local.timers.reschedule(id, now + p, next);
+                    }
+                }
                 TimerAction::ConnectTimeout(key) => {
                     let timeout = self.shared.config.connect_timeout;
                     if let Some(conn) = self.conn(key) {
@@ -505,7 +700,7 @@ impl<S: Session> Worker<S> {
                     }
                     let at = Instant::now() + ACCEPT_BACKOFF;
                     self.listeners[i].rearm =
-                        Some(self.timers.add(at, TimerAction::RearmAccept(i)));
+                        Some(self.local.timers.add(at, TimerAction::RearmAccept(i)));
                 }
             }
         }
@@ -599,7 +794,7 @@ impl<S: Session> Worker<S> {
         let key = self.install(user, addr, sock, State::Connecting);
         let op = self.driver.connect(sock, key, addr);
         let at = Instant::now() + self.shared.config.connect_timeout;
-        let timer = self.timers.add(at, TimerAction::ConnectTimeout(key));
+        let timer = self.local.timers.add(at, TimerAction::ConnectTimeout(key));
         let core = &mut self.conn(key).expect("just installed").core;
         core.connect_op = Some(op);
         core.in_flight = 1;
@@ -622,7 +817,7 @@ impl<S: Session> Worker<S> {
             (Err(e), None, _) => Err(e),
         };
         if let Some(t) = timer {
-            self.timers.cancel(t);
+            self.local.timers.cancel(t);
         }
         match result {
             Ok(()) => {
@@ -787,6 +982,7 @@ impl<S: Session> Worker<S> {
     /// Carries out disconnect requests and starts sends for every session touched this
     /// turn.
     fn flush_dirty(&mut self) {
+        self.run_deferred();
         while !self.local.dirty.is_empty() {
             let dirty = std::mem::take(&mut self.local.dirty);
             for &key in &dirty {
@@ -797,7 +993,8 @@ impl<S: Session> Worker<S> {
                 }
                 self.start_send(key);
             }
-            // Closing may have queued more (sends from on_disconnected).
+            // Closing may have queued more (sends or room work from on_disconnected).
+            self.run_deferred();
             let mut dirty = dirty;
             dirty.clear();
             if self.local.dirty.is_empty() {
@@ -829,6 +1026,7 @@ impl<S: Session> Worker<S> {
         }
         let core = &mut conn.core;
         core.close_request = None;
+        let rooms = std::mem::take(&mut core.rooms);
         core.flushing = core.graceful && (!core.queue.is_empty() || core.send_op.is_some());
         for op in [core.recv_op, core.connect_op].into_iter().flatten() {
             self.driver.cancel(op);
@@ -839,12 +1037,15 @@ impl<S: Session> Worker<S> {
                 None => Instant::now() + flush_timeout,
             };
             if let Some(t) = core.timer.take() {
-                self.timers.cancel(t);
+                local.timers.cancel(t);
             }
-            core.timer = Some(self.timers.add(deadline, TimerAction::FlushDeadline(key)));
+            core.timer = Some(local.timers.add(deadline, TimerAction::FlushDeadline(key)));
             local.mark_dirty(core);
         } else {
             self.stop_flushing(key);
+        }
+        for room in rooms {
+            self.remove_member(room, key);
         }
         self.try_finalize(key);
     }
@@ -887,7 +1088,7 @@ impl<S: Session> Worker<S> {
             return;
         }
         if let Some(t) = core.timer.take() {
-            self.timers.cancel(t);
+            self.local.timers.cancel(t);
         }
         self.driver.close(core.sock);
         let index = (key & 0xffff_ffff) as u32;
@@ -908,7 +1109,7 @@ impl<S: Session> Worker<S> {
         for i in 0..self.listeners.len() {
             let l = &mut self.listeners[i];
             if let Some(t) = l.rearm.take() {
-                self.timers.cancel(t);
+                self.local.timers.cancel(t);
             }
             match l.op {
                 Some(op) => self.driver.cancel(op),
@@ -930,7 +1131,7 @@ impl<S: Session> Worker<S> {
                 self.close(key, DisconnectReason::Shutdown);
             }
         }
-        self.timers.add(deadline, TimerAction::ShutdownDeadline);
+        self.local.timers.add(deadline, TimerAction::ShutdownDeadline);
     }
 
     fn dispatch(&mut self, c: Completion) {
@@ -958,4 +1159,11 @@ fn conn_of<S>(slots: &mut [Slot<S>], key: u64) -> Option<&mut Conn<S>> {
         return None;
     }
     slot.conn.as_mut()
+}
+
+/// Runs a job posted to this worker; a panic in it is logged and the worker carries on.
+fn run_job(job: Box<dyn FnOnce() + Send>) {
+    if let Err(p) = panic::catch_unwind(AssertUnwindSafe(job)) {
+        tracing::error!("a job panicked: {}", panic_message(&*p));
+    }
 }

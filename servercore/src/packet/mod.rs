@@ -1,10 +1,15 @@
-//! Packet framing (PROTOCOL.md section 2) and packet buffers.
+//! Packets: framing (PROTOCOL.md section 2), pooled packet buffers, [`PacketSession`] and
+//! handler dispatch by id.
 //!
-//! Everything here is free of I/O: the decoder works on byte slices, so it is tested with
-//! plain slices and property tests, and fuzzed (`fuzz/`).
+//! The decoder works on byte slices and does no I/O, so it is tested with plain slices and
+//! property tests, and fuzzed (`fuzz/`).
 
 mod frame;
+mod handlers;
+mod session;
 mod writer;
 
 pub use frame::*;
+pub use handlers::{HandlerResult, Handlers, UnknownPacket};
+pub use session::{Framed, PacketSession};
 pub use writer::*;

@@ -140,6 +140,19 @@ impl ServiceRef {
     pub fn workers(&self) -> usize {
         self.0.workers.get().map_or(0, Vec::len)
     }
+
+    /// Runs `job` on worker `worker` (modulo the worker count), in order with the other
+    /// messages to it.
+    pub fn run_on_worker(
+        &self,
+        worker: usize,
+        job: impl FnOnce() + Send + 'static,
+    ) -> Result<(), crate::WorkerGone> {
+        let workers = self.0.workers.get().ok_or(crate::WorkerGone)?;
+        workers[worker % workers.len()]
+            .post(Command::Job(Box::new(job)))
+            .map_err(|_| crate::WorkerGone)
+    }
 }
 
 /// The workers of a running service.

@@ -154,6 +154,11 @@ impl ServerService {
         self.stats().sessions
     }
 
+    /// A shareable reference to this service (broadcast, jobs, counters).
+    pub fn service(&self) -> crate::ServiceRef {
+        crate::ServiceRef(self.workers.shared().clone())
+    }
+
     /// The service's counters.
     pub fn stats(&self) -> ServiceStats {
         self.workers.shared().stats()

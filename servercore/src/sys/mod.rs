@@ -16,6 +16,8 @@ mod signals;
 #[cfg(target_os = "linux")]
 pub(crate) use eventfd::EventFd;
 pub use signals::TerminationSignals;
+mod seccomp;
+pub use seccomp::deny_io_uring; // testing aid: a seccomp filter refusing io_uring (seccomp.rs)
 
 /// Listen backlog used for every listening socket.
 pub(crate) const LISTEN_BACKLOG: i32 = 4096;
