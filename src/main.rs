@@ -26,11 +26,22 @@ enum Command {
     Demo(demo::DemoArgs),
     /// Raw echo server (PROTOCOL.md section 1).
     EchoServer(serve::ServerArgs<7000>),
+    /// Chat room server (PROTOCOL.md sections 2 and 3).
+    ChatServer(serve::ChatArgs),
     /// Load client: many sessions that send, receive and verify.
     DummyClient(dummy::DummyArgs),
 }
 
 fn main() -> ExitCode {
+    // Testing aid (tests/backend_fallback.rs): SERVERCORE_SECCOMP_DENY_IO_URING=1 makes the
+    // kernel refuse io_uring to this process, as Docker's default seccomp profile does. It
+    // must come first, before any thread or ring exists.
+    if std::env::var_os("SERVERCORE_SECCOMP_DENY_IO_URING").is_some_and(|v| v == "1") {
+        if let Err(e) = servercore::sys::deny_io_uring() {
+            eprintln!("error: SERVERCORE_SECCOMP_DENY_IO_URING: cannot install the filter: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
     // Block SIGINT/SIGTERM before any thread starts, so that only `sigwait` takes them.
     let signals = match servercore::sys::TerminationSignals::block() {
         Ok(s) => s,
@@ -45,11 +56,13 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
     let result = match cli.command.unwrap_or(Command::Demo(demo::DemoArgs::default())) {
         Command::Demo(args) => demo::run(args),
         Command::EchoServer(args) => serve::run_echo(args, signals),
+        Command::ChatServer(args) => serve::run_chat(args, signals),
         Command::DummyClient(args) => dummy::run(args),
     };
     match result {

@@ -1,5 +1,6 @@
 //! The sample servers: start, print the readiness line, serve until SIGINT/SIGTERM.
 
+use crate::samples::chat::ChatSession;
 use crate::samples::echo::EchoSession;
 use clap::Args;
 use servercore::sys::TerminationSignals;
@@ -69,4 +70,23 @@ pub fn run_echo(args: ServerArgs<7000>, signals: TerminationSignals) -> Result<E
         .map_err(|e| format!("echo server failed to start: {e}"))?;
     print_ready(&server);
     serve_until_signal(server, signals, args.shutdown_secs)
+}
+
+/// `chat-server` options: the common ones plus the packet size limit.
+#[derive(Args, Debug, Clone)]
+pub struct ChatArgs {
+    #[command(flatten)]
+    pub server: ServerArgs<7100>,
+    /// Largest packet accepted, header included (4..=65535).
+    #[arg(long, default_value_t = servercore::packet::DEFAULT_MAX_PACKET_SIZE as u32,
+          value_parser = clap::value_parser!(u32).range(4..=65535))]
+    pub max_packet: u32,
+}
+
+pub fn run_chat(args: ChatArgs, signals: TerminationSignals) -> Result<ExitCode, String> {
+    let server = builder(&args.server)
+        .start(ChatSession::factory(args.max_packet as usize))
+        .map_err(|e| format!("chat server failed to start: {e}"))?;
+    print_ready(&server);
+    serve_until_signal(server, signals, args.server.shutdown_secs)
 }

@@ -10,7 +10,10 @@ use std::time::Duration;
 /// | `nodelay` | `true` | Nagle off: game traffic wants low latency |
 /// | `recv_buffer_size` | 4 KiB | initial receive buffer per session |
 /// | `max_recv_buffer` | 1 MiB | bytes a session may leave unconsumed; beyond: [`RecvBufferFull`](crate::DisconnectReason::RecvBufferFull) |
-/// | `max_send_queue` | 16 MiB | bytes queued to a peer that does not read; beyond: [`SendQueueOverflow`](crate::DisconnectReason::SendQueueOverflow) |
+/// | `max_send_queue` | 16 MiB | bytes queued to a peer that does not read (high watermark); beyond: the `send_queue_policy` |
+/// | `send_queue_low_watermark` | 4 MiB | with [`SendQueuePolicy::Notify`]: `on_writable` once the queue drains to this |
+/// | `send_queue_policy` | `Disconnect` | [`SendQueueOverflow`](crate::DisconnectReason::SendQueueOverflow) disconnect, or refuse the send and notify |
+/// | `idle_timeout` | none | no bytes received for this long: [`IdleTimeout`](crate::DisconnectReason::IdleTimeout) |
 /// | `close_flush_timeout` | 5 s | how long a local `disconnect` waits for queued sends to go out |
 /// | `connect_timeout` | 10 s | outgoing connects (client services) |
 ///
@@ -27,8 +30,15 @@ pub struct SessionConfig {
     pub recv_buffer_size: usize,
     /// Maximum unconsumed bytes a session may hold.
     pub max_recv_buffer: usize,
-    /// Maximum bytes queued for sending on one session.
+    /// Maximum bytes queued for sending on one session (the high watermark).
     pub max_send_queue: usize,
+    /// With [`SendQueuePolicy::Notify`], `on_writable` fires once the queue is back at or
+    /// below this many bytes.
+    pub send_queue_low_watermark: usize,
+    /// What happens when a send would take the queue past `max_send_queue`.
+    pub send_queue_policy: SendQueuePolicy,
+    /// Disconnect a session that received nothing for this long (`None`: never).
+    pub idle_timeout: Option<Duration>,
     /// Time given to queued sends after a local disconnect.
     pub close_flush_timeout: Duration,
     /// Time an outgoing connect may take.
@@ -42,6 +52,9 @@ impl Default for SessionConfig {
             recv_buffer_size: 4096,
             max_recv_buffer: 1 << 20,
             max_send_queue: 16 << 20,
+            send_queue_low_watermark: 4 << 20,
+            send_queue_policy: SendQueuePolicy::Disconnect,
+            idle_timeout: None,
             close_flush_timeout: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(10),
         }
@@ -53,6 +66,23 @@ impl SessionConfig {
     pub(crate) fn sanitized(mut self) -> Self {
         self.recv_buffer_size = self.recv_buffer_size.max(64);
         self.max_recv_buffer = self.max_recv_buffer.max(self.recv_buffer_size);
+        self.send_queue_low_watermark = self.send_queue_low_watermark.min(self.max_send_queue);
         self
     }
+}
+
+/// What to do with a send that would take a session's queue past
+/// [`SessionConfig::max_send_queue`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SendQueuePolicy {
+    /// Disconnect the session with
+    /// [`SendQueueOverflow`](crate::DisconnectReason::SendQueueOverflow): a client that does
+    /// not read is dropped (the default).
+    #[default]
+    Disconnect,
+    /// Refuse that send with [`SendError::QueueFull`](crate::SendError::QueueFull), call
+    /// [`Session::on_send_queue_full`](crate::Session::on_send_queue_full) once, and
+    /// [`Session::on_writable`](crate::Session::on_writable) when the queue has drained to
+    /// the low watermark: the game decides what to drop or coalesce.
+    Notify,
 }

@@ -15,11 +15,12 @@ mod timer;
 mod worker;
 
 pub use buffer::SendBuffer;
+pub use config::SendQueuePolicy;
 pub use config::SessionConfig;
 pub use driver::{Backend, BackendChoice};
 pub use job::{JobQueue, JobTimer, WorkerGone};
 pub use reason::DisconnectReason;
 pub use room::Room;
-pub use service::{ClientService, ServerService, ServiceRef, ServiceStats};
+pub use service::{ClientService, Reconnect, ServerService, ServiceRef, ServiceStats};
 pub use session::{Ctx, SendError, Session, SessionHandle, SessionId};
 pub use timer::TimerId;

@@ -60,6 +60,18 @@ pub trait Session: Send + 'static {
         let _ = (ctx, reason);
     }
 
+    /// With [`SendQueuePolicy::Notify`](crate::SendQueuePolicy::Notify): a send was refused
+    /// because the queue is at `max_send_queue`. Called once per congestion episode.
+    fn on_send_queue_full(&mut self, ctx: &mut Ctx<'_>) {
+        let _ = ctx;
+    }
+
+    /// After [`on_send_queue_full`](Session::on_send_queue_full): the queue drained to the
+    /// low watermark; sends are accepted again.
+    fn on_writable(&mut self, ctx: &mut Ctx<'_>) {
+        let _ = ctx;
+    }
+
     /// A timer set with [`Ctx::set_timer`] or [`Ctx::set_interval`] fired; `token` is the
     /// value given when it was set. Never called after `on_disconnected`.
     fn on_timer(&mut self, ctx: &mut Ctx<'_>, token: u64) {
@@ -96,8 +108,9 @@ impl fmt::Display for SessionId {
 pub enum SendError {
     /// The session is disconnected (or disconnecting); nothing was queued.
     Disconnected,
-    /// The send queue passed its limit; the session is being disconnected with
-    /// [`DisconnectReason::SendQueueOverflow`].
+    /// The send queue is at its limit: the session is being disconnected with
+    /// [`DisconnectReason::SendQueueOverflow`], or (policy `Notify`) this buffer was not
+    /// queued.
     QueueFull {
         /// The configured limit in bytes.
         limit: usize,
@@ -109,7 +122,7 @@ impl fmt::Display for SendError {
         match self {
             SendError::Disconnected => f.write_str("session is disconnected"),
             SendError::QueueFull { limit } => {
-                write!(f, "send queue over its limit of {limit} bytes; session disconnecting")
+                write!(f, "send queue at its limit of {limit} bytes")
             }
         }
     }
@@ -165,13 +178,28 @@ impl Ctx<'_> {
         self.core.queued
     }
 
+    /// Stops receiving after the current callback (flow control towards a slow consumer);
+    /// bytes keep arriving in the kernel's buffer, then TCP slows the peer down. A peer's
+    /// close is noticed only after [`resume_recv`](Ctx::resume_recv).
+    pub fn pause_recv(&mut self) {
+        self.core.recv_paused = true;
+    }
+
+    /// Starts receiving again after [`pause_recv`](Ctx::pause_recv).
+    pub fn resume_recv(&mut self) {
+        if self.core.recv_paused {
+            self.core.recv_paused = false;
+            self.local.mark_dirty(self.core);
+        }
+    }
+
     /// A handle to this session, usable from any thread.
     pub fn handle(&self) -> SessionHandle {
         SessionHandle {
             id: self.core.id,
             peer: self.core.peer,
             key: self.core.key,
-            alive: self.core.alive.clone(),
+            flags: self.core.flags.clone(),
             worker: self.local.remote.clone(),
         }
     }
@@ -234,8 +262,17 @@ pub struct SessionHandle {
     pub(crate) id: SessionId,
     pub(crate) peer: SocketAddr,
     pub(crate) key: u64,
-    pub(crate) alive: Arc<AtomicBool>,
+    pub(crate) flags: Arc<SessionFlags>,
     pub(crate) worker: Arc<WorkerRemote>,
+}
+
+/// State of a session that its handles read from other threads.
+#[derive(Debug, Default)]
+pub(crate) struct SessionFlags {
+    /// Connected and not closing.
+    pub(crate) alive: AtomicBool,
+    /// Send queue at its limit under [`SendQueuePolicy::Notify`](crate::SendQueuePolicy).
+    pub(crate) congested: AtomicBool,
 }
 
 impl SessionHandle {
@@ -252,16 +289,21 @@ impl SessionHandle {
     /// Whether the session is still connected. A `true` can be stale by the time it is
     /// read; a `false` is final.
     pub fn is_connected(&self) -> bool {
-        self.alive.load(Ordering::Acquire)
+        self.flags.alive.load(Ordering::Acquire)
     }
 
     /// Queues `buf` on the session (through its worker's inbox).
     ///
     /// `Ok` means the worker will queue it; if the session closes first, it is dropped
-    /// with the rest of its unsent data and `on_disconnected` says why.
+    /// with the rest of its unsent data and `on_disconnected` says why. Under
+    /// [`SendQueuePolicy::Notify`](crate::SendQueuePolicy::Notify), a congested session
+    /// refuses with [`SendError::QueueFull`].
     pub fn send(&self, buf: impl Into<SendBuffer>) -> Result<(), SendError> {
         if !self.is_connected() {
             return Err(SendError::Disconnected);
+        }
+        if self.flags.congested.load(Ordering::Acquire) {
+            return Err(SendError::QueueFull { limit: self.worker.config.max_send_queue });
         }
         self.worker
             .post(Command::Send { key: self.key, buf: buf.into().into_bytes() })

@@ -10,12 +10,13 @@
 //! same slot (DESIGN.md invariant 2). A slot is freed only once none of its operations is
 //! in flight.
 
+use crate::config::SendQueuePolicy;
 use crate::config::SessionConfig;
 use crate::driver::{Completion, CompletionKind, Driver, OpId, SockId, Waker, MAX_IOVECS};
 use crate::reason::DisconnectReason;
 use crate::room::RoomInner;
 use crate::service::ServiceShared;
-use crate::session::{Ctx, SendError, Session, SessionId};
+use crate::session::{Ctx, SendError, Session, SessionFlags, SessionId};
 use crate::sys;
 use crate::timer::{TimerId, Timers};
 use bytes::{Buf, Bytes};
@@ -76,6 +77,7 @@ pub(crate) type SessionJob = Box<dyn FnOnce(&mut dyn Any, &mut Ctx<'_>) + Send>;
 /// Thread safety: `Send + Sync`; `post` may be called from any thread.
 pub(crate) struct WorkerRemote {
     pub(crate) index: usize,
+    pub(crate) config: Arc<SessionConfig>,
     tx: Sender<Command>,
     waker: Arc<Waker>,
 }
@@ -123,7 +125,16 @@ pub(crate) struct Core {
     connect_error: Option<io::Error>,
     /// Rooms this session is in (ids), so it leaves them when it closes.
     rooms: Vec<u64>,
-    pub(crate) alive: Arc<AtomicBool>,
+    pub(crate) recv_paused: bool,
+    /// Under the Notify policy: a send was refused; `on_writable` is due after draining.
+    congested: bool,
+    /// `on_send_queue_full` is due (called outside the callback that hit the limit).
+    notify_full: bool,
+    /// Loop-turn time of the last received bytes (idle timeout).
+    last_recv: Instant,
+    /// Counted against the per-IP cap under this address.
+    ip_counted: bool,
+    pub(crate) flags: Arc<SessionFlags>,
 }
 
 impl Core {
@@ -141,6 +152,8 @@ pub(crate) struct Local {
     /// Room operations asked for inside callbacks, carried out right after them.
     deferred: Vec<Deferred>,
     pub(crate) timers: Timers<TimerAction>,
+    /// The time at the start of this loop turn (a cheap clock for idle tracking).
+    pub(crate) now: Instant,
 }
 
 /// Work a callback asks for that touches other sessions of this worker.
@@ -198,7 +211,7 @@ impl Local {
         }
     }
 
-    fn mark_dirty(&mut self, core: &mut Core) {
+    pub(crate) fn mark_dirty(&mut self, core: &mut Core) {
         if !core.dirty {
             core.dirty = true;
             self.dirty.push(core.key);
@@ -220,7 +233,19 @@ impl Local {
         }
         let limit = self.config.max_send_queue;
         if core.queued + buf.len() > limit {
-            self.request_close(core, DisconnectReason::SendQueueOverflow { limit });
+            match self.config.send_queue_policy {
+                SendQueuePolicy::Disconnect => {
+                    self.request_close(core, DisconnectReason::SendQueueOverflow { limit });
+                }
+                SendQueuePolicy::Notify => {
+                    if !core.congested {
+                        core.congested = true;
+                        core.notify_full = true;
+                        core.flags.congested.store(true, Ordering::Release);
+                        self.mark_dirty(core);
+                    }
+                }
+            }
             return Err(SendError::QueueFull { limit });
         }
         core.queued += buf.len();
@@ -263,6 +288,8 @@ pub(crate) enum TimerAction {
     RearmAccept(usize),
     ShutdownDeadline,
     Session { key: u64, token: u64, period: Option<Duration> },
+    Idle(u64),
+    Reconnect,
     Job { period: Option<Duration>, cancelled: Arc<AtomicBool>, job: Box<dyn FnMut() + Send> },
 }
 
@@ -283,8 +310,13 @@ pub(crate) struct WorkerInit<S> {
 }
 
 /// Builds the remote half of a worker from its inbox sender and its driver's waker.
-pub(crate) fn remote(index: usize, tx: Sender<Command>, waker: Arc<Waker>) -> WorkerRemote {
-    WorkerRemote { index, tx, waker }
+pub(crate) fn remote(
+    index: usize,
+    config: Arc<SessionConfig>,
+    tx: Sender<Command>,
+    waker: Arc<Waker>,
+) -> WorkerRemote {
+    WorkerRemote { index, config, tx, waker }
 }
 
 /// A room's members that live on this worker.
@@ -309,6 +341,11 @@ pub(crate) struct Worker<S: Session> {
     shutdown: Option<Instant>,
     accept_error_logged: bool,
     next_adopt: usize,
+    /// Accept-rate tokens and the time they were last refilled.
+    accept_bucket: (f64, Instant),
+    /// Consecutive failed or lost client sessions, for the reconnect backoff.
+    reconnect_failures: u32,
+    rng: u32,
 }
 
 fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
@@ -343,6 +380,8 @@ fn call<S, R>(
 impl<S: Session> Worker<S> {
     pub(crate) fn new(init: WorkerInit<S>) -> io::Result<Self> {
         let WorkerInit { mut driver, rx, remote, shared, factory, role } = init;
+        let remote_index = remote.index;
+        let burst = f64::from(shared.accept_rate.unwrap_or(0));
         let mut listeners = Vec::new();
         for l in role.listeners {
             let sock = driver.add_listener(l)?;
@@ -362,6 +401,7 @@ impl<S: Session> Worker<S> {
                 dirty: Vec::new(),
                 deferred: Vec::new(),
                 timers: Timers::new(),
+                now: Instant::now(),
             },
             shared,
             factory,
@@ -372,6 +412,10 @@ impl<S: Session> Worker<S> {
             shutdown: None,
             accept_error_logged: false,
             next_adopt: 0,
+            // The accept bucket starts full.
+            accept_bucket: (burst, Instant::now()),
+            reconnect_failures: 0,
+            rng: 0x9E37_79B9 ^ (std::process::id() << 8) ^ (remote_index as u32),
         };
         for i in 0..w.listeners.len() {
             w.arm_accept(i);
@@ -407,6 +451,7 @@ impl<S: Session> Worker<S> {
                     break;
                 }
             }
+            self.local.now = Instant::now();
             let mut completions = std::mem::take(&mut self.completions);
             for c in completions.drain(..) {
                 self.dispatch(c);
@@ -479,7 +524,15 @@ impl<S: Session> Worker<S> {
             timer: None,
             connect_error: None,
             rooms: Vec::new(),
-            alive: Arc::new(AtomicBool::new(state == State::Open)),
+            recv_paused: false,
+            congested: false,
+            notify_full: false,
+            last_recv: self.local.now,
+            ip_counted: false,
+            flags: Arc::new(SessionFlags {
+                alive: AtomicBool::new(state == State::Open),
+                congested: AtomicBool::new(false),
+            }),
         }
     }
 
@@ -624,6 +677,21 @@ impl<S: Session> Worker<S> {
                     }
                     call(conn, local, |s, ctx| s.on_timer(ctx, token));
                 }
+                TimerAction::Idle(key) => {
+                    let local = &mut self.local;
+                    let Some(idle) = local.config.idle_timeout else { continue };
+                    let Some(conn) = conn_of(&mut self.slots, key) else { continue };
+                    if !conn.core.is_open() {
+                        continue;
+                    }
+                    let due = conn.core.last_recv + idle;
+                    if due <= now {
+                        local.request_close(&mut conn.core, DisconnectReason::IdleTimeout);
+                    } else {
+                        local.timers.reschedule(id, due, TimerAction::Idle(key));
+                    }
+                }
+                TimerAction::Reconnect => self.start_connect(),
                 TimerAction::Job { period, cancelled, mut job } => {
                     if cancelled.load(Ordering::Acquire) {
                         continue;
@@ -739,19 +807,15 @@ impl<S: Session> Worker<S> {
             return;
         }
         let shared = self.shared.clone();
-        if !shared.reserve_session() {
-            drop(stream); // closes at once: the cap is real
-            return;
+        if !self.take_accept_token() {
+            shared.rejected.fetch_add(1, Ordering::Relaxed);
+            return; // over the accept rate: dropping the stream closes it at once
         }
-        let Some(user) = self.make_user() else {
-            shared.sessions.fetch_sub(1, Ordering::AcqRel);
-            return; // dropping the stream closes it
-        };
-        let setup = sys::configure_stream(&stream, shared.config.nodelay)
-            .and_then(|()| stream.peer_addr())
-            .and_then(|peer| Ok((peer, self.driver.add_stream(stream)?)));
-        let (peer, sock) = match setup {
-            Ok(v) => v,
+        if !shared.reserve_session() {
+            return; // over the cap: closed at once, the cap is real
+        }
+        let peer = match stream.peer_addr() {
+            Ok(peer) => peer,
             Err(e) => {
                 // Typically the peer already reset the connection.
                 tracing::debug!("dropping an accepted connection: {e}");
@@ -759,9 +823,69 @@ impl<S: Session> Worker<S> {
                 return;
             }
         };
+        if !shared.reserve_ip(peer.ip()) {
+            shared.sessions.fetch_sub(1, Ordering::AcqRel);
+            return;
+        }
+        let release = |shared: &ServiceShared| {
+            shared.sessions.fetch_sub(1, Ordering::AcqRel);
+            if shared.per_ip_limit.is_some() {
+                shared.release_ip(peer.ip());
+            }
+        };
+        let Some(user) = self.make_user() else {
+            release(&shared);
+            return;
+        };
+        let setup = sys::configure_stream(&stream, shared.config.nodelay)
+            .and_then(|()| self.driver.add_stream(stream));
+        let sock = match setup {
+            Ok(sock) => sock,
+            Err(e) => {
+                tracing::debug!("dropping an accepted connection: {e}");
+                release(&shared);
+                return;
+            }
+        };
         shared.accepted.fetch_add(1, Ordering::Relaxed);
         let key = self.install(user, peer, sock, State::Open);
+        if let Some(conn) = self.conn(key) {
+            conn.core.ip_counted = shared.per_ip_limit.is_some();
+        }
         self.open_session(key);
+    }
+
+    /// Token bucket for the accept-rate limit (this worker's share of the service rate).
+    fn take_accept_token(&mut self) -> bool {
+        let Some(rate) = self.shared.accept_rate else { return true };
+        let workers = self.shared.workers.get().map_or(1, Vec::len).max(1) as f64;
+        let per_worker = (f64::from(rate) / workers).max(1.0);
+        let now = Instant::now();
+        let elapsed = now.duration_since(self.accept_bucket.1).as_secs_f64();
+        self.accept_bucket = ((self.accept_bucket.0 + elapsed * per_worker).min(per_worker), now);
+        if self.accept_bucket.0 >= 1.0 {
+            self.accept_bucket.0 -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Client services with a reconnect policy: one more connect after a backoff.
+    fn schedule_reconnect(&mut self) {
+        let Some(policy) = self.shared.reconnect else { return };
+        if self.shutdown.is_some() || self.connect_to.is_none() {
+            return;
+        }
+        // xorshift32 for the jitter: no need for a real random source.
+        let mut x = self.rng;
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        self.rng = x;
+        let delay = policy.delay(self.reconnect_failures, x);
+        self.reconnect_failures = self.reconnect_failures.saturating_add(1);
+        self.local.timers.add(Instant::now() + delay, TimerAction::Reconnect);
     }
 
     // ----- connect -----------------------------------------------------------------
@@ -787,6 +911,7 @@ impl<S: Session> Worker<S> {
             Err(e) => {
                 self.shared.connect_failures.fetch_add(1, Ordering::Relaxed);
                 let _ = panic::catch_unwind(AssertUnwindSafe(|| user.on_connect_failed(addr, &e)));
+                self.schedule_reconnect();
                 return;
             }
         };
@@ -822,9 +947,10 @@ impl<S: Session> Worker<S> {
         match result {
             Ok(()) => {
                 self.shared.connected.fetch_add(1, Ordering::Relaxed);
+                self.reconnect_failures = 0;
                 let conn = self.conn(key).expect("checked above");
                 conn.core.state = State::Open;
-                conn.core.alive.store(true, Ordering::Release);
+                conn.core.flags.alive.store(true, Ordering::Release);
                 self.open_session(key);
             }
             Err(e) => {
@@ -839,6 +965,7 @@ impl<S: Session> Worker<S> {
                 }
                 conn.core.state = State::Closing;
                 self.try_finalize(key);
+                self.schedule_reconnect();
             }
         }
     }
@@ -848,9 +975,11 @@ impl<S: Session> Worker<S> {
     /// `on_connected`, then the first receive.
     fn open_session(&mut self, key: u64) {
         let local = &mut self.local;
-        let Some(conn) = conn_of(&mut self.slots, key) else {
-            return;
-        };
+        let Some(conn) = conn_of(&mut self.slots, key) else { return };
+        conn.core.last_recv = local.now;
+        if let Some(idle) = local.config.idle_timeout {
+            local.timers.add(local.now + idle, TimerAction::Idle(key));
+        }
         call(conn, local, |s, ctx| s.on_connected(ctx));
         self.arm_recv(key);
     }
@@ -861,7 +990,7 @@ impl<S: Session> Worker<S> {
             return;
         };
         let core = &mut conn.core;
-        if !core.is_open() || core.recv_op.is_some() {
+        if !core.is_open() || core.recv_op.is_some() || core.recv_paused {
             return;
         }
         let rbuf = &mut core.rbuf;
@@ -900,6 +1029,7 @@ impl<S: Session> Worker<S> {
         match result {
             Ok(0) => local.request_close(core, DisconnectReason::PeerClosed),
             Ok(_) => {
+                conn.core.last_recv = local.now;
                 let mut data = std::mem::take(&mut conn.core.rbuf);
                 let consumed = call(conn, local, |s, ctx| s.on_recv(ctx, &data));
                 if let Some(n) = consumed {
@@ -964,6 +1094,15 @@ impl<S: Session> Worker<S> {
                 }
                 if core.is_open() {
                     call(conn, local, |s, ctx| s.on_send(ctx, n));
+                    let core = &mut conn.core;
+                    if core.congested && core.queued <= local.config.send_queue_low_watermark {
+                        core.congested = false;
+                        core.notify_full = false;
+                        core.flags.congested.store(false, Ordering::Release);
+                        if core.is_open() {
+                            call(conn, local, |s, ctx| s.on_writable(ctx));
+                        }
+                    }
                 } else {
                     self.try_finalize(key);
                 }
@@ -986,10 +1125,17 @@ impl<S: Session> Worker<S> {
         while !self.local.dirty.is_empty() {
             let dirty = std::mem::take(&mut self.local.dirty);
             for &key in &dirty {
-                let Some(conn) = self.conn(key) else { continue };
+                let Some(conn) = conn_of(&mut self.slots, key) else { continue };
                 conn.core.dirty = false;
+                if conn.core.notify_full && conn.core.close_request.is_none() {
+                    conn.core.notify_full = false;
+                    call(conn, &mut self.local, |s, ctx| s.on_send_queue_full(ctx));
+                }
+                let Some(conn) = conn_of(&mut self.slots, key) else { continue };
                 if let Some(reason) = conn.core.close_request.take() {
                     self.close(key, reason);
+                } else if conn.core.recv_op.is_none() && !conn.core.recv_paused {
+                    self.arm_recv(key); // resumed after a pause
                 }
                 self.start_send(key);
             }
@@ -1017,8 +1163,9 @@ impl<S: Session> Worker<S> {
             return;
         }
         core.state = State::Closing;
-        core.alive.store(false, Ordering::Release);
+        core.flags.alive.store(false, Ordering::Release);
         core.graceful = matches!(reason, DisconnectReason::Local(_) | DisconnectReason::Shutdown);
+        let lost = !core.graceful && self.connect_to.is_some();
         if was == State::Open {
             tracing::debug!("{} disconnected: {reason}", core.id);
             self.shared.count_disconnect(&reason);
@@ -1048,6 +1195,9 @@ impl<S: Session> Worker<S> {
             self.remove_member(room, key);
         }
         self.try_finalize(key);
+        if lost && was == State::Open {
+            self.schedule_reconnect();
+        }
     }
 
     /// Gives up on queued data (error or deadline): drop the queue, cancel the send.
@@ -1091,6 +1241,9 @@ impl<S: Session> Worker<S> {
             self.local.timers.cancel(t);
         }
         self.driver.close(core.sock);
+        if core.ip_counted {
+            self.shared.release_ip(core.peer.ip());
+        }
         let index = (key & 0xffff_ffff) as u32;
         let slot = &mut self.slots[index as usize];
         slot.conn = None;

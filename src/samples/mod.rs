@@ -1,3 +1,4 @@
 //! The sample sessions the servers run.
 
+pub mod chat;
 pub mod echo;

@@ -20,6 +20,7 @@ pub struct ClientBuilder {
     workers: usize,
     backend: BackendChoice,
     config: SessionConfig,
+    reconnect: Option<super::Reconnect>,
 }
 
 impl ClientBuilder {
@@ -47,6 +48,12 @@ impl ClientBuilder {
         self
     }
 
+    /// Reconnect failed or lost sessions with backoff (default: off).
+    pub fn reconnect(mut self, policy: super::Reconnect) -> Self {
+        self.reconnect = Some(policy);
+        self
+    }
+
     /// `TCP_NODELAY` on the sockets (default on).
     pub fn nodelay(mut self, on: bool) -> Self {
         self.config.nodelay = on;
@@ -70,7 +77,8 @@ impl ClientBuilder {
         let roles = (0..self.workers)
             .map(|_| Role { listeners: Vec::new(), connect_to: Some(self.addr) })
             .collect();
-        let shared = ServiceShared::new(self.config, backend, usize::MAX);
+        let mut shared = ServiceShared::new(self.config, backend, usize::MAX);
+        shared.reconnect = self.reconnect;
         let workers = Workers::spawn(shared, roles, factory, "sc-client")?;
         let client = ClientService {
             workers,
@@ -142,6 +150,7 @@ impl ClientService {
             workers: default_workers(),
             backend: BackendChoice::Auto,
             config: SessionConfig::default(),
+            reconnect: None,
         }
     }
 

@@ -9,15 +9,38 @@ mod server;
 pub use client::{ClientBuilder, ClientService};
 pub use server::{ServerBuilder, ServerService};
 
+#[cfg(test)]
+mod tests {
+    use super::Reconnect;
+    use std::time::Duration;
+
+    #[test]
+    fn reconnect_backoff_doubles_up_to_max_with_jitter_in_range() {
+        let r = Reconnect {
+            initial: Duration::from_millis(100),
+            max: Duration::from_secs(1),
+            jitter: false,
+        };
+        assert_eq!(r.delay(0, 0), Duration::from_millis(100));
+        assert_eq!(r.delay(2, 0), Duration::from_millis(400));
+        assert_eq!(r.delay(10, 0), Duration::from_secs(1));
+        let j = Reconnect { jitter: true, ..r };
+        assert_eq!(j.delay(1, 0), Duration::from_millis(100));
+        assert_eq!(j.delay(1, u32::MAX), Duration::from_millis(200));
+    }
+}
+
 use crate::buffer::SendBuffer;
 use crate::config::SessionConfig;
 use crate::driver::{Backend, Driver};
 use crate::reason::DisconnectReason;
 use crate::session::Session;
 use crate::worker::{self, Command, Role, Worker, WorkerInit, WorkerRemote};
+use std::collections::HashMap;
 use std::io;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc, OnceLock};
+use std::sync::{mpsc, Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -40,6 +63,13 @@ pub(crate) struct ServiceShared {
     pub(crate) connect_failures: AtomicU64,
     pub(crate) disconnected: AtomicU64,
     pub(crate) disconnected_with_error: AtomicU64,
+    /// Optional cap of sessions per peer IP address, with the current counts.
+    pub(crate) per_ip_limit: Option<usize>,
+    pub(crate) per_ip: Mutex<HashMap<IpAddr, usize>>,
+    /// Optional accepted connections per second (service-wide).
+    pub(crate) accept_rate: Option<u32>,
+    /// Client services: reconnect lost or failed sessions.
+    pub(crate) reconnect: Option<Reconnect>,
 }
 
 impl ServiceShared {
@@ -58,6 +88,33 @@ impl ServiceShared {
             connect_failures: AtomicU64::new(0),
             disconnected: AtomicU64::new(0),
             disconnected_with_error: AtomicU64::new(0),
+            per_ip_limit: None,
+            per_ip: Mutex::new(HashMap::new()),
+            accept_rate: None,
+            reconnect: None,
+        }
+    }
+
+    /// Counts a session against the per-IP cap; false (and a rejection) when over it.
+    pub(crate) fn reserve_ip(&self, ip: IpAddr) -> bool {
+        let Some(limit) = self.per_ip_limit else { return true };
+        let mut map = self.per_ip.lock().unwrap_or_else(|p| p.into_inner());
+        let n = map.entry(ip).or_insert(0);
+        if *n >= limit {
+            self.rejected.fetch_add(1, Ordering::Relaxed);
+            return false;
+        }
+        *n += 1;
+        true
+    }
+
+    pub(crate) fn release_ip(&self, ip: IpAddr) {
+        let mut map = self.per_ip.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = map.get_mut(&ip) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&ip);
+            }
         }
     }
 
@@ -95,6 +152,43 @@ impl ServiceShared {
             connect_failures: self.connect_failures.load(Ordering::Relaxed),
             disconnected: self.disconnected.load(Ordering::Relaxed),
             disconnected_with_error: self.disconnected_with_error.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// Automatic reconnection of a [`ClientService`]'s sessions (server-to-server links): a
+/// session that fails to connect or is lost (anything but a local disconnect or shutdown)
+/// is replaced by a new connect after an exponential backoff.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reconnect {
+    /// Delay after the first failure.
+    pub initial: Duration,
+    /// Longest delay; each consecutive failure doubles the delay up to this.
+    pub max: Duration,
+    /// Randomise each delay to 50-100 % of its value, so that many clients do not
+    /// reconnect in step.
+    pub jitter: bool,
+}
+
+impl Default for Reconnect {
+    fn default() -> Self {
+        Reconnect {
+            initial: Duration::from_millis(100),
+            max: Duration::from_secs(10),
+            jitter: true,
+        }
+    }
+}
+
+impl Reconnect {
+    /// The delay before attempt number `failures + 1`; `random` is in `0..=u32::MAX`.
+    pub(crate) fn delay(&self, failures: u32, random: u32) -> Duration {
+        let exp = self.initial.saturating_mul(1u32 << failures.min(20));
+        let d = exp.min(self.max);
+        if self.jitter {
+            d.mul_f64(0.5 + 0.5 * (f64::from(random) / f64::from(u32::MAX)))
+        } else {
+            d
         }
     }
 }
@@ -194,7 +288,8 @@ impl Workers {
                             return;
                         }
                     };
-                    let remote = Arc::new(worker::remote(index, tx, driver.waker()));
+                    let remote =
+                        Arc::new(worker::remote(index, shared2.config.clone(), tx, driver.waker()));
                     let init = WorkerInit {
                         driver,
                         rx,

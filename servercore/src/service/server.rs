@@ -20,6 +20,8 @@ pub struct ServerBuilder {
     reuse_port: bool,
     backend: BackendChoice,
     config: SessionConfig,
+    per_ip: Option<usize>,
+    accept_rate: Option<u32>,
 }
 
 impl ServerBuilder {
@@ -33,6 +35,20 @@ impl ServerBuilder {
     /// and counted in [`ServiceStats::rejected`].
     pub fn max_sessions(mut self, n: usize) -> Self {
         self.max_sessions = n;
+        self
+    }
+
+    /// Most sessions from one IP address at once (default: no limit). Connections over it
+    /// are closed at once and counted in [`ServiceStats::rejected`].
+    pub fn max_sessions_per_ip(mut self, n: usize) -> Self {
+        self.per_ip = Some(n);
+        self
+    }
+
+    /// Most connections accepted per second, service-wide (default: no limit). Connections
+    /// over the rate are closed at once and counted in [`ServiceStats::rejected`].
+    pub fn max_accept_rate(mut self, per_second: u32) -> Self {
+        self.accept_rate = Some(per_second.max(1));
         self
     }
 
@@ -78,6 +94,8 @@ impl ServerBuilder {
             .collect();
         let mut shared = ServiceShared::new(self.config, backend, self.max_sessions);
         shared.single_acceptor = !per_worker && self.workers > 1;
+        shared.per_ip_limit = self.per_ip;
+        shared.accept_rate = self.accept_rate;
         let workers = Workers::spawn(shared, roles, factory, "sc-server")?;
         tracing::info!("listening on {local_addr} (backend: {backend}, workers: {})", self.workers);
         Ok(ServerService { workers, local_addr, backend, worker_count: self.workers })
@@ -131,6 +149,8 @@ impl ServerService {
             reuse_port: true,
             backend: BackendChoice::Auto,
             config: SessionConfig::default(),
+            per_ip: None,
+            accept_rate: None,
         }
     }
 

@@ -1,0 +1,56 @@
+//! PROTOCOL.md section 3: one room; every C_CHAT (id 1) is relayed as S_CHAT (id 2), same
+//! payload, to every session in the room, the sender included.
+
+use servercore::packet::{Framed, Handlers, Packet, PacketSession, PacketWriter};
+use servercore::{Ctx, Room};
+use std::sync::{Arc, OnceLock};
+
+/// Client to server: a chat message.
+pub const C_CHAT: u16 = 1;
+/// Server to client: a relayed chat message.
+pub const S_CHAT: u16 = 2;
+
+/// One chat participant; all share the one room.
+pub struct ChatSession {
+    room: Room,
+    handlers: Arc<Handlers<ChatSession>>,
+}
+
+fn handlers() -> Arc<Handlers<ChatSession>> {
+    static TABLE: OnceLock<Arc<Handlers<ChatSession>>> = OnceLock::new();
+    TABLE.get_or_init(|| Arc::new(Handlers::new().on(C_CHAT, ChatSession::on_chat))).clone()
+}
+
+impl ChatSession {
+    /// A session factory for the chat server: `max_packet` bounds every packet.
+    pub fn factory(max_packet: usize) -> impl Fn() -> Framed<ChatSession> + Send + Sync + 'static {
+        let room = Room::new();
+        let handlers = handlers();
+        move || {
+            Framed::with_max_packet_size(
+                ChatSession { room: room.clone(), handlers: handlers.clone() },
+                max_packet,
+            )
+        }
+    }
+
+    fn on_chat(&mut self, ctx: &mut Ctx<'_>, payload: &[u8]) -> Result<(), String> {
+        // Encoded once into a pooled buffer; every member's queue shares it.
+        let mut w = PacketWriter::with_capacity(S_CHAT, payload.len());
+        w.put_slice(payload);
+        let buf = w.finish().map_err(|e| e.to_string())?;
+        ctx.broadcast_room(&self.room, buf);
+        Ok(())
+    }
+}
+
+impl PacketSession for ChatSession {
+    fn on_connected(&mut self, ctx: &mut Ctx<'_>) {
+        ctx.enter_room(&self.room);
+    }
+
+    fn on_packet(&mut self, ctx: &mut Ctx<'_>, packet: Packet<'_>) {
+        let handlers = self.handlers.clone();
+        handlers.dispatch(self, ctx, packet);
+    }
+}
