@@ -2,6 +2,7 @@
 
 mod demo;
 mod dummy;
+mod metrics_http;
 mod samples;
 mod serve;
 

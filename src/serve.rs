@@ -24,6 +24,18 @@ pub struct ServerArgs<const PORT: u16> {
     /// Seconds given to queued sends at shutdown.
     #[arg(long, default_value_t = 5)]
     pub shutdown_secs: u64,
+    /// Serve metrics in Prometheus text format on this address (e.g. 127.0.0.1:9100).
+    #[arg(long, value_parser = crate::parse_addr)]
+    pub metrics: Option<SocketAddr>,
+}
+
+/// Starts the metrics endpoint if asked for (before the server, so its workers register).
+fn start_metrics<const P: u16>(args: &ServerArgs<P>) -> Result<(), String> {
+    if let Some(addr) = args.metrics {
+        let bound = crate::metrics_http::serve(addr)?;
+        eprintln!("metrics on http://{bound}/metrics");
+    }
+    Ok(())
 }
 
 pub fn builder<const P: u16>(args: &ServerArgs<P>) -> servercore::service::ServerBuilder {
@@ -65,6 +77,7 @@ pub fn serve_until_signal(
 }
 
 pub fn run_echo(args: ServerArgs<7000>, signals: TerminationSignals) -> Result<ExitCode, String> {
+    start_metrics(&args)?;
     let server = builder(&args)
         .start(EchoSession::default)
         .map_err(|e| format!("echo server failed to start: {e}"))?;
@@ -84,6 +97,7 @@ pub struct ChatArgs {
 }
 
 pub fn run_chat(args: ChatArgs, signals: TerminationSignals) -> Result<ExitCode, String> {
+    start_metrics(&args.server)?;
     let server = builder(&args.server)
         .start(ChatSession::factory(args.max_packet as usize))
         .map_err(|e| format!("chat server failed to start: {e}"))?;

@@ -11,6 +11,7 @@ mod room;
 pub mod service;
 mod session;
 pub mod sys;
+pub mod telemetry;
 mod timer;
 mod worker;
 

@@ -18,6 +18,7 @@ use crate::room::RoomInner;
 use crate::service::ServiceShared;
 use crate::session::{Ctx, SendError, Session, SessionFlags, SessionId};
 use crate::sys;
+use crate::telemetry::WorkerMetrics;
 use crate::timer::{TimerId, Timers};
 use bytes::{Buf, Bytes};
 use std::any::Any;
@@ -154,6 +155,7 @@ pub(crate) struct Local {
     pub(crate) timers: Timers<TimerAction>,
     /// The time at the start of this loop turn (a cheap clock for idle tracking).
     pub(crate) now: Instant,
+    pub(crate) metrics: WorkerMetrics,
 }
 
 /// Work a callback asks for that touches other sessions of this worker.
@@ -250,6 +252,7 @@ impl Local {
         }
         core.queued += buf.len();
         core.queue.push_back(buf);
+        self.metrics.buffers_out += 1;
         self.mark_dirty(core);
         Ok(())
     }
@@ -402,6 +405,7 @@ impl<S: Session> Worker<S> {
                 deferred: Vec::new(),
                 timers: Timers::new(),
                 now: Instant::now(),
+                metrics: WorkerMetrics::new(&shared, remote_index),
             },
             shared,
             factory,
@@ -442,7 +446,13 @@ impl<S: Session> Worker<S> {
                     break;
                 }
             }
-            let timeout = self.local.timers.next_timeout(Instant::now());
+            // Wake at least every metrics period so that gauges stay fresh when idle.
+            let timeout = self
+                .local
+                .timers
+                .next_timeout(Instant::now())
+                .map_or(crate::telemetry::FLUSH_EVERY, |t| t.min(crate::telemetry::FLUSH_EVERY));
+            let timeout = Some(timeout);
             if let Err(e) = self.driver.wait(timeout, &mut self.completions) {
                 tracing::error!("worker {}: driver wait failed: {e}", self.local.remote.index);
                 self.begin_shutdown(Instant::now());
@@ -452,16 +462,27 @@ impl<S: Session> Worker<S> {
                 }
             }
             self.local.now = Instant::now();
+            if self.local.metrics.due(self.local.now) {
+                self.publish_metrics();
+            }
             let mut completions = std::mem::take(&mut self.completions);
             for c in completions.drain(..) {
                 self.dispatch(c);
             }
             self.completions = completions;
         }
+        self.publish_metrics();
         // Sessions still here were force-closed: drop them (their memory held by the
         // kernel stays in the driver, which leaks it rather than free it).
         let n = self.live;
         self.shared.sessions.fetch_sub(n, Ordering::AcqRel);
+    }
+
+    fn publish_metrics(&mut self) {
+        let queued: usize =
+            self.slots.iter().filter_map(|s| s.conn.as_ref()).map(|c| c.core.queued).sum();
+        let now = self.local.now;
+        self.local.metrics.flush(&self.shared, queued, now);
     }
 
     fn finished(&self) -> bool {
@@ -1028,7 +1049,8 @@ impl<S: Session> Worker<S> {
         }
         match result {
             Ok(0) => local.request_close(core, DisconnectReason::PeerClosed),
-            Ok(_) => {
+            Ok(n) => {
+                local.metrics.bytes_in += n as u64;
                 conn.core.last_recv = local.now;
                 let mut data = std::mem::take(&mut conn.core.rbuf);
                 let consumed = call(conn, local, |s, ctx| s.on_recv(ctx, &data));
@@ -1070,6 +1092,7 @@ impl<S: Session> Worker<S> {
         core.send_op = None;
         match result {
             Ok(n) => {
+                local.metrics.bytes_out += n as u64;
                 // Saturating: an abandoned flush zeroes the count while a send is in flight.
                 core.queued = core.queued.saturating_sub(n);
                 // Drop what went out; put a short write's rest back in front, in order.
@@ -1169,6 +1192,7 @@ impl<S: Session> Worker<S> {
         if was == State::Open {
             tracing::debug!("{} disconnected: {reason}", core.id);
             self.shared.count_disconnect(&reason);
+            local.metrics.disconnect(&reason);
             call(conn, local, |s, ctx| s.on_disconnected(ctx, &reason));
         }
         let core = &mut conn.core;

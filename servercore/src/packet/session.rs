@@ -99,11 +99,14 @@ impl<P: PacketSession> Session for Framed<P> {
 
     fn on_recv(&mut self, ctx: &mut Ctx<'_>, data: &[u8]) -> usize {
         let inner = &mut self.inner;
+        let mut packets = 0u64;
         let result = self.decoder.decode_all(data, |packet| {
+            packets += 1;
             inner.on_packet(ctx, packet);
             // Stop at once when the packet handler disconnected the session.
             ctx.is_connected()
         });
+        ctx.local.metrics.packets_in += packets;
         match result {
             Ok(consumed) => consumed,
             Err(e) => {

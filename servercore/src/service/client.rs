@@ -77,7 +77,7 @@ impl ClientBuilder {
         let roles = (0..self.workers)
             .map(|_| Role { listeners: Vec::new(), connect_to: Some(self.addr) })
             .collect();
-        let mut shared = ServiceShared::new(self.config, backend, usize::MAX);
+        let mut shared = ServiceShared::new("client", self.config, backend, usize::MAX);
         shared.reconnect = self.reconnect;
         let workers = Workers::spawn(shared, roles, factory, "sc-client")?;
         let client = ClientService {

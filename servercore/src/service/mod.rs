@@ -49,6 +49,8 @@ pub const DEFAULT_DROP_SHUTDOWN: Duration = Duration::from_secs(1);
 
 /// State shared by a service, its workers and (weakly) its sessions.
 pub(crate) struct ServiceShared {
+    /// "server" or "client": the `service` label of metrics.
+    pub(crate) name: &'static str,
     pub(crate) config: Arc<SessionConfig>,
     pub(crate) backend: Backend,
     pub(crate) max_sessions: usize,
@@ -73,8 +75,14 @@ pub(crate) struct ServiceShared {
 }
 
 impl ServiceShared {
-    fn new(config: SessionConfig, backend: Backend, max_sessions: usize) -> Self {
+    fn new(
+        name: &'static str,
+        config: SessionConfig,
+        backend: Backend,
+        max_sessions: usize,
+    ) -> Self {
         ServiceShared {
+            name,
             config: Arc::new(config.sanitized()),
             backend,
             max_sessions,

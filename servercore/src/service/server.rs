@@ -92,7 +92,7 @@ impl ServerBuilder {
         let roles = (0..self.workers)
             .map(|_| Role { listeners: listeners.next().into_iter().collect(), connect_to: None })
             .collect();
-        let mut shared = ServiceShared::new(self.config, backend, self.max_sessions);
+        let mut shared = ServiceShared::new("server", self.config, backend, self.max_sessions);
         shared.single_acceptor = !per_worker && self.workers > 1;
         shared.per_ip_limit = self.per_ip;
         shared.accept_rate = self.accept_rate;
