@@ -8,7 +8,8 @@ use std::time::Duration;
 /// | field | default | what it bounds |
 /// |---|---|---|
 /// | `nodelay` | `true` | Nagle off: game traffic wants low latency |
-/// | `recv_buffer_size` | 4 KiB | initial receive buffer per session |
+/// | `recv_buffer_size` | 4 KiB | one receive chunk: the size of the worker's shared receive buffers |
+/// | `recv_buffers_per_worker` | 1024 | shared receive buffers per worker (io_uring buffer ring); idle sessions hold none |
 /// | `max_recv_buffer` | 1 MiB | bytes a session may leave unconsumed; beyond: [`RecvBufferFull`](crate::DisconnectReason::RecvBufferFull) |
 /// | `max_send_queue` | 16 MiB | bytes queued to a peer that does not read (high watermark); beyond: the `send_queue_policy` |
 /// | `send_queue_low_watermark` | 4 MiB | with [`SendQueuePolicy::Notify`]: `on_writable` once the queue drains to this |
@@ -26,8 +27,13 @@ use std::time::Duration;
 pub struct SessionConfig {
     /// Disable Nagle's algorithm (`TCP_NODELAY`).
     pub nodelay: bool,
-    /// Initial receive buffer capacity per session, in bytes.
+    /// Bytes per receive chunk: the size of each of the worker's shared receive buffers.
+    /// Bytes a session leaves unconsumed are copied into a buffer of its own.
     pub recv_buffer_size: usize,
+    /// Shared receive buffers per worker (rounded to a power of two, 64..=32768): the
+    /// io_uring backend's provided-buffer ring. When all are in use, receiving pauses until
+    /// buffers come back; no byte is dropped.
+    pub recv_buffers_per_worker: u16,
     /// Maximum unconsumed bytes a session may hold.
     pub max_recv_buffer: usize,
     /// Maximum bytes queued for sending on one session (the high watermark).
@@ -50,6 +56,7 @@ impl Default for SessionConfig {
         SessionConfig {
             nodelay: true,
             recv_buffer_size: 4096,
+            recv_buffers_per_worker: 1024,
             max_recv_buffer: 1 << 20,
             max_send_queue: 16 << 20,
             send_queue_low_watermark: 4 << 20,
@@ -64,7 +71,9 @@ impl Default for SessionConfig {
 impl SessionConfig {
     /// Clamps values that would make the engine misbehave (a zero-sized buffer).
     pub(crate) fn sanitized(mut self) -> Self {
-        self.recv_buffer_size = self.recv_buffer_size.max(64);
+        self.recv_buffer_size = self.recv_buffer_size.clamp(64, 1 << 20);
+        self.recv_buffers_per_worker =
+            self.recv_buffers_per_worker.clamp(64, 32768).next_power_of_two();
         self.max_recv_buffer = self.max_recv_buffer.max(self.recv_buffer_size);
         self.send_queue_low_watermark = self.send_queue_low_watermark.min(self.max_send_queue);
         self

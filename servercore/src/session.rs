@@ -11,7 +11,7 @@ use std::borrow::Cow;
 use std::fmt;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -152,7 +152,7 @@ impl Ctx<'_> {
     /// Queues `buf` for sending; everything queued during one loop turn goes out in one
     /// gather write, in order. Cheap: a [`SendBuffer`] is reference-counted.
     pub fn send(&mut self, buf: impl Into<SendBuffer>) -> Result<(), SendError> {
-        self.local.queue_send(self.core, buf.into().into_bytes())
+        self.local.queue_send(self.core, buf.into().into_bytes(), false)
     }
 
     /// Disconnects this session with [`DisconnectReason::Local`] once the callback returns.
@@ -182,7 +182,10 @@ impl Ctx<'_> {
     /// bytes keep arriving in the kernel's buffer, then TCP slows the peer down. A peer's
     /// close is noticed only after [`resume_recv`](Ctx::resume_recv).
     pub fn pause_recv(&mut self) {
-        self.core.recv_paused = true;
+        if !self.core.recv_paused {
+            self.core.recv_paused = true;
+            self.local.mark_dirty(self.core);
+        }
     }
 
     /// Starts receiving again after [`pause_recv`](Ctx::pause_recv).
@@ -273,6 +276,10 @@ pub(crate) struct SessionFlags {
     pub(crate) alive: AtomicBool,
     /// Send queue at its limit under [`SendQueuePolicy::Notify`](crate::SendQueuePolicy).
     pub(crate) congested: AtomicBool,
+    /// Mirror of the session's queued bytes (written by its worker).
+    pub(crate) queued: AtomicUsize,
+    /// Bytes of handle sends posted and not yet queued (Notify policy reservations).
+    pub(crate) posted: AtomicUsize,
 }
 
 impl SessionHandle {
@@ -302,12 +309,29 @@ impl SessionHandle {
         if !self.is_connected() {
             return Err(SendError::Disconnected);
         }
-        if self.flags.congested.load(Ordering::Acquire) {
-            return Err(SendError::QueueFull { limit: self.worker.config.max_send_queue });
+        let buf = buf.into().into_bytes();
+        let config = &self.worker.config;
+        let admitted = config.send_queue_policy == crate::SendQueuePolicy::Notify;
+        if admitted {
+            // Reserve the place now, so that an Ok is never refused later by the worker.
+            let limit = config.max_send_queue;
+            let reserved = self.flags.posted.fetch_add(buf.len(), Ordering::AcqRel) + buf.len();
+            let queued = self.flags.queued.load(Ordering::Acquire);
+            if self.flags.congested.load(Ordering::Acquire) || queued + reserved > limit {
+                self.flags.posted.fetch_sub(buf.len(), Ordering::AcqRel);
+                if !self.flags.congested.swap(true, Ordering::AcqRel) {
+                    let _ = self.worker.post(Command::Congested { key: self.key });
+                }
+                return Err(SendError::QueueFull { limit });
+            }
         }
-        self.worker
-            .post(Command::Send { key: self.key, buf: buf.into().into_bytes() })
-            .map_err(|_| SendError::Disconnected)
+        let len = buf.len();
+        self.worker.post(Command::Send { key: self.key, buf, admitted }).map_err(|_| {
+            if admitted {
+                self.flags.posted.fetch_sub(len, Ordering::AcqRel);
+            }
+            SendError::Disconnected
+        })
     }
 
     /// Runs `job` on the session's worker with the session object, in order with the other

@@ -12,7 +12,9 @@
 
 use crate::config::SendQueuePolicy;
 use crate::config::SessionConfig;
-use crate::driver::{Completion, CompletionKind, Driver, OpId, SockId, Waker, MAX_IOVECS};
+use crate::driver::{
+    Completion, CompletionKind, Driver, OpId, RecvLease, SockId, Waker, MAX_IOVECS,
+};
 use crate::reason::DisconnectReason;
 use crate::room::RoomInner;
 use crate::service::ServiceShared;
@@ -40,8 +42,10 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
 /// A message to a worker from another thread.
 pub(crate) enum Command {
-    /// Queue a buffer on one session.
-    Send { key: u64, buf: Bytes },
+    /// Queue a buffer on one session (`admitted`: its place under the limit is reserved).
+    Send { key: u64, buf: Bytes, admitted: bool },
+    /// A handle send was refused: the session's queue is full (Notify policy).
+    Congested { key: u64 },
     /// Disconnect one session.
     Disconnect { key: u64, reason: DisconnectReason },
     /// Queue a buffer on every open session of this worker.
@@ -127,6 +131,8 @@ pub(crate) struct Core {
     /// Rooms this session is in (ids), so it leaves them when it closes.
     rooms: Vec<u64>,
     pub(crate) recv_paused: bool,
+    /// The standing receive was cancelled for a pause.
+    recv_cancelled: bool,
     /// Under the Notify policy: a send was refused; `on_writable` is due after draining.
     congested: bool,
     /// `on_send_queue_full` is due (called outside the callback that hit the limit).
@@ -139,6 +145,12 @@ pub(crate) struct Core {
 }
 
 impl Core {
+    /// Sets the queued byte count and its mirror that handles read.
+    fn set_queued(&mut self, queued: usize) {
+        self.queued = queued;
+        self.flags.queued.store(queued, Ordering::Relaxed);
+    }
+
     pub(crate) fn is_open(&self) -> bool {
         self.state == State::Open && self.close_request.is_none()
     }
@@ -221,7 +233,15 @@ impl Local {
     }
 
     /// Queues bytes on a session; the send starts at the end of the loop turn.
-    pub(crate) fn queue_send(&mut self, core: &mut Core, buf: Bytes) -> Result<(), SendError> {
+    ///
+    /// `admitted`: a [`SessionHandle`](crate::SessionHandle) send that already reserved its
+    /// place under the limit (Notify policy), so it is never refused here.
+    pub(crate) fn queue_send(
+        &mut self,
+        core: &mut Core,
+        buf: Bytes,
+        admitted: bool,
+    ) -> Result<(), SendError> {
         let accepting = match core.state {
             State::Open => core.close_request.is_none(),
             State::Closing => core.graceful,
@@ -234,27 +254,35 @@ impl Local {
             return Ok(());
         }
         let limit = self.config.max_send_queue;
-        if core.queued + buf.len() > limit {
-            match self.config.send_queue_policy {
-                SendQueuePolicy::Disconnect => {
+        if !admitted {
+            let notify = self.config.send_queue_policy == SendQueuePolicy::Notify;
+            // Under Notify, places reserved by handle sends still in the inbox count too.
+            let reserved = if notify { core.flags.posted.load(Ordering::Acquire) } else { 0 };
+            if (notify && core.congested) || core.queued + reserved + buf.len() > limit {
+                if notify {
+                    self.congest(core);
+                } else {
                     self.request_close(core, DisconnectReason::SendQueueOverflow { limit });
                 }
-                SendQueuePolicy::Notify => {
-                    if !core.congested {
-                        core.congested = true;
-                        core.notify_full = true;
-                        core.flags.congested.store(true, Ordering::Release);
-                        self.mark_dirty(core);
-                    }
-                }
+                return Err(SendError::QueueFull { limit });
             }
-            return Err(SendError::QueueFull { limit });
         }
-        core.queued += buf.len();
+        core.set_queued(core.queued + buf.len());
         core.queue.push_back(buf);
         self.metrics.buffers_out += 1;
         self.mark_dirty(core);
         Ok(())
+    }
+
+    /// Notify policy: the queue is full; `on_send_queue_full` is due, sends are refused
+    /// until `on_writable`.
+    pub(crate) fn congest(&mut self, core: &mut Core) {
+        if !core.congested {
+            core.congested = true;
+            core.notify_full = true;
+            core.flags.congested.store(true, Ordering::Release);
+            self.mark_dirty(core);
+        }
     }
 
     /// Records a disconnect request; it is carried out at the end of the loop turn, outside
@@ -546,13 +574,14 @@ impl<S: Session> Worker<S> {
             connect_error: None,
             rooms: Vec::new(),
             recv_paused: false,
+            recv_cancelled: false,
             congested: false,
             notify_full: false,
             last_recv: self.local.now,
             ip_counted: false,
             flags: Arc::new(SessionFlags {
                 alive: AtomicBool::new(state == State::Open),
-                congested: AtomicBool::new(false),
+                ..SessionFlags::default()
             }),
         }
     }
@@ -576,10 +605,19 @@ impl<S: Session> Worker<S> {
 
     fn command(&mut self, cmd: Command) {
         match cmd {
-            Command::Send { key, buf } => {
+            Command::Send { key, buf, admitted } => {
                 let local = &mut self.local;
                 if let Some(conn) = conn_of(&mut self.slots, key) {
-                    let _ = local.queue_send(&mut conn.core, buf);
+                    if admitted {
+                        conn.core.flags.posted.fetch_sub(buf.len(), Ordering::AcqRel);
+                    }
+                    let _ = local.queue_send(&mut conn.core, buf, admitted);
+                }
+            }
+            Command::Congested { key } => {
+                let local = &mut self.local;
+                if let Some(conn) = conn_of(&mut self.slots, key) {
+                    local.congest(&mut conn.core);
                 }
             }
             Command::Disconnect { key, reason } => {
@@ -593,7 +631,7 @@ impl<S: Session> Worker<S> {
                 for slot in &mut self.slots {
                     if let Some(conn) = &mut slot.conn {
                         if conn.core.is_open() {
-                            let _ = local.queue_send(&mut conn.core, buf.clone());
+                            let _ = local.queue_send(&mut conn.core, buf.clone(), false);
                         }
                     }
                 }
@@ -625,6 +663,10 @@ impl<S: Session> Worker<S> {
     }
 
     fn room_enter(&mut self, room: Arc<RoomInner>, key: u64) {
+        if !room.bind(&self.shared) {
+            tracing::warn!("a room of another service was asked to take a session; ignored");
+            return;
+        }
         let Some(conn) = conn_of(&mut self.slots, key) else { return };
         if !conn.core.is_open() || conn.core.rooms.contains(&room.id) {
             return;
@@ -663,7 +705,7 @@ impl<S: Session> Worker<S> {
         let Some(local_room) = self.rooms.get(&room) else { return };
         for &key in &local_room.members {
             if let Some(conn) = conn_of(&mut self.slots, key) {
-                let _ = self.local.queue_send(&mut conn.core, buf.clone());
+                let _ = self.local.queue_send(&mut conn.core, buf.clone(), false);
             }
         }
     }
@@ -1005,64 +1047,103 @@ impl<S: Session> Worker<S> {
         self.arm_recv(key);
     }
 
+    /// Arms the standing receive of an open session (not while paused).
     fn arm_recv(&mut self, key: u64) {
-        let config = self.local.config.clone();
-        let Some(conn) = conn_of(&mut self.slots, key) else {
-            return;
-        };
+        let Some(conn) = conn_of(&mut self.slots, key) else { return };
         let core = &mut conn.core;
         if !core.is_open() || core.recv_op.is_some() || core.recv_paused {
             return;
         }
-        let rbuf = &mut core.rbuf;
-        if rbuf.capacity() == 0 {
-            rbuf.reserve_exact(config.recv_buffer_size);
-        } else if rbuf.is_empty() && rbuf.capacity() > 4 * config.recv_buffer_size {
-            // A burst grew the buffer; give the memory back once it is drained.
-            *rbuf = Vec::with_capacity(config.recv_buffer_size);
-        } else if rbuf.len() == rbuf.capacity() {
-            if rbuf.capacity() >= config.max_recv_buffer {
-                let limit = config.max_recv_buffer;
-                self.local.request_close(core, DisconnectReason::RecvBufferFull { limit });
-                return;
-            }
-            let target = (rbuf.capacity() * 2).min(config.max_recv_buffer);
-            rbuf.reserve_exact(target - rbuf.len());
-        }
-        let buf = std::mem::take(&mut core.rbuf);
-        core.recv_op = Some(self.driver.recv(core.sock, key, buf));
+        core.recv_op = Some(self.driver.recv(core.sock, key));
+        core.recv_cancelled = false;
         core.in_flight += 1;
     }
 
-    fn on_recv(&mut self, key: u64, result: io::Result<usize>, buf: Vec<u8>) {
+    fn on_recv(&mut self, key: u64, result: io::Result<Option<RecvLease>>, more: bool) {
         let local = &mut self.local;
+        let driver = &mut self.driver;
         let Some(conn) = conn_of(&mut self.slots, key) else {
+            if let Ok(Some(lease)) = result {
+                driver.release(lease);
+            }
             return;
         };
-        let core = &mut conn.core;
-        core.in_flight -= 1;
-        core.recv_op = None;
-        core.rbuf = buf;
-        if !core.is_open() {
+        if !more {
+            conn.core.in_flight -= 1;
+            conn.core.recv_op = None;
+        }
+        let lease = match result {
+            Ok(Some(lease)) => lease,
+            Ok(None) => {
+                local.request_close(&mut conn.core, DisconnectReason::PeerClosed);
+                self.try_finalize(key);
+                return;
+            }
+            Err(e) => {
+                let paused = conn.core.recv_paused && e.raw_os_error() == Some(ECANCELED);
+                if conn.core.is_open() && !paused {
+                    local.request_close(&mut conn.core, DisconnectReason::from_io(&e));
+                }
+                self.try_finalize(key);
+                return;
+            }
+        };
+        if !conn.core.is_open() {
+            driver.release(lease);
             self.try_finalize(key);
             return;
         }
-        match result {
-            Ok(0) => local.request_close(core, DisconnectReason::PeerClosed),
-            Ok(n) => {
-                local.metrics.bytes_in += n as u64;
-                conn.core.last_recv = local.now;
-                let mut data = std::mem::take(&mut conn.core.rbuf);
-                let consumed = call(conn, local, |s, ctx| s.on_recv(ctx, &data));
-                if let Some(n) = consumed {
-                    let n = n.min(data.len());
-                    data.drain(..n);
-                }
-                conn.core.rbuf = data;
-                self.arm_recv(key);
-            }
-            Err(e) => local.request_close(core, DisconnectReason::from_io(&e)),
+        local.metrics.bytes_in += u64::from(lease.len);
+        conn.core.last_recv = local.now;
+        let data = driver.lease(&lease);
+        let limit = local.config.max_recv_buffer;
+        if conn.core.rbuf.len() + data.len() > limit {
+            driver.release(lease);
+            local.request_close(&mut conn.core, DisconnectReason::RecvBufferFull { limit });
+            return;
         }
+        if conn.core.recv_paused {
+            // Arrived before the pause took effect: kept for `resume_recv`.
+            conn.core.rbuf.extend_from_slice(data);
+        } else if conn.core.rbuf.is_empty() {
+            // The common case: the user reads straight from the driver's buffer, and only
+            // what it leaves unconsumed is copied out.
+            if let Some(n) = call(conn, local, |s, ctx| s.on_recv(ctx, data)) {
+                conn.core.rbuf.extend_from_slice(&data[n.min(data.len())..]);
+            }
+        } else {
+            let mut pending = std::mem::take(&mut conn.core.rbuf);
+            pending.extend_from_slice(data);
+            if let Some(n) = call(conn, local, |s, ctx| s.on_recv(ctx, &pending)) {
+                pending.drain(..n.min(pending.len()));
+            }
+            conn.core.rbuf = pending;
+        }
+        driver.release(lease);
+        let rbuf = &mut conn.core.rbuf;
+        if rbuf.is_empty() && rbuf.capacity() > local.config.recv_buffer_size {
+            *rbuf = Vec::new(); // an idle session holds no receive memory
+        }
+        if !more {
+            self.arm_recv(key);
+        }
+    }
+
+    /// After `resume_recv`: presents bytes kept during the pause, then receives again.
+    fn resume_recv(&mut self, key: u64) {
+        let local = &mut self.local;
+        let Some(conn) = conn_of(&mut self.slots, key) else { return };
+        if !conn.core.is_open() || conn.core.recv_paused {
+            return;
+        }
+        if !conn.core.rbuf.is_empty() && conn.core.recv_op.is_none() {
+            let mut pending = std::mem::take(&mut conn.core.rbuf);
+            if let Some(n) = call(conn, local, |s, ctx| s.on_recv(ctx, &pending)) {
+                pending.drain(..n.min(pending.len()));
+            }
+            conn.core.rbuf = pending;
+        }
+        self.arm_recv(key);
     }
 
     /// Starts the gather write of a session's queue if none is in flight.
@@ -1094,7 +1175,7 @@ impl<S: Session> Worker<S> {
             Ok(n) => {
                 local.metrics.bytes_out += n as u64;
                 // Saturating: an abandoned flush zeroes the count while a send is in flight.
-                core.queued = core.queued.saturating_sub(n);
+                core.set_queued(core.queued.saturating_sub(n));
                 // Drop what went out; put a short write's rest back in front, in order.
                 let mut left = n;
                 let mut done = 0;
@@ -1117,15 +1198,7 @@ impl<S: Session> Worker<S> {
                 }
                 if core.is_open() {
                     call(conn, local, |s, ctx| s.on_send(ctx, n));
-                    let core = &mut conn.core;
-                    if core.congested && core.queued <= local.config.send_queue_low_watermark {
-                        core.congested = false;
-                        core.notify_full = false;
-                        core.flags.congested.store(false, Ordering::Release);
-                        if core.is_open() {
-                            call(conn, local, |s, ctx| s.on_writable(ctx));
-                        }
-                    }
+                    check_writable(conn, local);
                 } else {
                     self.try_finalize(key);
                 }
@@ -1153,12 +1226,22 @@ impl<S: Session> Worker<S> {
                 if conn.core.notify_full && conn.core.close_request.is_none() {
                     conn.core.notify_full = false;
                     call(conn, &mut self.local, |s, ctx| s.on_send_queue_full(ctx));
+                    // Already drained (e.g. the refused send was a handle's): writable now.
+                    if conn.core.send_op.is_none() {
+                        check_writable(conn, &mut self.local);
+                    }
                 }
                 let Some(conn) = conn_of(&mut self.slots, key) else { continue };
                 if let Some(reason) = conn.core.close_request.take() {
                     self.close(key, reason);
-                } else if conn.core.recv_op.is_none() && !conn.core.recv_paused {
-                    self.arm_recv(key); // resumed after a pause
+                } else if conn.core.recv_paused {
+                    // Paused: stop the standing receive (its completion is not an error).
+                    if let (Some(op), false) = (conn.core.recv_op, conn.core.recv_cancelled) {
+                        conn.core.recv_cancelled = true;
+                        self.driver.cancel(op);
+                    }
+                } else if conn.core.recv_op.is_none() {
+                    self.resume_recv(key);
                 }
                 self.start_send(key);
             }
@@ -1235,7 +1318,7 @@ impl<S: Session> Worker<S> {
         }
         core.flushing = false;
         core.queue.clear();
-        core.queued = 0;
+        core.set_queued(0);
         if let Some(op) = core.send_op {
             self.driver.cancel(op);
         }
@@ -1319,10 +1402,23 @@ impl<S: Session> Worker<S> {
             return;
         }
         match c.kind {
-            CompletionKind::Recv { result, buf } => self.on_recv(c.owner, result, buf),
+            CompletionKind::Recv { result, more } => self.on_recv(c.owner, result, more),
             CompletionKind::Send { result, bufs } => self.on_send(c.owner, result, bufs),
             CompletionKind::Connect { result } => self.on_connect(c.owner, result),
             CompletionKind::Accept { .. } => {}
+        }
+    }
+}
+
+/// Notify policy: after the queue drained to the low watermark, sends are accepted again
+/// and `on_writable` runs.
+fn check_writable<S: Session>(conn: &mut Conn<S>, local: &mut Local) {
+    let core = &mut conn.core;
+    if core.congested && !core.notify_full && core.queued <= local.config.send_queue_low_watermark {
+        core.congested = false;
+        core.flags.congested.store(false, Ordering::Release);
+        if core.is_open() {
+            call(conn, local, |s, ctx| s.on_writable(ctx));
         }
     }
 }
@@ -1344,3 +1440,9 @@ fn run_job(job: Box<dyn FnOnce() + Send>) {
         tracing::error!("a job panicked: {}", panic_message(&*p));
     }
 }
+
+/// The errno of a cancelled operation (both backends report it so on unix).
+#[cfg(unix)]
+const ECANCELED: i32 = libc::ECANCELED;
+#[cfg(not(unix))]
+const ECANCELED: i32 = -1;

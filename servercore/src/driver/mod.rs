@@ -23,9 +23,14 @@
 //!   happens to the session or the socket. A driver dropped with operations in flight
 //!   cancels them, waits briefly, and leaks what the kernel may still touch rather than
 //!   free it.
-//! * **recv** reads into the spare capacity of the buffer (after its `len()`), never past
-//!   `capacity()`; the completion's buffer has `len` grown by the bytes read. The caller
-//!   ensures spare capacity is non-zero. `Ok(0)` is the peer's orderly close.
+//! * **recv** arms a standing receive on a socket: it produces one completion per chunk
+//!   of bytes, in order, each carrying a [`RecvLease`] on a buffer the *driver* owns (a
+//!   provided-buffer ring on io_uring, a small pool on poll), until a completion with
+//!   `more == false` (peer close `Ok(None)`, error, or cancel). Buffers are taken only when
+//!   bytes arrive, so an idle session holds none. The caller reads the bytes with
+//!   [`lease`](Driver::lease) and gives the buffer back with [`release`](Driver::release)
+//!   before its next `wait`; a backend whose buffers run out pauses receiving and resumes
+//!   by itself once buffers come back (never dropping bytes).
 //! * **send** writes the buffers in order as one gather write (at most [`MAX_IOVECS`]
 //!   buffers) and may be short: `Ok(n)` says how many bytes went out; the caller resumes.
 //!   At most one send per socket is in flight (the caller guarantees it).
@@ -43,6 +48,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+#[cfg(target_os = "linux")]
+mod bufring;
 mod poll;
 #[cfg(target_os = "linux")]
 mod uring;
@@ -53,6 +60,15 @@ pub use select::{Backend, BackendChoice};
 /// Most buffers one gather write takes (Linux `IOV_MAX`).
 pub(crate) const MAX_IOVECS: usize = 1024;
 
+/// Sizes a driver is built with.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct DriverConfig {
+    /// Receive buffers shared by the worker's sessions (a power of two; 0: none).
+    pub recv_buffers: u16,
+    /// Bytes per receive buffer.
+    pub recv_buffer_size: usize,
+}
+
 /// A socket owned by a driver.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) struct SockId(pub(crate) usize);
@@ -60,6 +76,17 @@ pub(crate) struct SockId(pub(crate) usize);
 /// An operation in flight in a driver.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) struct OpId(pub(crate) usize);
+
+/// A chunk of received bytes in a buffer the driver owns, until
+/// [`Driver::release`].
+#[derive(Debug)]
+#[must_use = "a lease must be released, or the driver runs out of receive buffers"]
+pub(crate) struct RecvLease {
+    /// Which driver buffer.
+    pub(crate) buf: u32,
+    /// Bytes in it (never 0).
+    pub(crate) len: u32,
+}
 
 /// One finished operation.
 #[derive(Debug)]
@@ -76,8 +103,9 @@ pub(crate) enum CompletionKind {
     /// A connection was accepted (or accepting failed). `more == false`: the accept is no
     /// longer armed.
     Accept { result: io::Result<TcpStream>, more: bool },
-    /// A receive finished; `buf` has grown by the bytes read.
-    Recv { result: io::Result<usize>, buf: Vec<u8> },
+    /// Bytes arrived (`Ok(Some(lease))`), or the peer closed (`Ok(None)`), or the receive
+    /// failed. `more == false`: the receive is no longer armed.
+    Recv { result: io::Result<Option<RecvLease>>, more: bool },
     /// A gather write finished; `bufs` are the buffers given, unchanged.
     Send { result: io::Result<usize>, bufs: Vec<Bytes> },
     /// A connect finished.
@@ -146,10 +174,10 @@ macro_rules! each_backend {
 
 impl Driver {
     /// Creates a driver of the given backend on the calling thread.
-    pub(crate) fn new(backend: Backend) -> io::Result<Driver> {
+    pub(crate) fn new(backend: Backend, config: &DriverConfig) -> io::Result<Driver> {
         match backend {
             #[cfg(target_os = "linux")]
-            Backend::IoUring => uring::UringDriver::new().map(Driver::Uring),
+            Backend::IoUring => uring::UringDriver::new(config).map(Driver::Uring),
             #[cfg(not(target_os = "linux"))]
             Backend::IoUring => Err(io::Error::new(
                 io::ErrorKind::Unsupported,
@@ -175,9 +203,18 @@ impl Driver {
         each_backend!(self, d => d.accept(sock, owner))
     }
 
-    pub(crate) fn recv(&mut self, sock: SockId, owner: u64, buf: Vec<u8>) -> OpId {
-        debug_assert!(buf.capacity() > buf.len());
-        each_backend!(self, d => d.recv(sock, owner, buf))
+    pub(crate) fn recv(&mut self, sock: SockId, owner: u64) -> OpId {
+        each_backend!(self, d => d.recv(sock, owner))
+    }
+
+    /// The bytes of a received chunk.
+    pub(crate) fn lease(&self, lease: &RecvLease) -> &[u8] {
+        each_backend!(self, d => d.lease(lease))
+    }
+
+    /// Gives a received chunk's buffer back to the driver.
+    pub(crate) fn release(&mut self, lease: RecvLease) {
+        each_backend!(self, d => d.release(lease))
     }
 
     pub(crate) fn send(&mut self, sock: SockId, owner: u64, bufs: Vec<Bytes>) -> OpId {

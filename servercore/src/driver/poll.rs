@@ -19,30 +19,48 @@
 //! dirty and drives them again. A socket that is ready but has nothing pending costs no
 //! work and never makes `wait` return early: its flag is merely recorded.
 //!
-//! Accepting is capped per pass ([`ACCEPT_BATCH`]) so a flood of connections cannot starve
-//! the other sockets; a capped listener stays dirty, which makes the next `wait` poll
-//! without blocking.
+//! Accepting and receiving are capped per `wait` ([`ACCEPT_BATCH`] connections per
+//! listener, [`RECV_BATCH`] chunks per stream) so that a flood on one socket cannot starve
+//! the others. A capped socket keeps its flag set and goes on the `again` list, which the
+//! next `wait` drives first (without blocking in the poll) behind the sockets queued since.
+//!
+//! # Receiving
+//!
+//! A recv is a standing operation: while it is pending and the socket is readable, the
+//! driver reads into a free buffer of its pool ([`RECV_BUF`] bytes each) and completes a
+//! chunk with a [`RecvLease`] on it, `more == true`; end of stream (`Ok(None)`), an error
+//! or a cancel completes it with `more == false`. A buffer is taken from the pool only for
+//! a read and kept only if the read brought bytes, so an idle session holds none. The
+//! caller gives it back with [`PollDriver::release`].
+//!
+//! The pool grows on demand up to [`POOL_MAX`] buffers and never shrinks. Should it run
+//! dry (leases held too long, or very many sockets receiving at once), the sockets that
+//! wanted a buffer go on the `starved` list with their readable flag still set: receiving
+//! pauses without spinning (they are not dirty) and no byte is lost (it stays in the
+//! kernel). The next [`PollDriver::release`] queues them again ahead of everything else; a
+//! socket that got some chunks before the pool ran dry goes behind those that got none.
 //!
 //! # Cancellation
 //!
 //! [`PollDriver::cancel`] marks the operation doomed and queues it; the next `wait` takes
 //! it off its socket and completes it with `ECANCELED` (on non-Unix: `Interrupted`) before
-//! any I/O is attempted, returning its buffers. Operations started on an unknown socket
+//! any I/O is attempted, returning its buffers (a recv: `more == false`; its chunks leased
+//! so far are the caller's until released). Operations started on an unknown socket
 //! (or a second operation of a kind already pending) are failed the same way, with their
 //! own error.
 //!
 //! # Memory
 //!
 //! No system call keeps a pointer into an operation's memory beyond the call itself, so
-//! invariant 1 of DESIGN.md holds trivially: buffers live in the operation table until the
-//! completion hands them back.
+//! invariant 1 of DESIGN.md holds trivially: send buffers live in the operation table until
+//! the completion hands them back, and receive buffers live in the pool, lent out by index.
 
-use super::{Completion, CompletionKind, OpId, SockId, Waker, WakerInner};
+use super::{Completion, CompletionKind, OpId, RecvLease, SockId, Waker, WakerInner};
 use bytes::Bytes;
 use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
 use socket2::{SockAddr, SockRef};
-use std::io::{self, IoSlice};
+use std::io::{self, IoSlice, Read};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
 use std::time::Duration;
@@ -51,6 +69,13 @@ use std::time::Duration;
 const WAKE_TOKEN: Token = Token(usize::MAX - 1);
 /// Most connections accepted from one listener per pass, for fairness.
 const ACCEPT_BATCH: usize = 64;
+/// Most chunks read from one stream per `wait`, for fairness.
+const RECV_BATCH: usize = 4;
+/// Size of a receive buffer: the most bytes one chunk carries.
+const RECV_BUF: usize = 16 << 10;
+/// Most receive buffers the pool allocates (16 MiB): beyond it receiving pauses until
+/// leases come back.
+const POOL_MAX: usize = 1024;
 /// Capacity of the event buffer handed to `mio::Poll::poll`.
 const EVENTS_CAPACITY: usize = 1024;
 
@@ -76,8 +101,10 @@ struct Sock {
     readable: bool,
     /// No write-side attempt has seen `WouldBlock` since the last writable edge.
     writable: bool,
-    /// On the dirty list already.
+    /// On the dirty or the `again` list already.
     queued: bool,
+    /// On the `starved` list: a recv wanted a buffer when the pool had none.
+    starved: bool,
     accept: Option<usize>,
     recv: Option<usize>,
     send: Option<usize>,
@@ -91,6 +118,7 @@ impl Sock {
             readable: true,
             writable: true,
             queued: false,
+            starved: false,
             accept: None,
             recv: None,
             send: None,
@@ -126,9 +154,11 @@ struct Op {
     state: OpState,
 }
 
+/// What an operation is, with its memory. `Accept` and `Recv` are standing: they complete
+/// once per connection or chunk until a completion with `more == false`.
 enum OpState {
     Accept,
-    Recv(Vec<u8>),
+    Recv,
     Send(Vec<Bytes>),
     Connect { addr: SocketAddr, started: bool },
 }
@@ -137,7 +167,7 @@ impl OpState {
     fn kind(&self) -> Kind {
         match self {
             OpState::Accept => Kind::Accept,
-            OpState::Recv(_) => Kind::Recv,
+            OpState::Recv => Kind::Recv,
             OpState::Send(_) => Kind::Send,
             OpState::Connect { .. } => Kind::Connect,
         }
@@ -147,7 +177,7 @@ impl OpState {
     fn fail(self, err: io::Error) -> CompletionKind {
         match self {
             OpState::Accept => CompletionKind::Accept { result: Err(err), more: false },
-            OpState::Recv(buf) => CompletionKind::Recv { result: Err(err), buf },
+            OpState::Recv => CompletionKind::Recv { result: Err(err), more: false },
             OpState::Send(bufs) => CompletionKind::Send { result: Err(err), bufs },
             OpState::Connect { .. } => CompletionKind::Connect { result: Err(err) },
         }
@@ -181,6 +211,49 @@ fn connect_in_progress(e: &io::Error) -> bool {
     }
 }
 
+/// The receive buffers of a driver, lent out chunk by chunk.
+struct Pool {
+    bufs: Vec<Box<[u8]>>,
+    /// Buffers not lent out, the most recently returned last (taken first: cache-warm).
+    free: Vec<u32>,
+    /// Which buffers are lent out (guards against a double release).
+    lent: Vec<bool>,
+    /// Most buffers to allocate ([`POOL_MAX`]; smaller in tests).
+    max: usize,
+}
+
+impl Pool {
+    fn new() -> Self {
+        Pool { bufs: Vec::new(), free: Vec::new(), lent: Vec::new(), max: POOL_MAX }
+    }
+
+    /// A buffer for one read, allocating one if none is free; `None` at the limit. The
+    /// buffer must be lent out or put back.
+    fn take(&mut self) -> Option<u32> {
+        if let Some(buf) = self.free.pop() {
+            return Some(buf);
+        }
+        if self.bufs.len() >= self.max {
+            return None;
+        }
+        let buf = u32::try_from(self.bufs.len()).ok()?;
+        self.bufs.push(vec![0u8; RECV_BUF].into_boxed_slice());
+        self.lent.push(false);
+        Some(buf)
+    }
+}
+
+/// What driving a socket left to do.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Outcome {
+    /// Nothing that needs no new edge.
+    Idle,
+    /// Capped: more to do at the next `wait` without a new edge.
+    Again,
+    /// A recv wanted a buffer and the pool had none; `served`: it got chunks first.
+    Starved { served: bool },
+}
+
 /// The readiness driver of one worker.
 pub(crate) struct PollDriver {
     poll: Poll,
@@ -190,6 +263,11 @@ pub(crate) struct PollDriver {
     ops: Slab<Op>,
     /// Sockets whose pending operations may be able to progress.
     dirty: Vec<usize>,
+    /// Sockets capped in this `wait`, to drive at the start of the next.
+    again: Vec<usize>,
+    /// Sockets whose recv waits for a buffer to come back, first served first.
+    starved: Vec<usize>,
+    pool: Pool,
     /// Operations to complete with the given error at the next `wait`.
     doomed: Vec<(usize, io::Error)>,
 }
@@ -205,6 +283,9 @@ impl PollDriver {
             socks: Slab::with_capacity(256),
             ops: Slab::with_capacity(256),
             dirty: Vec::with_capacity(256),
+            again: Vec::with_capacity(256),
+            starved: Vec::new(),
+            pool: Pool::new(),
             doomed: Vec::new(),
         })
     }
@@ -294,8 +375,50 @@ impl PollDriver {
         self.start(sock, owner, OpState::Accept)
     }
 
-    pub(crate) fn recv(&mut self, sock: SockId, owner: u64, buf: Vec<u8>) -> OpId {
-        self.start(sock, owner, OpState::Recv(buf))
+    /// Stays armed, one completion per chunk, until end of stream, an error or a cancel
+    /// (`more == false`).
+    pub(crate) fn recv(&mut self, sock: SockId, owner: u64) -> OpId {
+        self.start(sock, owner, OpState::Recv)
+    }
+
+    /// The bytes of a chunk. Panics on a lease this driver did not give.
+    pub(crate) fn lease(&self, lease: &RecvLease) -> &[u8] {
+        debug_assert!(self.pool.lent[lease.buf as usize], "lease of a buffer not lent out");
+        &self.pool.bufs[lease.buf as usize][..lease.len as usize]
+    }
+
+    /// Gives a chunk's buffer back, resuming receives paused for want of one.
+    pub(crate) fn release(&mut self, lease: RecvLease) {
+        let buf = lease.buf as usize;
+        let lent = self.pool.lent.get(buf).copied().unwrap_or(false);
+        debug_assert!(lent, "release of buffer {buf}, which is not lent out");
+        if !lent {
+            tracing::error!("release of receive buffer {buf}, which is not lent out: ignored");
+            return;
+        }
+        self.pool.lent[buf] = false;
+        self.pool.free.push(lease.buf);
+        if !self.starved.is_empty() {
+            self.resume_starved();
+        }
+    }
+
+    /// Queues the starved sockets ahead of the dirty ones, in the order they starved.
+    fn resume_starved(&mut self) {
+        let mut list = std::mem::take(&mut self.starved);
+        let socks = &mut self.socks;
+        // Keys of closed sockets (or reused for sockets that never starved) drop out, as do
+        // sockets queued already.
+        list.retain(|&key| match socks.get_mut(key) {
+            Some(s) if s.starved => {
+                s.starved = false;
+                !std::mem::replace(&mut s.queued, true)
+            }
+            _ => false,
+        });
+        list.append(&mut self.dirty);
+        // The old dirty list, now empty, keeps its capacity for the next starvation.
+        self.starved = std::mem::replace(&mut self.dirty, list);
     }
 
     pub(crate) fn send(&mut self, sock: SockId, owner: u64, bufs: Vec<Bytes>) -> OpId {
@@ -339,10 +462,15 @@ impl PollDriver {
         timeout: Option<Duration>,
         out: &mut Vec<Completion>,
     ) -> io::Result<()> {
+        // Sockets capped in the last `wait` continue, behind those queued since.
+        self.dirty.append(&mut self.again);
         self.process(out);
-        // Completions in hand, or work left over (a capped accept): only look for events.
-        let timeout =
-            if out.is_empty() && self.dirty.is_empty() { timeout } else { Some(Duration::ZERO) };
+        // Completions in hand, or work left over (a capped socket): only look for events.
+        let timeout = if out.is_empty() && self.dirty.is_empty() && self.again.is_empty() {
+            timeout
+        } else {
+            Some(Duration::ZERO)
+        };
         match self.poll.poll(&mut self.events, timeout) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(()),
@@ -373,7 +501,8 @@ impl PollDriver {
         Ok(())
     }
 
-    /// Completes doomed operations, then drives every dirty socket once.
+    /// Completes doomed operations, then drives every dirty socket once. Capped sockets go
+    /// on the `again` list (not driven again in this `wait`), starved ones on `starved`.
     fn process(&mut self, out: &mut Vec<Completion>) {
         for (key, err) in std::mem::take(&mut self.doomed) {
             let op = self.ops.remove(key);
@@ -387,35 +516,60 @@ impl PollDriver {
             out.push(Completion { owner: op.owner, kind: op.state.fail(err) });
         }
         let mut list = std::mem::take(&mut self.dirty);
+        // At most one socket per pass is served before the pool runs dry: it goes behind
+        // the sockets that got nothing.
+        let mut served = None;
         for &key in &list {
             let Some(sock) = self.socks.get_mut(key) else {
                 continue;
             };
+            if !sock.queued {
+                // A stale entry: listed twice, or the key of a closed socket reused.
+                continue;
+            }
             sock.queued = false;
-            if drive(sock, &mut self.ops, out) {
-                // Capped: more to do without waiting for another edge.
-                sock.queued = true;
-                self.dirty.push(key);
+            match drive(sock, &mut self.ops, &mut self.pool, out) {
+                Outcome::Idle => {}
+                Outcome::Again => {
+                    sock.queued = true;
+                    self.again.push(key);
+                }
+                Outcome::Starved { .. } if sock.starved => {}
+                Outcome::Starved { served: false } => {
+                    sock.starved = true;
+                    self.starved.push(key);
+                }
+                Outcome::Starved { served: true } => {
+                    sock.starved = true;
+                    if let Some(earlier) = served.replace(key) {
+                        self.starved.push(earlier);
+                    }
+                }
             }
         }
+        self.starved.extend(served);
         list.clear();
         list.append(&mut self.dirty);
         self.dirty = list;
     }
 }
 
-/// Tries the pending operations of one socket while its readiness allows. Returns whether
-/// the socket has work left that needs no new edge (a capped accept).
-fn drive(sock: &mut Sock, ops: &mut Slab<Op>, out: &mut Vec<Completion>) -> bool {
+/// Tries the pending operations of one socket while its readiness allows, up to the caps.
+fn drive(
+    sock: &mut Sock,
+    ops: &mut Slab<Op>,
+    pool: &mut Pool,
+    out: &mut Vec<Completion>,
+) -> Outcome {
     match &sock.io {
         Io::Listener(l) => {
             let Some(key) = sock.accept else {
-                return false;
+                return Outcome::Idle;
             };
             let mut accepted = 0;
             while sock.readable {
                 if accepted == ACCEPT_BATCH {
-                    return true;
+                    return Outcome::Again;
                 }
                 match l.accept() {
                     Ok((s, _)) => {
@@ -434,9 +588,10 @@ fn drive(sock: &mut Sock, ops: &mut Slab<Op>, out: &mut Vec<Completion>) -> bool
                     }
                 }
             }
-            false
+            Outcome::Idle
         }
         Io::Stream(stream) => {
+            let mut outcome = Outcome::Idle;
             if let Some(key) = sock.connect {
                 if let Some(result) = drive_connect(stream, &mut sock.writable, &mut ops[key]) {
                     sock.connect = None;
@@ -448,18 +603,14 @@ fn drive(sock: &mut Sock, ops: &mut Slab<Op>, out: &mut Vec<Completion>) -> bool
                 }
             }
             if let (Some(key), true) = (sock.recv, sock.readable) {
-                let OpState::Recv(buf) = &mut ops[key].state else {
-                    unreachable!("the recv slot holds a recv")
-                };
-                if let Some(result) = try_recv(stream, buf, &mut sock.readable) {
+                debug_assert!(matches!(ops[key].state, OpState::Recv));
+                let (finished, o) =
+                    drive_recv(stream, &mut sock.readable, pool, ops[key].owner, out);
+                if finished {
                     sock.recv = None;
-                    let op = ops.remove(key);
-                    let OpState::Recv(buf) = op.state else { unreachable!("checked above") };
-                    out.push(Completion {
-                        owner: op.owner,
-                        kind: CompletionKind::Recv { result, buf },
-                    });
+                    ops.remove(key);
                 }
+                outcome = o;
             }
             if let (Some(key), true) = (sock.send, sock.writable) {
                 let OpState::Send(bufs) = &ops[key].state else {
@@ -475,9 +626,47 @@ fn drive(sock: &mut Sock, ops: &mut Slab<Op>, out: &mut Vec<Completion>) -> bool
                     });
                 }
             }
-            false
+            outcome
         }
     }
+}
+
+/// Reads up to [`RECV_BATCH`] chunks for a pending recv, completing each. Returns whether
+/// the recv finished (`more == false` completed) and what is left to do.
+fn drive_recv(
+    stream: &mio::net::TcpStream,
+    readable: &mut bool,
+    pool: &mut Pool,
+    owner: u64,
+    out: &mut Vec<Completion>,
+) -> (bool, Outcome) {
+    for chunk in 0..RECV_BATCH {
+        let Some(buf) = pool.take() else {
+            return (false, Outcome::Starved { served: chunk > 0 });
+        };
+        let result = try_recv(stream, &mut pool.bufs[buf as usize], readable);
+        let (result, more) = match result {
+            None => {
+                pool.free.push(buf);
+                return (false, Outcome::Idle);
+            }
+            Some(Ok(0)) => (Ok(None), false),
+            Some(Ok(n)) => {
+                pool.lent[buf as usize] = true;
+                let len = u32::try_from(n).expect("a read is at most one buffer");
+                (Ok(Some(RecvLease { buf, len })), true)
+            }
+            Some(Err(e)) => (Err(e), false),
+        };
+        if !more {
+            pool.free.push(buf);
+        }
+        out.push(Completion { owner, kind: CompletionKind::Recv { result, more } });
+        if !more {
+            return (true, Outcome::Idle);
+        }
+    }
+    (false, Outcome::Again)
 }
 
 /// Starts or checks a connect. `None`: still under way.
@@ -521,23 +710,16 @@ fn drive_connect(
     }
 }
 
-/// One receive into the spare capacity of `buf`. `None`: not ready, wait for an edge.
+/// One read into `buf`; `Ok(0)` is end of stream. `None`: not ready, wait for an edge.
 fn try_recv(
     stream: &mio::net::TcpStream,
-    buf: &mut Vec<u8>,
+    buf: &mut [u8],
     readable: &mut bool,
 ) -> Option<io::Result<usize>> {
+    let mut reader = stream;
     loop {
-        match stream.try_io(|| SockRef::from(stream).recv(buf.spare_capacity_mut())) {
-            Ok(n) => {
-                let len = buf.len() + n;
-                debug_assert!(len <= buf.capacity());
-                // SAFETY: `recv` wrote (initialised) the first `n` bytes of the spare
-                // capacity it was given and `n` is at most that capacity, so the first
-                // `len` bytes are initialised and `len <= capacity`.
-                unsafe { buf.set_len(len) };
-                return Some(Ok(n));
-            }
+        match reader.read(buf) {
+            Ok(n) => return Some(Ok(n)),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 *readable = false;
                 return None;
@@ -636,13 +818,55 @@ mod tests {
             (self.d.add_stream(s).expect("add stream"), client)
         }
 
-        fn recv(&mut self, s: SockId, buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
-            self.d.recv(s, 3, buf);
+        /// The next completion, which must be a recv's; a chunk's lease is read and
+        /// released at once. Checks `more` against the result.
+        fn next_recv(&mut self) -> (u64, Got) {
             let c = self.next();
-            assert_eq!(c.owner, 3);
-            match c.kind {
-                CompletionKind::Recv { result, buf } => (result, buf),
-                other => panic!("{other:?}"),
+            let CompletionKind::Recv { result, more } = c.kind else { panic!("{c:?}") };
+            let got = match result {
+                Ok(Some(lease)) => {
+                    assert!(more, "a chunk keeps the recv armed");
+                    assert!(lease.len > 0 && lease.len as usize <= RECV_BUF, "{lease:?}");
+                    let bytes = self.d.lease(&lease).to_vec();
+                    assert_eq!(bytes.len(), lease.len as usize);
+                    self.d.release(lease);
+                    Got::Bytes(bytes)
+                }
+                Ok(None) => Got::Closed,
+                Err(e) => Got::Failed(e),
+            };
+            if !matches!(got, Got::Bytes(_)) {
+                assert!(!more, "the end of a recv says so");
+            }
+            (c.owner, got)
+        }
+
+        /// Receives chunks of owner `owner` until `n` bytes arrived.
+        fn recv_exactly(&mut self, owner: u64, n: usize) -> Vec<u8> {
+            let mut got = Vec::new();
+            while got.len() < n {
+                match self.next_recv() {
+                    (o, Got::Bytes(b)) if o == owner => got.extend_from_slice(&b),
+                    other => panic!("{other:?}"),
+                }
+            }
+            assert_eq!(got.len(), n, "no more than was sent");
+            got
+        }
+
+        /// Cancels a standing recv and checks its cancelled end. Chunks of the same owner
+        /// read before the cancel may come first: they are dropped.
+        fn cancel_recv(&mut self, op: OpId, owner: u64) {
+            self.d.cancel(op);
+            loop {
+                match self.next_recv() {
+                    (o, Got::Bytes(_)) if o == owner => {}
+                    (o, Got::Failed(e)) if o == owner => {
+                        assert!(is_cancelled(&e), "{e}");
+                        return;
+                    }
+                    other => panic!("{other:?}"),
+                }
             }
         }
 
@@ -670,6 +894,39 @@ mod tests {
         }
     }
 
+    /// What a recv completion brought.
+    enum Got {
+        Bytes(Vec<u8>),
+        Closed,
+        Failed(io::Error),
+    }
+
+    impl std::fmt::Debug for Got {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            match self {
+                Got::Bytes(b) => write!(f, "Bytes({} bytes)", b.len()),
+                Got::Closed => write!(f, "Closed"),
+                Got::Failed(e) => write!(f, "Failed({e})"),
+            }
+        }
+    }
+
+    /// Fills the pipe from `client` to the driver until the client's writes would block;
+    /// the bytes written.
+    fn fill(client: &mut TcpStream) -> usize {
+        client.set_nonblocking(true).expect("nonblocking");
+        let block = [0x5au8; 64 << 10];
+        let mut written = 0;
+        loop {
+            match client.write(&block) {
+                Ok(n) => written += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return written,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => panic!("client write: {e}"),
+            }
+        }
+    }
+
     fn is_cancelled(e: &io::Error) -> bool {
         #[cfg(unix)]
         {
@@ -682,28 +939,50 @@ mod tests {
     }
 
     #[test]
-    fn accept_and_recv_into_spare_capacity() {
+    fn accept_and_recv_chunks() {
         let mut h = Harness::new();
         let (s, mut client) = h.pair();
-        client.write_all(b"hello world").expect("write");
-        let mut buf = Vec::with_capacity(8);
-        buf.extend_from_slice(b"ab");
-        let (cap, ptr) = (buf.capacity(), buf.as_ptr());
-        let (result, buf) = h.recv(s, buf);
-        let n = result.expect("recv");
-        assert!(n > 0 && n <= cap - 2);
-        assert_eq!(buf.capacity(), cap, "never grows the buffer");
-        assert_eq!(buf.as_ptr(), ptr, "the same buffer comes back");
-        assert_eq!(&buf[..2], b"ab");
-        let mut got = buf[2..].to_vec();
-        while got.len() < 11 {
-            let (result, buf) = h.recv(s, Vec::with_capacity(64));
-            result.expect("recv");
-            got.extend_from_slice(&buf);
-        }
+        let op = h.d.recv(s, 3);
+        assert_eq!(h.d.in_flight(), 1);
+        client.write_all(b"hello ").expect("write");
+        let mut got = h.recv_exactly(3, 6);
+        client.write_all(b"world").expect("write");
+        got.extend(h.recv_exactly(3, 5));
         assert_eq!(got, b"hello world");
+        // Still armed: one op however many chunks; leases are not ops.
+        assert_eq!(h.d.in_flight(), 1);
+        assert_eq!(h.d.pool.free.len(), h.d.pool.bufs.len(), "every lease came back");
+        h.cancel_recv(op, 3);
         assert_eq!(h.d.in_flight(), 0);
         h.d.close(s);
+    }
+
+    #[test]
+    fn leases_released_each_turn_reuse_the_pool() {
+        let mut h = Harness::new();
+        let (s, mut client) = h.pair();
+        let op = h.d.recv(s, 3);
+        for turn in 0..200u32 {
+            let msg = turn.to_le_bytes().repeat(100);
+            client.write_all(&msg).expect("write");
+            assert_eq!(h.recv_exactly(3, msg.len()), msg);
+        }
+        assert!(h.d.pool.bufs.len() <= 2, "the pool grew to {}", h.d.pool.bufs.len());
+        assert_eq!(h.d.pool.free.len(), h.d.pool.bufs.len());
+        h.cancel_recv(op, 3);
+    }
+
+    #[test]
+    fn idle_recv_holds_no_buffer() {
+        let mut h = Harness::new();
+        let (s, _client) = h.pair();
+        let op = h.d.recv(s, 3);
+        let mut out = Vec::new();
+        h.d.wait(Some(Duration::from_millis(20)), &mut out).expect("wait");
+        assert!(out.is_empty());
+        assert!(h.d.pool.lent.iter().all(|&lent| !lent));
+        assert_eq!(h.d.pool.free.len(), h.d.pool.bufs.len());
+        h.cancel_recv(op, 3);
     }
 
     #[test]
@@ -805,9 +1084,9 @@ mod tests {
         peer.read_exact(&mut got).expect("read");
         assert_eq!(&got, b"ping");
         peer.write_all(b"pong").expect("write");
-        let (result, buf) = h.recv(s, Vec::with_capacity(16));
-        assert_eq!(result.expect("recv"), 4);
-        assert_eq!(buf, b"pong");
+        let op = h.d.recv(s, 3);
+        assert_eq!(h.recv_exactly(3, 4), b"pong");
+        h.cancel_recv(op, 3);
         h.d.close(s);
     }
 
@@ -826,13 +1105,180 @@ mod tests {
     }
 
     #[test]
-    fn peer_close_reads_zero() {
+    fn peer_close_ends_the_recv() {
         let mut h = Harness::new();
-        let (s, client) = h.pair();
+        let (s, mut client) = h.pair();
+        client.write_all(b"bye").expect("write");
         drop(client);
-        let (result, buf) = h.recv(s, Vec::with_capacity(16));
-        assert_eq!(result.expect("recv"), 0);
-        assert!(buf.is_empty());
+        h.d.recv(s, 3);
+        assert_eq!(h.recv_exactly(3, 3), b"bye");
+        assert!(matches!(h.next_recv(), (3, Got::Closed)));
+        assert_eq!(h.d.in_flight(), 0);
+        assert_eq!(h.d.pool.free.len(), h.d.pool.bufs.len(), "the end holds no buffer");
+        // Nothing more comes.
+        let mut out = Vec::new();
+        h.d.wait(Some(Duration::from_millis(20)), &mut out).expect("wait");
+        assert!(out.is_empty(), "{out:?}");
+        h.d.close(s);
+    }
+
+    #[test]
+    fn large_transfer_arrives_intact_in_order() {
+        const TOTAL: usize = 8 << 20;
+        let mut h = Harness::new();
+        let (s, mut client) = h.pair();
+        let data: Vec<u8> = (0..TOTAL).map(|i| (i % 251) as u8).collect();
+        let sent = data.clone();
+        let writer = std::thread::spawn(move || {
+            for part in sent.chunks(100_000) {
+                client.write_all(part).expect("client write");
+            }
+            // Dropping the client ends the stream.
+        });
+        h.d.recv(s, 3);
+        let mut got = Vec::with_capacity(TOTAL);
+        let mut chunks = 0;
+        loop {
+            match h.next_recv() {
+                (3, Got::Bytes(b)) => {
+                    got.extend_from_slice(&b);
+                    chunks += 1;
+                }
+                (3, Got::Closed) => break,
+                other => panic!("{other:?}"),
+            }
+        }
+        writer.join().expect("writer");
+        assert_eq!(got.len(), TOTAL);
+        assert!(got == data, "the bytes arrive intact and in order");
+        assert!(chunks >= TOTAL / RECV_BUF, "{chunks} chunks");
+        assert!(h.d.pool.bufs.len() <= 2 * RECV_BATCH, "the pool grew to {}", h.d.pool.bufs.len());
+        assert_eq!(h.d.in_flight(), 0);
+    }
+
+    #[test]
+    fn fairness_cap_lets_both_sockets_progress_in_one_wait() {
+        let mut h = Harness::new();
+        let (a, mut ca) = h.pair();
+        let (b, mut cb) = h.pair();
+        assert!(fill(&mut ca) > RECV_BATCH * RECV_BUF);
+        assert!(fill(&mut cb) > RECV_BATCH * RECV_BUF);
+        let op_a = h.d.recv(a, 1);
+        let op_b = h.d.recv(b, 2);
+        let mut out = Vec::new();
+        h.d.wait(Some(Duration::from_secs(5)), &mut out).expect("wait");
+        let count = |out: &[Completion], owner| {
+            out.iter()
+                .filter(|c| c.owner == owner)
+                .inspect(|c| {
+                    assert!(
+                        matches!(c.kind, CompletionKind::Recv { result: Ok(Some(_)), more: true }),
+                        "{c:?}"
+                    )
+                })
+                .count()
+        };
+        let (na, nb) = (count(&out, 1), count(&out, 2));
+        assert!((1..=RECV_BATCH).contains(&na), "socket a: {na} chunks in one wait");
+        assert!((1..=RECV_BATCH).contains(&nb), "socket b: {nb} chunks in one wait");
+        assert_eq!(out.len(), na + nb);
+        release_all(&mut h.d, &mut out);
+        // Capped, not drained: the next wait continues at once.
+        let start = Instant::now();
+        h.d.wait(Some(Duration::from_secs(5)), &mut out).expect("wait");
+        assert!(start.elapsed() < Duration::from_secs(2), "the capped sockets waited for an edge");
+        assert!(count(&out, 1) > 0 && count(&out, 2) > 0, "{out:?}");
+        release_all(&mut h.d, &mut out);
+        // Both ends come in the next wait, before any further read.
+        h.d.cancel(op_a);
+        h.d.cancel(op_b);
+        h.d.wait(Some(Duration::from_secs(5)), &mut out).expect("wait");
+        assert_eq!(out.len(), 2, "{out:?}");
+        for c in out.drain(..) {
+            let CompletionKind::Recv { result: Err(e), more: false } = c.kind else {
+                panic!("{c:?}")
+            };
+            assert!(is_cancelled(&e), "{e}");
+        }
+        assert_eq!(h.d.in_flight(), 0);
+    }
+
+    /// Releases the leases of `out` and clears it.
+    fn release_all(d: &mut PollDriver, out: &mut Vec<Completion>) {
+        for c in out.drain(..) {
+            if let CompletionKind::Recv { result: Ok(Some(lease)), .. } = c.kind {
+                d.release(lease);
+            }
+        }
+    }
+
+    /// Reads and releases the chunks of `out` into `got` by owner (1 or 2), records the
+    /// ends in `closed`, and clears `out`.
+    fn record(
+        d: &mut PollDriver,
+        out: &mut Vec<Completion>,
+        got: &mut [Vec<u8>; 2],
+        closed: &mut [bool; 2],
+    ) {
+        for c in out.drain(..) {
+            let i = (c.owner - 1) as usize;
+            match c.kind {
+                CompletionKind::Recv { result: Ok(Some(lease)), more: true } => {
+                    got[i].extend_from_slice(d.lease(&lease));
+                    d.release(lease);
+                }
+                CompletionKind::Recv { result: Ok(None), more: false } => closed[i] = true,
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn dry_pool_pauses_receiving_without_spinning_and_resumes() {
+        const EACH: usize = 3 * RECV_BUF;
+        let mut h = Harness::new();
+        h.d.pool.max = 1;
+        let (a, mut ca) = h.pair();
+        let (b, mut cb) = h.pair();
+        let da: Vec<u8> = (0..EACH).map(|i| (i % 241) as u8).collect();
+        let db: Vec<u8> = (0..EACH).map(|i| (i % 239) as u8).collect();
+        ca.write_all(&da).expect("write");
+        cb.write_all(&db).expect("write");
+        drop((ca, cb));
+        // Let the bytes land before arming.
+        std::thread::sleep(Duration::from_millis(50));
+        h.d.recv(a, 1);
+        h.d.recv(b, 2);
+        let mut out = Vec::new();
+        h.d.wait(Some(Duration::from_secs(5)), &mut out).expect("wait");
+        assert_eq!(out.len(), 1, "one buffer, one chunk: {out:?}");
+        let first = out[0].owner;
+        // The lease is held: receiving pauses, and wait blocks rather than spins.
+        let mut more = Vec::new();
+        let start = Instant::now();
+        h.d.wait(Some(Duration::from_millis(100)), &mut more).expect("wait");
+        assert!(more.is_empty(), "{more:?}");
+        assert!(start.elapsed() >= Duration::from_millis(80), "wait returned early");
+        // The release resumes receiving, the socket that got nothing first.
+        let mut got = [Vec::new(), Vec::new()];
+        let mut closed = [false, false];
+        let mut turns = 0;
+        record(&mut h.d, &mut out, &mut got, &mut closed);
+        h.d.wait(Some(Duration::from_secs(5)), &mut out).expect("wait");
+        assert_eq!(out.len(), 1, "{out:?}");
+        assert_ne!(out[0].owner, first, "the starved socket goes first");
+        let start = Instant::now();
+        while !(closed[0] && closed[1]) {
+            assert!(start.elapsed() < DEADLINE, "receiving never resumed");
+            record(&mut h.d, &mut out, &mut got, &mut closed);
+            h.d.wait(Some(Duration::from_millis(100)), &mut out).expect("wait");
+            turns += 1;
+        }
+        record(&mut h.d, &mut out, &mut got, &mut closed);
+        assert!(got[0] == da && got[1] == db, "no byte lost or reordered");
+        assert!(turns >= 4, "{turns} turns");
+        assert_eq!(h.d.pool.bufs.len(), 1);
+        assert_eq!(h.d.in_flight(), 0);
     }
 
     #[test]
@@ -862,12 +1308,10 @@ mod tests {
     }
 
     #[test]
-    fn cancel_returns_the_buffer() {
+    fn cancel_ends_the_recv() {
         let mut h = Harness::new();
         let (s, _client) = h.pair();
-        let mut buf = Vec::with_capacity(16);
-        buf.extend_from_slice(b"xy");
-        let op = h.d.recv(s, 9, buf);
+        let op = h.d.recv(s, 9);
         assert_eq!(h.d.in_flight(), 1);
         // Let the recv find nothing to read first, so it really is pending.
         let mut out = Vec::new();
@@ -877,10 +1321,8 @@ mod tests {
         h.d.cancel(op);
         let c = h.next();
         assert_eq!(c.owner, 9);
-        let CompletionKind::Recv { result: Err(e), buf } = c.kind else { panic!("{c:?}") };
+        let CompletionKind::Recv { result: Err(e), more: false } = c.kind else { panic!("{c:?}") };
         assert!(is_cancelled(&e), "{e}");
-        assert_eq!(buf, b"xy");
-        assert_eq!(buf.capacity(), 16);
         assert_eq!(h.d.in_flight(), 0);
         // Cancelling a finished operation does nothing.
         h.d.cancel(op);
@@ -891,10 +1333,27 @@ mod tests {
     #[test]
     fn unknown_socket_fails_the_operation() {
         let mut h = Harness::new();
-        let (result, buf) = h.recv(SockId(12345), vec![1, 2]);
-        assert!(result.is_err());
-        assert_eq!(buf, [1, 2]);
+        h.d.recv(SockId(12345), 3);
+        match h.next_recv() {
+            (3, Got::Failed(e)) => assert_eq!(e.kind(), io::ErrorKind::NotFound, "{e}"),
+            other => panic!("{other:?}"),
+        }
         assert_eq!(h.d.in_flight(), 0);
+    }
+
+    #[test]
+    fn second_recv_on_a_socket_fails_alone() {
+        let mut h = Harness::new();
+        let (s, mut client) = h.pair();
+        let op = h.d.recv(s, 3);
+        h.d.recv(s, 4);
+        match h.next_recv() {
+            (4, Got::Failed(e)) => assert_eq!(e.kind(), io::ErrorKind::InvalidInput, "{e}"),
+            other => panic!("{other:?}"),
+        }
+        client.write_all(b"still armed").expect("write");
+        assert_eq!(h.recv_exactly(3, 11), b"still armed");
+        h.cancel_recv(op, 3);
     }
 
     #[test]
@@ -908,6 +1367,26 @@ mod tests {
         let start = Instant::now();
         h.d.wait(Some(Duration::from_millis(60)), &mut out).expect("wait");
         assert!(out.is_empty());
+        assert!(start.elapsed() >= Duration::from_millis(50), "wait returned early");
+    }
+
+    #[test]
+    fn cancelled_recv_on_a_capped_socket_does_not_spin() {
+        let mut h = Harness::new();
+        let (s, mut client) = h.pair();
+        fill(&mut client);
+        let op = h.d.recv(s, 3);
+        let mut out = Vec::new();
+        h.d.wait(Some(Duration::from_secs(5)), &mut out).expect("wait");
+        assert!(!out.is_empty());
+        release_all(&mut h.d, &mut out);
+        h.cancel_recv(op, 3);
+        // Still readable, nothing pending: wait blocks.
+        h.d.wait(Some(Duration::from_millis(10)), &mut out).expect("wait");
+        assert!(out.is_empty(), "{out:?}");
+        let start = Instant::now();
+        h.d.wait(Some(Duration::from_millis(60)), &mut out).expect("wait");
+        assert!(out.is_empty(), "{out:?}");
         assert!(start.elapsed() >= Duration::from_millis(50), "wait returned early");
     }
 

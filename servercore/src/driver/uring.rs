@@ -6,7 +6,8 @@
 //! batched: nothing is submitted until [`UringDriver::wait`], which submits and waits in
 //! one `io_uring_enter`.
 
-use super::{Completion, CompletionKind, OpId, SockId, Waker, WakerInner};
+use super::bufring::BufRing;
+use super::{Completion, CompletionKind, DriverConfig, OpId, RecvLease, SockId, Waker, WakerInner};
 use crate::sys::EventFd;
 use bytes::Bytes;
 use io_uring::{cqueue, opcode, squeue, types, IoUring, Probe};
@@ -22,6 +23,8 @@ use std::time::{Duration, Instant};
 const SQ_ENTRIES: u32 = 1024;
 /// `user_data` of cancel requests, whose own completions carry nothing to report.
 const CANCEL_UD: u64 = u64::MAX;
+/// Lease ids with this bit name a pool buffer; others a buffer-ring buffer id.
+const POOL_BIT: u32 = 1 << 31;
 
 /// Checks that io_uring can be used here: a ring can be created and every opcode this
 /// backend needs is supported.
@@ -86,8 +89,17 @@ struct Op {
 // alive until the completion (invariant 1).
 #[allow(dead_code)]
 enum OpState {
-    Accept { fd: i32, multishot: bool },
-    Recv(Vec<u8>),
+    Accept {
+        fd: i32,
+        multishot: bool,
+    },
+    /// A standing receive: multishot from the buffer ring, or single-shot into the pool
+    /// buffer `buf`, re-armed after each chunk.
+    Recv {
+        fd: i32,
+        multishot: bool,
+        buf: Option<u32>,
+    },
     Send(Box<SendOp>),
     Connect(Box<SockAddr>),
     Wake(Box<u64>),
@@ -105,6 +117,19 @@ struct SendOp {
 /// The io_uring driver of one worker.
 pub(crate) struct UringDriver {
     ring: IoUring,
+    /// Declared after `ring`: dropped after the ring is closed (invariant 1).
+    bufring: Option<BufRing>,
+    /// Buffer ring entries were returned and not yet published to the kernel.
+    bufring_dirty: bool,
+    /// Receives are multishot from the buffer ring (false: single-shot into the pool).
+    multishot_recv: bool,
+    /// Multishot receives that ended with ENOBUFS, re-armed at the next `wait`.
+    starved: Vec<usize>,
+    /// Receive buffers of the single-shot path (kernels without buffer rings), and the free
+    /// ones among them.
+    pool: Vec<Box<[u8]>>,
+    pool_free: Vec<u32>,
+    recv_size: usize,
     ops: Slab<Op>,
     socks: Slab<OwnedFd>,
     waker: Arc<Waker>,
@@ -123,14 +148,32 @@ pub(crate) struct UringDriver {
 }
 
 impl UringDriver {
-    pub(crate) fn new() -> io::Result<Self> {
+    pub(crate) fn new(config: &DriverConfig) -> io::Result<Self> {
         let ring = build_ring()?;
         let ext_arg = ring.params().is_feature_ext_arg();
+        let bufring = if config.recv_buffers > 0 {
+            match BufRing::new(&ring, config.recv_buffers, config.recv_buffer_size, 0) {
+                Ok(b) => Some(b),
+                Err(e) => {
+                    tracing::info!("no provided-buffer ring ({e}); single-shot receives");
+                    None
+                }
+            }
+        } else {
+            None
+        };
         let eventfd = EventFd::new()?;
         let wake_fd = eventfd.as_raw_fd();
         let waker = Arc::new(Waker::new(WakerInner::EventFd(eventfd)));
         Ok(UringDriver {
             ring,
+            multishot_recv: bufring.is_some(),
+            bufring,
+            bufring_dirty: false,
+            starved: Vec::new(),
+            pool: Vec::new(),
+            pool_free: Vec::new(),
+            recv_size: config.recv_buffer_size,
             ops: Slab::with_capacity(256),
             socks: Slab::with_capacity(256),
             waker,
@@ -213,16 +256,59 @@ impl UringDriver {
         OpId(key)
     }
 
-    pub(crate) fn recv(&mut self, sock: SockId, owner: u64, mut buf: Vec<u8>) -> OpId {
+    pub(crate) fn recv(&mut self, sock: SockId, owner: u64) -> OpId {
         let fd = self.fd(sock);
-        let spare = buf.spare_capacity_mut();
-        let (ptr, len) = (spare.as_mut_ptr().cast::<u8>(), spare.len() as u32);
-        let key = self.ops.insert(Op { owner, state: OpState::Recv(buf) });
-        let entry = opcode::Recv::new(types::Fd(fd), ptr, len).build().user_data(key as u64);
-        // SAFETY: invariant 1: the Vec now lives in `ops[key]` until this completion is
-        // reaped; moving the Vec into the table did not move its heap storage.
-        unsafe { self.push(&entry) };
+        let multishot = self.multishot_recv;
+        let key = self.ops.insert(Op { owner, state: OpState::Recv { fd, multishot, buf: None } });
+        self.push_recv(key);
         OpId(key)
+    }
+
+    /// Arms (or re-arms) the receive `key`.
+    fn push_recv(&mut self, key: usize) {
+        let OpState::Recv { fd, multishot, .. } = self.ops[key].state else { return };
+        if multishot {
+            let bgid = self.bufring.as_ref().map_or(0, |b| b.bgid);
+            let entry = opcode::RecvMulti::new(types::Fd(fd), bgid).build().user_data(key as u64);
+            // SAFETY: the kernel writes only into buffer-ring buffers, which live until the
+            // ring is closed (invariant 1); the entry points at no other memory.
+            unsafe { self.push(&entry) };
+            return;
+        }
+        let index = match self.pool_free.pop() {
+            Some(i) => i,
+            None => {
+                self.pool.push(vec![0u8; self.recv_size].into_boxed_slice());
+                (self.pool.len() - 1) as u32
+            }
+        };
+        let buf = &mut self.pool[index as usize];
+        let (ptr, len) = (buf.as_mut_ptr(), buf.len() as u32);
+        if let OpState::Recv { buf, .. } = &mut self.ops[key].state {
+            *buf = Some(index);
+        }
+        let entry = opcode::Recv::new(types::Fd(fd), ptr, len).build().user_data(key as u64);
+        // SAFETY: invariant 1: pool buffer `index` is owned by this operation (off the free
+        // list) until its completion is reaped; the pool's boxes never move or shrink.
+        unsafe { self.push(&entry) };
+    }
+
+    pub(crate) fn lease(&self, lease: &RecvLease) -> &[u8] {
+        match &self.bufring {
+            Some(ring) if lease.buf & POOL_BIT == 0 => {
+                ring.data(lease.buf as u16, lease.len as usize)
+            }
+            _ => &self.pool[(lease.buf & !POOL_BIT) as usize][..lease.len as usize],
+        }
+    }
+
+    pub(crate) fn release(&mut self, lease: RecvLease) {
+        if lease.buf & POOL_BIT != 0 {
+            self.pool_free.push(lease.buf & !POOL_BIT);
+        } else if let Some(ring) = &mut self.bufring {
+            ring.push(lease.buf as u16);
+            self.bufring_dirty = true;
+        }
     }
 
     pub(crate) fn send(&mut self, sock: SockId, owner: u64, bufs: Vec<Bytes>) -> OpId {
@@ -272,6 +358,15 @@ impl UringDriver {
         if !self.ops.contains(op.0) {
             return;
         }
+        if let Some(i) = self.starved.iter().position(|&k| k == op.0) {
+            // Not armed in the kernel (waiting for buffers): complete it here.
+            self.starved.swap_remove(i);
+            let owner = self.ops.remove(op.0).owner;
+            let result = Err(io::Error::from_raw_os_error(libc::ECANCELED));
+            self.backlog
+                .push(Completion { owner, kind: CompletionKind::Recv { result, more: false } });
+            return;
+        }
         let entry = opcode::AsyncCancel::new(op.0 as u64).build().user_data(CANCEL_UD);
         // SAFETY: a cancel request points at no user memory.
         unsafe { self.push(&entry) };
@@ -306,6 +401,19 @@ impl UringDriver {
         out.append(&mut self.backlog);
         if !self.wake_armed && !self.dropping {
             self.arm_wake();
+        }
+        if self.bufring_dirty {
+            self.bufring_dirty = false;
+            if let Some(ring) = &self.bufring {
+                ring.publish();
+            }
+        }
+        if !self.dropping {
+            for key in std::mem::take(&mut self.starved) {
+                if self.ops.contains(key) {
+                    self.push_recv(key);
+                }
+            }
         }
         // Completions already in hand: only submit and collect what else is ready.
         let timeout = if out.is_empty() { timeout } else { Some(Duration::ZERO) };
@@ -379,22 +487,14 @@ impl UringDriver {
             out.push(Completion { owner, kind: CompletionKind::Accept { result, more } });
             return;
         }
+        if let OpState::Recv { fd, multishot, buf } = self.ops[key].state {
+            self.complete_recv(key, owner, fd, multishot, buf, res, flags, out);
+            return;
+        }
         let op = self.ops.remove(key);
         let kind = match op.state {
             OpState::Accept { .. } => unreachable!("handled above"),
-            OpState::Recv(mut buf) => {
-                let result = if res >= 0 {
-                    let n = res as usize;
-                    debug_assert!(buf.len() + n <= buf.capacity());
-                    // SAFETY: the kernel initialised `n` bytes of the spare capacity it was
-                    // given (never more than that capacity).
-                    unsafe { buf.set_len(buf.len() + n) };
-                    Ok(n)
-                } else {
-                    Err(err())
-                };
-                CompletionKind::Recv { result, buf }
-            }
+            OpState::Recv { .. } => unreachable!("handled above"),
             OpState::Send(mut send) => {
                 let bufs = std::mem::take(&mut send.bufs);
                 send.iovs.clear();
@@ -414,6 +514,78 @@ impl UringDriver {
             OpState::Timer(_) => return,
         };
         out.push(Completion { owner, kind });
+    }
+}
+
+impl UringDriver {
+    /// One completion of a standing receive.
+    #[allow(clippy::too_many_arguments)]
+    fn complete_recv(
+        &mut self,
+        key: usize,
+        owner: u64,
+        fd: i32,
+        multishot: bool,
+        buf: Option<u32>,
+        res: i32,
+        flags: u32,
+        out: &mut Vec<Completion>,
+    ) {
+        let more = cqueue::more(flags);
+        if multishot {
+            if res > 0 {
+                let Some(bid) = cqueue::buffer_select(flags) else {
+                    tracing::error!("multishot receive completed without a buffer id");
+                    return;
+                };
+                if !more && !self.dropping {
+                    self.push_recv(key); // the kernel ended the multishot: keep receiving
+                }
+                let lease = RecvLease { buf: u32::from(bid), len: res as u32 };
+                out.push(Completion {
+                    owner,
+                    kind: CompletionKind::Recv { result: Ok(Some(lease)), more: true },
+                });
+                return;
+            }
+            if res == -libc::ENOBUFS && !self.dropping {
+                // Every buffer is in use: re-armed at the next wait, after the worker has
+                // given buffers back. The bytes wait in the socket meanwhile.
+                self.starved.push(key);
+                return;
+            }
+            if res == -libc::EINVAL && !self.dropping {
+                // A kernel without multishot receive (before 6.0): single-shot from now on.
+                tracing::info!("multishot receive unsupported; using single-shot receives");
+                // The ring stays registered (and alive) until the io_uring closes.
+                self.multishot_recv = false;
+                self.ops[key].state = OpState::Recv { fd, multishot: false, buf: None };
+                self.push_recv(key);
+                return;
+            }
+        } else if let Some(index) = buf {
+            if res > 0 {
+                if !self.dropping {
+                    self.push_recv(key); // standing receive: arm the next one
+                } else {
+                    self.ops.remove(key);
+                }
+                let lease = RecvLease { buf: index | POOL_BIT, len: res as u32 };
+                let more = !self.dropping;
+                out.push(Completion {
+                    owner,
+                    kind: CompletionKind::Recv { result: Ok(Some(lease)), more },
+                });
+                return;
+            }
+            self.pool_free.push(index);
+        }
+        if more {
+            return; // an empty, non-final completion carries nothing
+        }
+        self.ops.remove(key);
+        let result = if res == 0 { Ok(None) } else { Err(io::Error::from_raw_os_error(-res)) };
+        out.push(Completion { owner, kind: CompletionKind::Recv { result, more: false } });
     }
 }
 
@@ -440,6 +612,8 @@ impl Drop for UringDriver {
                 self.ops.len()
             );
             std::mem::forget(std::mem::take(&mut self.ops));
+            std::mem::forget(self.bufring.take());
+            std::mem::forget(std::mem::take(&mut self.pool));
         }
     }
 }

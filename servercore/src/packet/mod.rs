@@ -6,6 +6,9 @@
 
 mod frame;
 mod handlers;
+/// Protobuf payloads (cargo feature `prost`): encode and decode `prost::Message`s.
+#[cfg(feature = "prost")]
+pub mod prost;
 mod session;
 mod writer;
 

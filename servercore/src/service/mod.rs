@@ -32,7 +32,7 @@ mod tests {
 
 use crate::buffer::SendBuffer;
 use crate::config::SessionConfig;
-use crate::driver::{Backend, Driver};
+use crate::driver::{Backend, Driver, DriverConfig};
 use crate::reason::DisconnectReason;
 use crate::session::Session;
 use crate::worker::{self, Command, Role, Worker, WorkerInit, WorkerRemote};
@@ -289,7 +289,11 @@ impl Workers {
             let backend = shared.backend;
             let spawned =
                 std::thread::Builder::new().name(format!("{name}-{index}")).spawn(move || {
-                    let driver = match Driver::new(backend) {
+                    let dc = DriverConfig {
+                        recv_buffers: shared2.config.recv_buffers_per_worker,
+                        recv_buffer_size: shared2.config.recv_buffer_size,
+                    };
+                    let driver = match Driver::new(backend, &dc) {
                         Ok(d) => d,
                         Err(e) => {
                             let _ = ready_tx.send(Err(e));
