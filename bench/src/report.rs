@@ -1,0 +1,578 @@
+//! Rounds' samples, their medians, and the markdown report: header, table, targets.
+
+use crate::run::{Load, Server, Workload, IO_URING, IO_URING_2, POLL};
+use std::fmt::Write as _;
+use std::path::Path;
+use std::process::Command;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// What one round measured.
+#[derive(Debug, Clone)]
+pub struct Sample {
+    /// Messages (echo), deliveries (chat) or connect+echo+close cycles (churn) per second,
+    /// as the load client counted them.
+    pub rate: f64,
+    pub p50_us: f64,
+    pub p99_us: f64,
+    /// Server CPU time (user + system, all threads) per message / delivery / cycle, in us.
+    pub cpu_per_unit_us: f64,
+    /// Server CPU seconds per wall second during the measurement.
+    pub server_cpu_util: f64,
+    /// Server `VmHWM` at the end of the round.
+    pub peak_rss_kib: u64,
+    /// Memory workload: (VmRSS under load - VmRSS before connecting) / sessions.
+    pub rss_per_session_kib: Option<f64>,
+    pub errors: u64,
+    pub first_error: Option<String>,
+    pub client_backend: Option<String>,
+    /// CPU (in cores) that processes other than the server, the load client and the driver
+    /// used during the measurement.
+    pub foreign_cores: f64,
+}
+
+impl Sample {
+    /// One line for the progress log.
+    pub fn brief(&self, load: Load) -> String {
+        let mut s = format!(
+            "{} {}, p50 {} us, p99 {} us, {} ({:.0}% busy), peak {}",
+            group(self.rate),
+            rate_unit(load),
+            self.p50_us,
+            self.p99_us,
+            cpu_cell(load, self.cpu_per_unit_us),
+            self.server_cpu_util * 100.0,
+            kib(self.peak_rss_kib as f64)
+        );
+        if let Some(r) = self.rss_per_session_kib {
+            let _ = write!(s, ", {r:.2} KiB/session");
+        }
+        if self.foreign_cores > 0.01 {
+            let _ = write!(s, ", others used {:.2} cores", self.foreign_cores);
+        }
+        if self.errors > 0 {
+            let _ = write!(
+                s,
+                ", {} ERRORS: {}",
+                self.errors,
+                self.first_error.as_deref().unwrap_or("?")
+            );
+        }
+        s
+    }
+}
+
+/// The result of one workload.
+pub struct Outcome {
+    pub workload: Workload,
+    pub rows: Result<Vec<(Server, Summary)>, String>,
+}
+
+/// Medians over the good rounds of one server on one workload.
+#[derive(Debug, Clone, Default)]
+pub struct Summary {
+    pub rate: f64,
+    pub p50_us: f64,
+    pub p99_us: f64,
+    pub cpu_per_unit_us: f64,
+    pub util: f64,
+    pub peak_rss_kib: f64,
+    pub rss_per_session_kib: Option<f64>,
+    pub good_rounds: usize,
+    pub rounds: usize,
+    /// Why rounds were left out, if any were.
+    pub problem: Option<String>,
+    pub client_backend: Option<String>,
+    /// Most CPU (cores) other processes used during any used round.
+    pub foreign_cores: f64,
+}
+
+impl Summary {
+    pub fn valid(&self) -> bool {
+        self.good_rounds > 0
+    }
+}
+
+pub fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(|a, b| a.total_cmp(b));
+    match values.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => values[n / 2],
+        n => (values[n / 2 - 1] + values[n / 2]) / 2.0,
+    }
+}
+
+fn summarize(samples: &[Result<Sample, String>]) -> Summary {
+    let good: Vec<&Sample> =
+        samples.iter().filter_map(|s| s.as_ref().ok()).filter(|s| s.errors == 0).collect();
+    let med =
+        |f: &dyn Fn(&Sample) -> f64| median(&mut good.iter().map(|s| f(s)).collect::<Vec<_>>());
+    let problem = samples.iter().find_map(|s| match s {
+        Err(e) => Some(e.clone()),
+        Ok(s) if s.errors > 0 => Some(format!(
+            "{} errors: {}",
+            s.errors,
+            s.first_error.as_deref().unwrap_or("(no message)")
+        )),
+        Ok(_) => None,
+    });
+    Summary {
+        rate: med(&|s| s.rate),
+        p50_us: med(&|s| s.p50_us),
+        p99_us: med(&|s| s.p99_us),
+        cpu_per_unit_us: med(&|s| s.cpu_per_unit_us),
+        util: med(&|s| s.server_cpu_util),
+        peak_rss_kib: med(&|s| s.peak_rss_kib as f64),
+        rss_per_session_kib: (!good.is_empty()
+            && good.iter().all(|s| s.rss_per_session_kib.is_some()))
+        .then(|| med(&|s| s.rss_per_session_kib.unwrap_or(f64::NAN))),
+        good_rounds: good.len(),
+        rounds: samples.len(),
+        problem,
+        client_backend: good.iter().find_map(|s| s.client_backend.clone()),
+        foreign_cores: good.iter().map(|s| s.foreign_cores).fold(0.0, f64::max),
+    }
+}
+
+impl Outcome {
+    pub fn unavailable(workload: Workload, why: String) -> Outcome {
+        Outcome { workload, rows: Err(why) }
+    }
+
+    pub fn measured(
+        workload: Workload,
+        servers: Vec<Server>,
+        samples: Vec<Vec<Result<Sample, String>>>,
+    ) -> Outcome {
+        let rows = servers.into_iter().zip(samples.iter().map(|s| summarize(s))).collect();
+        Outcome { workload, rows: Ok(rows) }
+    }
+
+    fn get(&self, server: Server) -> Option<&Summary> {
+        self.rows
+            .as_ref()
+            .ok()?
+            .iter()
+            .find(|(s, _)| *s == server)
+            .map(|(_, m)| m)
+            .filter(|m| m.valid())
+    }
+}
+
+/// Date, machine, command and method: printed above the table.
+pub struct Header {
+    pub date: String,
+    pub machine: String,
+    pub command: String,
+    pub servercore: String,
+    pub rounds: u32,
+    pub secs: f64,
+    pub cores: usize,
+    pub busy_cores: f64,
+}
+
+impl Header {
+    pub fn collect(
+        root: &Path,
+        bin: &Path,
+        rounds: u32,
+        secs: f64,
+        cores: usize,
+        busy_cores: f64,
+    ) -> Header {
+        let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .map(|s| s.trim().to_string())
+            .unwrap_or_else(|_| "?".into());
+        let cpu = std::fs::read_to_string("/proc/cpuinfo")
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find(|l| l.starts_with("model name"))
+                    .and_then(|l| l.split_once(':'))
+                    .map(|(_, v)| v.trim().to_string())
+            })
+            .unwrap_or_else(|| "?".into());
+        let args: Vec<String> = std::env::args().skip(1).map(|a| shell_quote(&a)).collect();
+        let command = if args.is_empty() {
+            "cargo run --release -p servercore-bench".to_string()
+        } else {
+            format!("cargo run --release -p servercore-bench -- {}", args.join(" "))
+        };
+        let git = |args: &[&str]| -> Option<String> {
+            let out = Command::new("git").arg("-C").arg(root).args(args).output().ok()?;
+            out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+        };
+        let built = std::fs::metadata(bin)
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+            .map(|d| format!(" built {}", format_utc(d.as_secs())))
+            .unwrap_or_default();
+        let servercore = match git(&["rev-parse", "--short", "HEAD"]) {
+            Some(commit) => {
+                let dirty = git(&["status", "--porcelain", "--untracked-files=no"])
+                    .is_some_and(|s| !s.is_empty());
+                format!(
+                    "commit {commit}{}, binary `{}`{built}",
+                    if dirty { " + uncommitted changes" } else { "" },
+                    bin.strip_prefix(root).unwrap_or(bin).display()
+                )
+            }
+            None => format!("binary `{}`{built}", bin.display()),
+        };
+        Header {
+            date: utc_now(),
+            machine: format!("{cores} cores (nproc), kernel {kernel}, CPU {cpu}"),
+            command,
+            servercore,
+            rounds,
+            secs,
+            cores,
+            busy_cores,
+        }
+    }
+
+    pub fn render(&self) -> String {
+        let (srv, load) = if self.cores >= 2 {
+            ("core 0", "core 1")
+        } else {
+            ("core 0", "core 0 (only one core!)")
+        };
+        format!(
+            "- date: {}\n- machine: {}\n- command: `{}`\n- servercore: {}\n- method: server pinned to {srv}, \
+             load generator pinned to {load} (sched_setaffinity); {} round(s) per server and workload, \
+             servers alternating (A B C A B C ..), {} s of load per round; figures are medians over rounds; each round waits for the machine to be idle, and is \
+             re-run (twice at most) when other processes used more than {} cores during it",
+            self.date, self.machine, self.command, self.servercore, self.rounds, self.secs, self.busy_cores
+        ) + if self.cores < 3 {
+            "; rows with 2 workers: server on cores 0 and 1, load on core 1 (shared: this machine has fewer than 3 cores)"
+        } else {
+            "; rows with 2 workers: server on cores 0 and 1, load on core 2"
+        }
+    }
+}
+
+fn shell_quote(s: &str) -> String {
+    if !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_=.,/:".contains(c)) {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', "'\\''"))
+    }
+}
+
+/// "YYYY-MM-DD HH:MM UTC" from the system clock.
+pub fn utc_now() -> String {
+    let secs = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    format_utc(secs)
+}
+
+pub fn format_utc(secs: u64) -> String {
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02} {:02}:{:02} UTC", rem / 3600, rem % 3600 / 60)
+}
+
+/// 1234567.8 -> "1,234,568".
+pub fn group(v: f64) -> String {
+    if !v.is_finite() {
+        return "-".into();
+    }
+    let digits = format!("{:.0}", v.abs());
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    if v < 0.0 {
+        format!("-{out}")
+    } else {
+        out
+    }
+}
+
+fn rate_unit(load: Load) -> &'static str {
+    match load {
+        Load::Echo { .. } | Load::Memory { .. } => "msg/s",
+        Load::Chat { .. } => "deliveries/s",
+        Load::Churn { .. } => "conn/s",
+    }
+}
+
+fn cpu_cell(load: Load, us: f64) -> String {
+    if !us.is_finite() {
+        return "-".into();
+    }
+    match load {
+        Load::Echo { .. } | Load::Memory { .. } => format!("{us:.2} us/msg"),
+        Load::Chat { .. } => format!("{:.0} ns/delivery", us * 1000.0),
+        Load::Churn { .. } => format!("{us:.1} us/conn"),
+    }
+}
+
+fn kib(v: f64) -> String {
+    if !v.is_finite() {
+        "-".into()
+    } else if v >= 1024.0 {
+        format!("{:.1} MiB", v / 1024.0)
+    } else {
+        format!("{v:.0} KiB")
+    }
+}
+
+fn num(v: f64) -> String {
+    if v.is_finite() {
+        format!("{v:.0}")
+    } else {
+        "-".into()
+    }
+}
+
+fn ratio(a: f64, b: f64) -> Option<f64> {
+    (a.is_finite() && b.is_finite() && b > 0.0).then(|| a / b)
+}
+
+/// The figure a workload's ratio compares: RSS per session for memory, else CPU per unit.
+fn compared(load: Load, m: &Summary) -> f64 {
+    match load {
+        Load::Memory { .. } => m.rss_per_session_kib.unwrap_or(f64::NAN),
+        _ => m.cpu_per_unit_us,
+    }
+}
+
+pub fn render(header: &Header, outcomes: &[Outcome]) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "{}\n", header.render());
+    let _ = writeln!(
+        s,
+        "| workload | server | msg/s | p50 us | p99 us | server CPU per msg | peak RSS | ratio vs tokio | server core busy |"
+    );
+    let _ = writeln!(s, "|---|---|---:|---:|---:|---:|---:|---:|---:|");
+    let mut notes: Vec<String> = Vec::new();
+    let mut client_backend: Option<String> = None;
+    for o in outcomes {
+        let w = &o.workload;
+        let rows = match &o.rows {
+            Err(why) => {
+                let _ = writeln!(s, "| {} | {why} | - | - | - | - | - | - | - |", w.label);
+                continue;
+            }
+            Ok(rows) => rows,
+        };
+        let tokio = o.get(Server::Tokio);
+        // servercore rows first, tokio (the reference) last.
+        let mut ordered: Vec<&(Server, Summary)> =
+            rows.iter().filter(|(sv, _)| *sv != Server::Tokio).collect();
+        ordered.extend(rows.iter().filter(|(sv, _)| *sv == Server::Tokio));
+        for (server, m) in ordered {
+            if let Some(p) = &m.problem {
+                notes.push(format!(
+                    "{} / {}: {} of {} rounds used; {p}",
+                    w.label,
+                    server.label(),
+                    m.good_rounds,
+                    m.rounds
+                ));
+            }
+            if m.foreign_cores > header.busy_cores {
+                notes.push(format!(
+                    "{} / {}: other processes used up to {:.2} cores during a round kept after \
+                     retries; its figures may be disturbed",
+                    w.label,
+                    server.label(),
+                    m.foreign_cores
+                ));
+            }
+            if client_backend.is_none() {
+                client_backend.clone_from(&m.client_backend);
+            }
+            if !m.valid() {
+                let _ = writeln!(
+                    s,
+                    "| {} | {} | failed | - | - | - | - | - | - |",
+                    w.label,
+                    server.label()
+                );
+                continue;
+            }
+            let rate = match w.load {
+                Load::Echo { .. } | Load::Memory { .. } => group(m.rate),
+                _ => format!("{} {}", group(m.rate), rate_unit(w.load)),
+            };
+            let rss = match m.rss_per_session_kib {
+                Some(r) => format!("{r:.2} KiB/session (peak {})", kib(m.peak_rss_kib)),
+                None => kib(m.peak_rss_kib),
+            };
+            let r = if *server == Server::Tokio {
+                "ref".to_string()
+            } else {
+                match tokio.and_then(|t| ratio(compared(w.load, m), compared(w.load, t))) {
+                    Some(r) => format!("{r:.2}"),
+                    None => "-".into(),
+                }
+            };
+            let _ = writeln!(
+                s,
+                "| {} | {} | {rate} | {} | {} | {} | {rss} | {r} | {:.0}% |",
+                w.label,
+                server.label(),
+                num(m.p50_us),
+                num(m.p99_us),
+                cpu_cell(w.load, m.cpu_per_unit_us),
+                m.util * 100.0
+            );
+        }
+    }
+    let _ = writeln!(
+        s,
+        "\nmsg/s, p50, p99: from the load client (`servercore dummy-client --workers 1{}`; churn: \
+         `servercore-bench churn-client`). Server CPU = utime + stime of the server process from \
+         /proc/PID/stat over the load window. Ratio vs tokio: server CPU per msg (memory row: RSS \
+         per session), servercore / tokio; <= 1.00 is better. Server core busy: server CPU \
+         seconds per wall second.",
+        client_backend.map(|b| format!(", backend {b}")).unwrap_or_default()
+    );
+    if !notes.is_empty() {
+        let _ = writeln!(s, "\nProblems:");
+        for n in &notes {
+            let _ = writeln!(s, "- {n}");
+        }
+    }
+    s.push_str(&render_targets(outcomes));
+    s
+}
+
+/// One line per target of issue 5 that this run can judge.
+fn render_targets(outcomes: &[Outcome]) -> String {
+    let mut rows: Vec<(String, String, Option<bool>)> = Vec::new();
+    for o in outcomes {
+        let w = &o.workload;
+        let tokio = o.get(Server::Tokio);
+        let uring = o.get(IO_URING);
+        let poll = o.get(POLL);
+        let two = o.get(IO_URING_2);
+        match w.load {
+            Load::Echo { .. } => {
+                if let (Some(u), Some(t)) = (uring, tokio) {
+                    if let Some(r) = ratio(u.cpu_per_unit_us, t.cpu_per_unit_us) {
+                        rows.push((
+                            format!("{}: io_uring CPU/msg <= tokio", w.label),
+                            format!("{r:.2} x"),
+                            Some(r <= 1.0),
+                        ));
+                    }
+                    if let Some(r) = ratio(u.rate, t.rate) {
+                        rows.push((
+                            format!("{}: io_uring msg/s >= tokio", w.label),
+                            format!("{r:.2} x"),
+                            Some(r >= 1.0),
+                        ));
+                    }
+                }
+            }
+            Load::Chat { .. } => {
+                if let (Some(u), Some(t)) = (uring, tokio) {
+                    if let Some(r) = ratio(u.cpu_per_unit_us, t.cpu_per_unit_us) {
+                        rows.push((
+                            format!("{}: io_uring CPU/delivery <= 0.5 x tokio", w.label),
+                            format!("{r:.2} x"),
+                            Some(r <= 0.5),
+                        ));
+                    }
+                }
+            }
+            Load::Memory { .. } => {
+                for (server, m) in [(IO_URING, uring), (POLL, poll)] {
+                    if let Some(r) = m.and_then(|m| m.rss_per_session_kib) {
+                        rows.push((
+                            format!("{}: {} <= 3 KiB RSS per session", w.label, server.label()),
+                            format!("{r:.2} KiB"),
+                            Some(r <= 3.0),
+                        ));
+                    }
+                }
+            }
+            Load::Churn { .. } => {
+                if let (Some(u), Some(t)) = (uring, tokio) {
+                    if let Some(r) = ratio(u.rate, t.rate) {
+                        rows.push((
+                            format!("{}: io_uring conn/s >= tokio", w.label),
+                            format!("{r:.2} x"),
+                            Some(r >= 1.0),
+                        ));
+                    }
+                }
+            }
+        }
+        if let (Some(p), Some(t)) = (poll, tokio) {
+            if !matches!(w.load, Load::Memory { .. }) {
+                if let Some(r) = ratio(p.cpu_per_unit_us, t.cpu_per_unit_us) {
+                    rows.push((
+                        format!("{}: poll CPU per unit within 1.2 x tokio", w.label),
+                        format!("{r:.2} x"),
+                        Some(r <= 1.2),
+                    ));
+                }
+            }
+        }
+        if let (Some(two), Some(one)) = (two, uring) {
+            if let Some(r) = ratio(two.cpu_per_unit_us, one.cpu_per_unit_us) {
+                rows.push((
+                    format!("{}: 2 workers CPU per unit <= 1.1 x 1 worker", w.label),
+                    format!("{r:.2} x"),
+                    Some(r <= 1.1),
+                ));
+            }
+        }
+    }
+    if rows.is_empty() {
+        return String::new();
+    }
+    let mut s = String::from("\nTargets (issue 5), judged on the medians above:\n\n| target | measured | met |\n|---|---:|---|\n");
+    for (t, m, ok) in rows {
+        let v = match ok {
+            Some(true) => "yes",
+            Some(false) => "**no**",
+            None => "-",
+        };
+        let _ = writeln!(s, "| {t} | {m} | {v} |");
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn medians() {
+        assert_eq!(median(&mut [3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&mut [4.0, 1.0, 3.0, 2.0]), 2.5);
+        assert!(median(&mut []).is_nan());
+    }
+
+    #[test]
+    fn grouping() {
+        assert_eq!(group(0.0), "0");
+        assert_eq!(group(999.4), "999");
+        assert_eq!(group(1234567.8), "1,234,568");
+        assert_eq!(group(f64::NAN), "-");
+    }
+
+    #[test]
+    fn dates() {
+        assert_eq!(format_utc(0), "1970-01-01 00:00 UTC");
+        assert_eq!(format_utc(951_782_400), "2000-02-29 00:00 UTC");
+        assert_eq!(format_utc(1_767_225_599), "2025-12-31 23:59 UTC");
+    }
+}

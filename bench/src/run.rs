@@ -1,0 +1,701 @@
+//! The driver: builds servercore, then for every workload starts each server in turn (A B A B
+//! ..) pinned to its core, loads it from another core, measures, and prints the table.
+
+use crate::report::{self, Outcome, Sample};
+use crate::sys::CoreSet;
+use crate::{json, procfs, sys};
+use clap::Args;
+use std::fs::{self, File};
+use std::io::{BufRead, BufReader, Read};
+use std::net::SocketAddr;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// `servercore-bench run` options.
+#[derive(Args, Debug, Clone, Default)]
+pub struct RunArgs {
+    /// Smoke run: 1 round of 1 s per server and workload (unless --rounds/--secs say otherwise).
+    #[arg(long)]
+    pub quick: bool,
+    /// Rounds per server and workload (default 3; 1 with --quick).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub rounds: Option<u32>,
+    /// Seconds of load per round (default 4; 1 with --quick).
+    #[arg(long)]
+    pub secs: Option<f64>,
+    /// Also write the report (markdown) to this file.
+    #[arg(long)]
+    pub markdown_out: Option<PathBuf>,
+    /// Only these workloads (comma-separated keys: echo-64-d1, echo-64-d16, echo-1k, chat-100,
+    /// chat-1000, memory, churn).
+    #[arg(long, value_delimiter = ',')]
+    pub only: Vec<String>,
+    /// Leave out the servercore rows with 2 workers (the scale target).
+    #[arg(long)]
+    pub no_scale: bool,
+    /// The servercore binary (default: <workspace>/target/release/servercore, built first).
+    #[arg(long)]
+    pub servercore_bin: Option<PathBuf>,
+    /// Do not run `cargo build --release -p servercore-cli` first.
+    #[arg(long)]
+    pub no_build: bool,
+    /// Before each round, wait up to this many seconds for other processes to leave the
+    /// machine idle (a round is also re-run, twice at most, when other processes took more
+    /// than --busy-cores during it).
+    #[arg(long, default_value_t = 900.0)]
+    pub quiet_wait: f64,
+    /// CPU (in cores) that other processes may use during a round before it counts as
+    /// disturbed.
+    #[arg(long, default_value_t = 0.05)]
+    pub busy_cores: f64,
+}
+
+/// What the load does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Load {
+    Echo { sessions: u32, size: u32, depth: u32 },
+    Chat { sessions: u32, size: u32 },
+    Memory { sessions: u32, size: u32 },
+    Churn { wave: u32 },
+}
+
+impl Load {
+    pub fn is_chat(self) -> bool {
+        matches!(self, Load::Chat { .. })
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Workload {
+    pub key: &'static str,
+    pub label: &'static str,
+    pub load: Load,
+    /// Also run servercore with 2 workers (the scale target).
+    pub scale: bool,
+}
+
+pub fn workloads() -> Vec<Workload> {
+    vec![
+        Workload {
+            key: "echo-64-d1",
+            label: "echo 64 B, 100 sessions, depth 1",
+            load: Load::Echo { sessions: 100, size: 64, depth: 1 },
+            scale: true,
+        },
+        Workload {
+            key: "echo-64-d16",
+            label: "echo 64 B, 100 sessions, depth 16",
+            load: Load::Echo { sessions: 100, size: 64, depth: 16 },
+            scale: true,
+        },
+        Workload {
+            key: "echo-1k",
+            label: "echo 1 KiB, 1,000 sessions, depth 1",
+            load: Load::Echo { sessions: 1000, size: 1024, depth: 1 },
+            scale: true,
+        },
+        Workload {
+            key: "chat-100",
+            label: "chat 64 B, 100 sessions",
+            load: Load::Chat { sessions: 100, size: 64 },
+            scale: true,
+        },
+        Workload {
+            key: "chat-1000",
+            label: "chat 64 B, 1,000 sessions",
+            load: Load::Chat { sessions: 1000, size: 64 },
+            scale: true,
+        },
+        Workload {
+            key: "memory",
+            label: "memory: 10,000 echo sessions, 64 B",
+            load: Load::Memory { sessions: 10_000, size: 64 },
+            scale: false,
+        },
+        Workload {
+            key: "churn",
+            label: "churn: 2,000-connection waves",
+            load: Load::Churn { wave: 2000 },
+            scale: false,
+        },
+    ]
+}
+
+/// Which server a row measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Server {
+    Servercore { backend: &'static str, workers: u16 },
+    Tokio,
+}
+
+impl Server {
+    pub fn label(self) -> String {
+        match self {
+            Server::Servercore { backend, workers: 1 } => format!("servercore {backend}"),
+            Server::Servercore { backend, workers } => {
+                format!("servercore {backend}, {workers} workers")
+            }
+            Server::Tokio => "tokio".into(),
+        }
+    }
+
+    pub fn workers(self) -> u16 {
+        match self {
+            Server::Servercore { workers, .. } => workers,
+            Server::Tokio => 1,
+        }
+    }
+}
+
+pub const IO_URING: Server = Server::Servercore { backend: "io_uring", workers: 1 };
+pub const POLL: Server = Server::Servercore { backend: "poll", workers: 1 };
+pub const IO_URING_2: Server = Server::Servercore { backend: "io_uring", workers: 2 };
+
+pub fn servers_for(w: &Workload, scale: bool) -> Vec<Server> {
+    let mut v = vec![IO_URING, POLL, Server::Tokio];
+    if w.scale && scale {
+        v.push(IO_URING_2);
+    }
+    v
+}
+
+/// Paths and facts the rounds need.
+struct Env {
+    servercore: PathBuf,
+    me: PathBuf,
+    logs: PathBuf,
+    cores: usize,
+    secs: f64,
+    quiet_wait: Duration,
+    busy_cores: f64,
+}
+
+impl Env {
+    /// Server on cores 0..workers; load on the next core, or the last one when there is none.
+    fn cores_for(&self, server: Server) -> (CoreSet, CoreSet) {
+        let w = (server.workers() as usize).min(self.cores).max(1);
+        let server_cores: Vec<usize> = (0..w).collect();
+        let load = if self.cores > w { w } else { self.cores - 1 };
+        (CoreSet::new(&server_cores), CoreSet::new(&[load]))
+    }
+}
+
+pub fn run(args: RunArgs) -> Result<(), String> {
+    let rounds = args.rounds.unwrap_or(if args.quick { 1 } else { 3 });
+    let secs = args.secs.unwrap_or(if args.quick { 1.0 } else { 4.0 });
+    if !(secs.is_finite() && secs >= 0.5) {
+        return Err(format!("--secs must be at least 0.5, got {secs}"));
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .ok_or("bench crate has no parent directory")?
+        .to_path_buf();
+    let target_dir = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
+    let servercore = args
+        .servercore_bin
+        .clone()
+        .unwrap_or_else(|| target_dir.join("release").join("servercore"));
+    if !args.no_build && args.servercore_bin.is_none() {
+        build_servercore(&root, &servercore)?;
+    }
+    if !servercore.exists() {
+        return Err(format!("servercore binary not found at {}", servercore.display()));
+    }
+    // Children of the driver run this very binary through /proc/self/exe, which stays valid
+    // even if cargo replaces the file on disk during the run.
+    let me = PathBuf::from("/proc/self/exe");
+    let logs = target_dir.join("servercore-bench");
+    fs::create_dir_all(&logs).map_err(|e| format!("cannot create {}: {e}", logs.display()))?;
+    // Run a copy, so that a rebuild during the run (say, by someone working on servercore)
+    // cannot mix two builds in one table.
+    let snapshot = logs.join("servercore");
+    let _ = fs::remove_file(&snapshot);
+    fs::copy(&servercore, &snapshot).map_err(|e| {
+        format!("cannot copy {} to {}: {e}", servercore.display(), snapshot.display())
+    })?;
+    let header_bin = servercore.clone();
+    let servercore = snapshot;
+    let nofile =
+        sys::raise_nofile_limit().map_err(|e| format!("cannot raise RLIMIT_NOFILE: {e}"))?;
+    let cores = sys::online_cores();
+    let quiet_wait = Duration::from_secs_f64(args.quiet_wait.max(0.0));
+    let env = Env { servercore, me, logs, cores, secs, quiet_wait, busy_cores: args.busy_cores };
+
+    let all = workloads();
+    let selected: Vec<Workload> = if args.only.is_empty() {
+        all
+    } else {
+        for k in &args.only {
+            if !all.iter().any(|w| w.key == k) {
+                let keys: Vec<&str> = all.iter().map(|w| w.key).collect();
+                return Err(format!("unknown workload {k:?}; known: {}", keys.join(", ")));
+            }
+        }
+        all.into_iter().filter(|w| args.only.iter().any(|k| k == w.key)).collect()
+    };
+    let chat_missing = chat_unavailable(&env.servercore);
+    if nofile < 10_000 + 100 && selected.iter().any(|w| matches!(w.load, Load::Memory { .. })) {
+        eprintln!("warning: open-file limit is {nofile}; the memory workload needs ~10,100");
+    }
+
+    // The driver itself sleeps through the measurements; keep it off the server's core.
+    let (_, load_core) = env.cores_for(IO_URING);
+    let _ = load_core.pin_current_thread();
+
+    let header = report::Header::collect(&root, &header_bin, rounds, secs, cores, env.busy_cores);
+    eprintln!("{}", header.render());
+    let mut outcomes: Vec<Outcome> = Vec::new();
+    for w in &selected {
+        let servers = servers_for(w, !args.no_scale);
+        if w.load.is_chat() {
+            if let Some(why) = &chat_missing {
+                outcomes.push(Outcome::unavailable(w.clone(), why.clone()));
+                continue;
+            }
+        }
+        let mut samples: Vec<Vec<Result<Sample, String>>> = vec![Vec::new(); servers.len()];
+        for round in 1..=rounds {
+            for (i, &server) in servers.iter().enumerate() {
+                let result = run_round(&env, w, server);
+                match &result {
+                    Ok(s) => eprintln!(
+                        "[{}] round {round}/{rounds} {}: {}",
+                        w.key,
+                        server.label(),
+                        s.brief(w.load)
+                    ),
+                    Err(e) => {
+                        eprintln!(
+                            "[{}] round {round}/{rounds} {}: FAILED: {e}",
+                            w.key,
+                            server.label()
+                        )
+                    }
+                }
+                samples[i].push(result);
+                std::thread::sleep(Duration::from_millis(300));
+            }
+        }
+        outcomes.push(Outcome::measured(w.clone(), servers, samples));
+    }
+    let text = report::render(&header, &outcomes);
+    println!("{text}");
+    if let Some(path) = &args.markdown_out {
+        fs::write(path, &text).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+/// `cargo build --release -p servercore-cli`, so that the benchmark measures the current code.
+fn build_servercore(root: &Path, bin: &Path) -> Result<(), String> {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    eprintln!("building servercore: cargo build --release -p servercore-cli");
+    let status = Command::new(&cargo)
+        .args(["build", "--release", "-p", "servercore-cli"])
+        .current_dir(root)
+        .status()
+        .map_err(|e| format!("cannot run cargo: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else if bin.exists() {
+        eprintln!(
+            "warning: building servercore failed ({status}); benchmarking the existing binary {}",
+            bin.display()
+        );
+        Ok(())
+    } else {
+        Err(format!("building servercore failed ({status}) and there is no binary to use"))
+    }
+}
+
+/// Why the chat workloads cannot run, if they cannot.
+fn chat_unavailable(bin: &Path) -> Option<String> {
+    let ok = |args: &[&str]| -> Option<String> {
+        let out = Command::new(bin).args(args).stdin(Stdio::null()).output().ok()?;
+        out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    if ok(&["chat-server", "--help"]).is_none() {
+        return Some("n/a: chat-server not available".into());
+    }
+    match ok(&["dummy-client", "--help"]) {
+        Some(help) if help.contains("chat") => None,
+        _ => Some("n/a: dummy-client --mode chat not available".into()),
+    }
+}
+
+/// A server process; killed when dropped.
+struct RunningServer {
+    child: Child,
+    pid: u32,
+    addr: SocketAddr,
+    log: PathBuf,
+}
+
+impl RunningServer {
+    fn start(env: &Env, w: &Workload, server: Server, cores: &CoreSet) -> Result<Self, String> {
+        let chat = w.load.is_chat();
+        let mut cmd = match server {
+            Server::Servercore { backend, workers } => {
+                let mut c = Command::new(&env.servercore);
+                c.arg(if chat { "chat-server" } else { "echo-server" })
+                    .args(["--addr", "127.0.0.1:0", "--workers", &workers.to_string()])
+                    .env("SERVERCORE_BACKEND", backend);
+                c
+            }
+            Server::Tokio => {
+                let mut c = Command::new(&env.me);
+                c.arg0("servercore-bench")
+                    .arg(if chat { "tokio-chat" } else { "tokio-echo" })
+                    .args(["--addr", "127.0.0.1:0"]);
+                c
+            }
+        };
+        let log = env.logs.join("server.log");
+        let log_file =
+            File::create(&log).map_err(|e| format!("cannot create {}: {e}", log.display()))?;
+        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(log_file);
+        cores.apply(&mut cmd);
+        let mut child = cmd.spawn().map_err(|e| format!("cannot start {}: {e}", server.label()))?;
+        let pid = child.id();
+        let stdout = child.stdout.take().ok_or("no server stdout")?;
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut tx = Some(tx);
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if line.starts_with("listening on ") {
+                    if let Some(tx) = tx.take() {
+                        let _ = tx.send(line);
+                    }
+                }
+            }
+        });
+        let mut running = RunningServer { child, pid, addr: "0.0.0.0:0".parse().unwrap(), log };
+        let line = match rx.recv_timeout(Duration::from_secs(15)) {
+            Ok(line) => line,
+            Err(_) => {
+                return Err(format!(
+                    "{} printed no readiness line; its log: {}",
+                    server.label(),
+                    running.log_tail()
+                ))
+            }
+        };
+        // "listening on 127.0.0.1:PORT (backend: B, workers: N)"
+        let addr_text = line["listening on ".len()..].split_whitespace().next().unwrap_or("");
+        running.addr = addr_text
+            .parse()
+            .map_err(|e| format!("bad address in readiness line {line:?}: {e}"))?;
+        if let Server::Servercore { backend, .. } = server {
+            if !line.contains(&format!("backend: {backend}")) {
+                return Err(format!("asked for backend {backend}, server says: {line}"));
+            }
+        }
+        Ok(running)
+    }
+
+    fn log_tail(&self) -> String {
+        tail(&self.log)
+    }
+
+    fn stop(mut self) {
+        self.stop_inner();
+    }
+
+    fn stop_inner(&mut self) {
+        if let Ok(Some(_)) = self.child.try_wait() {
+            return;
+        }
+        sys::signal(self.pid, libc::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for RunningServer {
+    fn drop(&mut self) {
+        self.stop_inner();
+    }
+}
+
+/// The last lines of a log file, for error messages.
+fn tail(path: &Path) -> String {
+    let mut s = String::new();
+    if let Ok(mut f) = File::open(path) {
+        let _ = f.read_to_string(&mut s);
+    }
+    let lines: Vec<&str> = s.lines().collect();
+    let from = lines.len().saturating_sub(5);
+    let t = lines[from..].join(" | ");
+    if t.is_empty() {
+        "(empty)".into()
+    } else {
+        t
+    }
+}
+
+fn sleep_until(t: Instant) {
+    let now = Instant::now();
+    if t > now {
+        std::thread::sleep(t - now);
+    }
+}
+
+fn cpu_secs(pid: u32) -> Result<f64, String> {
+    procfs::cpu_ticks(pid)
+        .map(|t| t as f64 / procfs::clock_ticks_per_sec())
+        .map_err(|e| format!("reading server CPU time: {e}"))
+}
+
+fn memory(pid: u32) -> Result<procfs::Memory, String> {
+    procfs::memory(pid).map_err(|e| format!("reading server memory: {e}"))
+}
+
+/// CPU (in cores) used by the whole machine over `over`.
+fn machine_busy_cores(over: Duration) -> f64 {
+    let tck = procfs::clock_ticks_per_sec();
+    let a = procfs::machine_busy_ticks().unwrap_or(0);
+    let t = Instant::now();
+    std::thread::sleep(over);
+    let b = procfs::machine_busy_ticks().unwrap_or(0);
+    b.saturating_sub(a) as f64 / tck / t.elapsed().as_secs_f64()
+}
+
+/// Waits until other processes leave the machine (nearly) idle, for at most
+/// `env.quiet_wait`; returns how busy it still was when the wait ended.
+fn wait_for_quiet(env: &Env) -> f64 {
+    let start = Instant::now();
+    let mut said = false;
+    loop {
+        let busy = machine_busy_cores(Duration::from_millis(500));
+        if busy <= env.busy_cores.max(0.02) * 2.0 || start.elapsed() >= env.quiet_wait {
+            if said {
+                eprintln!(
+                    "  .. machine quiet after {:.0} s (busy {busy:.2} cores)",
+                    start.elapsed().as_secs_f64()
+                );
+            }
+            return busy;
+        }
+        if !said {
+            eprintln!("  .. waiting for other processes to quiet down ({busy:.2} cores busy)");
+            said = true;
+        }
+        std::thread::sleep(Duration::from_secs(2));
+    }
+}
+
+/// One round, re-run (twice at most) when other processes disturbed it.
+fn run_round(env: &Env, w: &Workload, server: Server) -> Result<Sample, String> {
+    let mut attempt = 0;
+    loop {
+        wait_for_quiet(env);
+        let sample = run_round_once(env, w, server)?;
+        if sample.foreign_cores <= env.busy_cores || attempt == 2 {
+            return Ok(sample);
+        }
+        attempt += 1;
+        eprintln!(
+            "  .. {} round disturbed: other processes used {:.2} cores; running it again",
+            server.label(),
+            sample.foreign_cores
+        );
+    }
+}
+
+/// One round: start the server, load it, measure, stop it.
+fn run_round_once(env: &Env, w: &Workload, server: Server) -> Result<Sample, String> {
+    let (server_cores, load_cores) = env.cores_for(server);
+    let srv = RunningServer::start(env, w, server, &server_cores)?;
+    std::thread::sleep(Duration::from_millis(200));
+    let result = match w.load {
+        Load::Churn { wave } => churn_round(env, &srv, wave, &load_cores),
+        _ => dummy_round(env, &srv, w.load, &load_cores),
+    };
+    let result = result.map_err(|e| format!("{e}; server log: {}", srv.log_tail()));
+    srv.stop();
+    result
+}
+
+/// Echo, chat and memory rounds: `servercore dummy-client` is the load.
+///
+/// The server's CPU time is sampled inside the client's measurement window (which starts
+/// once every session is connected and lasts `secs`), leaving a margin at both ends, so that
+/// connecting and closing the sessions is not charged to the messages.
+fn dummy_round(
+    env: &Env,
+    srv: &RunningServer,
+    load: Load,
+    cores: &CoreSet,
+) -> Result<Sample, String> {
+    let base = memory(srv.pid)?;
+    let (mode, sessions, size, depth) = match load {
+        Load::Echo { sessions, size, depth } => ("echo", sessions, size, depth),
+        Load::Chat { sessions, size } => ("chat", sessions, size, 1),
+        Load::Memory { sessions, size } => ("echo", sessions, size, 1),
+        Load::Churn { .. } => unreachable!("churn has its own round"),
+    };
+    let mut cmd = Command::new(&env.servercore);
+    cmd.arg("dummy-client")
+        .args(["--addr", &srv.addr.to_string(), "--mode", mode])
+        .args(["--sessions", &sessions.to_string(), "--size", &size.to_string()])
+        .args(["--secs", &env.secs.to_string(), "--json", "--workers", "1"])
+        .args(["--depth", &depth.to_string()])
+        .env_remove("SERVERCORE_BACKEND");
+    let log = env.logs.join("client.log");
+    let log_file =
+        File::create(&log).map_err(|e| format!("cannot create {}: {e}", log.display()))?;
+    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(log_file);
+    cores.apply(&mut cmd);
+    let mut client = cmd.spawn().map_err(|e| format!("cannot start dummy-client: {e}"))?;
+
+    // Wait until every session is established on the server's port.
+    let poll = if sessions > 2000 { 50 } else { 5 };
+    let connect_deadline = Instant::now() + Duration::from_secs(30);
+    let t_conn = loop {
+        if let Ok(Some(status)) = client.try_wait() {
+            return Err(format!("dummy-client exited early ({status}): {}", tail(&log)));
+        }
+        let n = procfs::established_on_port(srv.addr.port())
+            .map_err(|e| format!("reading /proc/net/tcp: {e}"))?;
+        if n >= sessions as usize {
+            break Instant::now();
+        }
+        if Instant::now() > connect_deadline {
+            let _ = client.kill();
+            let _ = client.wait();
+            return Err(format!("only {n} of {sessions} sessions connected after 30 s"));
+        }
+        std::thread::sleep(Duration::from_millis(poll));
+    };
+    let margin = Duration::from_secs_f64((env.secs * 0.1).clamp(0.05, 0.5));
+    let window_end = t_conn + Duration::from_secs_f64(env.secs) - margin;
+    let client_pid = client.id();
+    sleep_until(t_conn + margin);
+    let (c0, w0) = (cpu_secs(srv.pid)?, Instant::now());
+    let others0 = Others::sample(client_pid);
+    sleep_until(window_end);
+    let (c1, w1) = (cpu_secs(srv.pid)?, Instant::now());
+    let others1 = Others::sample(client_pid);
+    let loaded = memory(srv.pid)?;
+    let out = client.wait_with_output().map_err(|e| format!("waiting for dummy-client: {e}"))?;
+    let peak = memory(srv.pid)?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let Some(line) = stdout.lines().rev().find(|l| l.trim_start().starts_with('{')) else {
+        return Err(format!("dummy-client ({}) printed no JSON: {}", out.status, tail(&log)));
+    };
+    let num = |k: &str| json::number(line, k);
+    // A chat client's messages are deliveries (every S_CHAT received); prefer the explicit
+    // field if the client has one.
+    let rate = num("deliveries_per_sec")
+        .or_else(|| num("msgs_per_sec"))
+        .ok_or_else(|| format!("no msgs_per_sec in {line}"))?;
+    let server_cpu_rate = (c1 - c0) / (w1 - w0).as_secs_f64().max(1e-9);
+    let rss_per_session = matches!(load, Load::Memory { .. })
+        .then(|| loaded.rss_kib.saturating_sub(base.rss_kib) as f64 / sessions as f64);
+    Ok(Sample {
+        rate,
+        p50_us: num("p50_us").unwrap_or(f64::NAN),
+        p99_us: num("p99_us").unwrap_or(f64::NAN),
+        cpu_per_unit_us: if rate > 0.0 { server_cpu_rate / rate * 1e6 } else { f64::NAN },
+        server_cpu_util: server_cpu_rate,
+        peak_rss_kib: peak.hwm_kib,
+        rss_per_session_kib: rss_per_session,
+        errors: num("errors").unwrap_or(0.0) as u64,
+        first_error: json::string(line, "first_error"),
+        client_backend: json::string(line, "backend"),
+        foreign_cores: others1.foreign_since(&others0, c1 - c0, (w1 - w0).as_secs_f64()),
+    })
+}
+
+/// What the machine, the load client and the driver itself had used at one instant, to
+/// tell how much CPU other processes took during a measurement.
+struct Others {
+    machine: f64,
+    client: f64,
+    me: f64,
+}
+
+impl Others {
+    fn sample(client_pid: u32) -> Others {
+        let tck = procfs::clock_ticks_per_sec();
+        let ticks = |pid: u32| procfs::cpu_ticks(pid).unwrap_or(0) as f64 / tck;
+        Others {
+            machine: procfs::machine_busy_ticks().unwrap_or(0) as f64 / tck,
+            client: ticks(client_pid),
+            me: ticks(std::process::id()),
+        }
+    }
+
+    /// Cores used by anything but the server (which used `server` CPU seconds), the client
+    /// and the driver, over `wall` seconds.
+    fn foreign_since(&self, before: &Others, server: f64, wall: f64) -> f64 {
+        let total = self.machine - before.machine;
+        let ours = server + (self.client - before.client) + (self.me - before.me);
+        ((total - ours) / wall.max(1e-9)).max(0.0)
+    }
+}
+
+/// Churn: `servercore-bench churn-client` is the load; the server's CPU is sampled right
+/// before and right after it.
+fn churn_round(
+    env: &Env,
+    srv: &RunningServer,
+    wave: u32,
+    cores: &CoreSet,
+) -> Result<Sample, String> {
+    let mut cmd = Command::new(&env.me);
+    cmd.arg0("servercore-bench")
+        .arg("churn-client")
+        .args(["--addr", &srv.addr.to_string(), "--wave", &wave.to_string()])
+        .args(["--secs", &env.secs.to_string()]);
+    let log = env.logs.join("client.log");
+    let log_file =
+        File::create(&log).map_err(|e| format!("cannot create {}: {e}", log.display()))?;
+    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(log_file);
+    cores.apply(&mut cmd);
+    let tck = procfs::clock_ticks_per_sec();
+    let machine = || procfs::machine_busy_ticks().unwrap_or(0) as f64 / tck;
+    let me = || procfs::cpu_ticks(std::process::id()).unwrap_or(0) as f64 / tck;
+    let (m0, k0, s0) = (machine(), sys::reaped_children_cpu_secs(), me());
+    let (c0, w0) = (cpu_secs(srv.pid)?, Instant::now());
+    let out = cmd.output().map_err(|e| format!("cannot run churn-client: {e}"))?;
+    let (c1, w1) = (cpu_secs(srv.pid)?, Instant::now());
+    let (m1, k1, s1) = (machine(), sys::reaped_children_cpu_secs(), me());
+    let ours = (c1 - c0) + (k1 - k0) + (s1 - s0);
+    let foreign_cores = (((m1 - m0) - ours) / (w1 - w0).as_secs_f64().max(1e-9)).max(0.0);
+    let peak = memory(srv.pid)?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let Some(line) = stdout.lines().rev().find(|l| l.trim_start().starts_with('{')) else {
+        return Err(format!("churn-client ({}) printed no JSON: {}", out.status, tail(&log)));
+    };
+    let num = |k: &str| json::number(line, k);
+    let cycles = num("cycles").unwrap_or(0.0);
+    let rate = num("cycles_per_sec").unwrap_or(0.0);
+    Ok(Sample {
+        rate,
+        p50_us: num("p50_us").unwrap_or(f64::NAN),
+        p99_us: num("p99_us").unwrap_or(f64::NAN),
+        cpu_per_unit_us: if cycles > 0.0 { (c1 - c0) / cycles * 1e6 } else { f64::NAN },
+        server_cpu_util: (c1 - c0) / (w1 - w0).as_secs_f64().max(1e-9),
+        peak_rss_kib: peak.hwm_kib,
+        rss_per_session_kib: None,
+        errors: num("errors").unwrap_or(0.0) as u64,
+        first_error: json::string(line, "first_error"),
+        client_backend: None,
+        foreign_cores,
+    })
+}
