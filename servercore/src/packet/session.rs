@@ -53,6 +53,17 @@ pub trait PacketSession: Send + 'static {
         let _ = (ctx, reason);
     }
 
+    /// The send queue is full (policy [`Notify`](crate::SendQueuePolicy::Notify)); see
+    /// [`Session::on_send_queue_full`].
+    fn on_send_queue_full(&mut self, ctx: &mut Ctx<'_>) {
+        let _ = ctx;
+    }
+
+    /// The send queue drained to its low watermark; see [`Session::on_writable`].
+    fn on_writable(&mut self, ctx: &mut Ctx<'_>) {
+        let _ = ctx;
+    }
+
     /// A timer of this session fired (see [`Ctx::set_timer`]).
     fn on_timer(&mut self, ctx: &mut Ctx<'_>, token: u64) {
         let _ = (ctx, token);
@@ -126,6 +137,14 @@ impl<P: PacketSession> Session for Framed<P> {
 
     fn on_timer(&mut self, ctx: &mut Ctx<'_>, token: u64) {
         self.inner.on_timer(ctx, token);
+    }
+
+    fn on_send_queue_full(&mut self, ctx: &mut Ctx<'_>) {
+        self.inner.on_send_queue_full(ctx);
+    }
+
+    fn on_writable(&mut self, ctx: &mut Ctx<'_>) {
+        self.inner.on_writable(ctx);
     }
 
     fn on_connect_failed(&mut self, addr: SocketAddr, error: &io::Error) {
