@@ -1,9 +1,12 @@
-//! `servercore demo`: a server and dummy clients in one process on loopback.
+//! `servercore demo`: the chat server and dummy chat clients in one process on loopback,
+//! with a live progress line, a summary table and (on a terminal) a latency sketch.
 
-use crate::dummy::{self, LoadPlan, Mode};
-use crate::samples::echo::EchoSession;
+use crate::dummy::{self, LoadPlan, Mode, ProgressOut, Report};
+use crate::samples::chat::ChatSession;
 use clap::Args;
-use servercore::{BackendChoice, ServerService};
+use servercore::packet::{DEFAULT_MAX_PACKET_SIZE, HEADER_LEN};
+use servercore::{BackendChoice, ServerService, ServiceStats};
+use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -11,12 +14,12 @@ use std::time::Duration;
 #[derive(Args, Debug, Clone)]
 pub struct DemoArgs {
     /// Seconds of load.
-    #[arg(long, default_value_t = 5.0)]
+    #[arg(long, default_value_t = 10.0)]
     pub secs: f64,
-    /// Client sessions.
-    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    /// Client sessions, all in one chat room (each message goes to every one of them).
+    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub sessions: u32,
-    /// Message size in bytes.
+    /// Chat message payload size in bytes (24..=65531).
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=1_048_576))]
     pub size: u32,
     /// Server worker threads (default: available cores).
@@ -26,7 +29,7 @@ pub struct DemoArgs {
 
 impl Default for DemoArgs {
     fn default() -> Self {
-        DemoArgs { secs: 5.0, sessions: 100, size: 64, workers: None }
+        DemoArgs { secs: 10.0, sessions: 200, size: 64, workers: None }
     }
 }
 
@@ -34,39 +37,107 @@ pub fn run(args: DemoArgs) -> Result<ExitCode, String> {
     if !(args.secs.is_finite() && args.secs > 0.0) {
         return Err(format!("--secs must be a positive number of seconds, got {}", args.secs));
     }
+    let size = args.size as usize;
+    dummy::check_chat_size(size)?;
+    let tty = std::io::stdout().is_terminal();
     let mut b = ServerService::builder("127.0.0.1:0".parse().expect("valid address"))
+        .max_sessions(args.sessions as usize + 16)
         .backend(BackendChoice::Auto);
     if let Some(w) = args.workers {
         b = b.workers(w.into());
     }
-    let server =
-        b.start(EchoSession::default).map_err(|e| format!("demo server failed to start: {e}"))?;
-    println!(
-        "servercore demo: echo server on {} (backend: {}, workers: {}); {} client sessions for {} s",
+    let max_packet = DEFAULT_MAX_PACKET_SIZE.max(size + HEADER_LEN);
+    let server = b
+        .start(ChatSession::factory(max_packet))
+        .map_err(|e| format!("demo server failed to start: {e}"))?;
+    dummy::out(&format!(
+        "servercore demo: chat server on {} (backend: {}, workers: {}); {} client sessions for {} s, {} B messages\n",
         server.local_addr(),
         server.backend(),
         server.workers(),
         args.sessions,
-        args.secs
-    );
+        args.secs,
+        size
+    ));
+    dummy::out(&format!(
+        "  every session is in one room and keeps one message in flight; each message goes to all {} sessions\n",
+        args.sessions
+    ));
     let plan = LoadPlan {
         addr: server.local_addr(),
-        mode: Mode::Echo,
+        mode: Mode::Chat,
         sessions: args.sessions as usize,
-        size: args.size as usize,
+        size,
         depth: 1,
         duration: Duration::from_secs_f64(args.secs),
         workers: None,
-        progress: true,
+        progress: if tty { ProgressOut::Stdout } else { ProgressOut::Lines },
     };
     let report = dummy::run_load(&plan);
     let stats = server.stats();
+    let workers = server.workers();
     server.shutdown(Duration::from_secs(2)).map_err(|e| format!("server shutdown failed: {e}"))?;
     let report = report?;
-    print!("{}", report.to_text());
-    println!(
-        "  server    {} sessions accepted, {} disconnected with an error",
-        stats.accepted, stats.disconnected_with_error
-    );
+    let mut text = summary(&report, &stats, workers);
+    if tty && !report.percentiles.is_empty() {
+        text.push_str("\nlatency of own messages (log scale)\n");
+        text.push_str(&report.latency_sketch(40));
+    }
+    dummy::out(&text);
     Ok(if report.ok() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+/// The summary table: one row per aspect, aligned.
+fn summary(r: &Report, server: &ServiceStats, workers: usize) -> String {
+    use std::fmt::Write as _;
+    let rows: Vec<(&str, String)> = vec![
+        (
+            "clients",
+            format!(
+                "{}, {} B messages, depth {}, {:.1} s, backend {}",
+                r.sessions_line(),
+                r.size,
+                r.depth,
+                r.secs,
+                r.backend
+            ),
+        ),
+        (
+            "delivered",
+            format!(
+                "{} S_CHAT, {:.0} msg/s, {:.2} MB/s received",
+                r.messages,
+                r.msgs_per_sec(),
+                r.mb_per_sec()
+            ),
+        ),
+        ("sent", format!("{} C_CHAT, {:.0} msg/s", r.sends, r.sends_per_sec())),
+        (
+            "latency",
+            format!(
+                "p50 {}, p99 {}, max {} (own message, sent to back through the room)",
+                dummy::fmt_us(r.p50_us),
+                dummy::fmt_us(r.p99_us),
+                dummy::fmt_us(r.max_us)
+            ),
+        ),
+        ("order", format!("gaps {}, duplicates {}", r.gaps, r.duplicates)),
+        (
+            "server",
+            format!(
+                "{} sessions accepted, {} disconnected with an error, {} workers",
+                server.accepted, server.disconnected_with_error, workers
+            ),
+        ),
+    ];
+    let mut s = String::from("\nsummary\n");
+    for (k, v) in rows {
+        let _ = writeln!(s, "  {k:<10}{v}");
+    }
+    let _ = writeln!(s, "  {}", r.errors_line());
+    if let Some(e) = &r.first_error {
+        let _ = writeln!(s, "  first error: {e}");
+    }
+    let _ = writeln!(s, "  result    {}", if r.ok() { "ok" } else { "FAILED" });
+    s
 }

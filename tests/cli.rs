@@ -514,7 +514,7 @@ fn demo_runs_and_reports_no_errors() {
     assert_exit_code(&f, 0);
     assert_no_panic(&f);
     assert!(
-        f.stdout.contains("servercore demo: echo server on 127.0.0.1:"),
+        f.stdout.contains("servercore demo: chat server on 127.0.0.1:"),
         "no demo banner:\n{}",
         f.describe()
     );
@@ -539,14 +539,14 @@ fn demo_runs_and_reports_no_errors() {
 
 #[test]
 fn no_arguments_runs_the_demo() {
-    // The default demo: 100 sessions for 5 s.
+    // The default demo: 200 chat sessions for 10 s.
     let f = run(&[]);
     assert_exit_code(&f, 0);
     assert_no_panic(&f);
     assert!(
-        f.stdout.contains("servercore demo: echo server on 127.0.0.1:")
-            && f.stdout.contains("100 client sessions for 5 s")
-            && f.stdout.contains("100 sessions (100 connected)")
+        f.stdout.contains("servercore demo: chat server on 127.0.0.1:")
+            && f.stdout.contains("200 client sessions for 10 s")
+            && f.stdout.contains("200 sessions (200 connected)")
             && f.stdout.contains("errors    0 "),
         "no arguments should run the default demo cleanly:\n{}",
         f.describe()

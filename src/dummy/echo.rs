@@ -1,7 +1,6 @@
 //! Echo load: each session keeps `depth` messages in flight and checks every echoed byte.
 
-use super::stats::{new_histogram, LoadStats};
-use hdrhistogram::Histogram;
+use super::stats::{flush_latency, record_latency, LoadStats};
 use servercore::{Ctx, DisconnectReason, SendBuffer, Session};
 use std::collections::VecDeque;
 use std::io;
@@ -25,7 +24,6 @@ pub struct EchoLoad {
     recv_seq: u64,
     recv_off: usize,
     sent_at: VecDeque<Instant>,
-    hist: Histogram<u64>,
     scratch: Vec<u8>,
 }
 
@@ -40,7 +38,6 @@ impl EchoLoad {
             recv_seq: 0,
             recv_off: 0,
             sent_at: VecDeque::with_capacity(depth),
-            hist: new_histogram(),
             scratch: Vec::new(),
         }
     }
@@ -85,8 +82,9 @@ impl Session for EchoLoad {
                 self.recv_seq += 1;
                 completed += 1;
                 if let Some(t) = self.sent_at.pop_front() {
-                    let us = t.elapsed().as_micros().max(1) as u64;
-                    let _ = self.hist.record(us.min(60_000_000));
+                    let now = Instant::now();
+                    let us = now.saturating_duration_since(t).as_micros() as u64;
+                    record_latency(&self.stats, us, now);
                 }
             }
         }
@@ -103,7 +101,7 @@ impl Session for EchoLoad {
     }
 
     fn on_disconnected(&mut self, ctx: &mut Ctx<'_>, reason: &DisconnectReason) {
-        self.stats.merge_latency(&self.hist);
+        flush_latency(&self.stats);
         let expected = matches!(reason, DisconnectReason::Shutdown | DisconnectReason::Local(_));
         if !expected && !self.stats.stopping.load(Ordering::Acquire) {
             self.stats.unexpected_disconnects.fetch_add(1, Ordering::Relaxed);

@@ -1,17 +1,19 @@
 //! The dummy client (the seed's `DummyClient`): many sessions through `ClientService`
 //! that load a server, verify every byte, and report throughput and latency.
 
+mod chat;
 mod echo;
 mod report;
 mod stats;
 
-pub use report::Report;
+pub use report::{fmt_us, ProgressOut, Report};
 pub use stats::LoadStats;
 
 use clap::{Args, ValueEnum};
 use servercore::{BackendChoice, ClientService};
 use std::net::SocketAddr;
 use std::process::ExitCode;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -20,6 +22,11 @@ use std::time::{Duration, Instant};
 pub enum Mode {
     /// Raw echo (PROTOCOL.md 1): send, wait for the same bytes back, verify.
     Echo,
+    /// Chat room (PROTOCOL.md 2 and 3): each session keeps `--depth` of its own C_CHAT
+    /// messages in flight (the next goes out when its own comes back through the room) and
+    /// checks every S_CHAT from every sender for corruption, gaps and duplicates. The
+    /// payload (`--size` bytes, at least 24) carries sender, sequence number and send time.
+    Chat,
 }
 
 /// `servercore dummy-client` options.
@@ -34,13 +41,13 @@ pub struct DummyArgs {
     /// Concurrent sessions.
     #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub sessions: u32,
-    /// Message size in bytes.
+    /// Message size in bytes (chat: payload bytes per packet, 24..=65531).
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=16_777_216))]
     pub size: u32,
     /// Messages in flight per session.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=65_536))]
     pub depth: u32,
-    /// Seconds to run after the sessions are connected.
+    /// Seconds to measure after the sessions are connected.
     #[arg(long, default_value_t = 5.0)]
     pub secs: f64,
     /// Worker threads of the client (default: available cores).
@@ -61,7 +68,7 @@ pub struct LoadPlan {
     pub depth: usize,
     pub duration: Duration,
     pub workers: Option<usize>,
-    pub progress: bool,
+    pub progress: ProgressOut,
 }
 
 pub fn run(args: DummyArgs) -> Result<ExitCode, String> {
@@ -76,19 +83,65 @@ pub fn run(args: DummyArgs) -> Result<ExitCode, String> {
         depth: args.depth as usize,
         duration: Duration::from_secs_f64(args.secs),
         workers: args.workers.map(usize::from),
-        progress: !args.json,
+        progress: if args.json { ProgressOut::Off } else { ProgressOut::Stderr },
     };
+    if plan.mode == Mode::Chat {
+        check_chat_size(plan.size)?;
+        let default_max = servercore::packet::DEFAULT_MAX_PACKET_SIZE;
+        if plan.size + servercore::packet::HEADER_LEN > default_max {
+            eprintln!(
+                "warning: {}-byte packets are above chat-server's default --max-packet {default_max}; \
+                 start the server with --max-packet {} or more",
+                plan.size + servercore::packet::HEADER_LEN,
+                plan.size + servercore::packet::HEADER_LEN
+            );
+        }
+    }
     let report = run_load(&plan)?;
     if args.json {
-        println!("{}", report.to_json());
+        out(&format!("{}\n", report.to_json()));
     } else {
-        print!("{}", report.to_text());
+        out(&report.to_text());
     }
     Ok(if report.ok() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
+/// Writes `text` to stdout and flushes; a closed stdout (`| head`) is not worth a panic.
+pub fn out(text: &str) {
+    use std::io::Write;
+    let mut o = std::io::stdout().lock();
+    let _ = o.write_all(text.as_bytes());
+    let _ = o.flush();
+}
+
+/// Chat payloads hold a 24-byte header and fit one packet.
+pub fn check_chat_size(size: usize) -> Result<(), String> {
+    if size < chat::HEADER {
+        return Err(format!(
+            "--size must be at least {} bytes in chat mode (sender id, sequence number and \
+             send time take {}), got {size}",
+            chat::HEADER,
+            chat::HEADER
+        ));
+    }
+    if size > chat::MAX_PAYLOAD {
+        return Err(format!(
+            "--size must be at most {} bytes in chat mode (a packet, 4-byte header included, \
+             is at most 65535 bytes), got {size}",
+            chat::MAX_PAYLOAD
+        ));
+    }
+    Ok(())
+}
+
+/// Longest wait, once the run stops, for own chat messages still in flight to come back.
+const DRAIN: Duration = Duration::from_secs(2);
+
 /// Connects the sessions, runs the workload for the planned time, and reports.
 pub fn run_load(plan: &LoadPlan) -> Result<Report, String> {
+    if plan.mode == Mode::Chat {
+        check_chat_size(plan.size)?;
+    }
     let stats = Arc::new(LoadStats::default());
     let mut builder = ClientService::builder(plan.addr)
         .sessions(plan.sessions)
@@ -101,6 +154,11 @@ pub fn run_load(plan: &LoadPlan) -> Result<Report, String> {
         Mode::Echo => {
             let (stats, size, depth) = (stats.clone(), plan.size, plan.depth);
             builder.start(move || echo::EchoLoad::new(stats.clone(), size, depth))
+        }
+        Mode::Chat => {
+            let (stats, size, depth) = (stats.clone(), plan.size, plan.depth);
+            let lag_limit = chat::lag_limit(plan.sessions, depth, size);
+            builder.start(move || chat::ChatClient::new(stats.clone(), size, depth, lag_limit))
         }
     }
     .map_err(|e| format!("dummy client failed to start: {e}"))?;
@@ -127,8 +185,15 @@ pub fn run_load(plan: &LoadPlan) -> Result<Report, String> {
 
     let run = report::Progress::run(plan, &stats, &clients);
     let elapsed = run.elapsed;
-    stats.stopping.store(true, std::sync::atomic::Ordering::Release);
+    stats.stopping.store(true, Ordering::Release);
+    // No new messages from here. Let the ones in flight come back: they are not counted in
+    // the window but still checked; any that never return show as `in_flight_at_end`.
+    let drain_deadline = Instant::now() + DRAIN;
+    while stats.in_flight.load(Ordering::Relaxed) > 0 && Instant::now() < drain_deadline {
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let in_flight_at_end = stats.in_flight.load(Ordering::Relaxed).max(0) as u64;
     let final_stats = clients.stats();
     clients.shutdown(Duration::from_secs(2)).map_err(|e| format!("client shutdown failed: {e}"))?;
-    Ok(Report::new(plan, backend, &stats, final_stats, elapsed, run.counted))
+    Ok(Report::new(plan, backend, &stats, final_stats, elapsed, run.counted, in_flight_at_end))
 }

@@ -1,16 +1,31 @@
 //! Live progress and the final report of a load run.
 
 use super::{LoadPlan, LoadStats, Mode};
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use servercore::{Backend, ClientService, ServiceStats};
 use std::fmt::Write as _;
+use std::io::Write as _;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
+
+/// Where the live progress goes while a run lasts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProgressOut {
+    /// Nothing (e.g. `--json`).
+    Off,
+    /// An indicatif line on stderr (hidden by indicatif when stderr is not a terminal).
+    Stderr,
+    /// An indicatif line on stdout (for a terminal).
+    Stdout,
+    /// One plain line per second on stdout, no escape codes (logs, CI).
+    Lines,
+}
 
 /// Messages and bytes counted inside the measurement window.
 pub struct Counted {
     pub messages: u64,
     pub bytes: u64,
+    pub sends: u64,
 }
 
 pub struct Progress {
@@ -18,23 +33,59 @@ pub struct Progress {
     pub counted: Counted,
 }
 
+/// A latency in microseconds for people: `850 us`, `1.25 ms`, `2.10 s`.
+pub fn fmt_us(us: u64) -> String {
+    if us < 1_000 {
+        format!("{us} us")
+    } else if us < 1_000_000 {
+        format!("{:.2} ms", us as f64 / 1e3)
+    } else {
+        format!("{:.2} s", us as f64 / 1e6)
+    }
+}
+
+/// A rate for a live display: `950`, `12.3k`, `1.28M`.
+fn fmt_rate(r: f64) -> String {
+    if r >= 1e6 {
+        format!("{:.2}M", r / 1e6)
+    } else if r >= 1e4 {
+        format!("{:.1}k", r / 1e3)
+    } else {
+        format!("{r:.0}")
+    }
+}
+
 impl Progress {
-    /// Runs for the planned duration, updating a progress line once per tick.
+    /// Runs for the planned duration, showing sessions, msg/s, MB/s and the p99 latency of
+    /// the last tick.
     pub fn run(plan: &LoadPlan, stats: &LoadStats, clients: &ClientService) -> Progress {
-        let bar = if plan.progress {
-            let pb = ProgressBar::new(plan.duration.as_millis() as u64);
-            pb.set_style(
-                ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {msg}")
-                    .expect("valid template"),
-            );
-            pb
-        } else {
-            ProgressBar::hidden()
+        let bar = match plan.progress {
+            ProgressOut::Stderr | ProgressOut::Stdout => {
+                let target = if plan.progress == ProgressOut::Stdout {
+                    ProgressDrawTarget::stdout()
+                } else {
+                    ProgressDrawTarget::stderr()
+                };
+                let pb =
+                    ProgressBar::with_draw_target(Some(plan.duration.as_millis() as u64), target);
+                pb.set_style(
+                    ProgressStyle::with_template("{spinner} {elapsed:>4} {bar:20} {msg}")
+                        .expect("valid template"),
+                );
+                pb
+            }
+            ProgressOut::Off | ProgressOut::Lines => ProgressBar::hidden(),
         };
+        let lines = plan.progress == ProgressOut::Lines;
         let start = Instant::now();
-        let (m0, b0) = (LoadStats::load(&stats.messages), LoadStats::load(&stats.bytes));
+        let load = |s: &LoadStats| {
+            (LoadStats::load(&s.messages), LoadStats::load(&s.bytes), LoadStats::load(&s.sends))
+        };
+        let (m0, b0, s0) = load(stats);
         let (mut last_t, mut last_m, mut last_b) = (start, m0, b0);
-        let tick = Duration::from_millis(250);
+        // Drop samples from before the window.
+        let _ = stats.take_recent_p99();
+        let tick = Duration::from_millis(if lines { 1000 } else { 250 });
         loop {
             let now = Instant::now();
             let done = now.duration_since(start);
@@ -43,24 +94,29 @@ impl Progress {
             }
             std::thread::sleep(tick.min(plan.duration - done));
             let now = Instant::now();
-            let (m, b) = (LoadStats::load(&stats.messages), LoadStats::load(&stats.bytes));
+            let (m, b, _) = load(stats);
             let dt = now.duration_since(last_t).as_secs_f64().max(1e-9);
-            bar.set_position(now.duration_since(start).as_millis() as u64);
-            bar.set_message(format!(
-                "sessions {}  {:.0} msg/s  {:.1} MB/s",
+            let p99 = stats.take_recent_p99().map_or_else(|| "-".to_string(), fmt_us);
+            let msg = format!(
+                "{} sessions  {} msg/s  {:.1} MB/s  p99 {p99}",
                 clients.session_count(),
-                (m - last_m) as f64 / dt,
-                (b - last_b) as f64 / dt / 1e6
-            ));
+                fmt_rate((m - last_m) as f64 / dt),
+                (b - last_b) as f64 / dt / 1e6,
+            );
+            if lines {
+                let mut out = std::io::stdout().lock();
+                let _ =
+                    writeln!(out, "  [{:5.1} s] {msg}", now.duration_since(start).as_secs_f64());
+                let _ = out.flush();
+            }
+            bar.set_position(now.duration_since(start).as_millis() as u64);
+            bar.set_message(msg);
             (last_t, last_m, last_b) = (now, m, b);
         }
         bar.finish_and_clear();
         let elapsed = start.elapsed();
-        let counted = Counted {
-            messages: LoadStats::load(&stats.messages) - m0,
-            bytes: LoadStats::load(&stats.bytes) - b0,
-        };
-        Progress { elapsed, counted }
+        let (m, b, s) = load(stats);
+        Progress { elapsed, counted: Counted { messages: m - m0, bytes: b - b0, sends: s - s0 } }
     }
 }
 
@@ -73,14 +129,25 @@ pub struct Report {
     pub size: usize,
     pub depth: usize,
     pub secs: f64,
+    /// Echo: messages back. Chat: S_CHAT deliveries (every sender), in the window.
     pub messages: u64,
     pub bytes: u64,
+    /// Chat: own C_CHAT messages sent in the window.
+    pub sends: u64,
     pub p50_us: u64,
     pub p99_us: u64,
     pub max_us: u64,
+    /// Latency at a few percentiles (label, microseconds), for the histogram sketch.
+    pub percentiles: Vec<(&'static str, u64)>,
+    pub gaps: u64,
+    pub duplicates: u64,
     pub corrupt: u64,
     pub unexpected_disconnects: u64,
     pub connect_failures: u64,
+    /// Chat: own messages not back when the report was made (not an error).
+    pub in_flight_at_end: u64,
+    /// Chat: times sending paused because a receiver fell too far behind (not an error).
+    pub lag_pauses: u64,
     pub first_error: Option<String>,
 }
 
@@ -92,8 +159,18 @@ impl Report {
         service: ServiceStats,
         elapsed: Duration,
         counted: Counted,
+        in_flight_at_end: u64,
     ) -> Report {
         let h = stats.latency.lock().unwrap_or_else(|p| p.into_inner());
+        let percentiles = if h.is_empty() {
+            Vec::new()
+        } else {
+            [("p50", 0.50), ("p90", 0.90), ("p99", 0.99), ("p99.9", 0.999)]
+                .iter()
+                .map(|&(l, q)| (l, h.value_at_quantile(q)))
+                .chain(std::iter::once(("max", h.max())))
+                .collect()
+        };
         Report {
             mode: plan.mode,
             backend,
@@ -104,21 +181,33 @@ impl Report {
             secs: elapsed.as_secs_f64(),
             messages: counted.messages,
             bytes: counted.bytes,
+            sends: counted.sends,
             p50_us: h.value_at_quantile(0.50),
             p99_us: h.value_at_quantile(0.99),
             max_us: h.max(),
+            percentiles,
+            gaps: stats.gaps.load(Ordering::Relaxed),
+            duplicates: stats.duplicates.load(Ordering::Relaxed),
             corrupt: stats.corrupt.load(Ordering::Relaxed),
             unexpected_disconnects: stats.unexpected_disconnects.load(Ordering::Relaxed),
             connect_failures: stats.connect_failures.load(Ordering::Relaxed),
+            in_flight_at_end,
+            lag_pauses: stats.lag_pauses.load(Ordering::Relaxed),
             first_error: stats.first_error(),
         }
     }
 
+    /// Everything that went wrong: gaps and duplicates (chat), corrupt messages, dropped
+    /// sessions, failed connects.
     pub fn errors(&self) -> u64 {
-        self.corrupt + self.unexpected_disconnects + self.connect_failures
+        self.gaps
+            + self.duplicates
+            + self.corrupt
+            + self.unexpected_disconnects
+            + self.connect_failures
     }
 
-    /// No wrong byte, no dropped session, no failed connect.
+    /// No gap, no duplicate, no wrong byte, no dropped session, no failed connect.
     pub fn ok(&self) -> bool {
         self.errors() == 0
     }
@@ -127,67 +216,129 @@ impl Report {
         self.messages as f64 / self.secs.max(1e-9)
     }
 
+    pub fn sends_per_sec(&self) -> f64 {
+        self.sends as f64 / self.secs.max(1e-9)
+    }
+
     pub fn mb_per_sec(&self) -> f64 {
         self.bytes as f64 / self.secs.max(1e-9) / 1e6
     }
 
-    fn mode_name(&self) -> &'static str {
+    pub fn mode_name(&self) -> &'static str {
         match self.mode {
             Mode::Echo => "echo",
+            Mode::Chat => "chat",
         }
+    }
+
+    /// `N sessions (M connected)`.
+    pub fn sessions_line(&self) -> String {
+        format!("{} sessions ({} connected)", self.sessions, self.connected)
+    }
+
+    /// `errors    N (...)`: the breakdown of [`errors`](Self::errors).
+    pub fn errors_line(&self) -> String {
+        let mut s = format!("errors    {} (", self.errors());
+        if self.mode == Mode::Chat {
+            let _ = write!(s, "gaps {}, duplicates {}, ", self.gaps, self.duplicates);
+        }
+        let _ = write!(
+            s,
+            "corrupt {}, unexpected disconnects {}, connect failures {})",
+            self.corrupt, self.unexpected_disconnects, self.connect_failures
+        );
+        s
     }
 
     pub fn to_text(&self) -> String {
         let mut s = String::new();
         let _ = writeln!(
             s,
-            "dummy-client: mode {}, {} sessions ({} connected), {} B messages, depth {}, {:.1} s, backend {}",
+            "dummy-client: mode {}, {}, {} B messages, depth {}, {:.1} s, backend {}",
             self.mode_name(),
-            self.sessions,
-            self.connected,
+            self.sessions_line(),
             self.size,
             self.depth,
             self.secs,
             self.backend
         );
-        let _ = writeln!(
-            s,
-            "  messages  {} ({:.0} msg/s, {:.2} MB/s)",
-            self.messages,
-            self.msgs_per_sec(),
-            self.mb_per_sec()
-        );
-        let _ = writeln!(
-            s,
-            "  latency   p50 {} us, p99 {} us, max {} us",
-            self.p50_us, self.p99_us, self.max_us
-        );
-        let _ = writeln!(
-            s,
-            "  errors    {} (corrupt bytes {}, unexpected disconnects {}, connect failures {})",
-            self.errors(),
-            self.corrupt,
-            self.unexpected_disconnects,
-            self.connect_failures
-        );
+        match self.mode {
+            Mode::Echo => {
+                let _ = writeln!(
+                    s,
+                    "  messages  {} ({:.0} msg/s, {:.2} MB/s)",
+                    self.messages,
+                    self.msgs_per_sec(),
+                    self.mb_per_sec()
+                );
+                let _ = writeln!(
+                    s,
+                    "  latency   p50 {} us, p99 {} us, max {} us",
+                    self.p50_us, self.p99_us, self.max_us
+                );
+            }
+            Mode::Chat => {
+                let _ = writeln!(
+                    s,
+                    "  delivered {} S_CHAT ({:.0} msg/s, {:.2} MB/s received)",
+                    self.messages,
+                    self.msgs_per_sec(),
+                    self.mb_per_sec()
+                );
+                let _ = writeln!(
+                    s,
+                    "  sent      {} C_CHAT ({:.0} msg/s)",
+                    self.sends,
+                    self.sends_per_sec()
+                );
+                let _ = writeln!(
+                    s,
+                    "  latency   p50 {} us, p99 {} us, max {} us (own message, sent to back through the room)",
+                    self.p50_us, self.p99_us, self.max_us
+                );
+                let _ =
+                    writeln!(s, "  order     gaps {}, duplicates {}", self.gaps, self.duplicates);
+                let _ = writeln!(
+                    s,
+                    "  flow      {} own messages in flight at the end, {} pauses for a slow receiver",
+                    self.in_flight_at_end, self.lag_pauses
+                );
+            }
+        }
+        let _ = writeln!(s, "  {}", self.errors_line());
         if let Some(e) = &self.first_error {
             let _ = writeln!(s, "  first error: {e}");
         }
         s
     }
 
+    /// A few text bars, one per percentile; lengths on a log scale from a quarter of the
+    /// smallest shown value up to the max.
+    pub fn latency_sketch(&self, width: usize) -> String {
+        let mut s = String::new();
+        let Some(&(_, max)) = self.percentiles.last() else { return s };
+        let min = self.percentiles.iter().map(|&(_, v)| v).min().unwrap_or(1).max(1);
+        let lo = (min as f64 / 4.0).max(0.5);
+        let span = (max.max(1) as f64 / lo).ln().max(1e-9);
+        for &(label, us) in &self.percentiles {
+            let n = ((us.max(1) as f64 / lo).ln() / span * width as f64).round() as usize;
+            let _ = writeln!(s, "  {label:>5} {:>10}  {}", fmt_us(us), "█".repeat(n.max(1)));
+        }
+        s
+    }
+
     pub fn to_json(&self) -> String {
         let err = match &self.first_error {
-            Some(e) => format!("\"{}\"", e.replace('\\', "\\\\").replace('"', "\\\"")),
+            Some(e) => json_string(e),
             None => "null".into(),
         };
-        format!(
+        let mut s = format!(
             concat!(
                 "{{\"mode\":\"{}\",\"backend\":\"{}\",\"sessions\":{},\"connected\":{},",
                 "\"size\":{},\"depth\":{},\"secs\":{:.3},\"messages\":{},\"bytes\":{},",
                 "\"msgs_per_sec\":{:.1},\"mb_per_sec\":{:.3},\"p50_us\":{},\"p99_us\":{},",
                 "\"max_us\":{},\"errors\":{},\"corrupt\":{},\"unexpected_disconnects\":{},",
-                "\"connect_failures\":{},\"first_error\":{}}}"
+                "\"connect_failures\":{},\"first_error\":{}"
             ),
             self.mode_name(),
             self.backend,
@@ -208,6 +359,47 @@ impl Report {
             self.unexpected_disconnects,
             self.connect_failures,
             err
-        )
+        );
+        if self.mode == Mode::Chat {
+            let _ = write!(
+                s,
+                concat!(
+                    ",\"deliveries\":{},\"deliveries_per_sec\":{:.1},\"sends\":{},",
+                    "\"sends_per_sec\":{:.1},\"gaps\":{},\"duplicates\":{},\"in_flight_at_end\":{},",
+                    "\"lag_pauses\":{}"
+                ),
+                self.messages,
+                self.msgs_per_sec(),
+                self.sends,
+                self.sends_per_sec(),
+                self.gaps,
+                self.duplicates,
+                self.in_flight_at_end,
+                self.lag_pauses
+            );
+        }
+        s.push('}');
+        s
     }
+}
+
+/// `text` as a JSON string literal.
+fn json_string(text: &str) -> String {
+    let mut s = String::with_capacity(text.len() + 2);
+    s.push('"');
+    for c in text.chars() {
+        match c {
+            '"' => s.push_str("\\\""),
+            '\\' => s.push_str("\\\\"),
+            '\n' => s.push_str("\\n"),
+            '\r' => s.push_str("\\r"),
+            '\t' => s.push_str("\\t"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(s, "\\u{:04x}", c as u32);
+            }
+            c => s.push(c),
+        }
+    }
+    s.push('"');
+    s
 }
