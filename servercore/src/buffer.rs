@@ -31,9 +31,11 @@ impl SendBuffer {
         SendBuffer(Bytes::from_static(bytes))
     }
 
-    /// Copies `data` into a new buffer.
+    /// Copies `data` into a new buffer. The copy is carved from a per-thread pooled chunk
+    /// (as [`PacketWriter`](crate::packet::PacketWriter) does), so steady sending allocates
+    /// nothing per buffer; a buffer keeps its chunk alive until it is dropped.
     pub fn copy_from_slice(data: &[u8]) -> Self {
-        SendBuffer(Bytes::copy_from_slice(data))
+        SendBuffer(crate::packet::pooled_copy(data))
     }
 
     /// The underlying [`Bytes`].

@@ -42,6 +42,7 @@ pub(crate) fn probe() -> Result<(), String> {
         (opcode::Accept::CODE, "ACCEPT"),
         (opcode::Recv::CODE, "RECV"),
         (opcode::SendMsg::CODE, "SENDMSG"),
+        (opcode::Send::CODE, "SEND"),
         (opcode::Connect::CODE, "CONNECT"),
         (opcode::AsyncCancel::CODE, "ASYNC_CANCEL"),
         (opcode::Read::CODE, "READ"),
@@ -332,14 +333,20 @@ impl UringDriver {
         op.msg.msg_iov = op.iovs.as_mut_ptr();
         op.msg.msg_iovlen = op.iovs.len() as _;
         let msg: *const libc::msghdr = &op.msg;
+        // One buffer: a plain send, which spares the kernel the msghdr and iovec import.
+        let single = (op.bufs.len() == 1).then(|| (op.bufs[0].as_ptr(), op.bufs[0].len() as u32));
         let key = self.ops.insert(Op { owner, state: OpState::Send(op) });
-        let entry = opcode::SendMsg::new(types::Fd(fd), msg)
-            .flags(libc::MSG_NOSIGNAL as u32)
-            .build()
-            .user_data(key as u64);
+        let entry = match single {
+            Some((ptr, len)) => opcode::Send::new(types::Fd(fd), ptr, len)
+                .flags(libc::MSG_NOSIGNAL)
+                .build(),
+            None => {
+                opcode::SendMsg::new(types::Fd(fd), msg).flags(libc::MSG_NOSIGNAL as u32).build()
+            }
+        };
         // SAFETY: invariant 1: the boxed SendOp (msghdr, iovecs) and the Bytes the iovecs
-        // point into stay in `ops[key]` until this completion is reaped.
-        unsafe { self.push(&entry) };
+        // and the single-buffer pointer point into stay in `ops[key]` until reaped.
+        unsafe { self.push(&entry.user_data(key as u64)) };
         OpId(key)
     }
 

@@ -16,3 +16,4 @@ pub use frame::*;
 pub use handlers::{HandlerResult, Handlers, UnknownPacket};
 pub use session::{Framed, PacketSession};
 pub use writer::*;
+pub(crate) use writer::pooled_copy;

@@ -52,6 +52,16 @@ fn acquire(need: usize) -> BytesMut {
     }
 }
 
+/// Copies `data` into this thread's chunk: a shared buffer without an allocation per call
+/// in the steady state (what [`SendBuffer::copy_from_slice`] uses).
+pub(crate) fn pooled_copy(data: &[u8]) -> bytes::Bytes {
+    let mut chunk = acquire(data.len());
+    chunk.extend_from_slice(data);
+    let copy = chunk.split().freeze();
+    release(chunk);
+    copy
+}
+
 /// Gives an (empty) chunk back to this thread, keeping whichever chunk has more room.
 fn release(chunk: BytesMut) {
     if chunk.capacity() == 0 {
