@@ -900,7 +900,7 @@ impl<S: Session> Worker<S> {
             release(&shared);
             return;
         };
-        let setup = sys::configure_stream(&stream, shared.config.nodelay)
+        let setup = sys::configure_accepted(&stream, shared.config.nodelay)
             .and_then(|()| self.driver.add_stream(stream));
         let sock = match setup {
             Ok(sock) => sock,

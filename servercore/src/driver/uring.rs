@@ -198,10 +198,11 @@ impl UringDriver {
         Ok(SockId(self.socks.insert(OwnedFd::from(l))))
     }
 
+    /// Takes a *blocking* socket (as this backend's accepts and `socket2` make them):
+    /// io_uring waits for readiness itself, and a blocking socket keeps every kernel on
+    /// the same path (old kernels returned EAGAIN for O_NONBLOCK files). Not switching
+    /// modes here saves a system call per connection.
     pub(crate) fn add_stream(&mut self, s: TcpStream) -> io::Result<SockId> {
-        // io_uring waits for readiness itself; a blocking socket keeps every kernel on the
-        // same path (old kernels returned EAGAIN for O_NONBLOCK files).
-        s.set_nonblocking(false)?;
         Ok(SockId(self.socks.insert(OwnedFd::from(s))))
     }
 
@@ -337,9 +338,9 @@ impl UringDriver {
         let single = (op.bufs.len() == 1).then(|| (op.bufs[0].as_ptr(), op.bufs[0].len() as u32));
         let key = self.ops.insert(Op { owner, state: OpState::Send(op) });
         let entry = match single {
-            Some((ptr, len)) => opcode::Send::new(types::Fd(fd), ptr, len)
-                .flags(libc::MSG_NOSIGNAL)
-                .build(),
+            Some((ptr, len)) => {
+                opcode::Send::new(types::Fd(fd), ptr, len).flags(libc::MSG_NOSIGNAL).build()
+            }
             None => {
                 opcode::SendMsg::new(types::Fd(fd), msg).flags(libc::MSG_NOSIGNAL as u32).build()
             }

@@ -15,5 +15,5 @@ mod writer;
 pub use frame::*;
 pub use handlers::{HandlerResult, Handlers, UnknownPacket};
 pub use session::{Framed, PacketSession};
-pub use writer::*;
 pub(crate) use writer::pooled_copy;
+pub use writer::*;

@@ -88,6 +88,9 @@ impl ServerBuilder {
         let per_worker = self.reuse_port && sys::REUSE_PORT_BALANCES && self.workers > 1;
         let listeners = sys::listen_group(self.addr, if per_worker { self.workers } else { 1 })?;
         let local_addr = listeners[0].local_addr()?;
+        for l in &listeners {
+            sys::configure_listener(l, self.config.nodelay)?;
+        }
         let mut listeners = listeners.into_iter();
         let roles = (0..self.workers)
             .map(|_| Role { listeners: listeners.next().into_iter().collect(), connect_to: None })

@@ -85,8 +85,20 @@ pub(crate) fn stream_socket_for(addr: SocketAddr) -> io::Result<Socket> {
     Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))
 }
 
-/// Per-connection options applied to every accepted or connected socket.
-pub(crate) fn configure_stream(stream: &TcpStream, nodelay: bool) -> io::Result<()> {
+/// Whether accepted sockets inherit `TCP_NODELAY` from their listener (Linux copies the
+/// listener's TCP state into the child), which spares a `setsockopt` per connection.
+const ACCEPT_INHERITS_NODELAY: bool = cfg!(target_os = "linux");
+
+/// Options set once on a listener so that accepted sockets inherit them.
+pub(crate) fn configure_listener(listener: &TcpListener, nodelay: bool) -> io::Result<()> {
+    socket2::SockRef::from(listener).set_tcp_nodelay(nodelay)
+}
+
+/// Per-connection options of an accepted socket (those it did not inherit).
+pub(crate) fn configure_accepted(stream: &TcpStream, nodelay: bool) -> io::Result<()> {
+    if ACCEPT_INHERITS_NODELAY {
+        return Ok(());
+    }
     stream.set_nodelay(nodelay)
 }
 
@@ -107,5 +119,24 @@ pub fn open_fd_count() -> Option<usize> {
     #[cfg(not(target_os = "linux"))]
     {
         None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `configure_accepted` relies on accepted sockets inheriting the listener's
+    /// `TCP_NODELAY`; this checks the platform does so (both settings).
+    #[test]
+    fn accepted_sockets_get_the_listeners_nodelay() {
+        for nodelay in [true, false] {
+            let l = listen("127.0.0.1:0".parse().unwrap(), false).unwrap();
+            configure_listener(&l, nodelay).unwrap();
+            let _c = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+            let (s, _) = l.accept().unwrap();
+            configure_accepted(&s, nodelay).unwrap();
+            assert_eq!(s.nodelay().unwrap(), nodelay);
+        }
     }
 }
