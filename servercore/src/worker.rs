@@ -13,7 +13,7 @@
 use crate::config::SendQueuePolicy;
 use crate::config::SessionConfig;
 use crate::driver::{
-    Completion, CompletionKind, Driver, OpId, RecvLease, SockId, Waker, MAX_IOVECS,
+    Completion, CompletionKind, Driver, OpId, RecvLease, SendBatch, SockId, Waker, MAX_IOVECS,
 };
 use crate::reason::DisconnectReason;
 use crate::room::RoomInner;
@@ -118,8 +118,9 @@ pub(crate) struct Core {
     in_flight: u32,
     queue: VecDeque<Bytes>,
     pub(crate) queued: usize,
-    /// A spare vector for the next gather write, so steady sending allocates nothing.
-    batch: Vec<Bytes>,
+    /// An empty queue with capacity, swapped in when the queue goes to a send, so steady
+    /// sending allocates nothing.
+    spare: SendBatch,
     dirty: bool,
     close_request: Option<DisconnectReason>,
     /// Closing, and queued data still goes out (local disconnect or shutdown).
@@ -141,14 +142,19 @@ pub(crate) struct Core {
     last_recv: Instant,
     /// Counted against the per-IP cap under this address.
     ip_counted: bool,
+    /// Keep `flags.queued` up to date (Notify policy).
+    mirror_queued: bool,
     pub(crate) flags: Arc<SessionFlags>,
 }
 
 impl Core {
-    /// Sets the queued byte count and its mirror that handles read.
+    /// Sets the queued byte count, and its mirror that handles read to reserve places
+    /// (Notify policy only: a per-send atomic store is not free on a broadcast).
     fn set_queued(&mut self, queued: usize) {
         self.queued = queued;
-        self.flags.queued.store(queued, Ordering::Relaxed);
+        if self.mirror_queued {
+            self.flags.queued.store(queued, Ordering::Relaxed);
+        }
     }
 
     pub(crate) fn is_open(&self) -> bool {
@@ -565,7 +571,7 @@ impl<S: Session> Worker<S> {
             in_flight: 0,
             queue: VecDeque::new(),
             queued: 0,
-            batch: Vec::new(),
+            spare: SendBatch::new(),
             dirty: false,
             close_request: None,
             flushing: false,
@@ -579,6 +585,7 @@ impl<S: Session> Worker<S> {
             notify_full: false,
             last_recv: self.local.now,
             ip_counted: false,
+            mirror_queued: self.shared.config.send_queue_policy == SendQueuePolicy::Notify,
             flags: Arc::new(SessionFlags {
                 alive: AtomicBool::new(state == State::Open),
                 ..SessionFlags::default()
@@ -1156,14 +1163,17 @@ impl<S: Session> Worker<S> {
         if !may_send || core.send_op.is_some() || core.queue.is_empty() {
             return;
         }
-        let mut batch = std::mem::take(&mut core.batch);
-        let n = core.queue.len().min(MAX_IOVECS);
-        batch.extend(core.queue.drain(..n));
+        // The queue itself goes to the driver (no copy per buffer); new sends go into the
+        // spare. Past one gather write's limit, the rest stays queued.
+        let mut batch = std::mem::replace(&mut core.queue, std::mem::take(&mut core.spare));
+        if batch.len() > MAX_IOVECS {
+            core.queue = batch.split_off(MAX_IOVECS);
+        }
         core.send_op = Some(self.driver.send(core.sock, key, batch));
         core.in_flight += 1;
     }
 
-    fn on_send(&mut self, key: u64, result: io::Result<usize>, mut bufs: Vec<Bytes>) {
+    fn on_send(&mut self, key: u64, result: io::Result<usize>, mut bufs: SendBatch) {
         let local = &mut self.local;
         let Some(conn) = conn_of(&mut self.slots, key) else {
             return;
@@ -1176,23 +1186,24 @@ impl<S: Session> Worker<S> {
                 local.metrics.bytes_out += n as u64;
                 // Saturating: an abandoned flush zeroes the count while a send is in flight.
                 core.set_queued(core.queued.saturating_sub(n));
-                // Drop what went out; put a short write's rest back in front, in order.
+                // Drop what went out; a short write's rest goes back in front, in order.
                 let mut left = n;
-                let mut done = 0;
-                for b in bufs.iter_mut() {
-                    if left >= b.len() {
-                        left -= b.len();
-                        done += 1;
-                    } else {
-                        b.advance(left);
+                while let Some(front) = bufs.front_mut() {
+                    if left < front.len() {
+                        front.advance(left);
                         break;
                     }
+                    left -= front.len();
+                    bufs.pop_front();
                 }
-                for b in bufs.drain(done..).rev() {
-                    core.queue.push_front(b);
+                if bufs.is_empty() {
+                    if bufs.capacity() > core.spare.capacity() {
+                        core.spare = bufs;
+                    }
+                } else {
+                    bufs.append(&mut core.queue);
+                    core.spare = std::mem::replace(&mut core.queue, bufs);
                 }
-                bufs.clear();
-                core.batch = bufs;
                 if !core.queue.is_empty() {
                     local.mark_dirty(core);
                 }

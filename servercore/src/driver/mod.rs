@@ -57,6 +57,10 @@ mod uring;
 mod select;
 pub use select::{Backend, BackendChoice};
 
+/// The buffers of one gather write, in order: a session's queue handed over whole, so no
+/// buffer is copied between queue and operation.
+pub(crate) type SendBatch = std::collections::VecDeque<Bytes>;
+
 /// Most buffers one gather write takes (Linux `IOV_MAX`).
 pub(crate) const MAX_IOVECS: usize = 1024;
 
@@ -107,7 +111,7 @@ pub(crate) enum CompletionKind {
     /// failed. `more == false`: the receive is no longer armed.
     Recv { result: io::Result<Option<RecvLease>>, more: bool },
     /// A gather write finished; `bufs` are the buffers given, unchanged.
-    Send { result: io::Result<usize>, bufs: Vec<Bytes> },
+    Send { result: io::Result<usize>, bufs: SendBatch },
     /// A connect finished.
     Connect { result: io::Result<()> },
 }
@@ -217,7 +221,7 @@ impl Driver {
         each_backend!(self, d => d.release(lease))
     }
 
-    pub(crate) fn send(&mut self, sock: SockId, owner: u64, bufs: Vec<Bytes>) -> OpId {
+    pub(crate) fn send(&mut self, sock: SockId, owner: u64, bufs: SendBatch) -> OpId {
         debug_assert!(!bufs.is_empty() && bufs.len() <= MAX_IOVECS);
         each_backend!(self, d => d.send(sock, owner, bufs))
     }

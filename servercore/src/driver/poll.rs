@@ -55,8 +55,7 @@
 //! invariant 1 of DESIGN.md holds trivially: send buffers live in the operation table until
 //! the completion hands them back, and receive buffers live in the pool, lent out by index.
 
-use super::{Completion, CompletionKind, OpId, RecvLease, SockId, Waker, WakerInner};
-use bytes::Bytes;
+use super::{Completion, CompletionKind, OpId, RecvLease, SendBatch, SockId, Waker, WakerInner};
 use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
 use socket2::{SockAddr, SockRef};
@@ -159,7 +158,7 @@ struct Op {
 enum OpState {
     Accept,
     Recv,
-    Send(Vec<Bytes>),
+    Send(SendBatch),
     Connect { addr: SocketAddr, started: bool },
 }
 
@@ -421,7 +420,7 @@ impl PollDriver {
         self.starved = std::mem::replace(&mut self.dirty, list);
     }
 
-    pub(crate) fn send(&mut self, sock: SockId, owner: u64, bufs: Vec<Bytes>) -> OpId {
+    pub(crate) fn send(&mut self, sock: SockId, owner: u64, bufs: SendBatch) -> OpId {
         self.start(sock, owner, OpState::Send(bufs))
     }
 
@@ -733,7 +732,7 @@ fn try_recv(
 /// One gather write of `bufs`. `None`: not ready, wait for an edge.
 fn try_send(
     stream: &mio::net::TcpStream,
-    bufs: &[Bytes],
+    bufs: &SendBatch,
     writable: &mut bool,
 ) -> Option<io::Result<usize>> {
     let slices: Vec<IoSlice<'_>> =
@@ -766,6 +765,7 @@ fn gather_write(stream: &mio::net::TcpStream, slices: &[IoSlice<'_>]) -> io::Res
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::Bytes;
     use std::collections::VecDeque;
     use std::io::{Read, Write};
     use std::time::Instant;
@@ -871,11 +871,11 @@ mod tests {
         }
 
         fn send(&mut self, s: SockId, bufs: Vec<Bytes>) -> (io::Result<usize>, Vec<Bytes>) {
-            self.d.send(s, 4, bufs);
+            self.d.send(s, 4, bufs.into());
             let c = self.next();
             assert_eq!(c.owner, 4);
             match c.kind {
-                CompletionKind::Send { result, bufs } => (result, bufs),
+                CompletionKind::Send { result, bufs } => (result, bufs.into()),
                 other => panic!("{other:?}"),
             }
         }

@@ -7,9 +7,10 @@
 //! one `io_uring_enter`.
 
 use super::bufring::BufRing;
-use super::{Completion, CompletionKind, DriverConfig, OpId, RecvLease, SockId, Waker, WakerInner};
+use super::{
+    Completion, CompletionKind, DriverConfig, OpId, RecvLease, SendBatch, SockId, Waker, WakerInner,
+};
 use crate::sys::EventFd;
-use bytes::Bytes;
 use io_uring::{cqueue, opcode, squeue, types, IoUring, Probe};
 use slab::Slab;
 use socket2::SockAddr;
@@ -110,7 +111,7 @@ enum OpState {
 /// A gather write: the buffers, their iovecs and the `msghdr` pointing at them. Boxed so
 /// that the `msghdr` does not move when the operation table grows.
 struct SendOp {
-    bufs: Vec<Bytes>,
+    bufs: SendBatch,
     iovs: Vec<libc::iovec>,
     msg: libc::msghdr,
 }
@@ -313,11 +314,11 @@ impl UringDriver {
         }
     }
 
-    pub(crate) fn send(&mut self, sock: SockId, owner: u64, bufs: Vec<Bytes>) -> OpId {
+    pub(crate) fn send(&mut self, sock: SockId, owner: u64, bufs: SendBatch) -> OpId {
         let fd = self.fd(sock);
         let mut op = self.send_pool.pop().unwrap_or_else(|| {
             Box::new(SendOp {
-                bufs: Vec::new(),
+                bufs: SendBatch::new(),
                 iovs: Vec::new(),
                 // SAFETY: msghdr is a plain C struct for which all-zero is a valid value.
                 msg: unsafe { std::mem::zeroed() },
@@ -335,7 +336,10 @@ impl UringDriver {
         op.msg.msg_iovlen = op.iovs.len() as _;
         let msg: *const libc::msghdr = &op.msg;
         // One buffer: a plain send, which spares the kernel the msghdr and iovec import.
-        let single = (op.bufs.len() == 1).then(|| (op.bufs[0].as_ptr(), op.bufs[0].len() as u32));
+        let single = match (op.bufs.len(), op.bufs.front()) {
+            (1, Some(b)) => Some((b.as_ptr(), b.len() as u32)),
+            _ => None,
+        };
         let key = self.ops.insert(Op { owner, state: OpState::Send(op) });
         let entry = match single {
             Some((ptr, len)) => {
