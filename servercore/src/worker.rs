@@ -173,6 +173,9 @@ pub(crate) struct Local {
     pub(crate) timers: Timers<TimerAction>,
     /// The time at the start of this loop turn (a cheap clock for idle tracking).
     pub(crate) now: Instant,
+    /// `config.max_send_queue` and whether the policy is Notify, at hand for every send.
+    send_limit: usize,
+    notify_policy: bool,
     pub(crate) metrics: WorkerMetrics,
 }
 
@@ -259,9 +262,9 @@ impl Local {
         if buf.is_empty() {
             return Ok(());
         }
-        let limit = self.config.max_send_queue;
+        let limit = self.send_limit;
         if !admitted {
-            let notify = self.config.send_queue_policy == SendQueuePolicy::Notify;
+            let notify = self.notify_policy;
             // Under Notify, places reserved by handle sends still in the inbox count too.
             let reserved = if notify { core.flags.posted.load(Ordering::Acquire) } else { 0 };
             if (notify && core.congested) || core.queued + reserved + buf.len() > limit {
@@ -434,6 +437,8 @@ impl<S: Session> Worker<S> {
             local: Local {
                 remote,
                 service: Arc::downgrade(&shared),
+                send_limit: config.max_send_queue,
+                notify_policy: config.send_queue_policy == SendQueuePolicy::Notify,
                 config,
                 dirty: Vec::new(),
                 deferred: Vec::new(),

@@ -332,18 +332,27 @@ impl UringDriver {
         });
         op.bufs = bufs;
         op.iovs.clear();
-        op.iovs.extend(
-            op.bufs.iter().map(|b| libc::iovec {
-                iov_base: b.as_ptr() as *mut libc::c_void,
-                iov_len: b.len(),
-            }),
-        );
+        for b in &op.bufs {
+            // Buffers carved one after another from a pooled chunk (PacketWriter,
+            // SendBuffer::copy_from_slice) sit back to back in memory: one iovec covers them,
+            // so the kernel imports fewer iovecs and copies larger runs.
+            if let Some(last) = op.iovs.last_mut() {
+                if (last.iov_base as usize).wrapping_add(last.iov_len) == b.as_ptr() as usize {
+                    last.iov_len += b.len();
+                    continue;
+                }
+            }
+            op.iovs
+                .push(libc::iovec { iov_base: b.as_ptr() as *mut libc::c_void, iov_len: b.len() });
+        }
         op.msg.msg_iov = op.iovs.as_mut_ptr();
         op.msg.msg_iovlen = op.iovs.len() as _;
         let msg: *const libc::msghdr = &op.msg;
         // One buffer: a plain send, which spares the kernel the msghdr and iovec import.
-        let single = match (op.bufs.len(), op.bufs.front()) {
-            (1, Some(b)) => Some((b.as_ptr(), b.len() as u32)),
+        let single = match op.iovs.as_slice() {
+            [one] if one.iov_len <= u32::MAX as usize => {
+                Some((one.iov_base as *const u8, one.iov_len as u32))
+            }
             _ => None,
         };
         let key = self.ops.insert(Op { owner, state: OpState::Send(op) });
@@ -356,7 +365,8 @@ impl UringDriver {
             }
         };
         // SAFETY: invariant 1: the boxed SendOp (msghdr, iovecs) and the Bytes the iovecs
-        // and the single-buffer pointer point into stay in `ops[key]` until reaped.
+        // and the single-buffer pointer point into stay in `ops[key]` until reaped. A merged
+        // iovec spans only bytes of those buffers (adjacent ranges, each valid to read).
         unsafe { self.push(&entry.user_data(key as u64)) };
         OpId(key)
     }
