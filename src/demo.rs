@@ -72,6 +72,8 @@ pub fn run(args: DemoArgs) -> Result<ExitCode, String> {
         duration: Duration::from_secs_f64(args.secs),
         workers: None,
         progress: if tty { ProgressOut::Stdout } else { ProgressOut::Lines },
+        rate: None,
+        ramp: Duration::ZERO,
     };
     let report = dummy::run_load(&plan);
     let stats = server.stats();

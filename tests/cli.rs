@@ -467,6 +467,47 @@ fn dummy_client_json_against_echo_server() {
     stop_with(server, libc::SIGTERM, "SIGTERM");
 }
 
+/// Open loop with a ramp: sessions connect over 0.3 s, then each sends 100 msg/s on a
+/// timer. Timers never fire early, so the count cannot exceed the rate (plus the first
+/// tick's rounding); it reaches a fair part of it unless the machine stalls badly.
+#[test]
+fn dummy_client_open_loop_rate_with_ramp() {
+    let (server, addr, _) = start_echo_server(1, &[]);
+    let a = addr.to_string();
+    let f = run(&[
+        "dummy-client",
+        "--addr",
+        &a,
+        "--sessions",
+        "10",
+        "--rate",
+        "100",
+        "--depth",
+        "4",
+        "--ramp-secs",
+        "0.3",
+        "--secs",
+        "1",
+        "--json",
+    ]);
+    assert_exit_code(&f, 0);
+    assert_no_panic(&f);
+    let json = f.stdout.lines().find(|l| l.trim_start().starts_with('{')).expect("JSON").trim();
+    let field = |k: &str| json_u64(json, k).unwrap_or_else(|| panic!("no {k:?} in {json}"));
+    assert_eq!(field("errors"), 0, "{json}");
+    assert_eq!(field("connected"), 10, "{json}");
+    assert!(json.contains("\"rate\":100"), "{json}");
+    let secs: f64 =
+        json.split("\"secs\":").nth(1).unwrap().split(',').next().unwrap().parse().unwrap();
+    let most = (10.0 * 100.0 * secs) as u64 + 10 * 2;
+    assert!(field("messages") <= most, "open loop sent over its rate: {json}");
+    assert!(field("messages") > 0, "{json}");
+    // Bad values are refused clearly.
+    let bad = run(&["dummy-client", "--addr", &a, "--rate", "0"]);
+    assert!(bad.status.code() != Some(0) && bad.stderr.contains("--rate"), "{}", bad.describe());
+    stop_with(server, libc::SIGTERM, "SIGTERM");
+}
+
 #[test]
 fn dummy_client_text_report_against_echo_server() {
     let (server, addr, _) = start_echo_server(2, &[]);

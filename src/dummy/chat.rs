@@ -27,6 +27,7 @@
 //! `lag_limit` messages behind, every session pauses sending (retrying on a 2 ms timer).
 //! The number of such pauses is reported; normally it is 0.
 
+use super::pace::{Pace, RATE_TOKEN};
 use super::stats::{flush_latency, record_latency, LoadStats};
 use crate::samples::chat::{C_CHAT, S_CHAT};
 use bytes::BufMut;
@@ -190,11 +191,20 @@ pub struct ChatLoad {
     lagging: bool,
     /// A retry timer is set (sending paused for a lagging receiver).
     retry_armed: bool,
+    /// Open loop: send on this pace (at most `depth` in flight); closed loop when `None`.
+    pace: Option<Pace>,
 }
 
 impl ChatLoad {
-    fn new(stats: Arc<LoadStats>, size: usize, depth: usize, lag_limit: u64) -> Self {
+    fn new(
+        stats: Arc<LoadStats>,
+        size: usize,
+        depth: usize,
+        lag_limit: u64,
+        pace: Option<Pace>,
+    ) -> Self {
         ChatLoad {
+            pace,
             stats,
             size,
             depth: depth.max(1) as u64,
@@ -215,9 +225,15 @@ impl ChatLoad {
         self.next_send - self.expected.get(&self.me).copied().unwrap_or(0)
     }
 
-    /// Sends own messages until `depth` are in flight (none once the run stops).
-    fn top_up(&mut self, ctx: &mut Ctx<'_>) {
-        while self.in_flight() < self.depth && !self.stats.is_stopping() && ctx.is_connected() {
+    /// Sends own messages until `depth` are in flight (none once the run stops), at most
+    /// `max` of them.
+    fn top_up(&mut self, ctx: &mut Ctx<'_>, mut max: u64) {
+        while max > 0
+            && self.in_flight() < self.depth
+            && !self.stats.is_stopping()
+            && ctx.is_connected()
+        {
+            max -= 1;
             if self.stats.lagging.load(Ordering::Relaxed) > 0 {
                 if !self.retry_armed {
                     self.retry_armed = true;
@@ -296,7 +312,12 @@ impl PacketSession for ChatLoad {
         // The server puts a session in the room before it reads the session's first
         // packet, so every own message must come back, starting with 0.
         self.expected.insert(self.me, 0);
-        self.top_up(ctx);
+        match self.pace {
+            Some(p) => {
+                ctx.set_interval(p.period(), RATE_TOKEN);
+            }
+            None => self.top_up(ctx, u64::MAX),
+        }
     }
 
     fn on_packet(&mut self, ctx: &mut Ctx<'_>, packet: Packet<'_>) {
@@ -369,13 +390,27 @@ impl PacketSession for ChatLoad {
             if in_order {
                 self.pending.in_flight -= 1;
             }
-            self.top_up(ctx);
+            if self.pace.is_none() {
+                self.top_up(ctx, u64::MAX);
+            }
         }
     }
 
-    fn on_timer(&mut self, ctx: &mut Ctx<'_>, _token: u64) {
-        self.retry_armed = false;
-        self.top_up(ctx);
+    fn on_timer(&mut self, ctx: &mut Ctx<'_>, token: u64) {
+        match (token, &mut self.pace) {
+            (RATE_TOKEN, Some(pace)) => {
+                let due = pace.tick();
+                if !self.retry_armed {
+                    self.top_up(ctx, due);
+                }
+            }
+            _ => {
+                self.retry_armed = false;
+                if self.pace.is_none() {
+                    self.top_up(ctx, u64::MAX);
+                }
+            }
+        }
         self.flush();
     }
 
@@ -406,10 +441,16 @@ pub struct ChatClient(Framed<ChatLoad>);
 impl ChatClient {
     /// A session sending `size`-byte payloads (`HEADER..=MAX_PAYLOAD`), `depth` in flight;
     /// sending pauses while a receiver is more than `lag_limit` messages behind.
-    pub fn new(stats: Arc<LoadStats>, size: usize, depth: usize, lag_limit: u64) -> Self {
+    pub fn new(
+        stats: Arc<LoadStats>,
+        size: usize,
+        depth: usize,
+        lag_limit: u64,
+        pace: Option<Pace>,
+    ) -> Self {
         // Accept any packet the wire allows, so a wrong length is reported as such.
         ChatClient(Framed::with_max_packet_size(
-            ChatLoad::new(stats, size, depth, lag_limit),
+            ChatLoad::new(stats, size, depth, lag_limit, pace),
             MAX_PACKET_SIZE_LIMIT,
         ))
     }

@@ -1,5 +1,6 @@
 //! Echo load: each session keeps `depth` messages in flight and checks every echoed byte.
 
+use super::pace::{Pace, RATE_TOKEN};
 use super::stats::{flush_latency, record_latency, LoadStats};
 use servercore::{Ctx, DisconnectReason, SendBuffer, Session};
 use std::collections::VecDeque;
@@ -25,10 +26,12 @@ pub struct EchoLoad {
     recv_off: usize,
     sent_at: VecDeque<Instant>,
     scratch: Vec<u8>,
+    /// Open loop: send on this pace (at most `depth` in flight); closed loop when `None`.
+    pace: Option<Pace>,
 }
 
 impl EchoLoad {
-    pub fn new(stats: Arc<LoadStats>, size: usize, depth: usize) -> Self {
+    pub fn new(stats: Arc<LoadStats>, size: usize, depth: usize, pace: Option<Pace>) -> Self {
         EchoLoad {
             stats,
             size,
@@ -39,6 +42,7 @@ impl EchoLoad {
             recv_off: 0,
             sent_at: VecDeque::with_capacity(depth),
             scratch: Vec::new(),
+            pace,
         }
     }
 
@@ -55,8 +59,15 @@ impl EchoLoad {
 impl Session for EchoLoad {
     fn on_connected(&mut self, ctx: &mut Ctx<'_>) {
         self.salt = ctx.id().get().wrapping_mul(0x2545_F491_4F6C_DD1D);
-        for _ in 0..self.depth {
-            self.send_next(ctx);
+        match self.pace {
+            Some(p) => {
+                ctx.set_interval(p.period(), RATE_TOKEN);
+            }
+            None => {
+                for _ in 0..self.depth {
+                    self.send_next(ctx);
+                }
+            }
         }
     }
 
@@ -91,13 +102,26 @@ impl Session for EchoLoad {
         self.stats.bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
         if completed > 0 {
             self.stats.messages.fetch_add(completed, Ordering::Relaxed);
-            if !self.stats.stopping.load(Ordering::Relaxed) {
+            if self.pace.is_none() && !self.stats.stopping.load(Ordering::Relaxed) {
                 for _ in 0..completed {
                     self.send_next(ctx);
                 }
             }
         }
         data.len()
+    }
+
+    fn on_timer(&mut self, ctx: &mut Ctx<'_>, token: u64) {
+        let Some(pace) = &mut self.pace else { return };
+        if token != RATE_TOKEN || self.stats.stopping.load(Ordering::Relaxed) {
+            return;
+        }
+        for _ in 0..pace.tick() {
+            if self.sent_at.len() >= self.depth {
+                break; // at the in-flight cap: the server is behind the asked rate
+            }
+            self.send_next(ctx);
+        }
     }
 
     fn on_disconnected(&mut self, ctx: &mut Ctx<'_>, reason: &DisconnectReason) {

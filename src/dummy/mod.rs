@@ -3,6 +3,7 @@
 
 mod chat;
 mod echo;
+mod pace;
 mod report;
 mod stats;
 
@@ -53,6 +54,14 @@ pub struct DummyArgs {
     /// Worker threads of the client (default: available cores).
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub workers: Option<u16>,
+    /// Open loop: each session sends this many messages per second (at most `--depth` in
+    /// flight), whatever the replies do. Default: closed loop (send when one comes back).
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// Connect the sessions gradually over this many seconds (the measurement starts once
+    /// all are connected).
+    #[arg(long, default_value_t = 0.0)]
+    pub ramp_secs: f64,
     /// Print the report as one JSON object instead of text.
     #[arg(long)]
     pub json: bool,
@@ -69,6 +78,10 @@ pub struct LoadPlan {
     pub duration: Duration,
     pub workers: Option<usize>,
     pub progress: ProgressOut,
+    /// Messages per second per session (open loop), or closed loop.
+    pub rate: Option<f64>,
+    /// Seconds over which sessions connect.
+    pub ramp: Duration,
 }
 
 pub fn run(args: DummyArgs) -> Result<ExitCode, String> {
@@ -84,7 +97,19 @@ pub fn run(args: DummyArgs) -> Result<ExitCode, String> {
         duration: Duration::from_secs_f64(args.secs),
         workers: args.workers.map(usize::from),
         progress: if args.json { ProgressOut::Off } else { ProgressOut::Stderr },
+        rate: args.rate,
+        ramp: Duration::from_secs_f64(args.ramp_secs.max(0.0)),
     };
+    if let Some(r) = plan.rate {
+        if !(r.is_finite() && r > 0.0) {
+            return Err(format!(
+                "--rate must be a positive number of messages per second, got {r}"
+            ));
+        }
+    }
+    if !args.ramp_secs.is_finite() || args.ramp_secs < 0.0 {
+        return Err(format!("--ramp-secs must be zero or more seconds, got {}", args.ramp_secs));
+    }
     if plan.mode == Mode::Chat {
         check_chat_size(plan.size)?;
         let default_max = servercore::packet::DEFAULT_MAX_PACKET_SIZE;
@@ -143,8 +168,10 @@ pub fn run_load(plan: &LoadPlan) -> Result<Report, String> {
         check_chat_size(plan.size)?;
     }
     let stats = Arc::new(LoadStats::default());
+    let ramping = !plan.ramp.is_zero();
+    let pace = plan.rate.map(pace::Pace::new);
     let mut builder = ClientService::builder(plan.addr)
-        .sessions(plan.sessions)
+        .sessions(if ramping { 0 } else { plan.sessions })
         .backend(BackendChoice::Auto)
         .connect_timeout(Duration::from_secs(10));
     if let Some(w) = plan.workers {
@@ -153,17 +180,31 @@ pub fn run_load(plan: &LoadPlan) -> Result<Report, String> {
     let clients = match plan.mode {
         Mode::Echo => {
             let (stats, size, depth) = (stats.clone(), plan.size, plan.depth);
-            builder.start(move || echo::EchoLoad::new(stats.clone(), size, depth))
+            builder.start(move || echo::EchoLoad::new(stats.clone(), size, depth, pace))
         }
         Mode::Chat => {
             let (stats, size, depth) = (stats.clone(), plan.size, plan.depth);
             let lag_limit = chat::lag_limit(plan.sessions, depth, size);
-            builder.start(move || chat::ChatClient::new(stats.clone(), size, depth, lag_limit))
+            builder
+                .start(move || chat::ChatClient::new(stats.clone(), size, depth, lag_limit, pace))
         }
     }
     .map_err(|e| format!("dummy client failed to start: {e}"))?;
     let backend = clients.backend();
 
+    if ramping {
+        // Connect in steps of 10 ms spread over the ramp.
+        let steps = (plan.ramp.as_millis() / 10).max(1) as usize;
+        let start = Instant::now();
+        let mut opened = 0;
+        for step in 1..=steps {
+            let due = plan.sessions * step / steps;
+            clients.connect(due - opened);
+            opened = due;
+            let next = start + plan.ramp.mul_f64(step as f64 / steps as f64);
+            std::thread::sleep(next.saturating_duration_since(Instant::now()));
+        }
+    }
     // Wait until every session has connected or failed (bounded by the connect timeout).
     let connect_deadline = Instant::now() + Duration::from_secs(15);
     loop {

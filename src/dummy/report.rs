@@ -128,6 +128,8 @@ pub struct Report {
     pub connected: u64,
     pub size: usize,
     pub depth: usize,
+    /// Open-loop rate per session, if any.
+    pub rate: Option<f64>,
     pub secs: f64,
     /// Echo: messages back. Chat: S_CHAT deliveries (every sender), in the window.
     pub messages: u64,
@@ -178,6 +180,7 @@ impl Report {
             connected: service.connected,
             size: plan.size,
             depth: plan.depth,
+            rate: plan.rate,
             secs: elapsed.as_secs_f64(),
             messages: counted.messages,
             bytes: counted.bytes,
@@ -254,11 +257,15 @@ impl Report {
         let mut s = String::new();
         let _ = writeln!(
             s,
-            "dummy-client: mode {}, {}, {} B messages, depth {}, {:.1} s, backend {}",
+            "dummy-client: mode {}, {}, {} B messages, {}, {:.1} s, backend {}",
             self.mode_name(),
             self.sessions_line(),
             self.size,
-            self.depth,
+            match self.rate {
+                Some(r) =>
+                    format!("open loop at {r} msg/s per session (at most {} in flight)", self.depth),
+                None => format!("depth {}", self.depth),
+            },
             self.secs,
             self.backend
         );
@@ -338,7 +345,7 @@ impl Report {
                 "\"size\":{},\"depth\":{},\"secs\":{:.3},\"messages\":{},\"bytes\":{},",
                 "\"msgs_per_sec\":{:.1},\"mb_per_sec\":{:.3},\"p50_us\":{},\"p99_us\":{},",
                 "\"max_us\":{},\"errors\":{},\"corrupt\":{},\"unexpected_disconnects\":{},",
-                "\"connect_failures\":{},\"first_error\":{}"
+                "\"connect_failures\":{},\"first_error\":{},\"rate\":{}"
             ),
             self.mode_name(),
             self.backend,
@@ -358,7 +365,8 @@ impl Report {
             self.corrupt,
             self.unexpected_disconnects,
             self.connect_failures,
-            err
+            err,
+            self.rate.map_or("null".to_string(), |r| r.to_string())
         );
         if self.mode == Mode::Chat {
             let _ = write!(
