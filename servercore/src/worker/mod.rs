@@ -1,0 +1,603 @@
+//! A worker: one thread, one event loop, one driver; it owns its sessions.
+//!
+//! The loop, per turn: drain the inbox (messages from other threads), run due timers,
+//! start the sends of every session that queued something ("dirty" sessions), then hand
+//! everything to the driver in one `wait` and dispatch the completions. All sends queued in
+//! one turn therefore reach the kernel in one system call.
+//!
+//! Sessions live in a slab of slots with generations: a completion or a handle names a
+//! session by `(generation, index)`, so a stale one never reaches a newer session in the
+//! same slot (DESIGN.md invariant 2). A slot is freed only once none of its operations is
+//! in flight.
+
+use crate::config::SendQueuePolicy;
+use crate::config::SessionConfig;
+use crate::driver::{
+    Completion, CompletionKind, Driver, OpId, RecvLease, SendBatch, SockId, Waker, MAX_IOVECS,
+};
+use crate::reason::DisconnectReason;
+mod accept;
+mod connect;
+mod rooms;
+mod session_io;
+mod state;
+
+use state::{check_writable, conn_of, Conn, Deferred, Slot, State};
+pub(crate) use state::{Core, Local};
+
+use crate::room::RoomInner;
+use crate::service::ServiceShared;
+use crate::session::{Ctx, SendError, Session, SessionFlags, SessionId};
+use crate::sys;
+use crate::telemetry::WorkerMetrics;
+use crate::timer::{TimerId, Timers};
+use bytes::{Buf, Bytes};
+use std::any::Any;
+use std::collections::{HashMap, VecDeque};
+use std::io;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::panic::{self, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, Sender, TryRecvError};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+/// Owner tags with this bit set name a listener; others name a session slot.
+const LISTENER_TAG: u64 = 1 << 63;
+/// Back-off before re-arming an accept that failed (e.g. out of file descriptors).
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+/// How long after the shutdown deadline a worker waits for the kernel before leaving.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+
+/// A message to a worker from another thread.
+pub(crate) enum Command {
+    /// Queue a buffer on one session (`admitted`: its place under the limit is reserved).
+    Send { key: u64, buf: Bytes, admitted: bool },
+    /// A handle send was refused: the session's queue is full (Notify policy).
+    Congested { key: u64 },
+    /// Disconnect one session.
+    Disconnect { key: u64, reason: DisconnectReason },
+    /// Queue a buffer on every open session of this worker.
+    Broadcast(Bytes),
+    /// Open `count` outgoing sessions (client services).
+    Connect { count: usize },
+    /// Take over a connection accepted by another worker.
+    Adopt(TcpStream),
+    /// Stop accepting, flush, disconnect every session, and end the thread.
+    Shutdown { deadline: Instant },
+    /// Run a closure on this worker.
+    Job(Box<dyn FnOnce() + Send>),
+    /// Run a closure after `delay`, then every `period` if given, until cancelled.
+    TimedJob {
+        delay: Duration,
+        period: Option<Duration>,
+        cancelled: Arc<AtomicBool>,
+        job: Box<dyn FnMut() + Send>,
+    },
+    /// Run a closure with a session's object and context.
+    SessionJob { key: u64, job: SessionJob },
+    /// Add a session to a room.
+    RoomEnter { room: Arc<RoomInner>, key: u64 },
+    /// Remove a session from a room.
+    RoomLeave { room: u64, key: u64 },
+    /// Queue a buffer on the room's members on this worker.
+    RoomBroadcast { room: u64, buf: Bytes },
+}
+
+/// A closure run on a session's worker with the session object (as `Any`) and its context.
+pub(crate) type SessionJob = Box<dyn FnOnce(&mut dyn Any, &mut Ctx<'_>) + Send>;
+
+/// The part of a worker other threads can reach: its inbox and its wake-up.
+/// Thread safety: `Send + Sync`; `post` may be called from any thread.
+pub(crate) struct WorkerRemote {
+    pub(crate) index: usize,
+    pub(crate) config: Arc<SessionConfig>,
+    tx: Sender<Command>,
+    waker: Arc<Waker>,
+}
+
+impl WorkerRemote {
+    /// Posts a command and wakes the worker. Fails once the worker has ended.
+    pub(crate) fn post(&self, cmd: Command) -> Result<(), ()> {
+        self.tx.send(cmd).map_err(|_| ())?;
+        self.waker.wake();
+        Ok(())
+    }
+}
+
+struct ListenerState {
+    sock: SockId,
+    op: Option<OpId>,
+    rearm: Option<TimerId>,
+    closed: bool,
+}
+
+pub(crate) enum TimerAction {
+    ConnectTimeout(u64),
+    FlushDeadline(u64),
+    RearmAccept(usize),
+    ShutdownDeadline,
+    Session { key: u64, token: u64, period: Option<Duration> },
+    Idle(u64),
+    Reconnect,
+    Job { period: Option<Duration>, cancelled: Arc<AtomicBool>, job: Box<dyn FnMut() + Send> },
+}
+
+/// What a worker does besides serving its sessions.
+pub(crate) struct Role {
+    pub(crate) listeners: Vec<TcpListener>,
+    pub(crate) connect_to: Option<SocketAddr>,
+}
+
+/// Everything a worker needs at start.
+pub(crate) struct WorkerInit<S> {
+    pub(crate) driver: Driver,
+    pub(crate) rx: Receiver<Command>,
+    pub(crate) remote: Arc<WorkerRemote>,
+    pub(crate) shared: Arc<ServiceShared>,
+    pub(crate) factory: Arc<dyn Fn() -> S + Send + Sync>,
+    pub(crate) role: Role,
+}
+
+/// Builds the remote half of a worker from its inbox sender and its driver's waker.
+pub(crate) fn remote(
+    index: usize,
+    config: Arc<SessionConfig>,
+    tx: Sender<Command>,
+    waker: Arc<Waker>,
+) -> WorkerRemote {
+    WorkerRemote { index, config, tx, waker }
+}
+
+/// A room's members that live on this worker.
+struct LocalRoom {
+    room: Arc<RoomInner>,
+    members: Vec<u64>,
+}
+
+pub(crate) struct Worker<S: Session> {
+    driver: Driver,
+    rx: Receiver<Command>,
+    slots: Vec<Slot<S>>,
+    free: Vec<u32>,
+    live: usize,
+    local: Local,
+    shared: Arc<ServiceShared>,
+    factory: Arc<dyn Fn() -> S + Send + Sync>,
+    listeners: Vec<ListenerState>,
+    connect_to: Option<SocketAddr>,
+    rooms: HashMap<u64, LocalRoom>,
+    completions: Vec<Completion>,
+    shutdown: Option<Instant>,
+    accept_error_logged: bool,
+    next_adopt: usize,
+    /// Accept-rate tokens and the time they were last refilled.
+    accept_bucket: (f64, Instant),
+    /// Consecutive failed or lost client sessions, for the reconnect backoff.
+    reconnect_failures: u32,
+    rng: u32,
+}
+
+fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = p.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = p.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "non-string panic payload".to_string()
+    }
+}
+
+/// Runs a user callback, turning a panic into a disconnect request for that session.
+fn call<S, R>(
+    conn: &mut Conn<S>,
+    local: &mut Local,
+    f: impl FnOnce(&mut S, &mut Ctx<'_>) -> R,
+) -> Option<R> {
+    let Conn { user, core } = conn;
+    let mut ctx = Ctx { core, local };
+    match panic::catch_unwind(AssertUnwindSafe(|| f(user, &mut ctx))) {
+        Ok(r) => Some(r),
+        Err(p) => {
+            let msg = panic_message(&*p);
+            tracing::error!("{}: callback panicked: {msg}", ctx.core.id);
+            ctx.local.request_close(ctx.core, DisconnectReason::Panic(msg));
+            None
+        }
+    }
+}
+
+impl<S: Session> Worker<S> {
+    pub(crate) fn new(init: WorkerInit<S>) -> io::Result<Self> {
+        let WorkerInit { mut driver, rx, remote, shared, factory, role } = init;
+        let remote_index = remote.index;
+        let burst = f64::from(shared.accept_rate.unwrap_or(0));
+        let mut listeners = Vec::new();
+        for l in role.listeners {
+            let sock = driver.add_listener(l)?;
+            listeners.push(ListenerState { sock, op: None, rearm: None, closed: false });
+        }
+        let config = shared.config.clone();
+        let mut w = Worker {
+            driver,
+            rx,
+            slots: Vec::new(),
+            free: Vec::new(),
+            live: 0,
+            local: Local {
+                remote,
+                service: Arc::downgrade(&shared),
+                send_limit: config.max_send_queue,
+                notify_policy: config.send_queue_policy == SendQueuePolicy::Notify,
+                config,
+                dirty: Vec::new(),
+                deferred: Vec::new(),
+                timers: Timers::new(),
+                now: Instant::now(),
+                metrics: WorkerMetrics::new(&shared, remote_index),
+            },
+            shared,
+            factory,
+            listeners,
+            connect_to: role.connect_to,
+            rooms: HashMap::new(),
+            completions: Vec::with_capacity(256),
+            shutdown: None,
+            accept_error_logged: false,
+            next_adopt: 0,
+            // The accept bucket starts full.
+            accept_bucket: (burst, Instant::now()),
+            reconnect_failures: 0,
+            rng: 0x9E37_79B9 ^ (std::process::id() << 8) ^ (remote_index as u32),
+        };
+        for i in 0..w.listeners.len() {
+            w.arm_accept(i);
+        }
+        Ok(w)
+    }
+
+    pub(crate) fn run(mut self) {
+        loop {
+            self.drain_inbox();
+            self.run_timers();
+            self.flush_dirty();
+            if let Some(deadline) = self.shutdown {
+                if self.finished() {
+                    break;
+                }
+                if Instant::now() > deadline + SHUTDOWN_GRACE {
+                    tracing::warn!(
+                        "worker {} leaving with {} sessions and {} operations unfinished",
+                        self.local.remote.index,
+                        self.live,
+                        self.driver.in_flight()
+                    );
+                    break;
+                }
+            }
+            // Wake at least every metrics period so that gauges stay fresh when idle.
+            let timeout = self
+                .local
+                .timers
+                .next_timeout(Instant::now())
+                .map_or(crate::telemetry::FLUSH_EVERY, |t| t.min(crate::telemetry::FLUSH_EVERY));
+            let timeout = Some(timeout);
+            if let Err(e) = self.driver.wait(timeout, &mut self.completions) {
+                tracing::error!("worker {}: driver wait failed: {e}", self.local.remote.index);
+                self.begin_shutdown(Instant::now());
+                if self.driver.in_flight() > 0 {
+                    // The driver is broken; its drop cancels and leaks what is left.
+                    break;
+                }
+            }
+            self.local.now = Instant::now();
+            if self.local.metrics.due(self.local.now) {
+                self.publish_metrics();
+            }
+            let mut completions = std::mem::take(&mut self.completions);
+            for c in completions.drain(..) {
+                self.dispatch(c);
+            }
+            self.completions = completions;
+        }
+        self.publish_metrics();
+        // Sessions still here were force-closed: drop them (their memory held by the
+        // kernel stays in the driver, which leaks it rather than free it).
+        let n = self.live;
+        self.shared.sessions.fetch_sub(n, Ordering::AcqRel);
+    }
+
+    fn publish_metrics(&mut self) {
+        let queued: usize =
+            self.slots.iter().filter_map(|s| s.conn.as_ref()).map(|c| c.core.queued).sum();
+        let now = self.local.now;
+        self.local.metrics.flush(&self.shared, queued, now);
+    }
+
+    fn finished(&self) -> bool {
+        self.live == 0 && self.listeners.iter().all(|l| l.closed) && self.driver.in_flight() == 0
+    }
+
+    /// Puts a new session in a free slot and returns its key.
+    /// Calls the session factory; a panic there costs only this connection.
+    fn make_user(&self) -> Option<S> {
+        match panic::catch_unwind(AssertUnwindSafe(|| (self.factory)())) {
+            Ok(user) => Some(user),
+            Err(p) => {
+                tracing::error!("session factory panicked: {}", panic_message(&*p));
+                None
+            }
+        }
+    }
+
+    fn install(&mut self, user: S, peer: SocketAddr, sock: SockId, state: State) -> u64 {
+        let index = match self.free.pop() {
+            Some(i) => i,
+            None => {
+                self.slots.push(Slot { generation: 1, conn: None });
+                (self.slots.len() - 1) as u32
+            }
+        };
+        let key = (u64::from(self.slots[index as usize].generation) << 32) | u64::from(index);
+        let core = self.new_core(key, peer, sock, state);
+        self.slots[index as usize].conn = Some(Conn { user, core });
+        self.live += 1;
+        key
+    }
+
+    fn conn(&mut self, key: u64) -> Option<&mut Conn<S>> {
+        conn_of(&mut self.slots, key)
+    }
+
+    fn new_core(&self, key: u64, peer: SocketAddr, sock: SockId, state: State) -> Core {
+        let id = SessionId(self.shared.next_id.fetch_add(1, Ordering::Relaxed));
+        Core {
+            id,
+            key,
+            peer,
+            sock,
+            state,
+            rbuf: Vec::new(),
+            recv_op: None,
+            send_op: None,
+            connect_op: None,
+            in_flight: 0,
+            queue: VecDeque::new(),
+            queued: 0,
+            spare: SendBatch::new(),
+            dirty: false,
+            close_request: None,
+            flushing: false,
+            graceful: false,
+            timer: None,
+            connect_error: None,
+            rooms: Vec::new(),
+            recv_paused: false,
+            recv_cancelled: false,
+            congested: false,
+            notify_full: false,
+            last_recv: self.local.now,
+            ip_counted: false,
+            mirror_queued: self.shared.config.send_queue_policy == SendQueuePolicy::Notify,
+            flags: Arc::new(SessionFlags {
+                alive: AtomicBool::new(state == State::Open),
+                ..SessionFlags::default()
+            }),
+        }
+    }
+
+    fn drain_inbox(&mut self) {
+        loop {
+            match self.rx.try_recv() {
+                Ok(cmd) => self.command(cmd),
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => {
+                    if self.shutdown.is_none() {
+                        self.begin_shutdown(Instant::now());
+                    }
+                    break;
+                }
+            }
+        }
+    }
+
+    fn command(&mut self, cmd: Command) {
+        match cmd {
+            Command::Send { key, buf, admitted } => {
+                let local = &mut self.local;
+                if let Some(conn) = conn_of(&mut self.slots, key) {
+                    if admitted {
+                        conn.core.flags.posted.fetch_sub(buf.len(), Ordering::AcqRel);
+                    }
+                    let _ = local.queue_send(&mut conn.core, buf, admitted);
+                }
+            }
+            Command::Congested { key } => {
+                let local = &mut self.local;
+                if let Some(conn) = conn_of(&mut self.slots, key) {
+                    local.congest(&mut conn.core);
+                }
+            }
+            Command::Disconnect { key, reason } => {
+                let local = &mut self.local;
+                if let Some(conn) = conn_of(&mut self.slots, key) {
+                    local.request_close(&mut conn.core, reason);
+                }
+            }
+            Command::Broadcast(buf) => {
+                let local = &mut self.local;
+                for slot in &mut self.slots {
+                    if let Some(conn) = &mut slot.conn {
+                        if conn.core.is_open() {
+                            let _ = local.queue_send(&mut conn.core, buf.clone(), false);
+                        }
+                    }
+                }
+            }
+            Command::Connect { count } => {
+                for _ in 0..count {
+                    self.start_connect();
+                }
+            }
+            Command::Adopt(stream) => self.open_accepted(stream),
+            Command::Shutdown { deadline } => self.begin_shutdown(deadline),
+            Command::Job(job) => run_job(job),
+            Command::TimedJob { delay, period, cancelled, job } => {
+                let at = Instant::now() + delay;
+                self.local.timers.add(at, TimerAction::Job { period, cancelled, job });
+            }
+            Command::SessionJob { key, job } => {
+                let local = &mut self.local;
+                if let Some(conn) = conn_of(&mut self.slots, key) {
+                    if conn.core.is_open() {
+                        call(conn, local, |s, ctx| job(s as &mut dyn Any, ctx));
+                    }
+                }
+            }
+            Command::RoomEnter { room, key } => self.room_enter(room, key),
+            Command::RoomLeave { room, key } => self.room_leave(room, key),
+            Command::RoomBroadcast { room, buf } => self.room_broadcast(room, buf),
+        }
+    }
+
+    fn run_timers(&mut self) {
+        let now = Instant::now();
+        while let Some((id, action)) = self.local.timers.pop_due(now) {
+            match action {
+                TimerAction::Session { key, token, period } => {
+                    let local = &mut self.local;
+                    let Some(conn) = conn_of(&mut self.slots, key) else { continue };
+                    if !conn.core.is_open() {
+                        continue; // a session's timers die with it
+                    }
+                    if let Some(p) = period {
+                        let next = TimerAction::Session { key, token, period };
+                        local.timers.reschedule(id, now + p, next);
+                    }
+                    call(conn, local, |s, ctx| s.on_timer(ctx, token));
+                }
+                TimerAction::Idle(key) => {
+                    let local = &mut self.local;
+                    let Some(idle) = local.config.idle_timeout else { continue };
+                    let Some(conn) = conn_of(&mut self.slots, key) else { continue };
+                    if !conn.core.is_open() {
+                        continue;
+                    }
+                    let due = conn.core.last_recv + idle;
+                    if due <= now {
+                        local.request_close(&mut conn.core, DisconnectReason::IdleTimeout);
+                    } else {
+                        local.timers.reschedule(id, due, TimerAction::Idle(key));
+                    }
+                }
+                TimerAction::Reconnect => self.start_connect(),
+                TimerAction::Job { period, cancelled, mut job } => {
+                    if cancelled.load(Ordering::Acquire) {
+                        continue;
+                    }
+                    let ok = panic::catch_unwind(AssertUnwindSafe(&mut job)).is_ok();
+                    if !ok {
+                        tracing::error!("a timed job panicked; it will not run again");
+                    } else if let Some(p) = period {
+                        let next = TimerAction::Job { period, cancelled, job };
+                        self.local.timers.reschedule(id, now + p, next);
+                    }
+                }
+                TimerAction::ConnectTimeout(key) => {
+                    let timeout = self.shared.config.connect_timeout;
+                    if let Some(conn) = self.conn(key) {
+                        conn.core.timer = None;
+                        if let Some(op) = conn.core.connect_op {
+                            conn.core.connect_error = Some(io::Error::new(
+                                io::ErrorKind::TimedOut,
+                                format!("connect timed out after {timeout:?}"),
+                            ));
+                            self.driver.cancel(op);
+                        }
+                    }
+                }
+                TimerAction::FlushDeadline(key) => {
+                    if let Some(conn) = self.conn(key) {
+                        conn.core.timer = None;
+                    }
+                    self.stop_flushing(key);
+                }
+                TimerAction::RearmAccept(i) => {
+                    self.listeners[i].rearm = None;
+                    self.arm_accept(i);
+                }
+                TimerAction::ShutdownDeadline => {
+                    let keys: Vec<u64> = self.live_keys();
+                    for key in keys {
+                        self.stop_flushing(key);
+                    }
+                }
+            }
+        }
+    }
+
+    fn live_keys(&self) -> Vec<u64> {
+        self.slots.iter().filter_map(|s| s.conn.as_ref().map(|c| c.core.key)).collect()
+    }
+
+    fn begin_shutdown(&mut self, deadline: Instant) {
+        if self.shutdown.is_some() {
+            return;
+        }
+        self.shutdown = Some(deadline);
+        for i in 0..self.listeners.len() {
+            let l = &mut self.listeners[i];
+            if let Some(t) = l.rearm.take() {
+                self.local.timers.cancel(t);
+            }
+            match l.op {
+                Some(op) => self.driver.cancel(op),
+                None if !l.closed => {
+                    l.closed = true;
+                    self.driver.close(l.sock);
+                }
+                None => {}
+            }
+        }
+        for key in self.live_keys() {
+            let Some(conn) = self.conn(key) else { continue };
+            if conn.core.state == State::Connecting {
+                conn.core.state = State::Closing;
+                if let Some(op) = conn.core.connect_op {
+                    self.driver.cancel(op);
+                }
+            } else {
+                self.close(key, DisconnectReason::Shutdown);
+            }
+        }
+        self.local.timers.add(deadline, TimerAction::ShutdownDeadline);
+    }
+
+    fn dispatch(&mut self, c: Completion) {
+        if c.owner & LISTENER_TAG != 0 {
+            if let CompletionKind::Accept { result, more } = c.kind {
+                self.on_accept((c.owner & !LISTENER_TAG) as usize, result, more);
+            }
+            return;
+        }
+        match c.kind {
+            CompletionKind::Recv { result, more } => self.on_recv(c.owner, result, more),
+            CompletionKind::Send { result, bufs } => self.on_send(c.owner, result, bufs),
+            CompletionKind::Connect { result } => self.on_connect(c.owner, result),
+            CompletionKind::Accept { .. } => {}
+        }
+    }
+}
+
+/// Runs a job posted to this worker; a panic in it is logged and the worker carries on.
+fn run_job(job: Box<dyn FnOnce() + Send>) {
+    if let Err(p) = panic::catch_unwind(AssertUnwindSafe(job)) {
+        tracing::error!("a job panicked: {}", panic_message(&*p));
+    }
+}
+
+/// The errno of a cancelled operation (both backends report it so on unix).
+#[cfg(unix)]
+const ECANCELED: i32 = libc::ECANCELED;
+#[cfg(not(unix))]
+const ECANCELED: i32 = -1;

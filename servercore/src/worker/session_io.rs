@@ -1,0 +1,335 @@
+//! A session's life on its worker: receive, send, the close sequence, and freeing the slot.
+
+use super::*;
+
+impl<S: Session> Worker<S> {
+    /// `on_connected`, then the first receive.
+    pub(super) fn open_session(&mut self, key: u64) {
+        let local = &mut self.local;
+        let Some(conn) = conn_of(&mut self.slots, key) else { return };
+        conn.core.last_recv = local.now;
+        if let Some(idle) = local.config.idle_timeout {
+            local.timers.add(local.now + idle, TimerAction::Idle(key));
+        }
+        call(conn, local, |s, ctx| s.on_connected(ctx));
+        self.arm_recv(key);
+    }
+
+    /// Arms the standing receive of an open session (not while paused).
+    pub(super) fn arm_recv(&mut self, key: u64) {
+        let Some(conn) = conn_of(&mut self.slots, key) else { return };
+        let core = &mut conn.core;
+        if !core.is_open() || core.recv_op.is_some() || core.recv_paused {
+            return;
+        }
+        core.recv_op = Some(self.driver.recv(core.sock, key));
+        core.recv_cancelled = false;
+        core.in_flight += 1;
+    }
+
+    pub(super) fn on_recv(&mut self, key: u64, result: io::Result<Option<RecvLease>>, more: bool) {
+        let local = &mut self.local;
+        let driver = &mut self.driver;
+        let Some(conn) = conn_of(&mut self.slots, key) else {
+            if let Ok(Some(lease)) = result {
+                driver.release(lease);
+            }
+            return;
+        };
+        if !more {
+            conn.core.in_flight -= 1;
+            conn.core.recv_op = None;
+        }
+        let lease = match result {
+            Ok(Some(lease)) => lease,
+            Ok(None) => {
+                local.request_close(&mut conn.core, DisconnectReason::PeerClosed);
+                self.try_finalize(key);
+                return;
+            }
+            Err(e) => {
+                let paused = conn.core.recv_paused && e.raw_os_error() == Some(ECANCELED);
+                if conn.core.is_open() && !paused {
+                    local.request_close(&mut conn.core, DisconnectReason::from_io(&e));
+                }
+                self.try_finalize(key);
+                return;
+            }
+        };
+        if !conn.core.is_open() {
+            driver.release(lease);
+            self.try_finalize(key);
+            return;
+        }
+        local.metrics.bytes_in += u64::from(lease.len);
+        conn.core.last_recv = local.now;
+        let data = driver.lease(&lease);
+        let limit = local.config.max_recv_buffer;
+        if conn.core.rbuf.len() + data.len() > limit {
+            driver.release(lease);
+            local.request_close(&mut conn.core, DisconnectReason::RecvBufferFull { limit });
+            return;
+        }
+        if conn.core.recv_paused {
+            // Arrived before the pause took effect: kept for `resume_recv`.
+            conn.core.rbuf.extend_from_slice(data);
+        } else if conn.core.rbuf.is_empty() {
+            // The common case: the user reads straight from the driver's buffer, and only
+            // what it leaves unconsumed is copied out.
+            if let Some(n) = call(conn, local, |s, ctx| s.on_recv(ctx, data)) {
+                conn.core.rbuf.extend_from_slice(&data[n.min(data.len())..]);
+            }
+        } else {
+            let mut pending = std::mem::take(&mut conn.core.rbuf);
+            pending.extend_from_slice(data);
+            if let Some(n) = call(conn, local, |s, ctx| s.on_recv(ctx, &pending)) {
+                pending.drain(..n.min(pending.len()));
+            }
+            conn.core.rbuf = pending;
+        }
+        driver.release(lease);
+        let rbuf = &mut conn.core.rbuf;
+        if rbuf.is_empty() && rbuf.capacity() > local.config.recv_buffer_size {
+            *rbuf = Vec::new(); // an idle session holds no receive memory
+        }
+        if !more {
+            self.arm_recv(key);
+        }
+    }
+
+    /// After `resume_recv`: presents bytes kept during the pause, then receives again.
+    pub(super) fn resume_recv(&mut self, key: u64) {
+        let local = &mut self.local;
+        let Some(conn) = conn_of(&mut self.slots, key) else { return };
+        if !conn.core.is_open() || conn.core.recv_paused {
+            return;
+        }
+        if !conn.core.rbuf.is_empty() && conn.core.recv_op.is_none() {
+            let mut pending = std::mem::take(&mut conn.core.rbuf);
+            if let Some(n) = call(conn, local, |s, ctx| s.on_recv(ctx, &pending)) {
+                pending.drain(..n.min(pending.len()));
+            }
+            conn.core.rbuf = pending;
+        }
+        self.arm_recv(key);
+    }
+
+    /// Starts the gather write of a session's queue if none is in flight.
+    pub(super) fn start_send(&mut self, key: u64) {
+        let Some(conn) = conn_of(&mut self.slots, key) else {
+            return;
+        };
+        let core = &mut conn.core;
+        let may_send = core.state == State::Open || core.flushing;
+        if !may_send || core.send_op.is_some() || core.queue.is_empty() {
+            return;
+        }
+        // The queue itself goes to the driver (no copy per buffer); new sends go into the
+        // spare. Past one gather write's limit, the rest stays queued.
+        let mut batch = std::mem::replace(&mut core.queue, std::mem::take(&mut core.spare));
+        if batch.len() > MAX_IOVECS {
+            core.queue = batch.split_off(MAX_IOVECS);
+        }
+        core.send_op = Some(self.driver.send(core.sock, key, batch));
+        core.in_flight += 1;
+    }
+
+    pub(super) fn on_send(&mut self, key: u64, result: io::Result<usize>, mut bufs: SendBatch) {
+        let local = &mut self.local;
+        let Some(conn) = conn_of(&mut self.slots, key) else {
+            return;
+        };
+        let core = &mut conn.core;
+        core.in_flight -= 1;
+        core.send_op = None;
+        match result {
+            Ok(n) => {
+                local.metrics.bytes_out += n as u64;
+                // Saturating: an abandoned flush zeroes the count while a send is in flight.
+                core.set_queued(core.queued.saturating_sub(n));
+                // Drop what went out; a short write's rest goes back in front, in order.
+                let mut left = n;
+                while let Some(front) = bufs.front_mut() {
+                    if left < front.len() {
+                        front.advance(left);
+                        break;
+                    }
+                    left -= front.len();
+                    bufs.pop_front();
+                }
+                if bufs.is_empty() {
+                    if bufs.capacity() > core.spare.capacity() {
+                        core.spare = bufs;
+                    }
+                } else {
+                    bufs.append(&mut core.queue);
+                    core.spare = std::mem::replace(&mut core.queue, bufs);
+                }
+                if !core.queue.is_empty() {
+                    local.mark_dirty(core);
+                }
+                if core.is_open() {
+                    call(conn, local, |s, ctx| s.on_send(ctx, n));
+                    check_writable(conn, local);
+                } else {
+                    self.try_finalize(key);
+                }
+            }
+            Err(e) => {
+                drop(bufs);
+                if core.state == State::Closing {
+                    self.stop_flushing(key);
+                } else {
+                    local.request_close(core, DisconnectReason::from_io(&e));
+                }
+            }
+        }
+    }
+
+    /// Carries out disconnect requests and starts sends for every session touched this
+    /// turn.
+    pub(super) fn flush_dirty(&mut self) {
+        self.run_deferred();
+        while !self.local.dirty.is_empty() {
+            let dirty = std::mem::take(&mut self.local.dirty);
+            for &key in &dirty {
+                let Some(conn) = conn_of(&mut self.slots, key) else { continue };
+                conn.core.dirty = false;
+                if conn.core.notify_full && conn.core.close_request.is_none() {
+                    conn.core.notify_full = false;
+                    call(conn, &mut self.local, |s, ctx| s.on_send_queue_full(ctx));
+                    // Already drained (e.g. the refused send was a handle's): writable now.
+                    if conn.core.send_op.is_none() {
+                        check_writable(conn, &mut self.local);
+                    }
+                }
+                let Some(conn) = conn_of(&mut self.slots, key) else { continue };
+                if let Some(reason) = conn.core.close_request.take() {
+                    self.close(key, reason);
+                } else if conn.core.recv_paused {
+                    // Paused: stop the standing receive (its completion is not an error).
+                    if let (Some(op), false) = (conn.core.recv_op, conn.core.recv_cancelled) {
+                        conn.core.recv_cancelled = true;
+                        self.driver.cancel(op);
+                    }
+                } else if conn.core.recv_op.is_none() {
+                    self.resume_recv(key);
+                }
+                self.start_send(key);
+            }
+            // Closing may have queued more (sends or room work from on_disconnected).
+            self.run_deferred();
+            let mut dirty = dirty;
+            dirty.clear();
+            if self.local.dirty.is_empty() {
+                self.local.dirty = dirty;
+            }
+        }
+    }
+
+    /// Begins the close: `on_disconnected` once, cancel the receive, flush or drop the
+    /// queue, then [`Self::try_finalize`].
+    pub(super) fn close(&mut self, key: u64, reason: DisconnectReason) {
+        let flush_timeout = self.local.config.close_flush_timeout;
+        let local = &mut self.local;
+        let Some(conn) = conn_of(&mut self.slots, key) else {
+            return;
+        };
+        let core = &mut conn.core;
+        let was = core.state;
+        if was == State::Closing {
+            return;
+        }
+        core.state = State::Closing;
+        core.flags.alive.store(false, Ordering::Release);
+        core.graceful = matches!(reason, DisconnectReason::Local(_) | DisconnectReason::Shutdown);
+        let lost = !core.graceful && self.connect_to.is_some();
+        if was == State::Open {
+            tracing::debug!("{} disconnected: {reason}", core.id);
+            self.shared.count_disconnect(&reason);
+            local.metrics.disconnect(&reason);
+            call(conn, local, |s, ctx| s.on_disconnected(ctx, &reason));
+        }
+        let core = &mut conn.core;
+        core.close_request = None;
+        let rooms = std::mem::take(&mut core.rooms);
+        core.flushing = core.graceful && (!core.queue.is_empty() || core.send_op.is_some());
+        for op in [core.recv_op, core.connect_op].into_iter().flatten() {
+            self.driver.cancel(op);
+        }
+        if core.flushing {
+            let deadline = match self.shutdown {
+                Some(d) => d.min(Instant::now() + flush_timeout),
+                None => Instant::now() + flush_timeout,
+            };
+            if let Some(t) = core.timer.take() {
+                local.timers.cancel(t);
+            }
+            core.timer = Some(local.timers.add(deadline, TimerAction::FlushDeadline(key)));
+            local.mark_dirty(core);
+        } else {
+            self.stop_flushing(key);
+        }
+        for room in rooms {
+            self.remove_member(room, key);
+        }
+        self.try_finalize(key);
+        if lost && was == State::Open {
+            self.schedule_reconnect();
+        }
+    }
+
+    /// Gives up on queued data (error or deadline): drop the queue, cancel the send.
+    pub(super) fn stop_flushing(&mut self, key: u64) {
+        let Some(conn) = conn_of(&mut self.slots, key) else {
+            return;
+        };
+        let core = &mut conn.core;
+        if core.state != State::Closing {
+            return;
+        }
+        core.flushing = false;
+        core.queue.clear();
+        core.set_queued(0);
+        if let Some(op) = core.send_op {
+            self.driver.cancel(op);
+        }
+        self.try_finalize(key);
+    }
+
+    /// Frees the slot once the session is closing, flushed, and has nothing in flight.
+    pub(super) fn try_finalize(&mut self, key: u64) {
+        let Some(conn) = conn_of(&mut self.slots, key) else {
+            return;
+        };
+        let core = &mut conn.core;
+        if core.state != State::Closing {
+            return;
+        }
+        if core.flushing {
+            if !core.queue.is_empty() || core.send_op.is_some() {
+                return;
+            }
+            core.flushing = false;
+        }
+        if core.in_flight > 0 {
+            // Everything in flight was cancelled; its completions are on their way.
+            return;
+        }
+        if let Some(t) = core.timer.take() {
+            self.local.timers.cancel(t);
+        }
+        self.driver.close(core.sock);
+        if core.ip_counted {
+            self.shared.release_ip(core.peer.ip());
+        }
+        let index = (key & 0xffff_ffff) as u32;
+        let slot = &mut self.slots[index as usize];
+        slot.conn = None;
+        // Generations stay below bit 31 so a key never has the listener tag.
+        slot.generation = if slot.generation >= 0x7fff_ffff { 1 } else { slot.generation + 1 };
+        self.free.push(index);
+        self.live -= 1;
+        self.shared.sessions.fetch_sub(1, Ordering::AcqRel);
+    }
+}

@@ -1,0 +1,247 @@
+//! Per-session engine state ([`Core`]), the worker state callbacks reach ([`Local`]), and
+//! the slots sessions live in.
+
+use super::*;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum State {
+    Connecting,
+    Open,
+    Closing,
+}
+
+/// The engine's state of one session (what the seed's `Session` base class held).
+pub(crate) struct Core {
+    pub(crate) id: SessionId,
+    pub(crate) key: u64,
+    pub(crate) peer: SocketAddr,
+    pub(super) sock: SockId,
+    pub(super) state: State,
+    /// Unconsumed received bytes (`len`) plus room for the next read (capacity).
+    pub(super) rbuf: Vec<u8>,
+    pub(super) recv_op: Option<OpId>,
+    pub(super) send_op: Option<OpId>,
+    pub(super) connect_op: Option<OpId>,
+    pub(super) in_flight: u32,
+    pub(super) queue: VecDeque<Bytes>,
+    pub(crate) queued: usize,
+    /// An empty queue with capacity, swapped in when the queue goes to a send, so steady
+    /// sending allocates nothing.
+    pub(super) spare: SendBatch,
+    pub(super) dirty: bool,
+    pub(super) close_request: Option<DisconnectReason>,
+    /// Closing, and queued data still goes out (local disconnect or shutdown).
+    pub(super) flushing: bool,
+    /// Set when a graceful close has begun, so `on_disconnected` may still queue sends.
+    pub(super) graceful: bool,
+    pub(super) timer: Option<TimerId>,
+    pub(super) connect_error: Option<io::Error>,
+    /// Rooms this session is in (ids), so it leaves them when it closes.
+    pub(super) rooms: Vec<u64>,
+    pub(crate) recv_paused: bool,
+    /// The standing receive was cancelled for a pause.
+    pub(super) recv_cancelled: bool,
+    /// Under the Notify policy: a send was refused; `on_writable` is due after draining.
+    pub(super) congested: bool,
+    /// `on_send_queue_full` is due (called outside the callback that hit the limit).
+    pub(super) notify_full: bool,
+    /// Loop-turn time of the last received bytes (idle timeout).
+    pub(super) last_recv: Instant,
+    /// Counted against the per-IP cap under this address.
+    pub(super) ip_counted: bool,
+    /// Keep `flags.queued` up to date (Notify policy).
+    pub(super) mirror_queued: bool,
+    pub(crate) flags: Arc<SessionFlags>,
+}
+
+impl Core {
+    /// Sets the queued byte count, and its mirror that handles read to reserve places
+    /// (Notify policy only: a per-send atomic store is not free on a broadcast).
+    pub(super) fn set_queued(&mut self, queued: usize) {
+        self.queued = queued;
+        if self.mirror_queued {
+            self.flags.queued.store(queued, Ordering::Relaxed);
+        }
+    }
+
+    pub(crate) fn is_open(&self) -> bool {
+        self.state == State::Open && self.close_request.is_none()
+    }
+}
+
+/// A worker's state that callbacks reach through [`Ctx`].
+pub(crate) struct Local {
+    pub(crate) remote: Arc<WorkerRemote>,
+    pub(crate) service: Weak<ServiceShared>,
+    pub(crate) config: Arc<SessionConfig>,
+    pub(super) dirty: Vec<u64>,
+    /// Room operations asked for inside callbacks, carried out right after them.
+    pub(super) deferred: Vec<Deferred>,
+    pub(crate) timers: Timers<TimerAction>,
+    /// The time at the start of this loop turn (a cheap clock for idle tracking).
+    pub(crate) now: Instant,
+    /// `config.max_send_queue` and whether the policy is Notify, at hand for every send.
+    pub(super) send_limit: usize,
+    pub(super) notify_policy: bool,
+    pub(crate) metrics: WorkerMetrics,
+}
+
+/// Work a callback asks for that touches other sessions of this worker.
+pub(super) enum Deferred {
+    Enter(Arc<RoomInner>, u64),
+    Leave(u64, u64),
+    Broadcast(u64, Bytes),
+}
+
+impl Local {
+    /// Adds the session to `room` once the callback returns.
+    pub(crate) fn enter_room(&mut self, core: &Core, room: &Arc<RoomInner>) -> bool {
+        let Some(service) = self.service.upgrade() else { return false };
+        if !room.bind(&service) {
+            return false;
+        }
+        self.deferred.push(Deferred::Enter(room.clone(), core.key));
+        true
+    }
+
+    pub(crate) fn leave_room(&mut self, core: &Core, room: u64) {
+        self.deferred.push(Deferred::Leave(room, core.key));
+    }
+
+    /// Posts the buffer to the other workers with members now, and queues it on this
+    /// worker's members right after the callback: one sender's broadcasts stay in order.
+    pub(crate) fn broadcast_room(&mut self, room: &Arc<RoomInner>, buf: Bytes) {
+        let me = self.remote.index;
+        room.for_remote_workers(me, |w| {
+            let _ = w.post(Command::RoomBroadcast { room: room.id, buf: buf.clone() });
+        });
+        self.deferred.push(Deferred::Broadcast(room.id, buf));
+    }
+
+    pub(crate) fn set_session_timer(
+        &mut self,
+        core: &Core,
+        delay: Duration,
+        period: Option<Duration>,
+        token: u64,
+    ) -> TimerId {
+        let at = Instant::now() + delay;
+        self.timers.add(at, TimerAction::Session { key: core.key, token, period })
+    }
+
+    pub(crate) fn cancel_session_timer(&mut self, core: &Core, id: TimerId) -> bool {
+        match self.timers.cancel(id) {
+            Some(TimerAction::Session { key, .. }) if key == core.key => true,
+            Some(other) => {
+                // Not this session's timer: leave it alone.
+                self.timers.restore(id, other);
+                false
+            }
+            None => false,
+        }
+    }
+
+    pub(crate) fn mark_dirty(&mut self, core: &mut Core) {
+        if !core.dirty {
+            core.dirty = true;
+            self.dirty.push(core.key);
+        }
+    }
+
+    /// Queues bytes on a session; the send starts at the end of the loop turn.
+    ///
+    /// `admitted`: a [`SessionHandle`](crate::SessionHandle) send that already reserved its
+    /// place under the limit (Notify policy), so it is never refused here.
+    pub(crate) fn queue_send(
+        &mut self,
+        core: &mut Core,
+        buf: Bytes,
+        admitted: bool,
+    ) -> Result<(), SendError> {
+        let accepting = match core.state {
+            State::Open => core.close_request.is_none(),
+            State::Closing => core.graceful,
+            State::Connecting => false,
+        };
+        if !accepting {
+            return Err(SendError::Disconnected);
+        }
+        if buf.is_empty() {
+            return Ok(());
+        }
+        let limit = self.send_limit;
+        if !admitted {
+            let notify = self.notify_policy;
+            // Under Notify, places reserved by handle sends still in the inbox count too.
+            let reserved = if notify { core.flags.posted.load(Ordering::Acquire) } else { 0 };
+            if (notify && core.congested) || core.queued + reserved + buf.len() > limit {
+                if notify {
+                    self.congest(core);
+                } else {
+                    self.request_close(core, DisconnectReason::SendQueueOverflow { limit });
+                }
+                return Err(SendError::QueueFull { limit });
+            }
+        }
+        core.set_queued(core.queued + buf.len());
+        core.queue.push_back(buf);
+        self.metrics.buffers_out += 1;
+        self.mark_dirty(core);
+        Ok(())
+    }
+
+    /// Notify policy: the queue is full; `on_send_queue_full` is due, sends are refused
+    /// until `on_writable`.
+    pub(crate) fn congest(&mut self, core: &mut Core) {
+        if !core.congested {
+            core.congested = true;
+            core.notify_full = true;
+            core.flags.congested.store(true, Ordering::Release);
+            self.mark_dirty(core);
+        }
+    }
+
+    /// Records a disconnect request; it is carried out at the end of the loop turn, outside
+    /// any callback. The first reason wins.
+    pub(crate) fn request_close(&mut self, core: &mut Core, reason: DisconnectReason) {
+        if core.state != State::Closing && core.close_request.is_none() {
+            core.close_request = Some(reason);
+            self.mark_dirty(core);
+        }
+    }
+}
+
+/// A session slot: the user's object and the engine's core.
+pub(super) struct Conn<S> {
+    pub(super) user: S,
+    pub(super) core: Core,
+}
+
+pub(super) struct Slot<S> {
+    pub(super) generation: u32,
+    pub(super) conn: Option<Conn<S>>,
+}
+
+/// Notify policy: after the queue drained to the low watermark, sends are accepted again
+/// and `on_writable` runs.
+pub(super) fn check_writable<S: Session>(conn: &mut Conn<S>, local: &mut Local) {
+    let core = &mut conn.core;
+    if core.congested && !core.notify_full && core.queued <= local.config.send_queue_low_watermark {
+        core.congested = false;
+        core.flags.congested.store(false, Ordering::Release);
+        if core.is_open() {
+            call(conn, local, |s, ctx| s.on_writable(ctx));
+        }
+    }
+}
+
+pub(super) fn conn_of<S>(slots: &mut [Slot<S>], key: u64) -> Option<&mut Conn<S>> {
+    if key & LISTENER_TAG != 0 {
+        return None;
+    }
+    let slot = slots.get_mut((key & 0xffff_ffff) as usize)?;
+    if u64::from(slot.generation) != key >> 32 {
+        return None;
+    }
+    slot.conn.as_mut()
+}
