@@ -26,22 +26,62 @@ pub fn parse_stat_cpu_ticks(text: &str) -> Option<u64> {
     Some(utime + stime)
 }
 
-/// Busy CPU time of the whole machine, all cores, in clock ticks: user + nice + system +
-/// irq + softirq + steal from the first line of `/proc/stat`.
-pub fn machine_busy_ticks() -> io::Result<u64> {
+/// CPU time of the whole machine, all cores, in clock ticks, from the first line of
+/// `/proc/stat`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MachineTicks {
+    /// user + nice + system + irq + softirq: CPU some task (or interrupt) used.
+    pub busy: u64,
+    /// Time the hypervisor ran something else while this machine's CPUs wanted to run.
+    pub steal: u64,
+}
+
+pub fn machine_ticks() -> io::Result<MachineTicks> {
     let text = fs::read_to_string("/proc/stat")?;
-    parse_machine_busy(&text)
+    parse_machine_ticks(&text)
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "unexpected /proc/stat"))
 }
 
-pub fn parse_machine_busy(text: &str) -> Option<u64> {
+pub fn parse_machine_ticks(text: &str) -> Option<MachineTicks> {
     let line = text.lines().find(|l| l.starts_with("cpu "))?;
     let v: Vec<u64> = line.split_ascii_whitespace().skip(1).map_while(|f| f.parse().ok()).collect();
     // user nice system idle iowait irq softirq steal ...
     if v.len() < 8 {
         return None;
     }
-    Some(v[0] + v[1] + v[2] + v[5] + v[6] + v[7])
+    Some(MachineTicks { busy: v[0] + v[1] + v[2] + v[5] + v[6], steal: v[7] })
+}
+
+/// `PF_KTHREAD` in the flags field (9) of `/proc/PID/stat`.
+const PF_KTHREAD: u64 = 0x0020_0000;
+
+/// CPU time of all kernel threads (ksoftirqd, rcu, kworkers, ..), in clock ticks. Network
+/// work the kernel defers to ksoftirqd shows up here, charged to no user process.
+pub fn kernel_threads_ticks() -> u64 {
+    let Ok(dir) = fs::read_dir("/proc") else { return 0 };
+    let mut sum = 0;
+    for entry in dir.flatten() {
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if !name.bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        if let Ok(text) = fs::read_to_string(format!("/proc/{name}/stat")) {
+            if let Some((flags, ticks)) = parse_stat_flags_and_ticks(&text) {
+                if flags & PF_KTHREAD != 0 {
+                    sum += ticks;
+                }
+            }
+        }
+    }
+    sum
+}
+
+/// The flags (field 9) and utime + stime of `/proc/PID/stat`.
+pub fn parse_stat_flags_and_ticks(text: &str) -> Option<(u64, u64)> {
+    let rest = &text[text.rfind(')')? + 1..];
+    let flags = rest.split_ascii_whitespace().nth(6)?.parse().ok()?;
+    Some((flags, parse_stat_cpu_ticks(text)?))
 }
 
 /// Clock ticks per second (`_SC_CLK_TCK`), the unit of [`cpu_ticks`].
@@ -233,11 +273,16 @@ mod tests {
     }
 
     #[test]
-    fn machine_busy() {
+    fn machine_ticks_and_kernel_threads() {
         let s = "cpu  10 1 5 1000 7 2 3 4 0 0\ncpu0 5 0 2 500 3 1 1 2 0 0\n";
-        assert_eq!(parse_machine_busy(s), Some(10 + 1 + 5 + 2 + 3 + 4));
-        assert_eq!(parse_machine_busy("cpu  1 2 3\n"), None);
-        assert!(machine_busy_ticks().is_ok());
+        let want = MachineTicks { busy: 10 + 1 + 5 + 2 + 3, steal: 4 };
+        assert_eq!(parse_machine_ticks(s), Some(want));
+        assert_eq!(parse_machine_ticks("cpu  1 2 3\n"), None);
+        assert!(machine_ticks().is_ok());
+        let kthread = "2 (kthreadd) S 0 0 0 0 -1 2129984 0 0 0 0 3 4 0 0 20 0 1 0 0 0";
+        assert_eq!(parse_stat_flags_and_ticks(kthread), Some((2_129_984, 7)));
+        assert_ne!(2_129_984 & PF_KTHREAD, 0);
+        let _ = kernel_threads_ticks();
     }
 
     #[test]

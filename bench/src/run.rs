@@ -1,7 +1,7 @@
 //! The driver: builds servercore, then for every workload starts each server in turn (A B A B
 //! ..) pinned to its core, loads it from another core, measures, and prints the table.
 
-use crate::report::{self, Outcome, Sample};
+use crate::report::{self, Besides, Outcome, Sample};
 use crate::sys::CoreSet;
 use crate::{json, procfs, sys};
 use clap::Args;
@@ -20,10 +20,10 @@ pub struct RunArgs {
     /// Smoke run: 1 round of 1 s per server and workload (unless --rounds/--secs say otherwise).
     #[arg(long)]
     pub quick: bool,
-    /// Rounds per server and workload (default 3; 1 with --quick).
+    /// Rounds per server and workload (default 5; 1 with --quick).
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=100))]
     pub rounds: Option<u32>,
-    /// Seconds of load per round (default 4; 1 with --quick).
+    /// Seconds of load per round (default 3; 1 with --quick).
     #[arg(long)]
     pub secs: Option<f64>,
     /// Also write the report (markdown) to this file.
@@ -174,6 +174,12 @@ struct Env {
 }
 
 impl Env {
+    /// CPU (cores) other processes may use during a round: --busy-cores, plus what CPU time
+    /// sampled in clock ticks (4 counters, each +-1 tick) can show over a window of nothing.
+    fn allowed_foreign(&self) -> f64 {
+        self.busy_cores + 4.0 / procfs::clock_ticks_per_sec() / (self.secs * 0.8)
+    }
+
     /// Server on cores 0..workers; load on the next core, or the last one when there is none.
     fn cores_for(&self, server: Server) -> (CoreSet, CoreSet) {
         let w = (server.workers() as usize).min(self.cores).max(1);
@@ -184,8 +190,8 @@ impl Env {
 }
 
 pub fn run(args: RunArgs) -> Result<(), String> {
-    let rounds = args.rounds.unwrap_or(if args.quick { 1 } else { 3 });
-    let secs = args.secs.unwrap_or(if args.quick { 1.0 } else { 4.0 });
+    let rounds = args.rounds.unwrap_or(if args.quick { 1 } else { 5 });
+    let secs = args.secs.unwrap_or(if args.quick { 1.0 } else { 3.0 });
     if !(secs.is_finite() && secs >= 0.5) {
         return Err(format!("--secs must be at least 0.5, got {secs}"));
     }
@@ -247,7 +253,8 @@ pub fn run(args: RunArgs) -> Result<(), String> {
     let (_, load_core) = env.cores_for(IO_URING);
     let _ = load_core.pin_current_thread();
 
-    let header = report::Header::collect(&root, &header_bin, rounds, secs, cores, env.busy_cores);
+    let header =
+        report::Header::collect(&root, &header_bin, rounds, secs, cores, env.allowed_foreign());
     eprintln!("{}", header.render());
     let mut outcomes: Vec<Outcome> = Vec::new();
     for w in &selected {
@@ -283,6 +290,8 @@ pub fn run(args: RunArgs) -> Result<(), String> {
         }
         outcomes.push(Outcome::measured(w.clone(), servers, samples));
     }
+    let mut header = header;
+    header.finished = report::utc_now();
     let text = report::render(&header, &outcomes);
     println!("{text}");
     if let Some(path) = &args.markdown_out {
@@ -467,10 +476,10 @@ fn memory(pid: u32) -> Result<procfs::Memory, String> {
 /// CPU (in cores) used by the whole machine over `over`.
 fn machine_busy_cores(over: Duration) -> f64 {
     let tck = procfs::clock_ticks_per_sec();
-    let a = procfs::machine_busy_ticks().unwrap_or(0);
+    let a = procfs::machine_ticks().unwrap_or_default().busy;
     let t = Instant::now();
     std::thread::sleep(over);
-    let b = procfs::machine_busy_ticks().unwrap_or(0);
+    let b = procfs::machine_ticks().unwrap_or_default().busy;
     b.saturating_sub(a) as f64 / tck / t.elapsed().as_secs_f64()
 }
 
@@ -481,7 +490,7 @@ fn wait_for_quiet(env: &Env) -> f64 {
     let mut said = false;
     loop {
         let busy = machine_busy_cores(Duration::from_millis(500));
-        if busy <= env.busy_cores.max(0.02) * 2.0 || start.elapsed() >= env.quiet_wait {
+        if busy <= env.allowed_foreign() || start.elapsed() >= env.quiet_wait {
             if said {
                 eprintln!(
                     "  .. machine quiet after {:.0} s (busy {busy:.2} cores)",
@@ -504,14 +513,14 @@ fn run_round(env: &Env, w: &Workload, server: Server) -> Result<Sample, String> 
     loop {
         wait_for_quiet(env);
         let sample = run_round_once(env, w, server)?;
-        if sample.foreign_cores <= env.busy_cores || attempt == 2 {
+        if sample.besides.foreign <= env.allowed_foreign() || attempt == 2 {
             return Ok(sample);
         }
         attempt += 1;
         eprintln!(
             "  .. {} round disturbed: other processes used {:.2} cores; running it again",
             server.label(),
-            sample.foreign_cores
+            sample.besides.foreign
         );
     }
 }
@@ -586,10 +595,10 @@ fn dummy_round(
     let client_pid = client.id();
     sleep_until(t_conn + margin);
     let (c0, w0) = (cpu_secs(srv.pid)?, Instant::now());
-    let others0 = Others::sample(client_pid);
+    let others0 = Others::sample(process_cpu_secs(client_pid));
     sleep_until(window_end);
     let (c1, w1) = (cpu_secs(srv.pid)?, Instant::now());
-    let others1 = Others::sample(client_pid);
+    let others1 = Others::sample(process_cpu_secs(client_pid));
     let loaded = memory(srv.pid)?;
     let out = client.wait_with_output().map_err(|e| format!("waiting for dummy-client: {e}"))?;
     let peak = memory(srv.pid)?;
@@ -612,41 +621,57 @@ fn dummy_round(
         p99_us: num("p99_us").unwrap_or(f64::NAN),
         cpu_per_unit_us: if rate > 0.0 { server_cpu_rate / rate * 1e6 } else { f64::NAN },
         server_cpu_util: server_cpu_rate,
+        load_cpu_util: (others1.client - others0.client) / (w1 - w0).as_secs_f64().max(1e-9),
         peak_rss_kib: peak.hwm_kib,
         rss_per_session_kib: rss_per_session,
         errors: num("errors").unwrap_or(0.0) as u64,
         first_error: json::string(line, "first_error"),
         client_backend: json::string(line, "backend"),
-        foreign_cores: others1.foreign_since(&others0, c1 - c0, (w1 - w0).as_secs_f64()),
+        besides: others1.since(&others0, c1 - c0, (w1 - w0).as_secs_f64()),
     })
 }
 
-/// What the machine, the load client and the driver itself had used at one instant, to
-/// tell how much CPU other processes took during a measurement.
+/// CPU used so far by the machine, by kernel threads, by the load client and by the driver
+/// itself, at one instant: to tell how much CPU other processes took during a measurement.
 struct Others {
     machine: f64,
+    steal: f64,
+    kernel: f64,
     client: f64,
     me: f64,
 }
 
 impl Others {
-    fn sample(client_pid: u32) -> Others {
+    /// `client_secs`: the load client's CPU seconds so far.
+    fn sample(client_secs: f64) -> Others {
         let tck = procfs::clock_ticks_per_sec();
-        let ticks = |pid: u32| procfs::cpu_ticks(pid).unwrap_or(0) as f64 / tck;
+        let m = procfs::machine_ticks().unwrap_or_default();
         Others {
-            machine: procfs::machine_busy_ticks().unwrap_or(0) as f64 / tck,
-            client: ticks(client_pid),
-            me: ticks(std::process::id()),
+            machine: m.busy as f64 / tck,
+            steal: m.steal as f64 / tck,
+            kernel: procfs::kernel_threads_ticks() as f64 / tck,
+            client: client_secs,
+            me: procfs::cpu_ticks(std::process::id()).unwrap_or(0) as f64 / tck,
         }
     }
 
-    /// Cores used by anything but the server (which used `server` CPU seconds), the client
-    /// and the driver, over `wall` seconds.
-    fn foreign_since(&self, before: &Others, server: f64, wall: f64) -> f64 {
+    /// What was used since `before` by anything but the server (which used `server` CPU
+    /// seconds), over `wall` seconds.
+    fn since(&self, before: &Others, server: f64, wall: f64) -> Besides {
+        let wall = wall.max(1e-9);
         let total = self.machine - before.machine;
+        let kernel = self.kernel - before.kernel;
         let ours = server + (self.client - before.client) + (self.me - before.me);
-        ((total - ours) / wall.max(1e-9)).max(0.0)
+        Besides {
+            foreign: ((total - ours - kernel) / wall).max(0.0),
+            kernel: (kernel / wall).max(0.0),
+            steal: ((self.steal - before.steal) / wall).max(0.0),
+        }
     }
+}
+
+fn process_cpu_secs(pid: u32) -> f64 {
+    procfs::cpu_ticks(pid).unwrap_or(0) as f64 / procfs::clock_ticks_per_sec()
 }
 
 /// Churn: `servercore-bench churn-client` is the load; the server's CPU is sampled right
@@ -667,16 +692,13 @@ fn churn_round(
         File::create(&log).map_err(|e| format!("cannot create {}: {e}", log.display()))?;
     cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(log_file);
     cores.apply(&mut cmd);
-    let tck = procfs::clock_ticks_per_sec();
-    let machine = || procfs::machine_busy_ticks().unwrap_or(0) as f64 / tck;
-    let me = || procfs::cpu_ticks(std::process::id()).unwrap_or(0) as f64 / tck;
-    let (m0, k0, s0) = (machine(), sys::reaped_children_cpu_secs(), me());
+    // The client's CPU: what this process's reaped children used, before and after it.
+    let others0 = Others::sample(sys::reaped_children_cpu_secs());
     let (c0, w0) = (cpu_secs(srv.pid)?, Instant::now());
     let out = cmd.output().map_err(|e| format!("cannot run churn-client: {e}"))?;
     let (c1, w1) = (cpu_secs(srv.pid)?, Instant::now());
-    let (m1, k1, s1) = (machine(), sys::reaped_children_cpu_secs(), me());
-    let ours = (c1 - c0) + (k1 - k0) + (s1 - s0);
-    let foreign_cores = (((m1 - m0) - ours) / (w1 - w0).as_secs_f64().max(1e-9)).max(0.0);
+    let others1 = Others::sample(sys::reaped_children_cpu_secs());
+    let besides = others1.since(&others0, c1 - c0, (w1 - w0).as_secs_f64());
     let peak = memory(srv.pid)?;
     let stdout = String::from_utf8_lossy(&out.stdout);
     let Some(line) = stdout.lines().rev().find(|l| l.trim_start().starts_with('{')) else {
@@ -691,11 +713,12 @@ fn churn_round(
         p99_us: num("p99_us").unwrap_or(f64::NAN),
         cpu_per_unit_us: if cycles > 0.0 { (c1 - c0) / cycles * 1e6 } else { f64::NAN },
         server_cpu_util: (c1 - c0) / (w1 - w0).as_secs_f64().max(1e-9),
+        load_cpu_util: (others1.client - others0.client) / (w1 - w0).as_secs_f64().max(1e-9),
         peak_rss_kib: peak.hwm_kib,
         rss_per_session_kib: None,
         errors: num("errors").unwrap_or(0.0) as u64,
         first_error: json::string(line, "first_error"),
         client_backend: None,
-        foreign_cores,
+        besides,
     })
 }
