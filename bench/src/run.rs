@@ -36,7 +36,7 @@ pub struct RunArgs {
     /// Leave out the servercore rows with 2 workers (the scale target).
     #[arg(long)]
     pub no_scale: bool,
-    /// The servercore binary (default: <workspace>/target/release/servercore, built first).
+    /// The servercore binary (default: `<workspace>/target/release/servercore`, built first).
     #[arg(long)]
     pub servercore_bin: Option<PathBuf>,
     /// Do not run `cargo build --release -p servercore-cli` first.
