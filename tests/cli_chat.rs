@@ -8,21 +8,14 @@
 //! `SERVERCORE_BACKEND=poll cargo test -p servercore-cli --test cli_chat` runs all on poll.
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
+use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
-use std::sync::{Arc, Mutex};
-use std::thread::{self, JoinHandle};
+use std::thread::{self};
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_servercore");
-/// Longest wait for one line on a child's stdout.
-const LINE_TIMEOUT: Duration = Duration::from_secs(30);
-/// Longest wait for a server to exit after SIGTERM.
-const EXIT_TIMEOUT: Duration = Duration::from_secs(15);
-/// Longest wait for a run-to-completion command (demo, dummy-client).
-const RUN_TIMEOUT: Duration = Duration::from_secs(90);
+mod common;
+use common::*;
+
 /// Socket read/write timeout of the test clients.
 const IO_TIMEOUT: Duration = Duration::from_secs(15);
 /// Longest wait for the server to close a session that broke the protocol.
@@ -33,156 +26,6 @@ const C_CHAT: u16 = 1;
 const S_CHAT: u16 = 2;
 
 // ----- child processes ---------------------------------------------------------------
-
-/// A running `servercore` child: stdout as lines over a channel, stderr collected in the
-/// background. Dropping it kills the child if it still runs, and reaps it.
-struct Proc {
-    child: Child,
-    what: String,
-    stdout: Receiver<String>,
-    stdout_thread: Option<JoinHandle<()>>,
-    stderr: Arc<Mutex<String>>,
-    stderr_thread: Option<JoinHandle<()>>,
-}
-
-/// What a finished child left behind.
-struct Finished {
-    what: String,
-    status: ExitStatus,
-    stdout: String,
-    stderr: String,
-}
-
-impl Finished {
-    fn describe(&self) -> String {
-        format!(
-            "`servercore {}` exited with {:?}\n--- stdout ---\n{}\n--- stderr ---\n{}",
-            self.what, self.status, self.stdout, self.stderr
-        )
-    }
-}
-
-impl Proc {
-    fn spawn(args: &[&str]) -> Proc {
-        let mut cmd = Command::new(BIN);
-        cmd.args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
-        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {BIN}: {e}"));
-        let out = child.stdout.take().expect("piped stdout");
-        let (tx, rx) = mpsc::channel();
-        let stdout_thread = thread::spawn(move || {
-            for line in BufReader::new(out).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let mut err = child.stderr.take().expect("piped stderr");
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let sink = stderr.clone();
-        let stderr_thread = thread::spawn(move || {
-            let mut chunk = [0u8; 4096];
-            loop {
-                match err.read(&mut chunk) {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => sink
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .push_str(&String::from_utf8_lossy(&chunk[..n])),
-                }
-            }
-        });
-        Proc {
-            child,
-            what: args.join(" "),
-            stdout: rx,
-            stdout_thread: Some(stdout_thread),
-            stderr,
-            stderr_thread: Some(stderr_thread),
-        }
-    }
-
-    fn stderr_so_far(&self) -> String {
-        self.stderr.lock().unwrap_or_else(|p| p.into_inner()).clone()
-    }
-
-    /// The next stdout line, or a panic (the guard then kills the child).
-    fn next_line(&mut self, timeout: Duration) -> String {
-        match self.stdout.recv_timeout(timeout) {
-            Ok(line) => line,
-            Err(RecvTimeoutError::Timeout) => panic!(
-                "`servercore {}`: no stdout line within {timeout:?}; stderr so far:\n{}",
-                self.what,
-                self.stderr_so_far()
-            ),
-            Err(RecvTimeoutError::Disconnected) => {
-                let status = self.wait_timeout(Duration::from_secs(5));
-                if let Some(t) = self.stderr_thread.take() {
-                    let _ = t.join();
-                }
-                panic!(
-                    "`servercore {}`: stdout closed before the expected line (status {status:?}); stderr:\n{}",
-                    self.what,
-                    self.stderr_so_far()
-                )
-            }
-        }
-    }
-
-    fn signal(&self, sig: libc::c_int) {
-        let pid = self.child.id() as libc::pid_t;
-        // SAFETY: kill(2) only sends a signal to our own child, which is not reaped yet (the
-        // Child is still owned here), so the pid cannot have been reused.
-        let rc = unsafe { libc::kill(pid, sig) };
-        assert_eq!(rc, 0, "kill({pid}, {sig}) failed: {}", std::io::Error::last_os_error());
-    }
-
-    fn wait_timeout(&mut self, timeout: Duration) -> Option<ExitStatus> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("try_wait on the child") {
-                return Some(status);
-            }
-            if Instant::now() >= deadline {
-                return None;
-            }
-            thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    /// Waits for the child to exit (at most `timeout`, else panics and the guard kills it)
-    /// and collects everything it printed.
-    fn finish(mut self, timeout: Duration) -> Finished {
-        let Some(status) = self.wait_timeout(timeout) else {
-            panic!(
-                "`servercore {}` did not exit within {timeout:?}; stderr so far:\n{}",
-                self.what,
-                self.stderr_so_far()
-            );
-        };
-        if let Some(t) = self.stdout_thread.take() {
-            let _ = t.join();
-        }
-        if let Some(t) = self.stderr_thread.take() {
-            let _ = t.join();
-        }
-        let mut stdout = String::new();
-        while let Ok(line) = self.stdout.try_recv() {
-            stdout.push_str(&line);
-            stdout.push('\n');
-        }
-        Finished { what: self.what.clone(), status, stdout, stderr: self.stderr_so_far() }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-        }
-        let _ = self.child.wait();
-    }
-}
 
 /// The backend `SERVERCORE_BACKEND` forces on this test run, if any.
 fn forced_backend() -> Option<&'static str> {

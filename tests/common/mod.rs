@@ -1,0 +1,192 @@
+//! Child-process helpers shared by the CLI integration tests: spawn `servercore` with its
+//! output read in the background, wait for lines and exits with deadlines, kill on drop.
+#![allow(dead_code)] // each test binary uses its own subset
+
+use std::io::{BufRead, BufReader, Read};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+/// The binary under test.
+pub const BIN: &str = env!("CARGO_BIN_EXE_servercore");
+/// Longest wait for one stdout line (the readiness line included).
+pub const LINE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest wait for a server to exit after a signal.
+pub const EXIT_TIMEOUT: Duration = Duration::from_secs(15);
+/// Longest run of a command expected to finish by itself.
+pub const RUN_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// A running `servercore` child: stdout as lines over a channel, stderr collected in the
+/// background. Dropping it kills the child if it still runs, and reaps it.
+pub struct Proc {
+    pub child: Child,
+    pub what: String,
+    pub stdout: Receiver<String>,
+    pub stdout_thread: Option<JoinHandle<()>>,
+    pub stderr: Arc<Mutex<String>>,
+    pub stderr_thread: Option<JoinHandle<()>>,
+}
+
+/// What a finished child left behind.
+pub struct Finished {
+    pub what: String,
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+    pub elapsed: Duration,
+}
+
+impl Finished {
+    pub fn describe(&self) -> String {
+        format!(
+            "`servercore {}` exited with {:?} after {:.1} s\n--- stdout ---\n{}\n--- stderr ---\n{}",
+            self.what,
+            self.status,
+            self.elapsed.as_secs_f64(),
+            self.stdout,
+            self.stderr
+        )
+    }
+}
+
+impl Proc {
+    pub fn spawn(args: &[&str]) -> Proc {
+        Proc::spawn_env(args, &[])
+    }
+
+    pub fn spawn_env(args: &[&str], env: &[(&str, &str)]) -> Proc {
+        let mut cmd = Command::new(BIN);
+        cmd.args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {BIN}: {e}"));
+        let out = child.stdout.take().expect("piped stdout");
+        let (tx, rx) = mpsc::channel();
+        let stdout_thread = thread::spawn(move || {
+            for line in BufReader::new(out).lines() {
+                match line {
+                    Ok(l) => {
+                        if tx.send(l).is_err() {
+                            break;
+                        }
+                    }
+                    Err(_) => break,
+                }
+            }
+        });
+        let mut err = child.stderr.take().expect("piped stderr");
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let sink = stderr.clone();
+        let stderr_thread = thread::spawn(move || {
+            let mut chunk = [0u8; 4096];
+            loop {
+                match err.read(&mut chunk) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => sink
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push_str(&String::from_utf8_lossy(&chunk[..n])),
+                }
+            }
+        });
+        Proc {
+            child,
+            what: args.join(" "),
+            stdout: rx,
+            stdout_thread: Some(stdout_thread),
+            stderr,
+            stderr_thread: Some(stderr_thread),
+        }
+    }
+
+    pub fn stderr_so_far(&self) -> String {
+        self.stderr.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The next stdout line, or a panic (the guard then kills the child).
+    pub fn next_line(&mut self, timeout: Duration) -> String {
+        match self.stdout.recv_timeout(timeout) {
+            Ok(line) => line,
+            Err(RecvTimeoutError::Timeout) => panic!(
+                "`servercore {}`: no stdout line within {timeout:?}; stderr so far:\n{}",
+                self.what,
+                self.stderr_so_far()
+            ),
+            Err(RecvTimeoutError::Disconnected) => {
+                // Give the stderr reader a moment to catch the reason.
+                let status = self.wait_timeout(Duration::from_secs(5));
+                if let Some(t) = self.stderr_thread.take() {
+                    let _ = t.join();
+                }
+                panic!(
+                    "`servercore {}`: stdout closed before the expected line (status {status:?}); stderr:\n{}",
+                    self.what,
+                    self.stderr_so_far()
+                )
+            }
+        }
+    }
+
+    pub fn signal(&self, sig: libc::c_int) {
+        let pid = self.child.id() as libc::pid_t;
+        // SAFETY: kill(2) only sends a signal to our own child, which we have not reaped yet
+        // (the Child is still owned here), so the pid cannot have been reused.
+        let rc = unsafe { libc::kill(pid, sig) };
+        assert_eq!(rc, 0, "kill({pid}, {sig}) failed: {}", std::io::Error::last_os_error());
+    }
+
+    pub fn try_wait(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().expect("try_wait on the child")
+    }
+
+    pub fn wait_timeout(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Waits for the child to exit (at most `timeout`, else panics and the guard kills it)
+    /// and collects everything it printed.
+    pub fn finish(mut self, timeout: Duration) -> Finished {
+        let start = Instant::now();
+        let Some(status) = self.wait_timeout(timeout) else {
+            panic!(
+                "`servercore {}` did not exit within {timeout:?}; stderr so far:\n{}",
+                self.what,
+                self.stderr_so_far()
+            );
+        };
+        let elapsed = start.elapsed();
+        if let Some(t) = self.stdout_thread.take() {
+            let _ = t.join();
+        }
+        if let Some(t) = self.stderr_thread.take() {
+            let _ = t.join();
+        }
+        let mut stdout = String::new();
+        while let Ok(line) = self.stdout.try_recv() {
+            stdout.push_str(&line);
+            stdout.push('\n');
+        }
+        Finished { what: self.what.clone(), status, stdout, stderr: self.stderr_so_far(), elapsed }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+        }
+        let _ = self.child.wait();
+    }
+}
