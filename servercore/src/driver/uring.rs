@@ -100,10 +100,12 @@ enum OpState {
     },
     /// A standing receive: multishot from the buffer ring, or single-shot into the pool
     /// buffer `buf`, re-armed after each chunk.
+    /// `cancelled`: ends at its next completion instead of being re-armed.
     Recv {
         fd: i32,
         multishot: bool,
         buf: Option<u32>,
+        cancelled: bool,
     },
     Send(Box<SendOp>),
     Connect(Box<SockAddr>),
@@ -158,7 +160,10 @@ impl UringDriver {
     pub(crate) fn new(config: &DriverConfig) -> io::Result<Self> {
         let (ring, defer_taskrun) = build_ring()?;
         let ext_arg = ring.params().is_feature_ext_arg();
-        let bufring = if config.recv_buffers > 0 {
+        // SERVERCORE_URING_NO_BUFRING=1 takes the path of kernels without buffer rings
+        // (single-shot receives into a pool), so that tests can cover it here too.
+        let no_bufring = std::env::var_os("SERVERCORE_URING_NO_BUFRING").is_some_and(|v| v == "1");
+        let bufring = if config.recv_buffers > 0 && !no_bufring {
             match BufRing::new(&ring, config.recv_buffers, config.recv_buffer_size, 0) {
                 Ok(b) => Some(b),
                 Err(e) => {
@@ -268,7 +273,8 @@ impl UringDriver {
     pub(crate) fn recv(&mut self, sock: SockId, owner: u64) -> OpId {
         let fd = self.fd(sock);
         let multishot = self.multishot_recv;
-        let key = self.ops.insert(Op { owner, state: OpState::Recv { fd, multishot, buf: None } });
+        let state = OpState::Recv { fd, multishot, buf: None, cancelled: false };
+        let key = self.ops.insert(Op { owner, state });
         self.push_recv(key);
         OpId(key)
     }
@@ -385,6 +391,9 @@ impl UringDriver {
     pub(crate) fn cancel(&mut self, op: OpId) {
         if !self.ops.contains(op.0) {
             return;
+        }
+        if let OpState::Recv { cancelled, .. } = &mut self.ops[op.0].state {
+            *cancelled = true; // not re-armed after its next chunk
         }
         if let Some(i) = self.starved.iter().position(|&k| k == op.0) {
             // Not armed in the kernel (waiting for buffers): complete it here.
@@ -533,8 +542,8 @@ impl UringDriver {
             out.push(Completion { owner, kind: CompletionKind::Accept { result, more } });
             return;
         }
-        if let OpState::Recv { fd, multishot, buf } = self.ops[key].state {
-            self.complete_recv(key, owner, fd, multishot, buf, res, flags, out);
+        if let OpState::Recv { fd, multishot, buf, cancelled } = self.ops[key].state {
+            self.complete_recv(key, owner, fd, multishot, buf, cancelled, res, flags, out);
             return;
         }
         let op = self.ops.remove(key);
@@ -565,6 +574,11 @@ impl UringDriver {
 
 impl UringDriver {
     /// One completion of a standing receive.
+    ///
+    /// A standing receive is re-armed after each chunk the kernel ends it with, unless it
+    /// was cancelled (or the driver is going away): then that chunk is its final
+    /// completion (`more == false`), so a cancel always ends it even while bytes keep
+    /// arriving.
     #[allow(clippy::too_many_arguments)]
     fn complete_recv(
         &mut self,
@@ -573,64 +587,68 @@ impl UringDriver {
         fd: i32,
         multishot: bool,
         buf: Option<u32>,
+        cancelled: bool,
         res: i32,
         flags: u32,
         out: &mut Vec<Completion>,
     ) {
-        let more = cqueue::more(flags);
-        if multishot {
-            if res > 0 {
+        let stop = cancelled || self.dropping;
+        let kernel_more = multishot && cqueue::more(flags);
+        if res > 0 {
+            let lease = if multishot {
                 let Some(bid) = cqueue::buffer_select(flags) else {
                     tracing::error!("multishot receive completed without a buffer id");
                     return;
                 };
-                if !more && !self.dropping {
-                    self.push_recv(key); // the kernel ended the multishot: keep receiving
-                }
-                let lease = RecvLease { buf: u32::from(bid), len: res as u32 };
-                out.push(Completion {
-                    owner,
-                    kind: CompletionKind::Recv { result: Ok(Some(lease)), more: true },
-                });
-                return;
-            }
-            if res == -libc::ENOBUFS && !self.dropping {
-                // Every buffer is in use: re-armed at the next wait, after the worker has
-                // given buffers back. The bytes wait in the socket meanwhile.
-                self.starved.push(key);
-                return;
-            }
-            if res == -libc::EINVAL && !self.dropping {
-                // A kernel without multishot receive (before 6.0): single-shot from now on.
-                tracing::info!("multishot receive unsupported; using single-shot receives");
-                // The ring stays registered (and alive) until the io_uring closes.
-                self.multishot_recv = false;
-                self.ops[key].state = OpState::Recv { fd, multishot: false, buf: None };
-                self.push_recv(key);
-                return;
-            }
-        } else if let Some(index) = buf {
-            if res > 0 {
-                if !self.dropping {
-                    self.push_recv(key); // standing receive: arm the next one
-                } else {
-                    self.ops.remove(key);
-                }
-                let lease = RecvLease { buf: index | POOL_BIT, len: res as u32 };
-                let more = !self.dropping;
-                out.push(Completion {
-                    owner,
-                    kind: CompletionKind::Recv { result: Ok(Some(lease)), more },
-                });
-                return;
-            }
+                RecvLease { buf: u32::from(bid), len: res as u32 }
+            } else {
+                let Some(index) = buf else { return };
+                RecvLease { buf: index | POOL_BIT, len: res as u32 }
+            };
+            let more = if kernel_more {
+                true
+            } else if stop {
+                self.ops.remove(key);
+                false
+            } else {
+                self.push_recv(key); // keep receiving
+                true
+            };
+            out.push(Completion {
+                owner,
+                kind: CompletionKind::Recv { result: Ok(Some(lease)), more },
+            });
+            return;
+        }
+        if let Some(index) = buf {
             self.pool_free.push(index);
         }
-        if more {
+        if kernel_more {
             return; // an empty, non-final completion carries nothing
         }
+        if multishot && !stop && res == -libc::ENOBUFS {
+            // Every buffer is in use: re-armed at the next wait, after the worker has given
+            // buffers back. The bytes wait in the socket meanwhile.
+            self.starved.push(key);
+            return;
+        }
+        if multishot && !stop && res == -libc::EINVAL {
+            // A kernel without multishot receive (before 6.0): single-shot from now on. The
+            // ring stays registered (and alive) until the io_uring closes.
+            tracing::info!("multishot receive unsupported; using single-shot receives");
+            self.multishot_recv = false;
+            self.ops[key].state = OpState::Recv { fd, multishot: false, buf: None, cancelled };
+            self.push_recv(key);
+            return;
+        }
         self.ops.remove(key);
-        let result = if res == 0 { Ok(None) } else { Err(io::Error::from_raw_os_error(-res)) };
+        let result = match res {
+            0 => Ok(None),
+            e if e == -libc::ENOBUFS || e == -libc::EINVAL => {
+                Err(io::Error::from_raw_os_error(libc::ECANCELED))
+            }
+            e => Err(io::Error::from_raw_os_error(-e)),
+        };
         out.push(Completion { owner, kind: CompletionKind::Recv { result, more: false } });
     }
 }
