@@ -27,55 +27,14 @@ const S_CHAT: u16 = 2;
 
 // ----- child processes ---------------------------------------------------------------
 
-/// The backend `SERVERCORE_BACKEND` forces on this test run, if any.
-fn forced_backend() -> Option<&'static str> {
-    match std::env::var("SERVERCORE_BACKEND").ok().as_deref() {
-        Some("io_uring") => Some("io_uring"),
-        Some("poll") => Some("poll"),
-        _ => None,
-    }
-}
-
-/// Checks the readiness line of PROTOCOL.md section 4 exactly; returns the address.
-fn parse_ready(line: &str, workers: u32) -> SocketAddr {
-    let bad = |why: &str| -> ! {
-        panic!(
-            "readiness line {line:?} {why}; expected \
-             `listening on 127.0.0.1:<port> (backend: <io_uring|poll>, workers: {workers})`"
-        )
-    };
-    let Some(rest) = line.strip_prefix("listening on 127.0.0.1:") else {
-        bad("does not start with `listening on 127.0.0.1:`")
-    };
-    let Some((port, rest)) = rest.split_once(" (backend: ") else {
-        bad("has no ` (backend: ` after the port")
-    };
-    let port: u16 = port.parse().unwrap_or_else(|_| bad("has no valid port"));
-    if port == 0 {
-        bad("names port 0 instead of the bound port");
-    }
-    let Some((backend, rest)) = rest.split_once(", workers: ") else {
-        bad("has no `, workers: ` after the backend")
-    };
-    if backend != "io_uring" && backend != "poll" {
-        bad("names a backend other than io_uring or poll");
-    }
-    if let Some(forced) = forced_backend() {
-        if backend != forced {
-            bad(&format!("names {backend} although SERVERCORE_BACKEND={forced}"));
-        }
-    }
-    if rest != format!("{workers})") {
-        bad("has the wrong worker count or trailing text");
-    }
-    SocketAddr::from(([127, 0, 0, 1], port))
-}
-
 /// Starts `chat-server --addr 127.0.0.1:0 --workers 2` and waits for its readiness line.
 fn start_chat_server() -> (Proc, SocketAddr) {
     let mut server = Proc::spawn(&["chat-server", "--addr", "127.0.0.1:0", "--workers", "2"]);
     let line = server.next_line(LINE_TIMEOUT);
-    let addr = parse_ready(&line, 2);
+    let (addr, backend) = parse_ready(&line, 2);
+    if let Some(forced) = forced_backend() {
+        assert_eq!(backend, forced, "readiness line {line:?} ignores SERVERCORE_BACKEND");
+    }
     (server, addr)
 }
 

@@ -3,6 +3,7 @@
 #![allow(dead_code)] // each test binary uses its own subset
 
 use std::io::{BufRead, BufReader, Read};
+use std::net::SocketAddr;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
@@ -189,4 +190,47 @@ impl Drop for Proc {
         }
         let _ = self.child.wait();
     }
+}
+
+/// The backend `SERVERCORE_BACKEND` forces on this test run, if any.
+pub fn forced_backend() -> Option<&'static str> {
+    match std::env::var("SERVERCORE_BACKEND").ok().as_deref() {
+        Some("io_uring") => Some("io_uring"),
+        Some("poll") => Some("poll"),
+        _ => None,
+    }
+}
+
+/// Checks the readiness line of PROTOCOL.md section 4 exactly; returns the address and the
+/// backend it names.
+pub fn parse_ready(line: &str, workers: u32) -> (SocketAddr, String) {
+    let bad = |why: &str| -> ! {
+        panic!(
+            "readiness line {line:?} {why}; expected \
+             `listening on 127.0.0.1:<port> (backend: <io_uring|poll>, workers: {workers})`"
+        )
+    };
+    let Some(rest) = line.strip_prefix("listening on 127.0.0.1:") else {
+        bad("does not start with `listening on 127.0.0.1:`")
+    };
+    let Some((port, rest)) = rest.split_once(" (backend: ") else {
+        bad("has no ` (backend: ` after the port")
+    };
+    if port.is_empty() || !port.bytes().all(|b| b.is_ascii_digit()) {
+        bad("has a port that is not a decimal number");
+    }
+    let port: u16 = port.parse().unwrap_or_else(|_| bad("has a port out of range"));
+    if port == 0 {
+        bad("names port 0 instead of the bound port");
+    }
+    let Some((backend, rest)) = rest.split_once(", workers: ") else {
+        bad("has no `, workers: ` after the backend")
+    };
+    if backend != "io_uring" && backend != "poll" {
+        bad("names a backend other than io_uring or poll");
+    }
+    if rest != format!("{workers})") {
+        bad("has the wrong worker count or trailing text");
+    }
+    (SocketAddr::from(([127, 0, 0, 1], port)), backend.to_string())
 }
