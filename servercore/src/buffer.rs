@@ -109,3 +109,99 @@ impl fmt::Debug for SendBuffer {
         write!(f, "SendBuffer({} bytes)", self.0.len())
     }
 }
+
+/// Buffers up to this length are joined with their neighbours when a room batch is
+/// coalesced; longer ones are queued as they are (copying them would cost more than the
+/// queue entries it saves).
+pub(crate) const COALESCE_MAX_PART: usize = 2048;
+
+/// The largest buffer coalescing makes.
+pub(crate) const COALESCE_MAX: usize = 64 * 1024;
+
+/// Appends `parts` to `out` in order, joining each run of small parts into one buffer.
+///
+/// A room's broadcasts of one loop turn go to every member in the same order, so they are
+/// joined once here and each member queues one buffer instead of one per message: the cost
+/// per receiver stops growing with the number of messages. Bytes and their order are kept
+/// exactly; only the buffer boundaries change (TCP has none).
+pub(crate) fn coalesce(parts: &[Bytes], out: &mut Vec<Bytes>) {
+    let mut i = 0;
+    while i < parts.len() {
+        if parts[i].len() > COALESCE_MAX_PART {
+            out.push(parts[i].clone());
+            i += 1;
+            continue;
+        }
+        let (mut j, mut total) = (i, 0);
+        while j < parts.len()
+            && parts[j].len() <= COALESCE_MAX_PART
+            && total + parts[j].len() <= COALESCE_MAX
+        {
+            total += parts[j].len();
+            j += 1;
+        }
+        if j - i == 1 {
+            out.push(parts[i].clone());
+        } else if total > 0 {
+            out.push(crate::packet::pooled_concat(total, parts[i..j].iter().map(|b| &b[..])));
+        }
+        i = j;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn joined(bufs: &[Bytes]) -> Vec<u8> {
+        bufs.iter().flat_map(|b| b.iter().copied()).collect()
+    }
+
+    #[test]
+    fn small_runs_join_large_parts_stay_shared() {
+        let big = Bytes::from(vec![7u8; COALESCE_MAX_PART + 1]);
+        let parts = vec![
+            Bytes::from_static(b"ab"),
+            Bytes::from_static(b"cd"),
+            big.clone(),
+            Bytes::from_static(b"e"),
+        ];
+        let mut out = Vec::new();
+        coalesce(&parts, &mut out);
+        assert_eq!(out.len(), 3);
+        assert_eq!(&out[0][..], b"abcd");
+        assert_eq!(out[1].as_ptr(), big.as_ptr(), "a large part is shared, not copied");
+        assert_eq!(&out[2][..], b"e");
+    }
+
+    #[test]
+    fn a_lone_small_part_is_not_copied() {
+        let one = Bytes::from(vec![1u8; 10]);
+        let mut out = Vec::new();
+        coalesce(std::slice::from_ref(&one), &mut out);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].as_ptr(), one.as_ptr());
+    }
+
+    proptest! {
+        #[test]
+        fn keeps_every_byte_in_order_and_bounds_each_buffer(
+            lens in proptest::collection::vec(0usize..5000, 0..60),
+        ) {
+            let parts: Vec<Bytes> = lens
+                .iter()
+                .enumerate()
+                .map(|(i, &n)| Bytes::from((0..n).map(|k| (i * 31 + k) as u8).collect::<Vec<_>>()))
+                .collect();
+            let mut out = Vec::new();
+            coalesce(&parts, &mut out);
+            prop_assert_eq!(joined(&out), joined(&parts));
+            prop_assert!(out.len() <= parts.len());
+            for b in &out {
+                let shared = parts.iter().any(|p| p.as_ptr() == b.as_ptr() && p.len() == b.len());
+                prop_assert!(shared || b.len() <= COALESCE_MAX, "a joined buffer stays bounded");
+            }
+        }
+    }
+}

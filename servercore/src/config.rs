@@ -17,6 +17,7 @@ use std::time::Duration;
 /// | `idle_timeout` | none | no bytes received for this long: [`IdleTimeout`](crate::DisconnectReason::IdleTimeout) |
 /// | `close_flush_timeout` | 5 s | how long a local `disconnect` waits for queued sends to go out |
 /// | `connect_timeout` | 10 s | outgoing connects (client services) |
+/// | `broadcast_gather_max` | 10 ms | the longest a worker gathers input after a room broadcast fan-out (see the field) |
 ///
 /// ```
 /// let cfg = servercore::SessionConfig::default();
@@ -49,6 +50,20 @@ pub struct SessionConfig {
     pub close_flush_timeout: Duration,
     /// Time an outgoing connect may take.
     pub connect_timeout: Duration,
+    /// Upper bound of the fan-out gathering window (`Duration::ZERO`: never gather).
+    ///
+    /// A room broadcast costs one send per member, whatever the number of messages in it,
+    /// so a worker that relays many small messages to many members spends almost all its
+    /// time on per-send kernel work. After a loop turn that fanned a room broadcast out to
+    /// two or more members, the worker therefore waits before its next turn so that more
+    /// messages share each member's next send: as long as that turn took (its sends
+    /// included), never more than this. A quiet room's turn takes microseconds, so its
+    /// messages wait microseconds; a turn that sent to thousands of members took
+    /// milliseconds, and the next one gathers for as long, which halves the sends per
+    /// message or better. Everything on that worker (receives, timers, posted work) waits
+    /// with it; other workers are not affected, and the order of everything is kept. Set
+    /// it to zero to favour latency over CPU.
+    pub broadcast_gather_max: Duration,
 }
 
 impl Default for SessionConfig {
@@ -64,6 +79,7 @@ impl Default for SessionConfig {
             idle_timeout: None,
             close_flush_timeout: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(10),
+            broadcast_gather_max: Duration::from_millis(10),
         }
     }
 }

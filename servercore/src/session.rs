@@ -152,7 +152,7 @@ impl Ctx<'_> {
     /// Queues `buf` for sending; everything queued during one loop turn goes out in one
     /// gather write, in order. Cheap: a [`SendBuffer`] is reference-counted.
     pub fn send(&mut self, buf: impl Into<SendBuffer>) -> Result<(), SendError> {
-        self.local.queue_send(self.core, buf.into().into_bytes(), false)
+        self.local.send_own(self.core, buf.into().into_bytes())
     }
 
     /// Disconnects this session with [`DisconnectReason::Local`] once the callback returns.
@@ -242,9 +242,12 @@ impl Ctx<'_> {
         self.local.leave_room(self.core, room.inner.id)
     }
 
-    /// Queues `buf` on every member of `room` (this session included, if a member). The
-    /// members on this worker get it right after the callback; other workers get one
-    /// message each. One sender's broadcasts reach every member in order.
+    /// Queues `buf` on every member of `room` (this session included, if a member). Other
+    /// workers with members get one message each. This worker's members get it at the end
+    /// of the loop turn, joined with the turn's other broadcasts to the room (so that each
+    /// member gets one buffer, not one per message); sends this session makes after the
+    /// broadcast still reach it after the broadcast. One sender's broadcasts reach every
+    /// member in order.
     pub fn broadcast_room(&mut self, room: &Room, buf: impl Into<SendBuffer>) {
         self.local.broadcast_room(&room.inner, buf.into().into_bytes())
     }

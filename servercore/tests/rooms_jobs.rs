@@ -608,6 +608,109 @@ fn room_enter_leave_broadcast_from_another_thread() {
     server.shutdown(Duration::from_secs(5)).unwrap();
 }
 
+/// Work posted from one thread reaches each session in the order it was posted, whether it
+/// is a room broadcast or a direct send: a worker gathers the room broadcasts of a turn into
+/// one batch, and must apply that batch before any later direct send.
+#[test]
+fn broadcasts_and_direct_sends_from_one_thread_keep_their_order() {
+    const ROUNDS: usize = 400;
+    let (tx, rx) = mpsc::channel();
+    let server = ServerService::builder(any_port())
+        .workers(2)
+        .reuse_port(false)
+        .start(move || Plain { tx: tx.clone() })
+        .unwrap();
+    let mut clients = Vec::new();
+    let mut handles = Vec::new();
+    for _ in 0..4 {
+        clients.push(connect(server.local_addr()));
+        match recv(&rx, "on_connected") {
+            PlainEv::Connected(h) => handles.push(h),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    let room = Room::new();
+    for h in &handles {
+        room.enter(h).expect("connected");
+    }
+    wait_room_len(&room, 4);
+    for i in 0..ROUNDS {
+        room.broadcast(format!("b{i:04};").into_bytes());
+        room.broadcast(format!("B{i:04};").into_bytes());
+        for h in &handles {
+            h.send(format!("d{i:04};").into_bytes()).unwrap();
+        }
+    }
+    let expected: Vec<u8> =
+        (0..ROUNDS).flat_map(|i| format!("b{i:04};B{i:04};d{i:04};").into_bytes()).collect();
+    for c in &mut clients {
+        let got = read_exactly(c, expected.len());
+        if got != expected {
+            let at = got.iter().zip(&expected).position(|(a, b)| a != b).unwrap_or(0);
+            let from = at.saturating_sub(at % 6);
+            panic!(
+                "order broken at byte {at}: got {:?}, expected {:?}",
+                String::from_utf8_lossy(&got[from..(from + 24).min(got.len())]),
+                String::from_utf8_lossy(&expected[from..(from + 24).min(expected.len())])
+            );
+        }
+    }
+    server.shutdown(Duration::from_secs(5)).unwrap();
+}
+
+/// Relays each received byte `x` to the room as `Bx` and then answers the sender `Dx`.
+struct BroadcastThenSend {
+    room: Room,
+    tx: Sender<()>,
+}
+
+impl Session for BroadcastThenSend {
+    fn on_connected(&mut self, ctx: &mut Ctx<'_>) {
+        assert!(ctx.enter_room(&self.room));
+        // Made after the enter, so it comes after anything the room got before it.
+        ctx.send(&b"W_"[..]).unwrap();
+        let _ = self.tx.send(());
+    }
+    fn on_recv(&mut self, ctx: &mut Ctx<'_>, data: &[u8]) -> usize {
+        for &x in data {
+            ctx.broadcast_room(&self.room, vec![b'B', x]);
+            ctx.send(vec![b'D', x]).unwrap();
+        }
+        data.len()
+    }
+}
+
+/// Within one callback, a broadcast to the sender's room and then a send of its own reach
+/// the sender in that order, although the room's broadcasts are gathered to the end of the
+/// loop turn; the other member gets only the broadcasts, all of them, in order.
+#[test]
+fn a_sessions_own_send_after_its_broadcast_arrives_after_it() {
+    let (tx, rx) = mpsc::channel();
+    let room = Room::new();
+    let room2 = room.clone();
+    let server = ServerService::builder(any_port())
+        .workers(1)
+        .start(move || BroadcastThenSend { room: room2.clone(), tx: tx.clone() })
+        .unwrap();
+    let mut sender = connect(server.local_addr());
+    recv(&rx, "first on_connected");
+    assert_eq!(read_exactly(&mut sender, 2), b"W_");
+    let mut other = connect(server.local_addr());
+    recv(&rx, "second on_connected");
+    assert_eq!(read_exactly(&mut other, 2), b"W_");
+    wait_room_len(&room, 2);
+    let data: Vec<u8> = (0..=255u8).collect();
+    // Many bytes per write: one callback makes many broadcast/send pairs in one turn.
+    for chunk in data.chunks(64) {
+        sender.write_all(chunk).unwrap();
+    }
+    let want_sender: Vec<u8> = data.iter().flat_map(|&x| [b'B', x, b'D', x]).collect();
+    let want_other: Vec<u8> = data.iter().flat_map(|&x| [b'B', x]).collect();
+    assert_eq!(read_exactly(&mut sender, want_sender.len()), want_sender);
+    assert_eq!(read_exactly(&mut other, want_other.len()), want_other);
+    server.shutdown(Duration::from_secs(5)).unwrap();
+}
+
 /// A room belongs to the service of its first member: a session of another service cannot
 /// enter it.
 #[test]

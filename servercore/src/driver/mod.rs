@@ -39,6 +39,10 @@
 //!   (usually `ECANCELED`, or its result if it finished first).
 //! * **wait** submits everything queued, blocks until at least one completion is ready, the
 //!   timeout passes, or the [`Waker`] is woken, and appends the ready completions to `out`.
+//!   With a [`Gather`] it instead blocks until the gather window (or the timeout) ends,
+//!   neither woken nor ended by single completions, unless so many are ready that its
+//!   queues would overflow. [`submit`](Driver::submit) starts what is queued without
+//!   waiting.
 //! * Errors arrive as `io::Error` with the OS error code.
 
 use bytes::Bytes;
@@ -71,6 +75,15 @@ pub(crate) struct DriverConfig {
     pub recv_buffers: u16,
     /// Bytes per receive buffer.
     pub recv_buffer_size: usize,
+}
+
+/// A request to `wait` to gather: return at the end of `window` (or the timeout, if
+/// sooner) with everything that completed meanwhile, rather than at the first completion.
+/// A backend may return earlier when so much is ready that waiting longer would overflow
+/// its queues.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Gather {
+    pub window: Duration,
 }
 
 /// A socket owned by a driver.
@@ -238,12 +251,18 @@ impl Driver {
         each_backend!(self, d => d.close(sock))
     }
 
+    /// Starts the operations queued so far now instead of in the next `wait`.
+    pub(crate) fn submit(&mut self) -> io::Result<()> {
+        each_backend!(self, d => d.submit())
+    }
+
     pub(crate) fn wait(
         &mut self,
         timeout: Option<Duration>,
+        gather: Option<Gather>,
         out: &mut Vec<Completion>,
     ) -> io::Result<()> {
-        each_backend!(self, d => d.wait(timeout, out))
+        each_backend!(self, d => d.wait(timeout, gather, out))
     }
 
     /// Operations started and not yet completed.

@@ -55,7 +55,9 @@
 //! invariant 1 of DESIGN.md holds trivially: send buffers live in the operation table until
 //! the completion hands them back, and receive buffers live in the pool, lent out by index.
 
-use super::{Completion, CompletionKind, OpId, RecvLease, SendBatch, SockId, Waker, WakerInner};
+use super::{
+    Completion, CompletionKind, Gather, OpId, RecvLease, SendBatch, SockId, Waker, WakerInner,
+};
 use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
 use socket2::{SockAddr, SockRef};
@@ -456,11 +458,23 @@ impl PollDriver {
         self.ops.len()
     }
 
+    /// Nothing to do: readiness writes happen inside `wait` and when asked.
+    pub(crate) fn submit(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+
     pub(crate) fn wait(
         &mut self,
         timeout: Option<Duration>,
+        gather: Option<Gather>,
         out: &mut Vec<Completion>,
     ) -> io::Result<()> {
+        if let Some(g) = gather {
+            // epoll has no "at least this many" wait: sleep through the window, which
+            // leaves exactly the readiness that gathered meanwhile for the wait below.
+            let window = timeout.map_or(g.window, |t| t.min(g.window));
+            std::thread::sleep(window);
+        }
         // Sockets capped in the last `wait` continue, behind those queued since.
         self.dirty.append(&mut self.again);
         self.process(out);
@@ -789,7 +803,7 @@ mod tests {
             let mut out = Vec::new();
             while self.q.is_empty() {
                 assert!(start.elapsed() < DEADLINE, "no completion before the deadline");
-                self.d.wait(Some(Duration::from_millis(100)), &mut out).expect("wait");
+                self.d.wait(Some(Duration::from_millis(100)), None, &mut out).expect("wait");
                 self.q.extend(out.drain(..));
             }
             self.q.pop_front().expect("not empty")
@@ -978,7 +992,7 @@ mod tests {
         let (s, _client) = h.pair();
         let op = h.d.recv(s, 3);
         let mut out = Vec::new();
-        h.d.wait(Some(Duration::from_millis(20)), &mut out).expect("wait");
+        h.d.wait(Some(Duration::from_millis(20)), None, &mut out).expect("wait");
         assert!(out.is_empty());
         assert!(h.d.pool.lent.iter().all(|&lent| !lent));
         assert_eq!(h.d.pool.free.len(), h.d.pool.bufs.len());
@@ -1117,7 +1131,7 @@ mod tests {
         assert_eq!(h.d.pool.free.len(), h.d.pool.bufs.len(), "the end holds no buffer");
         // Nothing more comes.
         let mut out = Vec::new();
-        h.d.wait(Some(Duration::from_millis(20)), &mut out).expect("wait");
+        h.d.wait(Some(Duration::from_millis(20)), None, &mut out).expect("wait");
         assert!(out.is_empty(), "{out:?}");
         h.d.close(s);
     }
@@ -1166,7 +1180,7 @@ mod tests {
         let op_a = h.d.recv(a, 1);
         let op_b = h.d.recv(b, 2);
         let mut out = Vec::new();
-        h.d.wait(Some(Duration::from_secs(5)), &mut out).expect("wait");
+        h.d.wait(Some(Duration::from_secs(5)), None, &mut out).expect("wait");
         let count = |out: &[Completion], owner| {
             out.iter()
                 .filter(|c| c.owner == owner)
@@ -1185,14 +1199,14 @@ mod tests {
         release_all(&mut h.d, &mut out);
         // Capped, not drained: the next wait continues at once.
         let start = Instant::now();
-        h.d.wait(Some(Duration::from_secs(5)), &mut out).expect("wait");
+        h.d.wait(Some(Duration::from_secs(5)), None, &mut out).expect("wait");
         assert!(start.elapsed() < Duration::from_secs(2), "the capped sockets waited for an edge");
         assert!(count(&out, 1) > 0 && count(&out, 2) > 0, "{out:?}");
         release_all(&mut h.d, &mut out);
         // Both ends come in the next wait, before any further read.
         h.d.cancel(op_a);
         h.d.cancel(op_b);
-        h.d.wait(Some(Duration::from_secs(5)), &mut out).expect("wait");
+        h.d.wait(Some(Duration::from_secs(5)), None, &mut out).expect("wait");
         assert_eq!(out.len(), 2, "{out:?}");
         for c in out.drain(..) {
             let CompletionKind::Recv { result: Err(e), more: false } = c.kind else {
@@ -1250,13 +1264,13 @@ mod tests {
         h.d.recv(a, 1);
         h.d.recv(b, 2);
         let mut out = Vec::new();
-        h.d.wait(Some(Duration::from_secs(5)), &mut out).expect("wait");
+        h.d.wait(Some(Duration::from_secs(5)), None, &mut out).expect("wait");
         assert_eq!(out.len(), 1, "one buffer, one chunk: {out:?}");
         let first = out[0].owner;
         // The lease is held: receiving pauses, and wait blocks rather than spins.
         let mut more = Vec::new();
         let start = Instant::now();
-        h.d.wait(Some(Duration::from_millis(100)), &mut more).expect("wait");
+        h.d.wait(Some(Duration::from_millis(100)), None, &mut more).expect("wait");
         assert!(more.is_empty(), "{more:?}");
         assert!(start.elapsed() >= Duration::from_millis(80), "wait returned early");
         // The release resumes receiving, the socket that got nothing first.
@@ -1264,14 +1278,14 @@ mod tests {
         let mut closed = [false, false];
         let mut turns = 0;
         record(&mut h.d, &mut out, &mut got, &mut closed);
-        h.d.wait(Some(Duration::from_secs(5)), &mut out).expect("wait");
+        h.d.wait(Some(Duration::from_secs(5)), None, &mut out).expect("wait");
         assert_eq!(out.len(), 1, "{out:?}");
         assert_ne!(out[0].owner, first, "the starved socket goes first");
         let start = Instant::now();
         while !(closed[0] && closed[1]) {
             assert!(start.elapsed() < DEADLINE, "receiving never resumed");
             record(&mut h.d, &mut out, &mut got, &mut closed);
-            h.d.wait(Some(Duration::from_millis(100)), &mut out).expect("wait");
+            h.d.wait(Some(Duration::from_millis(100)), None, &mut out).expect("wait");
             turns += 1;
         }
         record(&mut h.d, &mut out, &mut got, &mut closed);
@@ -1315,7 +1329,7 @@ mod tests {
         assert_eq!(h.d.in_flight(), 1);
         // Let the recv find nothing to read first, so it really is pending.
         let mut out = Vec::new();
-        h.d.wait(Some(Duration::ZERO), &mut out).expect("wait");
+        h.d.wait(Some(Duration::ZERO), None, &mut out).expect("wait");
         assert!(out.is_empty());
         h.d.cancel(op);
         h.d.cancel(op);
@@ -1326,7 +1340,7 @@ mod tests {
         assert_eq!(h.d.in_flight(), 0);
         // Cancelling a finished operation does nothing.
         h.d.cancel(op);
-        h.d.wait(Some(Duration::ZERO), &mut out).expect("wait");
+        h.d.wait(Some(Duration::ZERO), None, &mut out).expect("wait");
         assert!(out.is_empty());
     }
 
@@ -1363,9 +1377,9 @@ mod tests {
         client.write_all(b"unread").expect("write");
         let mut out = Vec::new();
         // Let the readable edge be seen with no recv pending.
-        h.d.wait(Some(Duration::from_millis(10)), &mut out).expect("wait");
+        h.d.wait(Some(Duration::from_millis(10)), None, &mut out).expect("wait");
         let start = Instant::now();
-        h.d.wait(Some(Duration::from_millis(60)), &mut out).expect("wait");
+        h.d.wait(Some(Duration::from_millis(60)), None, &mut out).expect("wait");
         assert!(out.is_empty());
         assert!(start.elapsed() >= Duration::from_millis(50), "wait returned early");
     }
@@ -1377,15 +1391,15 @@ mod tests {
         fill(&mut client);
         let op = h.d.recv(s, 3);
         let mut out = Vec::new();
-        h.d.wait(Some(Duration::from_secs(5)), &mut out).expect("wait");
+        h.d.wait(Some(Duration::from_secs(5)), None, &mut out).expect("wait");
         assert!(!out.is_empty());
         release_all(&mut h.d, &mut out);
         h.cancel_recv(op, 3);
         // Still readable, nothing pending: wait blocks.
-        h.d.wait(Some(Duration::from_millis(10)), &mut out).expect("wait");
+        h.d.wait(Some(Duration::from_millis(10)), None, &mut out).expect("wait");
         assert!(out.is_empty(), "{out:?}");
         let start = Instant::now();
-        h.d.wait(Some(Duration::from_millis(60)), &mut out).expect("wait");
+        h.d.wait(Some(Duration::from_millis(60)), None, &mut out).expect("wait");
         assert!(out.is_empty(), "{out:?}");
         assert!(start.elapsed() >= Duration::from_millis(50), "wait returned early");
     }
@@ -1398,7 +1412,7 @@ mod tests {
             let t = std::thread::spawn(move || waker.wake());
             let mut out = Vec::new();
             // Returns whether the wake lands before or during the wait.
-            h.d.wait(None, &mut out).expect("wait");
+            h.d.wait(None, None, &mut out).expect("wait");
             assert!(out.is_empty());
             t.join().expect("waker thread");
         }

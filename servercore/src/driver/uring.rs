@@ -8,7 +8,8 @@
 
 use super::bufring::BufRing;
 use super::{
-    Completion, CompletionKind, DriverConfig, OpId, RecvLease, SendBatch, SockId, Waker, WakerInner,
+    Completion, CompletionKind, DriverConfig, Gather, OpId, RecvLease, SendBatch, SockId, Waker,
+    WakerInner,
 };
 use crate::sys::EventFd;
 use io_uring::{cqueue, opcode, squeue, types, IoUring, Probe};
@@ -430,9 +431,24 @@ impl UringDriver {
         self.wake_armed = true;
     }
 
+    /// Hands the queued submissions to the kernel now (sends run inline, so this is
+    /// where most of a busy turn's work happens).
+    pub(crate) fn submit(&mut self) -> io::Result<()> {
+        match self.ring.submit() {
+            Ok(_) => Ok(()),
+            Err(e) => match e.raw_os_error() {
+                // Interrupted or the completion queue is backed up: the next `wait`
+                // submits again and reaps.
+                Some(libc::EINTR) | Some(libc::EBUSY) => Ok(()),
+                _ => Err(e),
+            },
+        }
+    }
+
     pub(crate) fn wait(
         &mut self,
         timeout: Option<Duration>,
+        gather: Option<Gather>,
         out: &mut Vec<Completion>,
     ) -> io::Result<()> {
         out.append(&mut self.backlog);
@@ -453,13 +469,20 @@ impl UringDriver {
             }
         }
         // Completions already in hand: only submit and collect what else is ready.
-        let timeout = if out.is_empty() { timeout } else { Some(Duration::ZERO) };
+        let mut timeout = if out.is_empty() { timeout } else { Some(Duration::ZERO) };
+        let mut want = 1;
+        if let Some(g) = gather {
+            // Sleep through the window unless the completion queue fills up: those ready
+            // now plus a submission queue's worth more (the work of a saturated turn).
+            timeout = Some(timeout.map_or(g.window, |t| t.min(g.window)));
+            want = self.ring.completion().len() + SQ_ENTRIES as usize;
+        }
         let result = match timeout {
-            None => self.ring.submit_and_wait(1),
+            None => self.ring.submit_and_wait(want),
             Some(d) if self.ext_arg => {
                 let ts = types::Timespec::from(d);
                 let args = types::SubmitArgs::new().timespec(&ts);
-                self.ring.submitter().submit_with_args(1, &args)
+                self.ring.submitter().submit_with_args(want, &args)
             }
             Some(d) => {
                 let ts = Box::new(types::Timespec::from(d));
@@ -468,7 +491,7 @@ impl UringDriver {
                 let entry = opcode::Timeout::new(ptr).build().user_data(key as u64);
                 // SAFETY: invariant 1: the boxed timespec stays in `ops[key]` until reaped.
                 unsafe { self.push(&entry) };
-                self.ring.submit_and_wait(1)
+                self.ring.submit_and_wait(want)
             }
         };
         match result {
@@ -665,7 +688,7 @@ impl Drop for UringDriver {
         let deadline = Instant::now() + Duration::from_secs(1);
         let mut sink = Vec::new();
         while !self.ops.is_empty() && Instant::now() < deadline {
-            if self.wait(Some(Duration::from_millis(10)), &mut sink).is_err() {
+            if self.wait(Some(Duration::from_millis(10)), None, &mut sink).is_err() {
                 break;
             }
             sink.clear();

@@ -62,6 +62,20 @@ pub(crate) fn pooled_copy(data: &[u8]) -> bytes::Bytes {
     copy
 }
 
+/// Joins `parts` (`total` bytes in all) into one buffer carved from this thread's chunk.
+pub(crate) fn pooled_concat<'a>(
+    total: usize,
+    parts: impl Iterator<Item = &'a [u8]>,
+) -> bytes::Bytes {
+    let mut chunk = acquire(total);
+    for p in parts {
+        chunk.extend_from_slice(p);
+    }
+    let joined = chunk.split().freeze();
+    release(chunk);
+    joined
+}
+
 /// Gives an (empty) chunk back to this thread, keeping whichever chunk has more room.
 fn release(chunk: BytesMut) {
     if chunk.capacity() == 0 {

@@ -13,7 +13,8 @@
 use crate::config::SendQueuePolicy;
 use crate::config::SessionConfig;
 use crate::driver::{
-    Completion, CompletionKind, Driver, OpId, RecvLease, SendBatch, SockId, Waker, MAX_IOVECS,
+    Completion, CompletionKind, Driver, Gather, OpId, RecvLease, SendBatch, SockId, Waker,
+    MAX_IOVECS,
 };
 use crate::reason::DisconnectReason;
 mod accept;
@@ -167,6 +168,7 @@ pub(crate) struct Worker<S: Session> {
     listeners: Vec<ListenerState>,
     connect_to: Option<SocketAddr>,
     rooms: HashMap<u64, LocalRoom>,
+    scratch: rooms::RoomScratch,
     completions: Vec<Completion>,
     shutdown: Option<Instant>,
     accept_error_logged: bool,
@@ -241,6 +243,7 @@ impl<S: Session> Worker<S> {
             listeners,
             connect_to: role.connect_to,
             rooms: HashMap::new(),
+            scratch: Default::default(),
             completions: Vec::with_capacity(256),
             shutdown: None,
             accept_error_logged: false,
@@ -282,7 +285,8 @@ impl<S: Session> Worker<S> {
                 .next_timeout(Instant::now())
                 .map_or(crate::telemetry::FLUSH_EVERY, |t| t.min(crate::telemetry::FLUSH_EVERY));
             let timeout = Some(timeout);
-            if let Err(e) = self.driver.wait(timeout, &mut self.completions) {
+            let gather = self.gather_window();
+            if let Err(e) = self.driver.wait(timeout, gather, &mut self.completions) {
                 tracing::error!("worker {}: driver wait failed: {e}", self.local.remote.index);
                 self.begin_shutdown(Instant::now());
                 if self.driver.in_flight() > 0 {
@@ -305,6 +309,22 @@ impl<S: Session> Worker<S> {
         // kernel stays in the driver, which leaks it rather than free it).
         let n = self.live;
         self.shared.sessions.fetch_sub(n, Ordering::AcqRel);
+    }
+
+    /// After a turn that fanned room broadcasts out, gather for as long as that turn took
+    /// (at most `broadcast_gather_max`), so that more messages share each member's next
+    /// send; a worker fanning out thus spends at most half its time gathering. The turn's
+    /// sends are started first: they are most of its work.
+    fn gather_window(&mut self) -> Option<Gather> {
+        let max = self.local.config.broadcast_gather_max;
+        if !std::mem::take(&mut self.scratch.fanned_out) || max.is_zero() || self.shutdown.is_some()
+        {
+            return None;
+        }
+        // An error here shows again, and is handled, in the wait that follows.
+        self.driver.submit().ok()?;
+        let busy = Instant::now().saturating_duration_since(self.local.now);
+        Some(Gather { window: busy.min(max) })
     }
 
     fn publish_metrics(&mut self) {
@@ -364,6 +384,7 @@ impl<S: Session> Worker<S> {
             in_flight: 0,
             queue: VecDeque::new(),
             queued: 0,
+            held: 0,
             spare: SendBatch::new(),
             dirty: false,
             close_request: None,
@@ -402,6 +423,12 @@ impl<S: Session> Worker<S> {
     }
 
     fn command(&mut self, cmd: Command) {
+        // A room broadcast joins this turn's room batch (applied by `flush_dirty`); anything
+        // else first applies the batch so far, so every session sees work in the order it
+        // reached this worker.
+        if !matches!(cmd, Command::RoomBroadcast { .. }) && !self.local.deferred.is_empty() {
+            self.run_deferred();
+        }
         match cmd {
             Command::Send { key, buf, admitted } => {
                 let local = &mut self.local;
@@ -456,7 +483,9 @@ impl<S: Session> Worker<S> {
             }
             Command::RoomEnter { room, key } => self.room_enter(room, key),
             Command::RoomLeave { room, key } => self.room_leave(room, key),
-            Command::RoomBroadcast { room, buf } => self.room_broadcast(room, buf),
+            Command::RoomBroadcast { room, buf } => {
+                self.local.deferred.push(Deferred::Broadcast(room, buf));
+            }
         }
     }
 

@@ -42,26 +42,97 @@ impl<S: Session> Worker<S> {
         }
     }
 
-    pub(super) fn room_broadcast(&mut self, room: u64, buf: Bytes) {
+    /// Queues one room's broadcasts (in the order they were made) on its members here.
+    ///
+    /// With two or more members the small buffers are joined first (see
+    /// [`crate::buffer::coalesce`]): one queue entry per member per batch instead of one
+    /// per message, which is most of what a broadcast costs a busy worker.
+    fn room_broadcast_batch(&mut self, room: u64, bufs: &[Bytes]) {
         let Some(local_room) = self.rooms.get(&room) else { return };
+        let segs = &mut self.scratch.segs;
+        segs.clear();
+        if local_room.members.len() >= 2 {
+            self.scratch.fanned_out = true;
+            crate::buffer::coalesce(bufs, segs);
+        } else {
+            segs.extend_from_slice(bufs);
+        }
+        let local = &mut self.local;
         for &key in &local_room.members {
             if let Some(conn) = conn_of(&mut self.slots, key) {
-                let _ = self.local.queue_send(&mut conn.core, buf.clone(), false);
-            }
-        }
-    }
-
-    /// Carries out the room operations callbacks asked for, in order.
-    pub(super) fn run_deferred(&mut self) {
-        while !self.local.deferred.is_empty() {
-            let deferred = std::mem::take(&mut self.local.deferred);
-            for d in deferred {
-                match d {
-                    Deferred::Enter(room, key) => self.room_enter(room, key),
-                    Deferred::Leave(room, key) => self.room_leave(room, key),
-                    Deferred::Broadcast(room, buf) => self.room_broadcast(room, buf),
+                for seg in segs.iter() {
+                    if local.queue_send(&mut conn.core, seg.clone(), false).is_err() {
+                        break; // closed, closing or over its limit: the rest cannot go either
+                    }
                 }
             }
         }
+        segs.clear();
     }
+
+    /// Carries out the broadcasts gathered in `scratch.batch`, room by room.
+    fn apply_broadcasts(&mut self) {
+        let mut batch = std::mem::take(&mut self.scratch.batch);
+        // Stable: each room's broadcasts keep their order.
+        batch.sort_by_key(|(room, _)| *room);
+        let mut parts = std::mem::take(&mut self.scratch.parts);
+        let mut it = batch.drain(..).peekable();
+        while let Some((room, buf)) = it.next() {
+            parts.clear();
+            parts.push(buf);
+            while let Some((_, buf)) = it.next_if(|(r, _)| *r == room) {
+                parts.push(buf);
+            }
+            self.room_broadcast_batch(room, &parts);
+        }
+        drop(it);
+        parts.clear();
+        self.scratch.parts = parts;
+        self.scratch.batch = batch;
+    }
+
+    /// Carries out the room operations asked for since the last call, in order.
+    ///
+    /// Broadcasts are gathered until the next enter, leave or held own send (each must see
+    /// exactly the broadcasts made before it) and then applied room by room.
+    pub(super) fn run_deferred(&mut self) {
+        while !self.local.deferred.is_empty() {
+            let mut deferred = std::mem::take(&mut self.local.deferred);
+            for d in deferred.drain(..) {
+                match d {
+                    Deferred::Broadcast(room, buf) => self.scratch.batch.push((room, buf)),
+                    Deferred::Enter(room, key) => {
+                        self.apply_broadcasts();
+                        self.room_enter(room, key);
+                    }
+                    Deferred::Leave(room, key) => {
+                        self.apply_broadcasts();
+                        self.room_leave(room, key);
+                    }
+                    Deferred::Send(key, buf) => {
+                        self.apply_broadcasts();
+                        if let Some(conn) = conn_of(&mut self.slots, key) {
+                            conn.core.held -= buf.len();
+                            // Its place was reserved when it was made.
+                            let _ = self.local.queue_send(&mut conn.core, buf, true);
+                        }
+                    }
+                }
+            }
+            self.apply_broadcasts();
+            if self.local.deferred.is_empty() {
+                self.local.deferred = deferred; // keep the allocation
+            }
+        }
+    }
+}
+
+/// Reused buffers for [`Worker::run_deferred`] (no allocation per turn).
+#[derive(Default)]
+pub(super) struct RoomScratch {
+    batch: Vec<(u64, Bytes)>,
+    parts: Vec<Bytes>,
+    segs: Vec<Bytes>,
+    /// A broadcast went to two or more members since the last wait.
+    pub(super) fanned_out: bool,
 }

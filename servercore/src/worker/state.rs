@@ -25,6 +25,8 @@ pub(crate) struct Core {
     pub(super) in_flight: u32,
     pub(super) queue: VecDeque<Bytes>,
     pub(crate) queued: usize,
+    /// Bytes of this session's own sends waiting in `Local::deferred` behind room work.
+    pub(super) held: usize,
     /// An empty queue with capacity, swapped in when the queue goes to a send, so steady
     /// sending allocates nothing.
     pub(super) spare: SendBatch,
@@ -91,6 +93,8 @@ pub(super) enum Deferred {
     Enter(Arc<RoomInner>, u64),
     Leave(u64, u64),
     Broadcast(u64, Bytes),
+    /// A session's own send made while room work was pending: it goes out after that work.
+    Send(u64, Bytes),
 }
 
 impl Local {
@@ -148,16 +152,49 @@ impl Local {
         }
     }
 
+    /// A session's own send ([`Ctx::send`](crate::Ctx::send)).
+    ///
+    /// Room work asked for in this turn is carried out at its end; while some is pending,
+    /// the send waits behind it (its place under the limit reserved now), so that the
+    /// session's stream keeps the order in which things were asked for.
+    pub(crate) fn send_own(&mut self, core: &mut Core, buf: Bytes) -> Result<(), SendError> {
+        if self.deferred.is_empty() {
+            return self.queue_send(core, buf, false);
+        }
+        self.admit(core, buf.len(), true)?;
+        if !buf.is_empty() {
+            core.held += buf.len();
+            self.deferred.push(Deferred::Send(core.key, buf));
+        }
+        Ok(())
+    }
+
     /// Queues bytes on a session; the send starts at the end of the loop turn.
     ///
-    /// `admitted`: a [`SessionHandle`](crate::SessionHandle) send that already reserved its
-    /// place under the limit (Notify policy), so it is never refused here.
+    /// `admitted`: a send that already reserved its place under the limit (a
+    /// [`SessionHandle`](crate::SessionHandle) send under the Notify policy, or a held own
+    /// send), so it is never refused for the limit here.
     pub(crate) fn queue_send(
         &mut self,
         core: &mut Core,
         buf: Bytes,
         admitted: bool,
     ) -> Result<(), SendError> {
+        self.admit(core, buf.len(), !admitted)?;
+        if buf.is_empty() {
+            return Ok(());
+        }
+        core.set_queued(core.queued + buf.len());
+        core.queue.push_back(buf);
+        self.metrics.buffers_out += 1;
+        self.mark_dirty(core);
+        Ok(())
+    }
+
+    /// Whether `len` more bytes may be queued on the session now: it must be accepting sends
+    /// and, when `check_limit`, stay under the limit (counting places already reserved).
+    /// A refusal for the limit applies the policy (disconnect, or congestion and notify).
+    fn admit(&mut self, core: &mut Core, len: usize, check_limit: bool) -> Result<(), SendError> {
         let accepting = match core.state {
             State::Open => core.close_request.is_none(),
             State::Closing => core.graceful,
@@ -166,27 +203,21 @@ impl Local {
         if !accepting {
             return Err(SendError::Disconnected);
         }
-        if buf.is_empty() {
+        if len == 0 || !check_limit {
             return Ok(());
         }
         let limit = self.send_limit;
-        if !admitted {
-            let notify = self.notify_policy;
-            // Under Notify, places reserved by handle sends still in the inbox count too.
-            let reserved = if notify { core.flags.posted.load(Ordering::Acquire) } else { 0 };
-            if (notify && core.congested) || core.queued + reserved + buf.len() > limit {
-                if notify {
-                    self.congest(core);
-                } else {
-                    self.request_close(core, DisconnectReason::SendQueueOverflow { limit });
-                }
-                return Err(SendError::QueueFull { limit });
+        let notify = self.notify_policy;
+        // Under Notify, places reserved by handle sends still in the inbox count too.
+        let reserved = if notify { core.flags.posted.load(Ordering::Acquire) } else { 0 };
+        if (notify && core.congested) || core.queued + core.held + reserved + len > limit {
+            if notify {
+                self.congest(core);
+            } else {
+                self.request_close(core, DisconnectReason::SendQueueOverflow { limit });
             }
+            return Err(SendError::QueueFull { limit });
         }
-        core.set_queued(core.queued + buf.len());
-        core.queue.push_back(buf);
-        self.metrics.buffers_out += 1;
-        self.mark_dirty(core);
         Ok(())
     }
 
