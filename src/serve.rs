@@ -94,11 +94,24 @@ pub struct ChatArgs {
     #[arg(long, default_value_t = servercore::packet::DEFAULT_MAX_PACKET_SIZE as u32,
           value_parser = clap::value_parser!(u32).range(4..=65535))]
     pub max_packet: u32,
+    /// Longest time (ms) a worker gathers input after fanning a broadcast out, so that
+    /// more messages share each send (0: never; see `SessionConfig::broadcast_gather_max`).
+    #[arg(long, default_value_t = default_gather_ms())]
+    pub broadcast_gather_ms: u64,
+}
+
+fn default_gather_ms() -> u64 {
+    servercore::SessionConfig::default().broadcast_gather_max.as_millis() as u64
 }
 
 pub fn run_chat(args: ChatArgs, signals: TerminationSignals) -> Result<ExitCode, String> {
     start_metrics(&args.server)?;
+    let config = servercore::SessionConfig {
+        broadcast_gather_max: Duration::from_millis(args.broadcast_gather_ms),
+        ..Default::default()
+    };
     let server = builder(&args.server)
+        .session_config(config)
         .start(ChatSession::factory(args.max_packet as usize))
         .map_err(|e| format!("chat server failed to start: {e}"))?;
     print_ready(&server);

@@ -488,7 +488,57 @@ pub fn render(header: &Header, outcomes: &[Outcome]) -> String {
             let _ = writeln!(s, "- {n}");
         }
     }
+    s.push_str(&render_techniques(outcomes));
     s.push_str(&render_targets(outcomes));
+    s
+}
+
+/// Before/after: each row with one technique switched off against the full io_uring row of
+/// the same workload and run.
+fn render_techniques(outcomes: &[Outcome]) -> String {
+    let mut s = String::new();
+    for o in outcomes {
+        let Ok(rows) = &o.rows else { continue };
+        let w = &o.workload;
+        let Some(full) = o.get(IO_URING).filter(|m| m.valid()) else { continue };
+        for (server, m) in rows {
+            let Server::Servercore { without: Some(a), .. } = server else { continue };
+            if s.is_empty() {
+                let _ = writeln!(
+                    s,
+                    "\nTechniques, before/after (same run): the io_uring server with one technique \
+                     switched off (README, \"Backends\"), against the full one; with / without: \
+                     server CPU per msg (memory: RSS per session). Without / with above 1: what \
+                     the technique saves.\n"
+                );
+                let _ = writeln!(
+                    s,
+                    "| workload | switched off | with | without | without / with | msg/s without / with |"
+                );
+                let _ = writeln!(s, "|---|---|---:|---:|---:|---:|");
+            }
+            if !m.valid() {
+                let _ = writeln!(s, "| {} | {} | - | failed | - | - |", w.label, a.label());
+                continue;
+            }
+            let (with, without) = match w.load {
+                Load::Memory { .. } => (
+                    format!("{:.2} KiB/session", full.rss_per_session_kib.unwrap_or(f64::NAN)),
+                    format!("{:.2} KiB/session", m.rss_per_session_kib.unwrap_or(f64::NAN)),
+                ),
+                _ => (cpu_cell(w.load, full.cpu_per_unit_us), cpu_cell(w.load, m.cpu_per_unit_us)),
+            };
+            let fmt = |r: Option<f64>| r.map_or("-".to_string(), |r| format!("{r:.2}"));
+            let _ = writeln!(
+                s,
+                "| {} | {} | {with} | {without} | {} | {} |",
+                w.label,
+                a.label(),
+                fmt(ratio(compared(w.load, m), compared(w.load, full))),
+                fmt(ratio(m.rate, full.rate)),
+            );
+        }
+    }
     s
 }
 

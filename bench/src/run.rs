@@ -36,6 +36,9 @@ pub struct RunArgs {
     /// Leave out the servercore rows with 2 workers (the scale target).
     #[arg(long)]
     pub no_scale: bool,
+    /// Leave out the rows that switch one io_uring technique off (before/after figures).
+    #[arg(long)]
+    pub no_ablation: bool,
     /// The servercore binary (default: `<workspace>/target/release/servercore`, built first).
     #[arg(long)]
     pub servercore_bin: Option<PathBuf>,
@@ -75,6 +78,8 @@ pub struct Workload {
     pub load: Load,
     /// Also run servercore with 2 workers (the scale target).
     pub scale: bool,
+    /// Also run the io_uring server with each of these techniques switched off.
+    pub ablations: &'static [Ablation],
 }
 
 pub fn workloads() -> Vec<Workload> {
@@ -84,59 +89,120 @@ pub fn workloads() -> Vec<Workload> {
             label: "echo 64 B, 100 sessions, depth 1",
             load: Load::Echo { sessions: 100, size: 64, depth: 1 },
             scale: true,
+            ablations: &[Ablation::DeferTaskrun, Ablation::BufRing],
         },
         Workload {
             key: "echo-64-d16",
             label: "echo 64 B, 100 sessions, depth 16",
             load: Load::Echo { sessions: 100, size: 64, depth: 16 },
             scale: true,
+            ablations: &[Ablation::Drain],
         },
         Workload {
             key: "echo-1k",
             label: "echo 1 KiB, 1,000 sessions, depth 1",
             load: Load::Echo { sessions: 1000, size: 1024, depth: 1 },
             scale: true,
+            ablations: &[],
         },
         Workload {
             key: "chat-100",
             label: "chat 64 B, 100 sessions",
             load: Load::Chat { sessions: 100, size: 64 },
             scale: true,
+            ablations: &[Ablation::Gather, Ablation::GatherAndCoalesce, Ablation::DeferTaskrun],
         },
         Workload {
             key: "chat-1000",
             label: "chat 64 B, 1,000 sessions",
             load: Load::Chat { sessions: 1000, size: 64 },
             scale: true,
+            ablations: &[Ablation::Gather, Ablation::GatherAndCoalesce, Ablation::Drain],
         },
         Workload {
             key: "memory",
             label: "memory: 10,000 echo sessions, 64 B",
             load: Load::Memory { sessions: 10_000, size: 64 },
             scale: false,
+            ablations: &[Ablation::BufRing],
         },
         Workload {
             key: "churn",
             label: "churn: 2,000-connection waves",
             load: Load::Churn { wave: 2000 },
             scale: false,
+            ablations: &[],
         },
     ]
+}
+
+/// One servercore technique, switched off for a before/after row (through the server's
+/// diagnostic switches, README "Backends").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Ablation {
+    /// Fan-out gathering (`chat-server --broadcast-gather-ms 0`).
+    Gather,
+    /// Fan-out gathering and joining a turn's room broadcasts into one buffer.
+    GatherAndCoalesce,
+    /// SINGLE_ISSUER + DEFER_TASKRUN (COOP_TASKRUN instead, as before Linux 6.1).
+    DeferTaskrun,
+    /// The drain enter after a busy turn (DEFER_TASKRUN runs 20 completions per enter).
+    Drain,
+    /// The provided-buffer ring and multishot receive (single-shot receives into a pool).
+    BufRing,
+}
+
+impl Ablation {
+    /// What the row lacks, as the table shows it.
+    pub fn label(self) -> &'static str {
+        match self {
+            Ablation::Gather => "fan-out gathering",
+            Ablation::GatherAndCoalesce => "fan-out gathering, room batching",
+            Ablation::DeferTaskrun => "DEFER_TASKRUN",
+            Ablation::Drain => "drain enter",
+            Ablation::BufRing => "buffer ring",
+        }
+    }
+
+    fn env(self) -> &'static [(&'static str, &'static str)] {
+        match self {
+            Ablation::Gather => &[],
+            Ablation::GatherAndCoalesce => &[("SERVERCORE_NO_ROOM_COALESCE", "1")],
+            Ablation::DeferTaskrun => &[("SERVERCORE_URING_NO_DEFER_TASKRUN", "1")],
+            Ablation::Drain => &[("SERVERCORE_URING_NO_DRAIN", "1")],
+            Ablation::BufRing => &[("SERVERCORE_URING_NO_BUFRING", "1")],
+        }
+    }
+
+    /// Extra arguments for the server (chat-server only takes the gathering one).
+    fn args(self, chat: bool) -> &'static [&'static str] {
+        match self {
+            Ablation::Gather | Ablation::GatherAndCoalesce if chat => {
+                &["--broadcast-gather-ms", "0"]
+            }
+            _ => &[],
+        }
+    }
 }
 
 /// Which server a row measures.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Server {
-    Servercore { backend: &'static str, workers: u16 },
+    Servercore { backend: &'static str, workers: u16, without: Option<Ablation> },
     Tokio,
 }
 
 impl Server {
     pub fn label(self) -> String {
         match self {
-            Server::Servercore { backend, workers: 1 } => format!("servercore {backend}"),
-            Server::Servercore { backend, workers } => {
+            Server::Servercore { backend, workers: 1, without: None } => {
+                format!("servercore {backend}")
+            }
+            Server::Servercore { backend, workers, without: None } => {
                 format!("servercore {backend}, {workers} workers")
+            }
+            Server::Servercore { backend, without: Some(a), .. } => {
+                format!("servercore {backend} without {}", a.label())
             }
             Server::Tokio => "tokio".into(),
         }
@@ -150,14 +216,22 @@ impl Server {
     }
 }
 
-pub const IO_URING: Server = Server::Servercore { backend: "io_uring", workers: 1 };
-pub const POLL: Server = Server::Servercore { backend: "poll", workers: 1 };
-pub const IO_URING_2: Server = Server::Servercore { backend: "io_uring", workers: 2 };
+pub const IO_URING: Server = Server::Servercore { backend: "io_uring", workers: 1, without: None };
+pub const POLL: Server = Server::Servercore { backend: "poll", workers: 1, without: None };
+pub const IO_URING_2: Server =
+    Server::Servercore { backend: "io_uring", workers: 2, without: None };
 
-pub fn servers_for(w: &Workload, scale: bool) -> Vec<Server> {
+pub fn servers_for(w: &Workload, scale: bool, ablation: bool) -> Vec<Server> {
     let mut v = vec![IO_URING, POLL, Server::Tokio];
     if w.scale && scale {
         v.push(IO_URING_2);
+    }
+    if ablation {
+        v.extend(w.ablations.iter().map(|&a| Server::Servercore {
+            backend: "io_uring",
+            workers: 1,
+            without: Some(a),
+        }));
     }
     v
 }
@@ -258,7 +332,7 @@ pub fn run(args: RunArgs) -> Result<(), String> {
     eprintln!("{}", header.render());
     let mut outcomes: Vec<Outcome> = Vec::new();
     for w in &selected {
-        let servers = servers_for(w, !args.no_scale);
+        let servers = servers_for(w, !args.no_scale, !args.no_ablation);
         if w.load.is_chat() {
             if let Some(why) = &chat_missing {
                 outcomes.push(Outcome::unavailable(w.clone(), why.clone()));
@@ -338,6 +412,14 @@ fn chat_unavailable(bin: &Path) -> Option<String> {
     }
 }
 
+/// The servercore switches that turn a technique off: never inherited by a full row.
+const SWITCHES: [&str; 4] = [
+    "SERVERCORE_NO_ROOM_COALESCE",
+    "SERVERCORE_URING_NO_DEFER_TASKRUN",
+    "SERVERCORE_URING_NO_DRAIN",
+    "SERVERCORE_URING_NO_BUFRING",
+];
+
 /// A server process; killed when dropped.
 struct RunningServer {
     child: Child,
@@ -350,11 +432,17 @@ impl RunningServer {
     fn start(env: &Env, w: &Workload, server: Server, cores: &CoreSet) -> Result<Self, String> {
         let chat = w.load.is_chat();
         let mut cmd = match server {
-            Server::Servercore { backend, workers } => {
+            Server::Servercore { backend, workers, without } => {
                 let mut c = Command::new(&env.servercore);
                 c.arg(if chat { "chat-server" } else { "echo-server" })
                     .args(["--addr", "127.0.0.1:0", "--workers", &workers.to_string()])
                     .env("SERVERCORE_BACKEND", backend);
+                for name in SWITCHES {
+                    c.env_remove(name);
+                }
+                if let Some(a) = without {
+                    c.args(a.args(chat)).envs(a.env().iter().copied());
+                }
                 c
             }
             Server::Tokio => {
@@ -564,6 +652,9 @@ fn dummy_round(
         .args(["--secs", &env.secs.to_string(), "--json", "--workers", "1"])
         .args(["--depth", &depth.to_string()])
         .env_remove("SERVERCORE_BACKEND");
+    for name in SWITCHES {
+        cmd.env_remove(name);
+    }
     let log = env.logs.join("client.log");
     let log_file =
         File::create(&log).map_err(|e| format!("cannot create {}: {e}", log.display()))?;

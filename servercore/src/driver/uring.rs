@@ -60,9 +60,17 @@ pub(crate) fn probe() -> Result<(), String> {
     Ok(())
 }
 
+/// Whether the diagnostic switch `name` is set to `1` (see the README: they turn one
+/// technique off, so that the benchmark can measure what it brings).
+pub(crate) fn switched_off(name: &str) -> bool {
+    std::env::var_os(name).is_some_and(|v| v == "1")
+}
+
 /// Builds a ring with the best setup flags the kernel accepts; true when it has
 /// DEFER_TASKRUN.
 fn build_ring() -> io::Result<(IoUring, bool)> {
+    // SERVERCORE_URING_NO_DEFER_TASKRUN=1 starts at COOP_TASKRUN, as on kernels before 6.1.
+    let first = if switched_off("SERVERCORE_URING_NO_DEFER_TASKRUN") { 1 } else { 0 };
     let attempts: [fn(&mut io_uring::Builder); 3] = [
         |b| {
             b.setup_single_issuer().setup_defer_taskrun();
@@ -73,7 +81,7 @@ fn build_ring() -> io::Result<(IoUring, bool)> {
         |_| {},
     ];
     let mut last = None;
-    for (i, setup) in attempts.into_iter().enumerate() {
+    for (i, setup) in attempts.into_iter().enumerate().skip(first) {
         let mut b = IoUring::builder();
         b.setup_cqsize(SQ_ENTRIES * 4);
         setup(&mut b);
@@ -144,9 +152,10 @@ pub(crate) struct UringDriver {
     wake_fd: i32,
     wake_armed: bool,
     ext_arg: bool,
-    /// The ring was set up with DEFER_TASKRUN (completions run when this thread enters).
-    defer_taskrun: bool,
     multishot_accept: bool,
+    /// Ask again for the rest after a busy wait (DEFER_TASKRUN with EXT_ARG; off with
+    /// SERVERCORE_URING_NO_DRAIN=1).
+    drain: bool,
     dropping: bool,
     /// Completions reaped while making room in a full queue, handed out by the next `wait`.
     backlog: Vec<Completion>,
@@ -163,7 +172,16 @@ impl UringDriver {
         let ext_arg = ring.params().is_feature_ext_arg();
         // SERVERCORE_URING_NO_BUFRING=1 takes the path of kernels without buffer rings
         // (single-shot receives into a pool), so that tests can cover it here too.
-        let no_bufring = std::env::var_os("SERVERCORE_URING_NO_BUFRING").is_some_and(|v| v == "1");
+        let no_bufring = switched_off("SERVERCORE_URING_NO_BUFRING");
+        for name in [
+            "SERVERCORE_URING_NO_BUFRING",
+            "SERVERCORE_URING_NO_DEFER_TASKRUN",
+            "SERVERCORE_URING_NO_DRAIN",
+        ] {
+            if switched_off(name) {
+                tracing::info!("{name}=1: that io_uring technique is switched off");
+            }
+        }
         let bufring = if config.recv_buffers > 0 && !no_bufring {
             match BufRing::new(&ring, config.recv_buffers, config.recv_buffer_size, 0) {
                 Ok(b) => Some(b),
@@ -193,8 +211,8 @@ impl UringDriver {
             wake_fd,
             wake_armed: false,
             ext_arg,
-            defer_taskrun,
             multishot_accept: true,
+            drain: defer_taskrun && ext_arg && !switched_off("SERVERCORE_URING_NO_DRAIN"),
             dropping: false,
             backlog: Vec::new(),
             cqes: Vec::with_capacity(256),
@@ -507,7 +525,7 @@ impl UringDriver {
         // (20 on recent kernels, unless more are asked for). A busy turn asks once more,
         // without waiting, for everything that is ready, so that a turn sees all ready
         // sockets (bigger batches, fewer sends) rather than 20 of them.
-        if self.defer_taskrun && out.len() - before >= DRAIN_THRESHOLD && self.ext_arg {
+        if self.drain && out.len() - before >= DRAIN_THRESHOLD {
             let ts = types::Timespec::new();
             let args = types::SubmitArgs::new().timespec(&ts);
             let want = self.ring.params().cq_entries() as usize;

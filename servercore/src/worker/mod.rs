@@ -243,7 +243,7 @@ impl<S: Session> Worker<S> {
             listeners,
             connect_to: role.connect_to,
             rooms: HashMap::new(),
-            scratch: Default::default(),
+            scratch: rooms::RoomScratch::new(),
             completions: Vec::with_capacity(256),
             shutdown: None,
             accept_error_logged: false,

@@ -53,6 +53,8 @@ impl<S: Session> Worker<S> {
         segs.clear();
         if local_room.members.len() >= 2 {
             self.scratch.fanned_out = true;
+        }
+        if local_room.members.len() >= 2 && !self.scratch.no_coalesce {
             crate::buffer::coalesce(bufs, segs);
         } else {
             segs.extend_from_slice(bufs);
@@ -135,4 +137,14 @@ pub(super) struct RoomScratch {
     segs: Vec<Bytes>,
     /// A broadcast went to two or more members since the last wait.
     pub(super) fanned_out: bool,
+    /// SERVERCORE_NO_ROOM_COALESCE=1: queue each broadcast buffer on each member as it is
+    /// (the benchmark's measure of what joining them brings).
+    no_coalesce: bool,
+}
+
+impl RoomScratch {
+    pub(super) fn new() -> Self {
+        let no_coalesce = std::env::var_os("SERVERCORE_NO_ROOM_COALESCE").is_some_and(|v| v == "1");
+        RoomScratch { no_coalesce, ..Default::default() }
+    }
 }
