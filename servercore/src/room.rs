@@ -4,7 +4,9 @@
 //! A room keeps, per worker, the list of its members that live there; that list is only
 //! touched by its worker. `broadcast` posts the buffer once to each worker that has
 //! members, and each worker queues it on its local members: no lock is held while
-//! sending, and no payload is copied per receiver.
+//! sending, and no payload is copied per receiver. A worker gathers a room's broadcasts of
+//! one loop turn and joins the small ones into one buffer (copied once), so that a member
+//! gets one queue entry and one send per turn however many messages the room relayed.
 
 use crate::buffer::SendBuffer;
 use crate::service::ServiceShared;
@@ -21,7 +23,10 @@ static NEXT_ROOM: AtomicU64 = AtomicU64::new(1);
 /// Membership changes are messages to the member's worker, carried out in order with the
 /// other messages to it: a broadcast sent after `enter` was carried out reaches the new
 /// member. For any one sender, members receive its broadcasts in the order they were
-/// made. A session leaves its rooms when it disconnects.
+/// made, and a session's own [`Ctx::send`](crate::Ctx::send) made after a broadcast
+/// reaches it after that broadcast. What one thread posts to a worker (broadcasts from
+/// outside the worker, [`SessionHandle::send`]) is carried out in the order it was posted.
+/// A session leaves its rooms when it disconnects.
 ///
 /// ```
 /// use servercore::{Ctx, Room, ServerService, Session};

@@ -271,6 +271,8 @@ pub(crate) struct PollDriver {
     pool: Pool,
     /// Operations to complete with the given error at the next `wait`.
     doomed: Vec<(usize, io::Error)>,
+    /// Completions produced by `submit`, handed out by the next `wait`.
+    submitted: Vec<Completion>,
 }
 
 impl PollDriver {
@@ -288,6 +290,7 @@ impl PollDriver {
             starved: Vec::new(),
             pool: Pool::new(),
             doomed: Vec::new(),
+            submitted: Vec::new(),
         })
     }
 
@@ -458,8 +461,12 @@ impl PollDriver {
         self.ops.len()
     }
 
-    /// Nothing to do: readiness writes happen inside `wait` and when asked.
+    /// Drives what was started since the last `wait` now (this turn's writes), keeping
+    /// the completions for the next `wait`.
     pub(crate) fn submit(&mut self) -> io::Result<()> {
+        let mut done = std::mem::take(&mut self.submitted);
+        self.process(&mut done);
+        self.submitted = done;
         Ok(())
     }
 
@@ -469,11 +476,14 @@ impl PollDriver {
         gather: Option<Gather>,
         out: &mut Vec<Completion>,
     ) -> io::Result<()> {
+        out.append(&mut self.submitted);
+        let mut timeout = timeout;
         if let Some(g) = gather {
             // epoll has no "at least this many" wait: sleep through the window, which
             // leaves exactly the readiness that gathered meanwhile for the wait below.
             let window = timeout.map_or(g.window, |t| t.min(g.window));
             std::thread::sleep(window);
+            timeout = timeout.map(|t| t.saturating_sub(window));
         }
         // Sockets capped in the last `wait` continue, behind those queued since.
         self.dirty.append(&mut self.again);

@@ -493,7 +493,8 @@ impl UringDriver {
             // Sleep through the window unless the completion queue fills up: those ready
             // now plus a submission queue's worth more (the work of a saturated turn).
             timeout = Some(timeout.map_or(g.window, |t| t.min(g.window)));
-            want = self.ring.completion().len() + SQ_ENTRIES as usize;
+            let cq = self.ring.params().cq_entries() as usize;
+            want = (self.ring.completion().len() + SQ_ENTRIES as usize).min(cq);
         }
         let result = match timeout {
             None => self.ring.submit_and_wait(want),
