@@ -96,7 +96,7 @@ pub fn workloads() -> Vec<Workload> {
             label: "echo 64 B, 100 sessions, depth 16",
             load: Load::Echo { sessions: 100, size: 64, depth: 16 },
             scale: true,
-            ablations: &[Ablation::Drain],
+            ablations: &[],
         },
         Workload {
             key: "echo-1k",
@@ -117,7 +117,7 @@ pub fn workloads() -> Vec<Workload> {
             label: "chat 64 B, 1,000 sessions",
             load: Load::Chat { sessions: 1000, size: 64 },
             scale: true,
-            ablations: &[Ablation::Gather, Ablation::GatherAndCoalesce, Ablation::Drain],
+            ablations: &[Ablation::Gather, Ablation::GatherAndCoalesce],
         },
         Workload {
             key: "memory",
@@ -146,8 +146,6 @@ pub enum Ablation {
     GatherAndCoalesce,
     /// SINGLE_ISSUER + DEFER_TASKRUN (COOP_TASKRUN instead, as before Linux 6.1).
     DeferTaskrun,
-    /// The drain enter after a busy turn (DEFER_TASKRUN runs 20 completions per enter).
-    Drain,
     /// The provided-buffer ring and multishot receive (single-shot receives into a pool).
     BufRing,
 }
@@ -159,7 +157,6 @@ impl Ablation {
             Ablation::Gather => "fan-out gathering",
             Ablation::GatherAndCoalesce => "fan-out gathering, room batching",
             Ablation::DeferTaskrun => "DEFER_TASKRUN",
-            Ablation::Drain => "drain enter",
             Ablation::BufRing => "buffer ring",
         }
     }
@@ -169,7 +166,6 @@ impl Ablation {
             Ablation::Gather => &[],
             Ablation::GatherAndCoalesce => &[("SERVERCORE_NO_ROOM_COALESCE", "1")],
             Ablation::DeferTaskrun => &[("SERVERCORE_URING_NO_DEFER_TASKRUN", "1")],
-            Ablation::Drain => &[("SERVERCORE_URING_NO_DRAIN", "1")],
             Ablation::BufRing => &[("SERVERCORE_URING_NO_BUFRING", "1")],
         }
     }
@@ -413,10 +409,9 @@ fn chat_unavailable(bin: &Path) -> Option<String> {
 }
 
 /// The servercore switches that turn a technique off: never inherited by a full row.
-const SWITCHES: [&str; 4] = [
+const SWITCHES: [&str; 3] = [
     "SERVERCORE_NO_ROOM_COALESCE",
     "SERVERCORE_URING_NO_DEFER_TASKRUN",
-    "SERVERCORE_URING_NO_DRAIN",
     "SERVERCORE_URING_NO_BUFRING",
 ];
 

@@ -80,7 +80,8 @@ pub(crate) struct DriverConfig {
 /// A request to `wait` to gather: return at the end of `window` (or the timeout, if
 /// sooner) with everything that completed meanwhile, rather than at the first completion.
 /// A backend may return earlier when so much is ready that waiting longer would overflow
-/// its queues.
+/// its queues. A zero window waits as usual but returns with everything that is ready,
+/// not just a first batch.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Gather {
     pub window: Duration,

@@ -478,7 +478,7 @@ impl PollDriver {
     ) -> io::Result<()> {
         out.append(&mut self.submitted);
         let mut timeout = timeout;
-        if let Some(g) = gather {
+        if let Some(g) = gather.filter(|g| !g.window.is_zero()) {
             // epoll has no "at least this many" wait: sleep through the window, which
             // leaves exactly the readiness that gathered meanwhile for the wait below.
             let window = timeout.map_or(g.window, |t| t.min(g.window));

@@ -153,8 +153,8 @@ pub(crate) struct UringDriver {
     wake_armed: bool,
     ext_arg: bool,
     multishot_accept: bool,
-    /// Ask again for the rest after a busy wait (DEFER_TASKRUN with EXT_ARG; off with
-    /// SERVERCORE_URING_NO_DRAIN=1).
+    /// A gathering wait may ask again for the rest after a busy wait (DEFER_TASKRUN with
+    /// EXT_ARG).
     drain: bool,
     dropping: bool,
     /// Completions reaped while making room in a full queue, handed out by the next `wait`.
@@ -173,11 +173,7 @@ impl UringDriver {
         // SERVERCORE_URING_NO_BUFRING=1 takes the path of kernels without buffer rings
         // (single-shot receives into a pool), so that tests can cover it here too.
         let no_bufring = switched_off("SERVERCORE_URING_NO_BUFRING");
-        for name in [
-            "SERVERCORE_URING_NO_BUFRING",
-            "SERVERCORE_URING_NO_DEFER_TASKRUN",
-            "SERVERCORE_URING_NO_DRAIN",
-        ] {
+        for name in ["SERVERCORE_URING_NO_BUFRING", "SERVERCORE_URING_NO_DEFER_TASKRUN"] {
             if switched_off(name) {
                 tracing::info!("{name}=1: that io_uring technique is switched off");
             }
@@ -212,7 +208,7 @@ impl UringDriver {
             wake_armed: false,
             ext_arg,
             multishot_accept: true,
-            drain: defer_taskrun && ext_arg && !switched_off("SERVERCORE_URING_NO_DRAIN"),
+            drain: defer_taskrun && ext_arg,
             dropping: false,
             backlog: Vec::new(),
             cqes: Vec::with_capacity(256),
@@ -489,7 +485,10 @@ impl UringDriver {
         // Completions already in hand: only submit and collect what else is ready.
         let mut timeout = if out.is_empty() { timeout } else { Some(Duration::ZERO) };
         let mut want = 1;
-        if let Some(g) = gather {
+        // Without EXT_ARG (before 5.11) the timeout is a TIMEOUT operation, whose one
+        // completion would not end a wait for many: such kernels do not gather.
+        let gathering = gather.filter(|g| !g.window.is_zero() && self.ext_arg);
+        if let Some(g) = gathering {
             // Sleep through the window unless the completion queue fills up: those ready
             // now plus a submission queue's worth more (the work of a saturated turn).
             timeout = Some(timeout.map_or(g.window, |t| t.min(g.window)));
@@ -523,10 +522,15 @@ impl UringDriver {
         let before = out.len();
         self.reap(out);
         // With DEFER_TASKRUN, one enter runs only a bounded batch of deferred completions
-        // (20 on recent kernels, unless more are asked for). A busy turn asks once more,
-        // without waiting, for everything that is ready, so that a turn sees all ready
-        // sockets (bigger batches, fewer sends) rather than 20 of them.
-        if self.drain && out.len() - before >= DRAIN_THRESHOLD {
+        // (20 on recent kernels, unless more are asked for; a gathering wait asks for
+        // more). A busy gathering turn with no window asks once more, without waiting, for
+        // everything that is ready, so that a fan-out sees all ready sockets rather than 20.
+        // Other turns do not: for echo-like work, smaller turns cost less (see BENCHMARKS.md).
+        if self.drain
+            && gather.is_some()
+            && gathering.is_none()
+            && out.len() - before >= DRAIN_THRESHOLD
+        {
             let ts = types::Timespec::new();
             let args = types::SubmitArgs::new().timespec(&ts);
             let want = self.ring.params().cq_entries() as usize;

@@ -317,9 +317,12 @@ impl<S: Session> Worker<S> {
     /// sends are started first: they are most of its work.
     fn gather_window(&mut self) -> Option<Gather> {
         let max = self.local.config.broadcast_gather_max;
-        if !std::mem::take(&mut self.scratch.fanned_out) || max.is_zero() || self.shutdown.is_some()
-        {
+        if !std::mem::take(&mut self.scratch.fanned_out) || self.shutdown.is_some() {
             return None;
+        }
+        if max.is_zero() {
+            // No waiting, but the next turn should see every ready socket.
+            return Some(Gather { window: Duration::ZERO });
         }
         // An error here shows again, and is handled, in the wait that follows.
         self.driver.submit().ok()?;
