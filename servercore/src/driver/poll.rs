@@ -77,6 +77,8 @@ const RECV_BUF: usize = 16 << 10;
 /// Most receive buffers the pool allocates (16 MiB): beyond it receiving pauses until
 /// leases come back.
 const POOL_MAX: usize = 1024;
+/// Most buffers one gather write takes here (a stack array; at most `MAX_IOVECS`).
+const SEND_SLICES: usize = 64;
 /// Capacity of the event buffer handed to `mio::Poll::poll`.
 const EVENTS_CAPACITY: usize = 1024;
 
@@ -759,10 +761,17 @@ fn try_send(
     bufs: &SendBatch,
     writable: &mut bool,
 ) -> Option<io::Result<usize>> {
-    let slices: Vec<IoSlice<'_>> =
-        bufs.iter().take(super::MAX_IOVECS).map(|b| IoSlice::new(b)).collect();
+    // On the stack: no allocation per send. A longer queue goes out over several writes
+    // (a short write, which the caller resumes).
+    let mut array = [IoSlice::new(&[]); SEND_SLICES];
+    let mut n = 0;
+    for (slot, b) in array.iter_mut().zip(bufs) {
+        *slot = IoSlice::new(b);
+        n += 1;
+    }
+    let slices = &array[..n];
     loop {
-        match stream.try_io(|| gather_write(stream, &slices)) {
+        match stream.try_io(|| gather_write(stream, slices)) {
             Ok(n) => return Some(Ok(n)),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 *writable = false;
