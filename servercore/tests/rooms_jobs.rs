@@ -15,7 +15,7 @@ use common::{any_port, connect, wait_until, TIMEOUT};
 use servercore::packet::{Framed, Packet, PacketSession, PacketWriter};
 use servercore::{
     ClientService, Ctx, DisconnectReason, JobQueue, JobTimer, Room, SendBuffer, SendError,
-    ServerService, Session, SessionHandle, SessionId, TimerId, WorkerGone,
+    ServerService, Session, SessionConfig, SessionHandle, SessionId, TimerId, WorkerGone,
 };
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::io::{Read, Write};
@@ -193,9 +193,24 @@ impl PacketSession for ChatClient {
 
 #[test]
 fn broadcast_500_sessions_over_2_workers_10_senders_200_messages_each() {
+    broadcast_500_sessions(SessionConfig::default());
+}
+
+/// The same with fan-out gathering off: room batching alone, and the drain enter that then
+/// follows busy fan-out turns on io_uring.
+#[test]
+fn broadcast_500_sessions_without_fan_out_gathering() {
+    broadcast_500_sessions(SessionConfig {
+        broadcast_gather_max: Duration::ZERO,
+        ..SessionConfig::default()
+    });
+}
+
+fn broadcast_500_sessions(config: SessionConfig) {
     const SESSIONS: usize = 500;
     let room = Room::new();
-    let server = room_server(&room, ServerService::builder(any_port()).workers(2));
+    let server =
+        room_server(&room, ServerService::builder(any_port()).workers(2).session_config(config));
     let (joined_tx, joined_rx) = mpsc::channel();
     let (done_tx, done_rx) = mpsc::channel();
     let shared = Arc::new(ChatShared {
