@@ -94,7 +94,11 @@
 //! ## 3. A room broadcast
 //!
 //! A [`Room`] is a set of sessions that may live on different workers. A broadcast posts
-//! the buffer once per worker that has members; no payload is copied per receiver.
+//! the buffer once per worker that has members; no payload is copied per receiver. Each
+//! worker joins a room's broadcasts of one loop turn into one buffer, so a member gets one
+//! send per turn however many messages the room relayed, and after such a fan-out it
+//! gathers input a little longer (see
+//! [`SessionConfig::broadcast_gather_max`]) so that the next sends carry more.
 //!
 //! ```
 //! use servercore::{Ctx, Room, ServerService, Session};
