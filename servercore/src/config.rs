@@ -59,10 +59,10 @@ pub struct SessionConfig {
     /// messages share each member's next send: as long as that turn took (its sends
     /// included), never more than this. A quiet room's turn takes microseconds, so its
     /// messages wait microseconds; a turn that sent to thousands of members took
-    /// milliseconds, and the next one gathers for as long, which halves the sends per
-    /// message or better. Everything on that worker (receives, timers, posted work) waits
-    /// with it; other workers are not affected, and the order of everything is kept. Set
-    /// it to zero to favour latency over CPU.
+    /// milliseconds, and the next one gathers for as long. Receives and work posted to
+    /// that worker wait with it (its timers still fire on time); other workers are not
+    /// affected, and the order of everything is kept. Kernels without IORING_FEAT_EXT_ARG
+    /// (before 5.11) do not gather. Set it to zero to favour latency over CPU.
     pub broadcast_gather_max: Duration,
 }
 

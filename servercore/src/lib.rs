@@ -95,9 +95,9 @@
 //!
 //! A [`Room`] is a set of sessions that may live on different workers. A broadcast posts
 //! the buffer once per worker that has members; no payload is copied per receiver. Each
-//! worker joins a room's broadcasts of one loop turn into one buffer, so a member gets one
-//! send per turn however many messages the room relayed, and after such a fan-out it
-//! gathers input a little longer (see
+//! worker joins the small broadcasts a room relays in one loop turn into one buffer, so
+//! a member typically gets one queue entry per turn rather than one per message; after
+//! such a fan-out the worker gathers input a little longer (see
 //! [`SessionConfig::broadcast_gather_max`]) so that the next sends carry more.
 //!
 //! ```

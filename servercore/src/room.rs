@@ -6,7 +6,9 @@
 //! members, and each worker queues it on its local members: no lock is held while
 //! sending, and no payload is copied per receiver. A worker gathers a room's broadcasts of
 //! one loop turn and joins the small ones into one buffer (copied once), so that a member
-//! gets one queue entry and one send per turn however many messages the room relayed.
+//! typically gets one queue entry per turn rather than one per message. (Buffers over
+//! 2 KiB are queued as they are; and where order demands it, e.g. a member's own send
+//! made after a broadcast, or a session in two rooms, the batch is split.)
 
 use crate::buffer::SendBuffer;
 use crate::service::ServiceShared;

@@ -244,10 +244,10 @@ impl Ctx<'_> {
 
     /// Queues `buf` on every member of `room` (this session included, if a member). Other
     /// workers with members get one message each. This worker's members get it at the end
-    /// of the loop turn, joined with the turn's other broadcasts to the room (so that each
-    /// member gets one buffer, not one per message); sends this session makes after the
-    /// broadcast still reach it after the broadcast. One sender's broadcasts reach every
-    /// member in order.
+    /// of the loop turn, small buffers joined with the turn's other broadcasts to the room
+    /// (so that members get few buffers rather than one per message); sends this session
+    /// makes after the broadcast still reach it after the broadcast. One sender's
+    /// broadcasts reach every member in order, across rooms too.
     pub fn broadcast_room(&mut self, room: &Room, buf: impl Into<SendBuffer>) {
         self.local.broadcast_room(&room.inner, buf.into().into_bytes())
     }

@@ -726,6 +726,124 @@ fn a_sessions_own_send_after_its_broadcast_arrives_after_it() {
     server.shutdown(Duration::from_secs(5)).unwrap();
 }
 
+/// Relays each received byte `x` as `2x` to the second room and then `1x` to the first
+/// (rooms made in that order get increasing ids, so grouping by room would swap them).
+struct TwoRooms {
+    first: Room,
+    second: Room,
+    tx: Sender<()>,
+}
+
+impl Session for TwoRooms {
+    fn on_connected(&mut self, ctx: &mut Ctx<'_>) {
+        assert!(ctx.enter_room(&self.first));
+        assert!(ctx.enter_room(&self.second));
+        ctx.send(&b"W_"[..]).unwrap();
+        let _ = self.tx.send(());
+    }
+    fn on_recv(&mut self, ctx: &mut Ctx<'_>, data: &[u8]) -> usize {
+        for &x in data {
+            ctx.broadcast_room(&self.second, vec![b'2', x]);
+            ctx.broadcast_room(&self.first, vec![b'1', x]);
+        }
+        data.len()
+    }
+}
+
+/// A session in two rooms gets broadcasts to both in the order they were made, although a
+/// worker joins each room's broadcasts of a turn.
+#[test]
+fn broadcasts_to_two_rooms_keep_their_order() {
+    let (tx, rx) = mpsc::channel();
+    let (first, second) = (Room::new(), Room::new());
+    let (f, s) = (first.clone(), second.clone());
+    let server = ServerService::builder(any_port())
+        .workers(1)
+        .start(move || TwoRooms { first: f.clone(), second: s.clone(), tx: tx.clone() })
+        .unwrap();
+    let mut a = connect(server.local_addr());
+    recv(&rx, "first on_connected");
+    let mut b = connect(server.local_addr());
+    recv(&rx, "second on_connected");
+    assert_eq!(read_exactly(&mut a, 2), b"W_");
+    assert_eq!(read_exactly(&mut b, 2), b"W_");
+    wait_room_len(&first, 2);
+    wait_room_len(&second, 2);
+    let data: Vec<u8> = (0..=255u8).collect();
+    a.write_all(&data).unwrap();
+    let want: Vec<u8> = data.iter().flat_map(|&x| [b'2', x, b'1', x]).collect();
+    assert_eq!(read_exactly(&mut a, want.len()), want);
+    assert_eq!(read_exactly(&mut b, want.len()), want);
+    server.shutdown(Duration::from_secs(5)).unwrap();
+}
+
+/// A member that broadcasts, sends a last word and disconnects, or says goodbye from
+/// `on_disconnected` at shutdown while others' room work is pending: its own sends are
+/// flushed like any send before a local disconnect.
+struct LastWord {
+    room: Room,
+    tx: Sender<()>,
+}
+
+impl Session for LastWord {
+    fn on_connected(&mut self, ctx: &mut Ctx<'_>) {
+        assert!(ctx.enter_room(&self.room));
+        ctx.send(&b"W"[..]).unwrap();
+        let _ = self.tx.send(());
+    }
+    fn on_recv(&mut self, ctx: &mut Ctx<'_>, data: &[u8]) -> usize {
+        ctx.broadcast_room(&self.room, &b"B"[..]);
+        ctx.send(&b"bye"[..]).unwrap();
+        ctx.disconnect("asked to leave");
+        data.len()
+    }
+    fn on_disconnected(&mut self, ctx: &mut Ctx<'_>, _reason: &DisconnectReason) {
+        ctx.broadcast_room(&self.room, &b"L"[..]);
+        let _ = ctx.send(&b"F"[..]);
+    }
+}
+
+fn read_to_end(c: &mut std::net::TcpStream) -> Vec<u8> {
+    let mut all = Vec::new();
+    c.read_to_end(&mut all).expect("read until the server closes");
+    all
+}
+
+#[test]
+fn own_sends_behind_room_work_are_flushed_on_a_local_disconnect_and_at_shutdown() {
+    let (tx, rx) = mpsc::channel();
+    let room = Room::new();
+    let r = room.clone();
+    let server = ServerService::builder(any_port())
+        .workers(1)
+        .start(move || LastWord { room: r.clone(), tx: tx.clone() })
+        .unwrap();
+    let mut clients: Vec<_> = (0..3)
+        .map(|i| {
+            let c = connect(server.local_addr());
+            recv(&rx, &format!("on_connected {i}"));
+            c
+        })
+        .collect();
+    wait_room_len(&room, 3);
+    // The first one asks to leave. Its broadcast is carried out at the end of the turn,
+    // after the disconnect request, so it reaches the others only; its own sends, made
+    // before the request, are flushed.
+    clients[0].write_all(b"x").unwrap();
+    let first = read_to_end(&mut clients[0]);
+    assert_eq!(first, b"WbyeF", "the leaver: welcome, last word, farewell");
+    for c in &mut clients[1..] {
+        assert_eq!(read_exactly(c, 3), b"WBL", "the others: welcome, broadcast, its farewell");
+    }
+    wait_room_len(&room, 2);
+    // Shutdown: each closing member broadcasts and says goodbye in on_disconnected.
+    server.shutdown(Duration::from_secs(5)).unwrap();
+    for c in &mut clients[1..] {
+        let rest = read_to_end(c);
+        assert!(rest.ends_with(b"F"), "farewell flushed at shutdown, got {rest:?}");
+    }
+}
+
 /// A room belongs to the service of its first member: a session of another service cannot
 /// enter it.
 #[test]

@@ -31,6 +31,11 @@ pub(crate) struct BufRing {
 impl BufRing {
     /// Allocates `count` (a power of two, at most 32768) buffers of `size` bytes, registers
     /// them with `ring` as group `bgid`, and hands all of them to the kernel.
+    /// How many buffers the ring has.
+    pub(crate) fn count(&self) -> usize {
+        usize::from(self.count)
+    }
+
     pub(crate) fn new(ring: &IoUring, count: u16, size: usize, bgid: u16) -> io::Result<Self> {
         assert!(count.is_power_of_two() && count <= 32768 && size > 0 && size <= u32::MAX as usize);
         let entries_layout = Layout::array::<BufRingEntry>(usize::from(count))

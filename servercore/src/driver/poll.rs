@@ -77,7 +77,8 @@ const RECV_BUF: usize = 16 << 10;
 /// Most receive buffers the pool allocates (16 MiB): beyond it receiving pauses until
 /// leases come back.
 const POOL_MAX: usize = 1024;
-/// Most buffers one gather write takes here (a stack array; at most `MAX_IOVECS`).
+/// Buffers per gather write here (a stack array); one send takes up to `MAX_IOVECS` in
+/// several writes.
 const SEND_SLICES: usize = 64;
 /// Capacity of the event buffer handed to `mio::Poll::poll`.
 const EVENTS_CAPACITY: usize = 1024;
@@ -761,15 +762,43 @@ fn try_send(
     bufs: &SendBatch,
     writable: &mut bool,
 ) -> Option<io::Result<usize>> {
-    // On the stack: no allocation per send. A longer queue goes out over several writes
-    // (a short write, which the caller resumes).
-    let mut array = [IoSlice::new(&[]); SEND_SLICES];
-    let mut n = 0;
-    for (slot, b) in array.iter_mut().zip(bufs) {
-        *slot = IoSlice::new(b);
-        n += 1;
+    // Slices on the stack (no allocation per send), SEND_SLICES buffers per write; while
+    // each write takes all it was given, the next buffers follow in the same call.
+    let mut total = 0;
+    let mut rest = bufs.iter().take(super::MAX_IOVECS).peekable();
+    while rest.peek().is_some() {
+        let mut array = [IoSlice::new(&[]); SEND_SLICES];
+        let (mut n, mut len) = (0, 0);
+        for slot in array.iter_mut() {
+            let Some(b) = rest.next() else { break };
+            *slot = IoSlice::new(b);
+            n += 1;
+            len += b.len();
+        }
+        match write_once(stream, &array[..n], writable) {
+            Some(Ok(w)) => {
+                total += w;
+                if w < len {
+                    break;
+                }
+            }
+            // Full after some bytes went: report those.
+            None if total > 0 => break,
+            // Full at once, or an error: an error is reported even after some bytes went
+            // (the connection is gone, and only this first error says why: a reset is
+            // reported once, later writes see a plain broken pipe).
+            other => return other,
+        }
     }
-    let slices = &array[..n];
+    Some(Ok(total))
+}
+
+/// One gather write: `None` when the socket is full (and no longer writable).
+fn write_once(
+    stream: &mio::net::TcpStream,
+    slices: &[IoSlice<'_>],
+    writable: &mut bool,
+) -> Option<io::Result<usize>> {
     loop {
         match stream.try_io(|| gather_write(stream, slices)) {
             Ok(n) => return Some(Ok(n)),

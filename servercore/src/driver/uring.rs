@@ -489,11 +489,14 @@ impl UringDriver {
         // completion would not end a wait for many: such kernels do not gather.
         let gathering = gather.filter(|g| !g.window.is_zero() && self.ext_arg);
         if let Some(g) = gathering {
-            // Sleep through the window unless the completion queue fills up: those ready
-            // now plus a submission queue's worth more (the work of a saturated turn).
+            // Sleep through the window unless much is ready: those ready now plus a
+            // submission queue's worth more (the work of a saturated turn).
             timeout = Some(timeout.map_or(g.window, |t| t.min(g.window)));
+            // Also stop before receives could take half the buffer ring (ENOBUFS would
+            // end multishot receives, to be re-armed).
             let cq = self.ring.params().cq_entries() as usize;
-            want = (self.ring.completion().len() + SQ_ENTRIES as usize).min(cq);
+            let more = self.bufring.as_ref().map_or(SQ_ENTRIES as usize, |b| b.count() / 2);
+            want = (self.ring.completion().len() + more.max(1)).min(cq);
         }
         let result = match timeout {
             None => self.ring.submit_and_wait(want),

@@ -169,6 +169,8 @@ pub(crate) struct Worker<S: Session> {
     connect_to: Option<SocketAddr>,
     rooms: HashMap<u64, LocalRoom>,
     scratch: rooms::RoomScratch,
+    /// Sessions here that are in two or more rooms (room batches keep program order then).
+    multi_room: usize,
     completions: Vec<Completion>,
     shutdown: Option<Instant>,
     accept_error_logged: bool,
@@ -244,6 +246,7 @@ impl<S: Session> Worker<S> {
             connect_to: role.connect_to,
             rooms: HashMap::new(),
             scratch: rooms::RoomScratch::new(),
+            multi_room: 0,
             completions: Vec::with_capacity(256),
             shutdown: None,
             accept_error_logged: false,

@@ -13,6 +13,9 @@ impl<S: Session> Worker<S> {
             return;
         }
         conn.core.rooms.push(room.id);
+        if conn.core.rooms.len() == 2 {
+            self.multi_room += 1;
+        }
         room.member_added(self.local.remote.index);
         let id = room.id;
         self.rooms
@@ -26,6 +29,9 @@ impl<S: Session> Worker<S> {
         let Some(conn) = conn_of(&mut self.slots, key) else { return };
         let Some(pos) = conn.core.rooms.iter().position(|&r| r == room) else { return };
         conn.core.rooms.swap_remove(pos);
+        if conn.core.rooms.len() == 1 {
+            self.multi_room -= 1;
+        }
         self.remove_member(room, key);
     }
 
@@ -75,8 +81,12 @@ impl<S: Session> Worker<S> {
     /// Carries out the broadcasts gathered in `scratch.batch`, room by room.
     fn apply_broadcasts(&mut self) {
         let mut batch = std::mem::take(&mut self.scratch.batch);
-        // Stable: each room's broadcasts keep their order.
-        batch.sort_by_key(|(room, _)| *room);
+        // Grouping by room reorders broadcasts to different rooms, which only a session in
+        // two or more rooms could see; with such sessions here, only consecutive
+        // broadcasts to one room are grouped. Stable: each room's own order is kept.
+        if self.multi_room == 0 {
+            batch.sort_by_key(|(room, _)| *room);
+        }
         let mut parts = std::mem::take(&mut self.scratch.parts);
         let mut it = batch.drain(..).peekable();
         while let Some((room, buf)) = it.next() {
@@ -114,9 +124,7 @@ impl<S: Session> Worker<S> {
                     Deferred::Send(key, buf) => {
                         self.apply_broadcasts();
                         if let Some(conn) = conn_of(&mut self.slots, key) {
-                            conn.core.held -= buf.len();
-                            // Its place was reserved when it was made.
-                            let _ = self.local.queue_send(&mut conn.core, buf, true);
+                            self.local.push_held(&mut conn.core, buf);
                         }
                     }
                 }

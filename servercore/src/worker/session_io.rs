@@ -253,6 +253,9 @@ impl<S: Session> Worker<S> {
         let core = &mut conn.core;
         core.close_request = None;
         let rooms = std::mem::take(&mut core.rooms);
+        if rooms.len() >= 2 {
+            self.multi_room -= 1;
+        }
         core.flushing = core.graceful && (!core.queue.is_empty() || core.send_op.is_some());
         for op in [core.recv_op, core.connect_op].into_iter().flatten() {
             self.driver.cancel(op);

@@ -62,7 +62,8 @@ impl Core {
     pub(super) fn set_queued(&mut self, queued: usize) {
         self.queued = queued;
         if self.mirror_queued {
-            self.flags.queued.store(queued, Ordering::Relaxed);
+            // Held own sends count too: handle sends must not be admitted past them.
+            self.flags.queued.store(queued + self.held, Ordering::Relaxed);
         }
     }
 
@@ -158,15 +159,33 @@ impl Local {
     /// the send waits behind it (its place under the limit reserved now), so that the
     /// session's stream keeps the order in which things were asked for.
     pub(crate) fn send_own(&mut self, core: &mut Core, buf: Bytes) -> Result<(), SendError> {
-        if self.deferred.is_empty() {
+        // A closing session has left its rooms (its farewell from `on_disconnected` must be
+        // in the queue before the flush is decided): nothing pending can concern it.
+        if self.deferred.is_empty() || core.state == State::Closing {
             return self.queue_send(core, buf, false);
         }
         self.admit(core, buf.len(), true)?;
         if !buf.is_empty() {
             core.held += buf.len();
+            core.set_queued(core.queued); // the mirror counts held bytes too
             self.deferred.push(Deferred::Send(core.key, buf));
         }
         Ok(())
+    }
+
+    /// Queues a held own send (see [`Self::send_own`]) once the room work before it is done.
+    /// It was accepted when it was made, so it goes in as if queued then: a disconnect
+    /// asked for since flushes it (graceful) or drops it with the rest of the queue.
+    pub(super) fn push_held(&mut self, core: &mut Core, buf: Bytes) {
+        core.held -= buf.len();
+        if core.state == State::Closing && !core.flushing {
+            core.set_queued(core.queued);
+            return; // closed without a flush: the queue is dropped anyway
+        }
+        core.set_queued(core.queued + buf.len());
+        core.queue.push_back(buf);
+        self.metrics.buffers_out += 1;
+        self.mark_dirty(core);
     }
 
     /// Queues bytes on a session; the send starts at the end of the loop turn.
