@@ -1,67 +1,17 @@
 //! Proves that pooled packet construction allocates nothing in steady state, and that
 //! cloning a packet for a broadcast never allocates.
 //!
-//! A counting global allocator counts allocations made on threads that opted in, so the
-//! test harness's own threads do not disturb the numbers.
+//! A counting global allocator counts allocations per thread, so the test harness's own
+//! threads do not disturb the numbers.
 
+mod counting;
+
+use counting::allocations_during;
 use servercore::packet::{decode, PacketWriter, WRITER_CHUNK_SIZE};
 use servercore::SendBuffer;
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
-use std::sync::atomic::{AtomicUsize, Ordering};
-
-struct Counting;
-
-static ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
-
-thread_local! {
-    static COUNT_THIS_THREAD: Cell<bool> = const { Cell::new(false) };
-}
-
-fn note_allocation() {
-    // `try_with`: the allocator may run while this thread's locals are torn down.
-    if COUNT_THIS_THREAD.try_with(Cell::get).unwrap_or(false) {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-    }
-}
-
-// SAFETY: forwards every call to `System` unchanged; only counts.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        note_allocation();
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        note_allocation();
-        unsafe { System.alloc_zeroed(layout) }
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        note_allocation();
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        unsafe { System.dealloc(ptr, layout) }
-    }
-}
 
 #[global_allocator]
-static GLOBAL: Counting = Counting;
-
-/// Allocations made on this thread while `f` runs.
-fn allocations_during<R>(f: impl FnOnce() -> R) -> (usize, R) {
-    // Tests run in parallel on other threads; only this thread's allocations count, and
-    // only one counting section runs at a time.
-    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let _guard = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let before = ALLOCATIONS.load(Ordering::Relaxed);
-    COUNT_THIS_THREAD.with(|c| c.set(true));
-    let result = f();
-    COUNT_THIS_THREAD.with(|c| c.set(false));
-    (ALLOCATIONS.load(Ordering::Relaxed) - before, result)
-}
+static GLOBAL: counting::Counting = counting::Counting;
 
 fn build(id: u16, payload: &[u8; 60]) -> SendBuffer {
     let mut w = PacketWriter::new(id);
@@ -129,7 +79,7 @@ fn steady_state_with_odd_sizes_and_a_few_in_flight() {
     // A chunk whose tail is reached while packets are still queued is replaced (one
     // allocation for its storage, one for its shared header): a few per 64 KiB at most,
     // never one per packet.
-    let passes = 5_000 * 97 / WRITER_CHUNK_SIZE + 1;
+    let passes = (5_000 * 97 / WRITER_CHUNK_SIZE + 1) as u64;
     assert!(allocs <= 2 * passes, "{allocs} allocations for 5000 packets ({passes} chunk passes)");
 }
 

@@ -573,10 +573,17 @@ fn wait_room_len(room: &Room, n: usize) {
     });
 }
 
-/// `Room::enter` / `leave` / `broadcast` called from the test thread, on a room that no
-/// session callback has touched (so nothing but `Room::enter` can bind it to the service).
-#[test]
-fn room_enter_leave_broadcast_from_another_thread() {
+/// A 2-worker server of [`Plain`] sessions, `n` clients connected, and a room that the test
+/// thread put all of them in.
+struct Members {
+    server: ServerService,
+    rx: Receiver<PlainEv>,
+    clients: Vec<std::net::TcpStream>,
+    handles: Vec<SessionHandle>,
+    room: Room,
+}
+
+fn plain_members(n: usize) -> Members {
     let (tx, rx) = mpsc::channel();
     let server = ServerService::builder(any_port())
         .workers(2)
@@ -585,7 +592,7 @@ fn room_enter_leave_broadcast_from_another_thread() {
         .unwrap();
     let mut clients = Vec::new();
     let mut handles = Vec::new();
-    for _ in 0..4 {
+    for _ in 0..n {
         clients.push(connect(server.local_addr()));
         match recv(&rx, "on_connected") {
             PlainEv::Connected(h) => handles.push(h),
@@ -596,7 +603,15 @@ fn room_enter_leave_broadcast_from_another_thread() {
     for h in &handles {
         room.enter(h).expect("connected");
     }
-    wait_room_len(&room, 4);
+    wait_room_len(&room, n);
+    Members { server, rx, clients, handles, room }
+}
+
+/// `Room::enter` / `leave` / `broadcast` called from the test thread, on a room that no
+/// session callback has touched (so nothing but `Room::enter` can bind it to the service).
+#[test]
+fn room_enter_leave_broadcast_from_another_thread() {
+    let Members { server, rx, mut clients, handles, room } = plain_members(4);
     room.broadcast(&b"hello"[..]);
     for c in &mut clients {
         assert_eq!(read_exactly(c, 5), b"hello");
@@ -629,26 +644,7 @@ fn room_enter_leave_broadcast_from_another_thread() {
 #[test]
 fn broadcasts_and_direct_sends_from_one_thread_keep_their_order() {
     const ROUNDS: usize = 400;
-    let (tx, rx) = mpsc::channel();
-    let server = ServerService::builder(any_port())
-        .workers(2)
-        .reuse_port(false)
-        .start(move || Plain { tx: tx.clone() })
-        .unwrap();
-    let mut clients = Vec::new();
-    let mut handles = Vec::new();
-    for _ in 0..4 {
-        clients.push(connect(server.local_addr()));
-        match recv(&rx, "on_connected") {
-            PlainEv::Connected(h) => handles.push(h),
-            other => panic!("unexpected {other:?}"),
-        }
-    }
-    let room = Room::new();
-    for h in &handles {
-        room.enter(h).expect("connected");
-    }
-    wait_room_len(&room, 4);
+    let Members { server, mut clients, handles, room, .. } = plain_members(4);
     for i in 0..ROUNDS {
         room.broadcast(format!("b{i:04};").into_bytes());
         room.broadcast(format!("B{i:04};").into_bytes());
