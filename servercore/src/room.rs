@@ -7,8 +7,9 @@
 //! sending, and no payload is copied per receiver. A worker gathers a room's broadcasts of
 //! one loop turn and joins the small ones into one buffer (copied once), so that a member
 //! typically gets one queue entry per turn rather than one per message. (Buffers over
-//! 2 KiB are queued as they are; and where order demands it, e.g. a member's own send
-//! made after a broadcast, or a session in two rooms, the batch is split.)
+//! 2 KiB are queued as they are; a member whose own sends fall among the batch gets its
+//! buffers one by one around them; while a session of the worker is in two rooms, only
+//! consecutive broadcasts to one room are joined, so that it sees them in order.)
 
 use crate::buffer::SendBuffer;
 use crate::service::ServiceShared;

@@ -722,6 +722,71 @@ fn a_sessions_own_send_after_its_broadcast_arrives_after_it() {
     server.shutdown(Duration::from_secs(5)).unwrap();
 }
 
+/// Two senders at once, a third member listening: each sender's own answers come after its
+/// own broadcasts, everyone gets every broadcast in each sender's order.
+#[test]
+fn own_sends_interleave_with_a_rooms_broadcasts_of_several_senders() {
+    let (tx, rx) = mpsc::channel();
+    let room = Room::new();
+    let room2 = room.clone();
+    let server = ServerService::builder(any_port())
+        .workers(1)
+        .start(move || BroadcastThenSend { room: room2.clone(), tx: tx.clone() })
+        .unwrap();
+    let mut clients: Vec<_> = (0..3)
+        .map(|i| {
+            let mut c = connect(server.local_addr());
+            recv(&rx, &format!("on_connected {i}"));
+            assert_eq!(read_exactly(&mut c, 2), b"W_");
+            c
+        })
+        .collect();
+    wait_room_len(&room, 3);
+    // Sender 0 uses bytes 0..128, sender 1 bytes 128..256, each in 8 writes.
+    let values: [Vec<u8>; 2] = [(0..128u8).collect(), (128..=255u8).collect()];
+    let writers: Vec<_> = (0..2)
+        .map(|k| {
+            let mut c = clients[k].try_clone().unwrap();
+            let data = values[k].clone();
+            std::thread::spawn(move || {
+                for chunk in data.chunks(16) {
+                    c.write_all(chunk).unwrap();
+                }
+            })
+        })
+        .collect();
+    for w in writers {
+        w.join().unwrap();
+    }
+    for (k, c) in clients.iter_mut().enumerate() {
+        let own = if k < 2 { values[k].len() } else { 0 };
+        let records = read_exactly(c, 2 * (256 + own));
+        let mut next_b = [0u8, 128];
+        let mut next_d = [0u8, 128];
+        for r in records.chunks(2) {
+            let (tag, v) = (r[0], r[1]);
+            let from = usize::from(v >= 128);
+            match tag {
+                b'B' => {
+                    assert_eq!(v, next_b[from], "member {k}: broadcasts of sender {from} in order");
+                    next_b[from] = next_b[from].wrapping_add(1);
+                }
+                b'D' => {
+                    assert_eq!(from, k, "member {k} got another session's answer");
+                    assert_eq!(v, next_d[from], "member {k}: own answers in order");
+                    assert!(
+                        v < next_b[from] || (from == 1 && next_b[1] == 0),
+                        "member {k}: answer {v} before its own broadcast"
+                    );
+                    next_d[from] = next_d[from].wrapping_add(1);
+                }
+                other => panic!("member {k}: unexpected tag {other}"),
+            }
+        }
+    }
+    server.shutdown(Duration::from_secs(5)).unwrap();
+}
+
 /// Relays each received byte `x` as `2x` to the second room and then `1x` to the first
 /// (rooms made in that order get increasing ids, so grouping by room would swap them).
 struct TwoRooms {
