@@ -11,7 +11,7 @@ use super::{
     Completion, CompletionKind, DriverConfig, Gather, OpId, RecvLease, SendBatch, SockId, Waker,
     WakerInner,
 };
-use crate::sys::EventFd;
+use crate::sys::{switched_off, EventFd};
 use io_uring::{cqueue, opcode, squeue, types, IoUring, Probe};
 use slab::Slab;
 use socket2::SockAddr;
@@ -58,12 +58,6 @@ pub(crate) fn probe() -> Result<(), String> {
         }
     }
     Ok(())
-}
-
-/// Whether the diagnostic switch `name` is set to `1` (see the README: they turn one
-/// technique off, so that the benchmark can measure what it brings).
-pub(crate) fn switched_off(name: &str) -> bool {
-    std::env::var_os(name).is_some_and(|v| v == "1")
 }
 
 /// Builds a ring with the best setup flags the kernel accepts; true when it has

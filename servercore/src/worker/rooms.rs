@@ -207,7 +207,7 @@ pub(super) struct RoomScratch {
 
 impl RoomScratch {
     pub(super) fn new() -> Self {
-        let no_coalesce = std::env::var_os("SERVERCORE_NO_ROOM_COALESCE").is_some_and(|v| v == "1");
+        let no_coalesce = crate::sys::switched_off("SERVERCORE_NO_ROOM_COALESCE");
         RoomScratch { no_coalesce, ..Default::default() }
     }
 }

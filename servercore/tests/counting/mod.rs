@@ -35,20 +35,24 @@ pub fn allocations_during<R>(f: impl FnOnce() -> R) -> (u64, R) {
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         note_allocation();
+        // SAFETY: the caller's contract for `alloc` is passed on to `System` unchanged.
         unsafe { System.alloc(layout) }
     }
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
         note_allocation();
+        // SAFETY: the caller's contract for `alloc_zeroed` is passed on unchanged.
         unsafe { System.alloc_zeroed(layout) }
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         note_allocation();
+        // SAFETY: `ptr` came from this allocator, i.e. from `System` (every call forwards).
         unsafe { System.realloc(ptr, layout, new_size) }
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: `ptr` came from this allocator, i.e. from `System` (every call forwards).
         unsafe { System.dealloc(ptr, layout) }
     }
 }
