@@ -70,6 +70,32 @@ impl DisconnectReason {
         )
     }
 
+    /// Whether the server closes a session that ended for this reason abortively (TCP
+    /// reset, `SO_LINGER` 0) whatever it had queued: it gave up on the peer (a peer that
+    /// does not read, sends too much, breaks the protocol or goes idle, or a callback
+    /// panic), so the kernel frees every byte it still held for that peer at once and the
+    /// peer learns at once. Every other reason closes in order (FIN) once the queue is
+    /// flushed; should bytes accepted for sending be dropped instead (a flush that misses
+    /// [`close_flush_timeout`](crate::SessionConfig::close_flush_timeout) or the shutdown
+    /// deadline, a peer gone with bytes queued), that close is abortive too, and counted in
+    /// [`ServiceStats::aborted`](crate::ServiceStats::aborted).
+    ///
+    /// ```
+    /// use servercore::DisconnectReason;
+    /// assert!(DisconnectReason::SendQueueOverflow { limit: 1 << 20 }.is_abortive());
+    /// assert!(!DisconnectReason::Local("bye".into()).is_abortive());
+    /// ```
+    pub fn is_abortive(&self) -> bool {
+        matches!(
+            self,
+            DisconnectReason::Protocol(_)
+                | DisconnectReason::RecvBufferFull { .. }
+                | DisconnectReason::SendQueueOverflow { .. }
+                | DisconnectReason::IdleTimeout
+                | DisconnectReason::Panic(_)
+        )
+    }
+
     /// A short stable label, for metrics and logs ("peer_closed", "reset", ...).
     pub fn label(&self) -> &'static str {
         match self {

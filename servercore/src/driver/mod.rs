@@ -12,6 +12,7 @@
 //!   hand a std socket to the driver, which owns it from then on and names it by a
 //!   [`SockId`]. [`close`](Driver::close) closes it; the caller guarantees that no operation
 //!   of that socket is still in flight (DESIGN.md invariant 2).
+//!   [`abort`](Driver::abort) closes it abortively (RST): for a peer the server gives up on.
 //! * **Operations** ([`accept`](Driver::accept), [`recv`](Driver::recv),
 //!   [`send`](Driver::send), [`connect`](Driver::connect)) are started at once or queued for
 //!   the next [`wait`](Driver::wait); each returns an [`OpId`] and produces exactly one
@@ -250,6 +251,18 @@ impl Driver {
 
     pub(crate) fn close(&mut self, sock: SockId) {
         each_backend!(self, d => d.close(sock))
+    }
+
+    /// Bytes written to the socket that the peer has not acknowledged yet (the kernel's
+    /// send queue).
+    pub(crate) fn unsent(&self, sock: SockId) -> usize {
+        each_backend!(self, d => d.unsent(sock))
+    }
+
+    /// Like [`close`](Driver::close), but abortive (`SO_LINGER` 0): the peer gets a reset
+    /// and the kernel frees whatever it still held for the socket (unsent bytes) at once.
+    pub(crate) fn abort(&mut self, sock: SockId) {
+        each_backend!(self, d => d.abort(sock))
     }
 
     /// Starts the operations queued so far now instead of in the next `wait`.

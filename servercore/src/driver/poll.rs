@@ -460,6 +460,27 @@ impl PollDriver {
         // Dropping the mio socket closes it.
     }
 
+    pub(crate) fn unsent(&self, sock: SockId) -> usize {
+        match self.socks.get(sock.0).map(|s| &s.io) {
+            Some(Io::Stream(st)) => crate::sys::unsent_bytes(st),
+            _ => 0,
+        }
+    }
+
+    /// Closes abortively: the kernel resets the connection and frees its buffers at once.
+    pub(crate) fn abort(&mut self, sock: SockId) {
+        if let Some(s) = self.socks.get(sock.0) {
+            let r = match &s.io {
+                Io::Listener(l) => crate::sys::set_linger_zero(l),
+                Io::Stream(st) => crate::sys::set_linger_zero(st),
+            };
+            if let Err(e) = r {
+                tracing::debug!("SO_LINGER 0 on socket {} failed: {e}", sock.0);
+            }
+        }
+        self.close(sock);
+    }
+
     pub(crate) fn in_flight(&self) -> usize {
         self.ops.len()
     }

@@ -423,6 +423,19 @@ impl UringDriver {
         drop(self.socks.remove(sock.0));
     }
 
+    pub(crate) fn unsent(&self, sock: SockId) -> usize {
+        self.socks.get(sock.0).map_or(0, crate::sys::unsent_bytes)
+    }
+
+    /// Closes abortively: the kernel resets the connection and frees its buffers at once.
+    pub(crate) fn abort(&mut self, sock: SockId) {
+        let fd = self.socks.remove(sock.0);
+        if let Err(e) = crate::sys::set_linger_zero(&fd) {
+            tracing::debug!("SO_LINGER 0 on socket {} failed: {e}", sock.0);
+        }
+        drop(fd);
+    }
+
     pub(crate) fn in_flight(&self) -> usize {
         self.ops.len() - usize::from(self.wake_armed)
     }

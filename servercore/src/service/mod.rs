@@ -65,6 +65,7 @@ pub(crate) struct ServiceShared {
     pub(crate) connect_failures: AtomicU64,
     pub(crate) disconnected: AtomicU64,
     pub(crate) disconnected_with_error: AtomicU64,
+    pub(crate) aborted: AtomicU64,
     /// Optional cap of sessions per peer IP address, with the current counts.
     pub(crate) per_ip_limit: Option<usize>,
     pub(crate) per_ip: Mutex<HashMap<IpAddr, usize>>,
@@ -96,6 +97,7 @@ impl ServiceShared {
             connect_failures: AtomicU64::new(0),
             disconnected: AtomicU64::new(0),
             disconnected_with_error: AtomicU64::new(0),
+            aborted: AtomicU64::new(0),
             per_ip_limit: None,
             per_ip: Mutex::new(HashMap::new()),
             accept_rate: None,
@@ -160,6 +162,7 @@ impl ServiceShared {
             connect_failures: self.connect_failures.load(Ordering::Relaxed),
             disconnected: self.disconnected.load(Ordering::Relaxed),
             disconnected_with_error: self.disconnected_with_error.load(Ordering::Relaxed),
+            aborted: self.aborted.load(Ordering::Relaxed),
         }
     }
 }
@@ -218,6 +221,9 @@ pub struct ServiceStats {
     pub disconnected: u64,
     /// Of those, the ones whose reason [is an error](DisconnectReason::is_error).
     pub disconnected_with_error: u64,
+    /// Sessions closed abortively (TCP reset): the server gave up on the peer or dropped
+    /// bytes it had accepted to send (see [`DisconnectReason::is_abortive`]).
+    pub aborted: u64,
 }
 
 /// A session's weak view of its service: broadcast and counts, from inside callbacks.

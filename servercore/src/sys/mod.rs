@@ -108,10 +108,45 @@ pub(crate) fn configure_accepted(stream: &TcpStream, nodelay: bool) -> io::Resul
     stream.set_nodelay(nodelay)
 }
 
-/// Makes a later close of `stream` abortive (RST instead of FIN): `SO_LINGER` with a zero
-/// timeout. Used by tests and tools that must simulate a peer reset.
-pub fn set_linger_zero(stream: &TcpStream) -> io::Result<()> {
-    socket2::SockRef::from(stream).set_linger(Some(Duration::ZERO))
+/// Makes a later close of `sock` abortive (RST instead of FIN): `SO_LINGER` with a zero
+/// timeout. The kernel then frees the socket's buffers (bytes still unsent) at close. The
+/// drivers use it for peers the server gives up on; tests use it to simulate a peer reset.
+pub fn set_linger_zero<'s, S>(sock: &'s S) -> io::Result<()>
+where
+    socket2::SockRef<'s>: From<&'s S>,
+{
+    socket2::SockRef::from(sock).set_linger(Some(Duration::ZERO))
+}
+
+/// Bytes the kernel still holds in `sock`'s send queue (written but not yet acknowledged
+/// by the peer): `SIOCOUTQ`. A close while this is non-zero leaves those bytes, and the
+/// socket, in the kernel until the peer reads them or TCP gives up. `0` where the OS does
+/// not tell.
+#[cfg(unix)]
+pub(crate) fn unsent_bytes<S: std::os::fd::AsRawFd>(sock: &S) -> usize {
+    #[cfg(target_os = "linux")]
+    {
+        let mut n: libc::c_int = 0;
+        // SAFETY: SIOCOUTQ (TIOCOUTQ) writes one int through the pointer, which points at a
+        // live local; the fd belongs to a socket the caller holds open.
+        let r = unsafe { libc::ioctl(sock.as_raw_fd(), libc::TIOCOUTQ, &mut n) };
+        if r < 0 {
+            0
+        } else {
+            n.max(0) as usize
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = sock;
+        0
+    }
+}
+
+/// See the unix version: unknown here.
+#[cfg(not(unix))]
+pub(crate) fn unsent_bytes<S>(_sock: &S) -> usize {
+    0
 }
 
 /// Number of open file descriptors of this process, where the OS tells it cheaply.

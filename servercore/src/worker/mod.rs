@@ -47,6 +47,9 @@ use std::time::{Duration, Instant};
 const LISTENER_TAG: u64 = 1 << 63;
 /// Back-off before re-arming an accept that failed (e.g. out of file descriptors).
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+/// How often a closing session looks whether the peer has acknowledged what the kernel
+/// still holds for it (see `Worker::try_finalize`).
+const LINGER_POLL: Duration = Duration::from_millis(10);
 /// How long after the shutdown deadline a worker waits for the kernel before leaving.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
@@ -116,6 +119,8 @@ struct ListenerState {
 pub(crate) enum TimerAction {
     ConnectTimeout(u64),
     FlushDeadline(u64),
+    /// A closing session looks again whether the peer has taken the kernel's send queue.
+    Linger(u64),
     RearmAccept(usize),
     ShutdownDeadline,
     Session { key: u64, token: u64, period: Option<Duration> },
@@ -396,6 +401,9 @@ impl<S: Session> Worker<S> {
             close_request: None,
             flushing: false,
             graceful: false,
+            abort: false,
+            close_deadline: None,
+            lingering: false,
             timer: None,
             connect_error: None,
             rooms: Vec::new(),
@@ -550,6 +558,12 @@ impl<S: Session> Worker<S> {
                             self.driver.cancel(op);
                         }
                     }
+                }
+                TimerAction::Linger(key) => {
+                    if let Some(conn) = self.conn(key) {
+                        conn.core.timer = None;
+                    }
+                    self.try_finalize(key);
                 }
                 TimerAction::FlushDeadline(key) => {
                     if let Some(conn) = self.conn(key) {

@@ -195,7 +195,10 @@ impl<S: Session> Worker<S> {
             for &key in &dirty {
                 let Some(conn) = conn_of(&mut self.slots, key) else { continue };
                 conn.core.dirty = false;
-                if conn.core.notify_full && conn.core.close_request.is_none() {
+                // Only an open session hears of a full queue: nothing follows
+                // `on_disconnected` (invariant 5), and a session whose close is pending is
+                // about to get it.
+                if conn.core.notify_full && conn.core.is_open() {
                     conn.core.notify_full = false;
                     call(conn, &mut self.local, |s, ctx| s.on_send_queue_full(ctx));
                     // Already drained (e.g. the refused send was a handle's): writable now.
@@ -252,6 +255,11 @@ impl<S: Session> Worker<S> {
         }
         let core = &mut conn.core;
         core.close_request = None;
+        core.notify_full = false;
+        // Bytes accepted and not yet written are dropped unless the close flushes them: the
+        // peer is reset then, and always when the server gives up on it (the reason says).
+        let unsent = !core.queue.is_empty() || core.send_op.is_some() || core.held > 0;
+        core.abort = !core.graceful && (reason.is_abortive() || unsent);
         let rooms = std::mem::take(&mut core.rooms);
         if rooms.len() >= 2 {
             self.multi_room -= 1;
@@ -260,11 +268,12 @@ impl<S: Session> Worker<S> {
         for op in [core.recv_op, core.connect_op].into_iter().flatten() {
             self.driver.cancel(op);
         }
+        let deadline = match self.shutdown {
+            Some(d) => d.min(Instant::now() + flush_timeout),
+            None => Instant::now() + flush_timeout,
+        };
+        core.close_deadline = Some(deadline);
         if core.flushing {
-            let deadline = match self.shutdown {
-                Some(d) => d.min(Instant::now() + flush_timeout),
-                None => Instant::now() + flush_timeout,
-            };
             if let Some(t) = core.timer.take() {
                 local.timers.cancel(t);
             }
@@ -292,6 +301,12 @@ impl<S: Session> Worker<S> {
             return;
         }
         core.flushing = false;
+        if !core.queue.is_empty() || core.send_op.is_some() || core.held > 0 {
+            // A flush given up (deadline or error): those bytes will never go, and the
+            // kernel must not keep what it holds for this peer either.
+            tracing::debug!("{}: abandoning {} queued bytes; resetting", core.id, core.queued);
+            core.abort = true;
+        }
         core.queue.clear();
         core.set_queued(0);
         if let Some(op) = core.send_op {
@@ -319,10 +334,47 @@ impl<S: Session> Worker<S> {
             // Everything in flight was cancelled; its completions are on their way.
             return;
         }
+        if !core.abort && core.state == State::Closing {
+            // An orderly close waits until the peer has acknowledged what the kernel still
+            // holds for it: a FIN now would leave those bytes (megabytes for a peer that
+            // does not read) in the kernel for minutes. Past the deadline they are
+            // abandoned, and the close resets instead.
+            let unsent = self.driver.unsent(core.sock);
+            if unsent > 0 {
+                let now = Instant::now();
+                match core.close_deadline {
+                    Some(deadline) if now < deadline => {
+                        if !core.lingering {
+                            core.lingering = true;
+                            if let Some(t) = core.timer.take() {
+                                self.local.timers.cancel(t);
+                            }
+                        }
+                        if core.timer.is_none() {
+                            let at = (now + LINGER_POLL).min(deadline);
+                            core.timer = Some(self.local.timers.add(at, TimerAction::Linger(key)));
+                        }
+                        return;
+                    }
+                    _ => {
+                        tracing::debug!(
+                            "{}: the peer did not take {unsent} bytes in time; resetting",
+                            core.id
+                        );
+                        core.abort = true;
+                    }
+                }
+            }
+        }
         if let Some(t) = core.timer.take() {
             self.local.timers.cancel(t);
         }
-        self.driver.close(core.sock);
+        if core.abort {
+            self.driver.abort(core.sock);
+            self.shared.aborted.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.driver.close(core.sock);
+        }
         if core.ip_counted {
             self.shared.release_ip(core.peer.ip());
         }

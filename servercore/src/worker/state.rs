@@ -36,6 +36,14 @@ pub(crate) struct Core {
     pub(super) flushing: bool,
     /// Set when a graceful close has begun, so `on_disconnected` may still queue sends.
     pub(super) graceful: bool,
+    /// The server abandons bytes it had accepted to send (or gave up on the peer): the
+    /// socket is closed abortively (RST), so the kernel frees its buffers at once.
+    pub(super) abort: bool,
+    /// Closing: until when the close may wait for queued bytes to reach the peer (the
+    /// flush, then the kernel's send queue being acknowledged) before it resets instead.
+    pub(super) close_deadline: Option<Instant>,
+    /// Closing, flushed, waiting for the peer to acknowledge the kernel's send queue.
+    pub(super) lingering: bool,
     pub(super) timer: Option<TimerId>,
     pub(super) connect_error: Option<io::Error>,
     /// Rooms this session is in (ids), so it leaves them when it closes.
