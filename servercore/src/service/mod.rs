@@ -270,8 +270,11 @@ pub(crate) struct Workers {
 }
 
 impl Workers {
-    /// Starts one thread per role; each builds its driver on its own thread (io_uring's
-    /// single issuer) and reports back before this returns.
+    /// Starts one thread per role; each builds its driver and worker on its own thread
+    /// (io_uring's single issuer) and reports back. Only once every worker is built is the
+    /// worker set published and are the workers let run: no worker accepts, and no user
+    /// code runs, before a session could see the whole service (a room bound then keeps
+    /// its worker list for good).
     pub(crate) fn spawn<S, F>(
         shared: ServiceShared,
         roles: Vec<Role>,
@@ -286,10 +289,13 @@ impl Workers {
         let factory: Arc<dyn Fn() -> S + Send + Sync> = Arc::new(factory);
         let mut threads = Vec::new();
         let mut remotes = Vec::new();
+        let mut gates = Vec::new();
         let mut failure = None;
         for (index, role) in roles.into_iter().enumerate() {
             let (tx, rx) = mpsc::channel();
             let (ready_tx, ready_rx) = mpsc::sync_channel(1);
+            // `true`: run; `false` (or the sender gone): another worker failed, end.
+            let (go_tx, go_rx) = mpsc::sync_channel::<bool>(1);
             let shared2 = shared.clone();
             let factory = factory.clone();
             let backend = shared.backend;
@@ -319,7 +325,9 @@ impl Workers {
                     match Worker::new(init) {
                         Ok(w) => {
                             let _ = ready_tx.send(Ok(remote));
-                            w.run();
+                            if go_rx.recv() == Ok(true) {
+                                w.run();
+                            }
                         }
                         Err(e) => {
                             let _ = ready_tx.send(Err(e));
@@ -327,7 +335,10 @@ impl Workers {
                     }
                 });
             match spawned {
-                Ok(t) => threads.push(t),
+                Ok(t) => {
+                    threads.push(t);
+                    gates.push(go_tx);
+                }
                 Err(e) => {
                     failure = Some(e);
                     break;
@@ -349,6 +360,9 @@ impl Workers {
             }
         }
         let _ = shared.workers.set(remotes);
+        for gate in gates {
+            let _ = gate.send(failure.is_none());
+        }
         let workers = Workers { shared, threads };
         match failure {
             Some(e) => {

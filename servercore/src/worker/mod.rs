@@ -261,13 +261,16 @@ impl<S: Session> Worker<S> {
             reconnect_failures: 0,
             rng: 0x9E37_79B9 ^ (std::process::id() << 8) ^ (remote_index as u32),
         };
-        for i in 0..w.listeners.len() {
-            w.arm_accept(i);
-        }
         Ok(w)
     }
 
+    /// Runs the loop until shutdown. Called only once the service has published its
+    /// worker set: the first accept, and so the first user callback, comes after it.
     pub(crate) fn run(mut self) {
+        debug_assert!(self.shared.workers.get().is_some(), "a worker ran before the service");
+        for i in 0..self.listeners.len() {
+            self.arm_accept(i);
+        }
         loop {
             self.drain_inbox();
             self.run_timers();
