@@ -227,7 +227,7 @@ impl<S: Session> Worker<S> {
             listeners.push(ListenerState { sock, op: None, rearm: None, closed: false });
         }
         let config = shared.config.clone();
-        let mut w = Worker {
+        let w = Worker {
             driver,
             rx,
             slots: Vec::new(),
