@@ -17,6 +17,7 @@ use std::time::Duration;
 /// | `idle_timeout` | none | no bytes received for this long: [`IdleTimeout`](crate::DisconnectReason::IdleTimeout) |
 /// | `close_flush_timeout` | 5 s | how long a local `disconnect` waits for queued sends to go out |
 /// | `connect_timeout` | 10 s | outgoing connects (client services) |
+/// | `max_worker_inbox` | 64 MiB | bytes of sends and broadcasts posted to one worker from other threads and not yet taken; beyond: [`SendError::InboxFull`](crate::SendError::InboxFull) |
 /// | `broadcast_gather_max` | 10 ms | the longest a worker gathers input after a room broadcast fan-out (see the field) |
 ///
 /// ```
@@ -50,6 +51,12 @@ pub struct SessionConfig {
     pub close_flush_timeout: Duration,
     /// Time an outgoing connect may take.
     pub connect_timeout: Duration,
+    /// Most bytes of sends and broadcasts that other threads may have posted to one
+    /// worker and it has not taken yet (each counted with a few dozen bytes of overhead).
+    /// A worker that falls that far behind refuses more with
+    /// [`SendError::InboxFull`](crate::SendError::InboxFull) rather than grow without
+    /// bound. (Handle sends also count against their session's `max_send_queue`.)
+    pub max_worker_inbox: usize,
     /// Upper bound of the fan-out gathering window (`Duration::ZERO`: never gather).
     ///
     /// A room broadcast costs one send per member, whatever the number of messages in it,
@@ -80,6 +87,7 @@ impl Default for SessionConfig {
             close_flush_timeout: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(10),
             broadcast_gather_max: Duration::from_millis(10),
+            max_worker_inbox: 64 << 20,
         }
     }
 }

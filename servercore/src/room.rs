@@ -14,7 +14,8 @@
 use crate::buffer::SendBuffer;
 use crate::service::ServiceShared;
 use crate::session::{SendError, SessionHandle};
-use crate::worker::{Command, WorkerRemote};
+use crate::worker::{Command, WorkerRemote, INBOX_ENTRY};
+use bytes::Bytes;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
@@ -103,16 +104,13 @@ impl Room {
     }
 
     /// Queues `buf` on every member: one message per worker that has members.
-    pub fn broadcast(&self, buf: impl Into<SendBuffer>) {
-        let bytes = buf.into().into_bytes();
-        if let Some(b) = self.inner.binding.get() {
-            for (w, n) in b.workers.iter().zip(&b.members) {
-                if n.load(Ordering::Acquire) > 0 {
-                    let _ =
-                        w.post(Command::RoomBroadcast { room: self.inner.id, buf: bytes.clone() });
-                }
-            }
-        }
+    ///
+    /// All or nothing: [`SendError::InboxFull`] when a worker with members has more
+    /// posted and not yet taken than
+    /// [`max_worker_inbox`](crate::SessionConfig::max_worker_inbox) (it is not keeping
+    /// up); then no member gets it.
+    pub fn broadcast(&self, buf: impl Into<SendBuffer>) -> Result<(), SendError> {
+        self.inner.post_to_workers(None, &buf.into().into_bytes())
     }
 
     /// Members now (a snapshot; enters and leaves in flight are not counted yet).
@@ -152,15 +150,26 @@ impl RoomInner {
         }
     }
 
-    /// Workers other than `me` that have members, for a broadcast from worker `me`.
-    pub(crate) fn for_remote_workers(&self, me: usize, mut f: impl FnMut(&WorkerRemote)) {
-        if let Some(b) = self.binding.get() {
-            for (i, (w, n)) in b.workers.iter().zip(&b.members).enumerate() {
-                if i != me && n.load(Ordering::Acquire) > 0 {
-                    f(w);
-                }
-            }
-        }
+    /// Posts a broadcast to every worker with members but `except` (the caller's own,
+    /// whose members it serves itself), all or none (see [`WorkerRemote::post_all`]).
+    pub(crate) fn post_to_workers(
+        &self,
+        except: Option<usize>,
+        buf: &Bytes,
+    ) -> Result<(), SendError> {
+        let Some(b) = self.binding.get() else { return Ok(()) };
+        let targets = b
+            .workers
+            .iter()
+            .zip(&b.members)
+            .enumerate()
+            .filter(move |(i, (_, n))| Some(*i) != except && n.load(Ordering::Acquire) > 0)
+            .map(|(_, (w, _))| &**w);
+        let cost = buf.len() + INBOX_ENTRY;
+        WorkerRemote::post_all(targets, cost, || Command::RoomBroadcast {
+            room: self.id,
+            buf: buf.clone(),
+        })
     }
 }
 

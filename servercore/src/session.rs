@@ -6,7 +6,7 @@ use crate::reason::DisconnectReason;
 use crate::room::Room;
 use crate::service::ServiceRef;
 use crate::timer::TimerId;
-use crate::worker::{Command, Core, Local, SessionJob, WorkerRemote};
+use crate::worker::{Command, Core, Local, SessionJob, WorkerRemote, INBOX_ENTRY};
 use std::borrow::Cow;
 use std::fmt;
 use std::io;
@@ -115,6 +115,14 @@ pub enum SendError {
         /// The configured limit in bytes.
         limit: usize,
     },
+    /// The worker's inbox holds more sends and broadcasts posted from other threads (and
+    /// not yet taken) than [`max_worker_inbox`](crate::SessionConfig::max_worker_inbox):
+    /// the worker is not keeping up. Nothing was queued; the sessions are not at fault
+    /// and stay connected.
+    InboxFull {
+        /// The configured limit in bytes.
+        limit: usize,
+    },
 }
 
 impl fmt::Display for SendError {
@@ -123,6 +131,9 @@ impl fmt::Display for SendError {
             SendError::Disconnected => f.write_str("session is disconnected"),
             SendError::QueueFull { limit } => {
                 write!(f, "send queue at its limit of {limit} bytes")
+            }
+            SendError::InboxFull { limit } => {
+                write!(f, "worker inbox over {limit} bytes: the worker is not keeping up")
             }
         }
     }
@@ -248,7 +259,14 @@ impl Ctx<'_> {
     /// (so that members get few buffers rather than one per message); sends this session
     /// makes after the broadcast still reach it after the broadcast. One sender's
     /// broadcasts reach every member in order, across rooms too.
-    pub fn broadcast_room(&mut self, room: &Room, buf: impl Into<SendBuffer>) {
+    ///
+    /// All or nothing: refused with [`SendError::InboxFull`] when another worker with
+    /// members is not keeping up (see [`Room::broadcast`]); then no member gets it.
+    pub fn broadcast_room(
+        &mut self,
+        room: &Room,
+        buf: impl Into<SendBuffer>,
+    ) -> Result<(), SendError> {
         self.local.broadcast_room(&room.inner, buf.into().into_bytes())
     }
 
@@ -281,8 +299,10 @@ pub(crate) struct SessionFlags {
     pub(crate) congested: AtomicBool,
     /// Mirror of the session's queued bytes (written by its worker).
     pub(crate) queued: AtomicUsize,
-    /// Bytes of handle sends posted and not yet queued (Notify policy reservations).
+    /// Bytes of handle sends posted and not yet queued, each with its inbox overhead.
     pub(crate) posted: AtomicUsize,
+    /// A handle send went over the limit and asked for the overflow disconnect.
+    pub(crate) overflowed: AtomicBool,
 }
 
 impl SessionHandle {
@@ -305,36 +325,53 @@ impl SessionHandle {
     /// Queues `buf` on the session (through its worker's inbox).
     ///
     /// `Ok` means the worker will queue it; if the session closes first, it is dropped
-    /// with the rest of its unsent data and `on_disconnected` says why. Under
-    /// [`SendQueuePolicy::Notify`](crate::SendQueuePolicy::Notify), a congested session
-    /// refuses with [`SendError::QueueFull`].
+    /// with the rest of its unsent data and `on_disconnected` says why.
+    ///
+    /// Bytes waiting in the inbox count against the session's
+    /// [`max_send_queue`](crate::SessionConfig::max_send_queue) (with a few dozen bytes of
+    /// overhead each), so a thread that sends faster than the worker drains cannot grow
+    /// memory past it: over the limit the [`send_queue_policy`](crate::SendQueuePolicy)
+    /// applies (the session is disconnected with
+    /// [`SendQueueOverflow`](DisconnectReason::SendQueueOverflow), or under `Notify` it is
+    /// congested), and this returns [`SendError::QueueFull`]. A worker whose whole inbox is
+    /// over [`max_worker_inbox`](crate::SessionConfig::max_worker_inbox) refuses with
+    /// [`SendError::InboxFull`] (the session is not at fault).
     pub fn send(&self, buf: impl Into<SendBuffer>) -> Result<(), SendError> {
         if !self.is_connected() {
             return Err(SendError::Disconnected);
         }
         let buf = buf.into().into_bytes();
         let config = &self.worker.config;
-        let admitted = config.send_queue_policy == crate::SendQueuePolicy::Notify;
-        if admitted {
-            // Reserve the place now, so that an Ok is never refused later by the worker.
-            let limit = config.max_send_queue;
-            let reserved = self.flags.posted.fetch_add(buf.len(), Ordering::AcqRel) + buf.len();
-            let queued = self.flags.queued.load(Ordering::Acquire);
-            if self.flags.congested.load(Ordering::Acquire) || queued + reserved > limit {
-                self.flags.posted.fetch_sub(buf.len(), Ordering::AcqRel);
+        let cost = buf.len() + INBOX_ENTRY;
+        let limit = config.max_send_queue;
+        let notify = config.send_queue_policy == crate::SendQueuePolicy::Notify;
+        // Reserve the place now: under Notify an Ok is then never refused by the worker;
+        // under Disconnect the inbox's share of the session stays within its limit.
+        let reserved = self.flags.posted.fetch_add(cost, Ordering::AcqRel) + cost;
+        // Only the Notify policy keeps a mirror of the queue for handles to read.
+        let queued = if notify { self.flags.queued.load(Ordering::Acquire) } else { 0 };
+        let congested = notify && self.flags.congested.load(Ordering::Acquire);
+        if congested || queued + reserved > limit {
+            self.flags.posted.fetch_sub(cost, Ordering::AcqRel);
+            if notify {
                 if !self.flags.congested.swap(true, Ordering::AcqRel) {
                     let _ = self.worker.post(Command::Congested { key: self.key });
                 }
-                return Err(SendError::QueueFull { limit });
+            } else if !self.flags.overflowed.swap(true, Ordering::AcqRel) {
+                let reason = DisconnectReason::SendQueueOverflow { limit };
+                let _ = self.worker.post(Command::Disconnect { key: self.key, reason });
             }
+            return Err(SendError::QueueFull { limit });
         }
-        let len = buf.len();
-        self.worker.post(Command::Send { key: self.key, buf, admitted }).map_err(|_| {
-            if admitted {
-                self.flags.posted.fetch_sub(len, Ordering::AcqRel);
-            }
-            SendError::Disconnected
-        })
+        if let Err(e) = self.worker.reserve(cost) {
+            self.flags.posted.fetch_sub(cost, Ordering::AcqRel);
+            return Err(e);
+        }
+        self.worker
+            .post_reserved(Command::Send { key: self.key, buf, admitted: notify }, cost)
+            .inspect_err(|_| {
+                self.flags.posted.fetch_sub(cost, Ordering::AcqRel);
+            })
     }
 
     /// Runs `job` on the session's worker with the session object, in order with the other

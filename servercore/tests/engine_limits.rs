@@ -153,9 +153,9 @@ fn broadcast_reaches_every_connected_session() {
     workers.dedup();
     assert_eq!(workers, vec![0, 1], "sessions should be spread over both workers");
 
-    server.broadcast(SendBuffer::from_static(b"news!"));
+    server.broadcast(SendBuffer::from_static(b"news!")).unwrap();
     let big = SendBuffer::from(common::Rng::new(9).bytes(300 * 1024));
-    server.broadcast(big.clone());
+    server.broadcast(big.clone()).unwrap();
     for (i, c) in clients.iter_mut().enumerate() {
         let mut got = vec![0u8; 5 + big.len()];
         c.read_exact(&mut got).unwrap_or_else(|e| panic!("client {i}: {e}"));
@@ -173,7 +173,7 @@ fn broadcast_reaches_every_connected_session() {
             Err(format!("{n}"))
         }
     });
-    server.broadcast(&b"again"[..]);
+    server.broadcast(&b"again"[..]).unwrap();
     for (i, c) in clients.iter_mut().enumerate() {
         let mut got = [0u8; 5];
         c.read_exact(&mut got).unwrap_or_else(|e| panic!("client {i}: {e}"));
@@ -195,7 +195,7 @@ fn broadcast_from_a_callback_via_service_ref() {
             let line = data[..=pos].to_vec();
             let service = ctx.service().expect("the service is alive");
             assert_eq!(service.workers(), 2);
-            service.broadcast(line);
+            service.broadcast(line).unwrap();
             return pos + 1;
         }
         0

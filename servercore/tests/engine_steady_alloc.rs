@@ -47,7 +47,7 @@ impl Session for Counter {
         for msg in data[..whole].chunks(8) {
             let buf = SendBuffer::copy_from_slice(msg);
             match &self.room {
-                Some(room) => ctx.broadcast_room(room, buf),
+                Some(room) => ctx.broadcast_room(room, buf).unwrap(),
                 None => ctx.send(buf).unwrap(),
             }
             self.seen += 1;

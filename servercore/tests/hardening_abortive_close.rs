@@ -96,10 +96,7 @@ fn a_send_queue_overflow_resets_the_peer_and_frees_the_kernels_buffers() {
     }
     for (id, _) in &sessions {
         let reason = log.disconnected(*id);
-        assert!(
-            matches!(reason, DisconnectReason::SendQueueOverflow { .. }),
-            "{id}: {reason:?}"
-        );
+        assert!(matches!(reason, DisconnectReason::SendQueueOverflow { .. }), "{id}: {reason:?}");
         assert!(reason.is_abortive());
     }
     for c in &mut clients {

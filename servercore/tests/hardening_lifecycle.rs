@@ -5,8 +5,7 @@ mod common;
 
 use common::*;
 use servercore::{
-    Ctx, DisconnectReason, Room, SendError, SendQueuePolicy, ServerService, Session,
-    SessionConfig,
+    Ctx, DisconnectReason, Room, SendError, SendQueuePolicy, ServerService, Session, SessionConfig,
 };
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener, TcpStream};

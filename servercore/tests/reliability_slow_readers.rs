@@ -69,7 +69,7 @@ impl PacketSession for Chat {
         }
         let mut w = PacketWriter::with_capacity(S_CHAT, packet.payload.len());
         w.put_slice(packet.payload);
-        ctx.broadcast_room(&self.room, w.finish().unwrap());
+        ctx.broadcast_room(&self.room, w.finish().unwrap()).unwrap();
     }
 
     fn on_disconnected(&mut self, _ctx: &mut Ctx<'_>, reason: &DisconnectReason) {

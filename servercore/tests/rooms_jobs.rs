@@ -101,7 +101,7 @@ impl PacketSession for RoomServer {
 
     fn on_packet(&mut self, ctx: &mut Ctx<'_>, p: Packet<'_>) {
         match p.id {
-            C_CHAT => ctx.broadcast_room(&self.room, packet(S_CHAT, p.payload)),
+            C_CHAT => ctx.broadcast_room(&self.room, packet(S_CHAT, p.payload)).unwrap(),
             C_ENTER => {
                 assert!(ctx.enter_room(&self.room));
                 let _ = ctx.send(packet(S_ENTERED, &[]));
@@ -612,14 +612,14 @@ fn plain_members(n: usize) -> Members {
 #[test]
 fn room_enter_leave_broadcast_from_another_thread() {
     let Members { server, rx, mut clients, handles, room } = plain_members(4);
-    room.broadcast(&b"hello"[..]);
+    room.broadcast(&b"hello"[..]).unwrap();
     for c in &mut clients {
         assert_eq!(read_exactly(c, 5), b"hello");
     }
 
     room.leave(&handles[0]);
     wait_room_len(&room, 3);
-    room.broadcast(&b"again"[..]);
+    room.broadcast(&b"again"[..]).unwrap();
     for c in &mut clients[1..] {
         assert_eq!(read_exactly(c, 5), b"again");
     }
@@ -646,8 +646,8 @@ fn broadcasts_and_direct_sends_from_one_thread_keep_their_order() {
     const ROUNDS: usize = 400;
     let Members { server, mut clients, handles, room, .. } = plain_members(4);
     for i in 0..ROUNDS {
-        room.broadcast(format!("b{i:04};").into_bytes());
-        room.broadcast(format!("B{i:04};").into_bytes());
+        room.broadcast(format!("b{i:04};").into_bytes()).unwrap();
+        room.broadcast(format!("B{i:04};").into_bytes()).unwrap();
         for h in &handles {
             h.send(format!("d{i:04};").into_bytes()).unwrap();
         }
@@ -684,7 +684,7 @@ impl Session for BroadcastThenSend {
     }
     fn on_recv(&mut self, ctx: &mut Ctx<'_>, data: &[u8]) -> usize {
         for &x in data {
-            ctx.broadcast_room(&self.room, vec![b'B', x]);
+            ctx.broadcast_room(&self.room, vec![b'B', x]).unwrap();
             ctx.send(vec![b'D', x]).unwrap();
         }
         data.len()
@@ -804,8 +804,8 @@ impl Session for TwoRooms {
     }
     fn on_recv(&mut self, ctx: &mut Ctx<'_>, data: &[u8]) -> usize {
         for &x in data {
-            ctx.broadcast_room(&self.second, vec![b'2', x]);
-            ctx.broadcast_room(&self.first, vec![b'1', x]);
+            ctx.broadcast_room(&self.second, vec![b'2', x]).unwrap();
+            ctx.broadcast_room(&self.first, vec![b'1', x]).unwrap();
         }
         data.len()
     }
@@ -853,13 +853,13 @@ impl Session for LastWord {
         let _ = self.tx.send(());
     }
     fn on_recv(&mut self, ctx: &mut Ctx<'_>, data: &[u8]) -> usize {
-        ctx.broadcast_room(&self.room, &b"B"[..]);
+        ctx.broadcast_room(&self.room, &b"B"[..]).unwrap();
         ctx.send(&b"bye"[..]).unwrap();
         ctx.disconnect("asked to leave");
         data.len()
     }
     fn on_disconnected(&mut self, ctx: &mut Ctx<'_>, _reason: &DisconnectReason) {
-        ctx.broadcast_room(&self.room, &b"L"[..]);
+        ctx.broadcast_room(&self.room, &b"L"[..]).unwrap();
         let _ = ctx.send(&b"F"[..]);
     }
 }

@@ -39,7 +39,10 @@ impl ChatSession {
         let mut w = PacketWriter::with_capacity(S_CHAT, payload.len());
         w.put_slice(payload);
         let buf = w.finish().map_err(|e| e.to_string())?;
-        ctx.broadcast_room(&self.room, buf);
+        if let Err(e) = ctx.broadcast_room(&self.room, buf) {
+            // A worker is not keeping up: this message is dropped, the sender stays.
+            tracing::warn!("{}: chat message not relayed: {e}", ctx.id());
+        }
         Ok(())
     }
 }

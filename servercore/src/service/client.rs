@@ -195,9 +195,10 @@ impl ClientService {
         self.workers.shared().stats()
     }
 
-    /// Queues `buf` on every open session.
-    pub fn broadcast(&self, buf: impl Into<SendBuffer>) {
-        self.workers.shared().broadcast(buf.into());
+    /// Queues `buf` on every open session. All or nothing:
+    /// [`SendError::InboxFull`](crate::SendError::InboxFull) when a worker is not keeping up.
+    pub fn broadcast(&self, buf: impl Into<SendBuffer>) -> Result<(), crate::SendError> {
+        self.workers.shared().broadcast(buf.into())
     }
 
     /// Flushes for up to `timeout`, disconnects every session with

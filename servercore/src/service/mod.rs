@@ -34,8 +34,9 @@ use crate::buffer::SendBuffer;
 use crate::config::SessionConfig;
 use crate::driver::{Backend, Driver, DriverConfig};
 use crate::reason::DisconnectReason;
+use crate::session::SendError;
 use crate::session::Session;
-use crate::worker::{self, Command, Role, Worker, WorkerInit, WorkerRemote};
+use crate::worker::{self, Command, Role, Worker, WorkerInit, WorkerRemote, INBOX_ENTRY};
 use std::collections::HashMap;
 use std::io;
 use std::net::IpAddr;
@@ -146,11 +147,14 @@ impl ServiceShared {
         }
     }
 
-    fn broadcast(&self, buf: SendBuffer) {
+    /// Posts the buffer to every worker, all or none (see `WorkerRemote::post_all`).
+    fn broadcast(&self, buf: SendBuffer) -> Result<(), SendError> {
         let bytes = buf.into_bytes();
-        for w in self.workers.get().into_iter().flatten() {
-            let _ = w.post(Command::Broadcast(bytes.clone()));
-        }
+        let workers = self.workers.get().map_or(&[][..], Vec::as_slice);
+        let cost = bytes.len() + INBOX_ENTRY;
+        WorkerRemote::post_all(workers.iter().map(|w| &**w), cost, || {
+            Command::Broadcast(bytes.clone())
+        })
     }
 
     fn stats(&self) -> ServiceStats {
@@ -234,9 +238,10 @@ pub struct ServiceRef(pub(crate) Arc<ServiceShared>);
 
 impl ServiceRef {
     /// Queues `buf` on every open session of the service (one message per worker, no copy
-    /// of the payload per session).
-    pub fn broadcast(&self, buf: impl Into<SendBuffer>) {
-        self.0.broadcast(buf.into());
+    /// of the payload per session). All or nothing: [`SendError::InboxFull`] when a worker
+    /// is not keeping up.
+    pub fn broadcast(&self, buf: impl Into<SendBuffer>) -> Result<(), SendError> {
+        self.0.broadcast(buf.into())
     }
 
     /// The service's counters.

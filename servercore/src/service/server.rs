@@ -188,9 +188,10 @@ impl ServerService {
     }
 
     /// Queues `buf` on every open session: one message per worker, no payload copy per
-    /// session.
-    pub fn broadcast(&self, buf: impl Into<SendBuffer>) {
-        self.workers.shared().broadcast(buf.into());
+    /// session. All or nothing: [`SendError::InboxFull`](crate::SendError::InboxFull) when
+    /// a worker is not keeping up.
+    pub fn broadcast(&self, buf: impl Into<SendBuffer>) -> Result<(), crate::SendError> {
+        self.workers.shared().broadcast(buf.into())
     }
 
     /// Stops accepting, lets queued sends drain for up to `timeout`, disconnects every

@@ -38,7 +38,7 @@ use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::panic::{self, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, Sender, TryRecvError};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
@@ -91,13 +91,25 @@ pub(crate) enum Command {
 /// A closure run on a session's worker with the session object (as `Any`) and its context.
 pub(crate) type SessionJob = Box<dyn FnOnce(&mut dyn Any, &mut Ctx<'_>) + Send>;
 
+/// What one command costs its worker's inbox besides its payload: the command itself
+/// and its share of the channel's blocks.
+pub(crate) const INBOX_ENTRY: usize = std::mem::size_of::<Command>() + 16;
+
 /// The part of a worker other threads can reach: its inbox and its wake-up.
-/// Thread safety: `Send + Sync`; `post` may be called from any thread.
+/// Thread safety: `Send + Sync`; every method may be called from any thread.
+///
+/// The inbox itself is a channel without a bound; what bounds it is the accounting of
+/// data commands (sends and broadcasts, the only ones whose volume follows traffic):
+/// each reserves its payload plus [`INBOX_ENTRY`] in `inbox` before it is posted, up to
+/// [`SessionConfig::max_worker_inbox`], and the worker releases that when it takes the
+/// command. Control commands (disconnect, rooms, jobs, shutdown) are never refused.
 pub(crate) struct WorkerRemote {
     pub(crate) index: usize,
     pub(crate) config: Arc<SessionConfig>,
     tx: Sender<Command>,
     waker: Arc<Waker>,
+    /// Bytes of data commands posted and not yet taken by the worker.
+    inbox: AtomicUsize,
 }
 
 impl WorkerRemote {
@@ -105,6 +117,53 @@ impl WorkerRemote {
     pub(crate) fn post(&self, cmd: Command) -> Result<(), ()> {
         self.tx.send(cmd).map_err(|_| ())?;
         self.waker.wake();
+        Ok(())
+    }
+
+    /// Reserves `cost` bytes of the inbox budget for a data command about to be posted.
+    pub(crate) fn reserve(&self, cost: usize) -> Result<(), SendError> {
+        let limit = self.config.max_worker_inbox;
+        let before = self.inbox.fetch_add(cost, Ordering::AcqRel);
+        if before + cost > limit {
+            self.inbox.fetch_sub(cost, Ordering::AcqRel);
+            return Err(SendError::InboxFull { limit });
+        }
+        Ok(())
+    }
+
+    /// Gives back a reservation: its command was taken, or never posted.
+    pub(crate) fn release(&self, cost: usize) {
+        self.inbox.fetch_sub(cost, Ordering::AcqRel);
+    }
+
+    /// Posts a data command whose `cost` was reserved; the reservation is given back if
+    /// the worker has ended.
+    pub(crate) fn post_reserved(&self, cmd: Command, cost: usize) -> Result<(), SendError> {
+        self.post(cmd).map_err(|()| {
+            self.release(cost);
+            SendError::Disconnected
+        })
+    }
+
+    /// Posts `make()` to each of `workers`, all or none: when one inbox is over its
+    /// budget, nothing is posted and that is the error.
+    pub(crate) fn post_all<'a>(
+        workers: impl Iterator<Item = &'a WorkerRemote> + Clone,
+        cost: usize,
+        mut make: impl FnMut() -> Command,
+    ) -> Result<(), SendError> {
+        for (reserved, w) in workers.clone().enumerate() {
+            if let Err(e) = w.reserve(cost) {
+                for w in workers.take(reserved) {
+                    w.release(cost);
+                }
+                return Err(e);
+            }
+        }
+        for w in workers {
+            // A worker that has ended has no sessions left to deliver to.
+            let _ = w.post_reserved(make(), cost);
+        }
         Ok(())
     }
 }
@@ -123,10 +182,18 @@ pub(crate) enum TimerAction {
     Linger(u64),
     RearmAccept(usize),
     ShutdownDeadline,
-    Session { key: u64, token: u64, period: Option<Duration> },
+    Session {
+        key: u64,
+        token: u64,
+        period: Option<Duration>,
+    },
     Idle(u64),
     Reconnect,
-    Job { period: Option<Duration>, cancelled: Arc<AtomicBool>, job: Box<dyn FnMut() + Send> },
+    Job {
+        period: Option<Duration>,
+        cancelled: Arc<AtomicBool>,
+        job: Box<dyn FnMut() + Send>,
+    },
 }
 
 /// What a worker does besides serving its sessions.
@@ -152,7 +219,7 @@ pub(crate) fn remote(
     tx: Sender<Command>,
     waker: Arc<Waker>,
 ) -> WorkerRemote {
-    WorkerRemote { index, config, tx, waker }
+    WorkerRemote { index, config, tx, waker, inbox: AtomicUsize::new(0) }
 }
 
 /// A room's members that live on this worker.
@@ -449,10 +516,10 @@ impl<S: Session> Worker<S> {
         match cmd {
             Command::Send { key, buf, admitted } => {
                 let local = &mut self.local;
+                let cost = buf.len() + INBOX_ENTRY;
+                local.remote.release(cost);
                 if let Some(conn) = conn_of(&mut self.slots, key) {
-                    if admitted {
-                        conn.core.flags.posted.fetch_sub(buf.len(), Ordering::AcqRel);
-                    }
+                    conn.core.flags.posted.fetch_sub(cost, Ordering::AcqRel);
                     let _ = local.queue_send(&mut conn.core, buf, admitted);
                 }
             }
@@ -470,6 +537,7 @@ impl<S: Session> Worker<S> {
             }
             Command::Broadcast(buf) => {
                 let local = &mut self.local;
+                local.remote.release(buf.len() + INBOX_ENTRY);
                 for slot in &mut self.slots {
                     if let Some(conn) = &mut slot.conn {
                         if conn.core.is_open() {
@@ -501,6 +569,7 @@ impl<S: Session> Worker<S> {
             Command::RoomEnter { room, key } => self.room_enter(room, key),
             Command::RoomLeave { room, key } => self.room_leave(room, key),
             Command::RoomBroadcast { room, buf } => {
+                self.local.remote.release(buf.len() + INBOX_ENTRY);
                 self.local.deferred.push(Deferred::Broadcast(room, buf));
             }
         }

@@ -123,12 +123,16 @@ impl Local {
 
     /// Posts the buffer to the other workers with members now, and queues it on this
     /// worker's members right after the callback: one sender's broadcasts stay in order.
-    pub(crate) fn broadcast_room(&mut self, room: &Arc<RoomInner>, buf: Bytes) {
+    /// All or nothing: refused when another worker's inbox is over its budget.
+    pub(crate) fn broadcast_room(
+        &mut self,
+        room: &Arc<RoomInner>,
+        buf: Bytes,
+    ) -> Result<(), SendError> {
         let me = self.remote.index;
-        room.for_remote_workers(me, |w| {
-            let _ = w.post(Command::RoomBroadcast { room: room.id, buf: buf.clone() });
-        });
+        room.post_to_workers(Some(me), &buf)?;
         self.deferred.push(Deferred::Broadcast(room.id, buf));
+        Ok(())
     }
 
     pub(crate) fn set_session_timer(
@@ -235,8 +239,8 @@ impl Local {
         }
         let limit = self.send_limit;
         let notify = self.notify_policy;
-        // Under Notify, places reserved by handle sends still in the inbox count too.
-        let reserved = if notify { core.flags.posted.load(Ordering::Acquire) } else { 0 };
+        // Bytes of handle sends still in the inbox count too: they are the session's.
+        let reserved = core.flags.posted.load(Ordering::Acquire);
         if (notify && core.congested) || core.queued + core.held + reserved + len > limit {
             if notify {
                 self.congest(core);
