@@ -16,9 +16,10 @@
 //! least `PIN_MIN_LEN`) of chunk memory alive, plus each chunk's bookkeeping (about 40
 //! bytes, under a sixth of the smallest chunk), plus the pool itself (at most three chunks
 //! per class and thread, under 384 KiB). That is what makes a send queue limit in logical
-//! bytes (`SessionConfig::max_send_queue`) a limit on memory: 16 MiB queued keep at most
-//! about 600 MiB alive in the worst case, instead of 8192 times the queue for 8-byte
-//! buffers that each pinned their own 64 KiB chunk.
+//! bytes (`SessionConfig::max_send_queue`) a limit on memory: 16 MiB queued in buffers of
+//! 8 bytes or more keep at most about 600 MiB of chunks alive in the worst case, where
+//! 8-byte buffers that each pinned their own 64 KiB chunk kept 8192 times the queue. (The
+//! queue counts a shorter buffer by its length, not as 8 bytes.)
 //!
 //! A [`PacketWriter`] writes in place in a 64 KiB chunk; [`finish`](PacketWriter::finish)
 //! keeps a packet of 2 KiB or more there and copies a smaller one into a chunk of its own
