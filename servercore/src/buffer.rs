@@ -5,6 +5,12 @@
 //! [`SendBuffer`] bumps a reference count, and the payload is freed when the last session
 //! has written it. Pooled construction (many buffers carved from one chunk) lives in
 //! [`crate::packet::PacketWriter`].
+//!
+//! A pooled buffer keeps its whole chunk alive, so a buffer of `n` bytes is carved only
+//! from a chunk of at most [`PIN_FACTOR`](crate::packet::PIN_FACTOR)` * max(n, 8)` bytes:
+//! bytes queued to a peer that does not read keep at most that multiple of themselves
+//! alive, and a send queue limit in bytes is a limit on memory (`PIN_FACTOR` states the
+//! whole bound).
 
 use bytes::Bytes;
 use std::fmt;
@@ -33,7 +39,10 @@ impl SendBuffer {
 
     /// Copies `data` into a new buffer. The copy is carved from a per-thread pooled chunk
     /// (as [`PacketWriter`](crate::packet::PacketWriter) does), so steady sending allocates
-    /// nothing per buffer; a buffer keeps its chunk alive until it is dropped.
+    /// nothing per buffer. A buffer keeps its chunk alive until it is dropped, so the chunk
+    /// is sized to the copy: at most [`PIN_FACTOR`](crate::packet::PIN_FACTOR) times its
+    /// length (counted as at least 8 bytes); over 64 KiB, the copy is an allocation of its
+    /// own, and an empty copy allocates nothing.
     pub fn copy_from_slice(data: &[u8]) -> Self {
         SendBuffer(crate::packet::pooled_copy(data))
     }

@@ -16,10 +16,11 @@
 //! ```
 //! use servercore::{Ctx, DisconnectReason, ServerService, Session};
 //! use std::io::{BufRead, BufReader, Write};
+//! use std::sync::mpsc;
 //! use std::time::Duration;
 //!
-//! /// Answers each whole line, upper-cased.
-//! struct Shout;
+//! /// Answers each whole line, upper-cased; reports why its connection ended.
+//! struct Shout(mpsc::Sender<DisconnectReason>);
 //!
 //! impl Session for Shout {
 //!     fn on_recv(&mut self, ctx: &mut Ctx<'_>, data: &[u8]) -> usize {
@@ -28,11 +29,14 @@
 //!         end + 1
 //!     }
 //!     fn on_disconnected(&mut self, _ctx: &mut Ctx<'_>, reason: &DisconnectReason) {
-//!         assert_eq!(*reason, DisconnectReason::PeerClosed);
+//!         let _ = self.0.send(reason.clone()); // checked below: a panic here is caught
 //!     }
 //! }
 //!
-//! let server = ServerService::builder("127.0.0.1:0".parse().unwrap()).workers(2).start(|| Shout)?;
+//! let (tx, ended) = mpsc::channel();
+//! let server = ServerService::builder("127.0.0.1:0".parse().unwrap())
+//!     .workers(2)
+//!     .start(move || Shout(tx.clone()))?;
 //! let mut conn = std::net::TcpStream::connect(server.local_addr())?;
 //! conn.write_all(b"hel")?;            // half a line: kept until the rest arrives
 //! conn.write_all(b"lo\n")?;
@@ -40,6 +44,8 @@
 //! BufReader::new(&conn).read_line(&mut line)?;
 //! assert_eq!(line, "HELLO\n");
 //! drop(conn);
+//! let reason = ended.recv_timeout(Duration::from_secs(10)).unwrap();
+//! assert_eq!(reason, DisconnectReason::PeerClosed);
 //! server.shutdown(Duration::from_secs(1))?;
 //! # Ok::<(), std::io::Error>(())
 //! ```

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{any_port, connect, read_to_end, roundtrip, wait_until, Rng};
+use common::{any_port, connect, read_to_end, roundtrip, wait_until, Checks, Rng};
 use servercore::sys::open_fd_count;
 use servercore::{ClientService, Ctx, DisconnectReason, ServerService, Session};
 use std::io::{Read, Write};
@@ -18,6 +18,8 @@ struct Counters {
     connected: AtomicUsize,
     disconnected: AtomicUsize,
     reasons: Mutex<Vec<DisconnectReason>>,
+    /// What the callbacks check, asserted by the test thread.
+    checks: Checks,
 }
 
 /// Echoes; a "q" makes it disconnect itself.
@@ -41,7 +43,7 @@ impl Session for Cycle {
     }
 
     fn on_disconnected(&mut self, _ctx: &mut Ctx<'_>, reason: &DisconnectReason) {
-        assert!(!self.done, "on_disconnected twice");
+        self.counters.checks.check(!self.done, "on_disconnected twice");
         self.done = true;
         self.counters.disconnected.fetch_add(1, Ordering::SeqCst);
         self.counters.reasons.lock().unwrap().push(reason.clone());
@@ -213,6 +215,7 @@ fn sessions_and_fds_return_to_start_after_2000_cycles() {
     drop(reasons);
 
     server.shutdown(Duration::from_secs(5)).unwrap();
+    server_counters.checks.assert_ok();
     wait_fds("the server's own fds (listeners, rings, wakers) to be released", fd_before_server);
 
     // Phase 2: one acceptor handing sockets to the other worker, and a session cap that
@@ -258,5 +261,6 @@ fn sessions_and_fds_return_to_start_after_2000_cycles() {
     assert_eq!(counters.connected.load(Ordering::SeqCst), stats.accepted as usize);
     assert_eq!(counters.disconnected.load(Ordering::SeqCst), stats.accepted as usize);
     capped.shutdown(Duration::from_secs(5)).unwrap();
+    counters.checks.assert_ok();
     wait_fds("the capped server's own fds to be released", fd_before_server);
 }

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{any_port, connect, read_to_end, recorder, roundtrip, End, Hooks};
+use common::{any_port, connect, read_to_end, recorder, roundtrip, Checks, End, Hooks};
 use servercore::{Ctx, DisconnectReason, SendBuffer, ServerService, Session, SessionConfig};
 use std::io::{ErrorKind, Read, Write};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -76,9 +76,14 @@ fn max_sessions_is_enforced() {
 fn unconsumed_bytes_beyond_max_recv_buffer_disconnect_that_session_only() {
     const LIMIT: usize = 64 * 1024;
     // A session whose first byte is 'H' hoards: it never consumes anything. Others echo.
-    let hooks = Hooks::on_recv(|ctx, data| {
+    let checks = Checks::new();
+    let c = checks.clone();
+    let hooks = Hooks::on_recv(move |ctx, data| {
         if data[0] == b'H' {
-            assert!(data.len() <= LIMIT, "presented {} bytes, over the limit", data.len());
+            c.check(
+                data.len() <= LIMIT,
+                format_args!("presented {} bytes, over the limit", data.len()),
+            );
             return 0;
         }
         let _ = ctx.send(data.to_vec());
@@ -126,6 +131,7 @@ fn unconsumed_bytes_beyond_max_recv_buffer_disconnect_that_session_only() {
     assert_eq!(log.disconnected(good_id), DisconnectReason::PeerClosed);
     common::wait_no_sessions(&server);
     server.shutdown(Duration::from_secs(5)).unwrap();
+    checks.assert_ok();
     log.drain();
     let (recvs, _) = log.check_lifecycle(hoarder_id);
     let most = recvs.iter().map(Vec::len).max().unwrap();
@@ -190,12 +196,20 @@ fn broadcast_reaches_every_connected_session() {
 #[test]
 fn broadcast_from_a_callback_via_service_ref() {
     const N: usize = 6;
-    let hooks = Hooks::on_recv(|ctx, data| {
+    let checks = Checks::new();
+    let c = checks.clone();
+    let hooks = Hooks::on_recv(move |ctx, data| {
         if let Some(pos) = data.iter().position(|&b| b == b'\n') {
             let line = data[..=pos].to_vec();
-            let service = ctx.service().expect("the service is alive");
-            assert_eq!(service.workers(), 2);
-            service.broadcast(line).unwrap();
+            match ctx.service() {
+                Some(service) => {
+                    c.check_eq(service.workers(), 2, "the service's workers");
+                    c.check(service.broadcast(line).is_ok(), "the broadcast is accepted");
+                }
+                None => {
+                    c.check(false, "ctx.service() is None while the service is alive");
+                }
+            }
             return pos + 1;
         }
         0
@@ -213,24 +227,34 @@ fn broadcast_from_a_callback_via_service_ref() {
         assert_eq!(&got, b"hello everyone\n", "client {i}");
     }
     server.shutdown(Duration::from_secs(5)).unwrap();
+    checks.assert_ok();
 }
 
 #[test]
 fn send_queue_overflow_disconnects_a_peer_that_does_not_read() {
     const LIMIT: usize = 256 * 1024;
     // On "flood", queues 64 KiB blocks until the queue refuses; the client never reads.
-    let hooks = Hooks::on_recv(|ctx, data| {
+    let checks = Checks::new();
+    let c = checks.clone();
+    let hooks = Hooks::on_recv(move |ctx, data| {
         if data == b"flood" {
             let block = SendBuffer::from(vec![0xAB; 64 * 1024]);
             for i in 0.. {
                 match ctx.send(block.clone()) {
-                    Ok(()) => assert!(i < 10_000, "the send queue never refused"),
-                    Err(servercore::SendError::QueueFull { limit }) => {
-                        assert_eq!(limit, LIMIT);
-                        assert!(!ctx.is_connected());
+                    Ok(()) if i < 10_000 => {}
+                    Ok(()) => {
+                        c.check(false, "the send queue never refused");
                         break;
                     }
-                    Err(e) => panic!("unexpected send error {e:?}"),
+                    Err(servercore::SendError::QueueFull { limit }) => {
+                        c.check_eq(limit, LIMIT, "the refusal's limit");
+                        c.check(!ctx.is_connected(), "still connected after the overflow");
+                        break;
+                    }
+                    Err(e) => {
+                        c.check(false, format_args!("unexpected send error {e:?}"));
+                        break;
+                    }
                 }
             }
             return data.len();
@@ -257,6 +281,7 @@ fn send_queue_overflow_disconnects_a_peer_that_does_not_read() {
     drop(good);
     assert_eq!(log.disconnected(good_id), DisconnectReason::PeerClosed);
     server.shutdown(Duration::from_secs(5)).unwrap();
+    checks.assert_ok();
     log.drain();
     log.check_lifecycle(id);
 }

@@ -6,8 +6,8 @@
 
 mod common;
 
-use common::{any_port, connect, read_to_end, recorder, roundtrip, Ev, Hooks};
-use servercore::{DisconnectReason, ServerService, SessionId};
+use common::{any_port, connect, read_to_end, recorder, roundtrip, Checks, Ev, Hooks};
+use servercore::{Ctx, DisconnectReason, ServerService, Session, SessionId};
 use std::io::{Read, Write};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -184,4 +184,40 @@ fn panicking_session_factory_does_not_kill_the_worker() {
         problems.push(format!("session count when the clients had gone: {count}"));
     }
     assert!(problems.is_empty(), "a panicking factory broke the server: {problems:#?}");
+}
+
+/// Issue 11, point 9: an `assert!` inside a callback does not fail the test that runs it.
+/// The engine catches the panic and only disconnects that session; the test thread sees a
+/// closed connection and goes on. `common::Checks` reports both the failed check and the
+/// panic to the test thread, which is how the tests check things inside callbacks.
+#[test]
+fn an_assert_in_a_callback_is_only_a_disconnect_checks_report_it() {
+    struct Asserting(Checks);
+    impl Session for Asserting {
+        fn on_recv(&mut self, ctx: &mut Ctx<'_>, data: &[u8]) -> usize {
+            self.0.check(data != b"bad", format_args!("{} received {data:?}", ctx.id()));
+            assert!(data != b"bad", "asserted inside on_recv");
+            data.len()
+        }
+        fn on_disconnected(&mut self, _ctx: &mut Ctx<'_>, reason: &DisconnectReason) {
+            self.0.disconnected(reason);
+        }
+    }
+    let checks = Checks::new();
+    let c = checks.clone();
+    let server =
+        ServerService::builder(any_port()).workers(1).start(move || Asserting(c.clone())).unwrap();
+    let mut conn = connect(server.local_addr());
+    conn.write_all(b"bad").unwrap();
+    // All the test thread sees of the failed assert: the connection closes.
+    let (rest, end) = read_to_end(&mut conn);
+    assert!(rest.is_empty(), "{end:?}");
+    server.shutdown(Duration::from_secs(5)).unwrap();
+
+    let failures = checks.failures();
+    assert_eq!(failures.len(), 2, "{failures:#?}");
+    assert!(failures[0].contains("received [98, 97, 100]"), "{failures:#?}");
+    assert!(failures[1].contains("asserted inside on_recv"), "{failures:#?}");
+    let reported = std::panic::catch_unwind(|| checks.assert_ok());
+    assert!(reported.is_err(), "assert_ok fails the test thread");
 }

@@ -43,7 +43,10 @@ const END: u32 = u32::MAX;
 
 #[derive(Debug)]
 enum ServerEv {
-    Connected,
+    /// `on_connected` ran; whether it entered the room.
+    Connected {
+        entered: bool,
+    },
     Disconnected(u16, DisconnectReason),
 }
 
@@ -58,8 +61,8 @@ struct Chat {
 impl PacketSession for Chat {
     fn on_connected(&mut self, ctx: &mut Ctx<'_>) {
         self.port = ctx.peer_addr().port();
-        assert!(ctx.enter_room(&self.room));
-        let _ = self.events.send(ServerEv::Connected);
+        let entered = ctx.enter_room(&self.room);
+        let _ = self.events.send(ServerEv::Connected { entered });
     }
 
     fn on_packet(&mut self, ctx: &mut Ctx<'_>, packet: Packet<'_>) {
@@ -182,7 +185,10 @@ fn non_reading_sessions_are_dropped_with_send_queue_overflow_and_readers_lose_no
     let mut connected = 0;
     let mut reasons: HashMap<u16, Vec<DisconnectReason>> = HashMap::new();
     let mut take = |ev: ServerEv, connected: &mut usize| match ev {
-        ServerEv::Connected => *connected += 1,
+        ServerEv::Connected { entered } => {
+            assert!(entered, "a session could not enter the room");
+            *connected += 1
+        }
         ServerEv::Disconnected(p, r) => reasons.entry(p).or_default().push(r),
     };
     let deadline = Instant::now() + TIMEOUT;

@@ -11,7 +11,7 @@
 
 mod common;
 
-use common::{any_port, connect, wait_until, TIMEOUT};
+use common::{any_port, connect, wait_until, Checks, TIMEOUT};
 use servercore::packet::{Framed, Packet, PacketSession, PacketWriter};
 use servercore::{
     ClientService, Ctx, DisconnectReason, JobQueue, JobTimer, Room, SendBuffer, SendError,
@@ -89,11 +89,12 @@ const S_LEFT: u16 = 13;
 /// `C_CHAT` to the room; enters and leaves on request.
 struct RoomServer {
     room: Room,
+    checks: Checks,
 }
 
 impl PacketSession for RoomServer {
     fn on_connected(&mut self, ctx: &mut Ctx<'_>) {
-        assert!(ctx.enter_room(&self.room), "the room belongs to this service");
+        self.checks.check(ctx.enter_room(&self.room), "the room belongs to this service");
         // The enter is carried out right after this callback, before this reply is written:
         // a client that has read S_JOINED is a member.
         let _ = ctx.send(packet(S_JOINED, &(ctx.worker_index() as u32).to_le_bytes()));
@@ -103,7 +104,7 @@ impl PacketSession for RoomServer {
         match p.id {
             C_CHAT => ctx.broadcast_room(&self.room, packet(S_CHAT, p.payload)).unwrap(),
             C_ENTER => {
-                assert!(ctx.enter_room(&self.room));
+                self.checks.check(ctx.enter_room(&self.room), "entering again on C_ENTER");
                 let _ = ctx.send(packet(S_ENTERED, &[]));
             }
             C_LEAVE => {
@@ -117,9 +118,17 @@ impl PacketSession for RoomServer {
     }
 }
 
-fn room_server(room: &Room, builder: servercore::service::ServerBuilder) -> ServerService {
-    let room = room.clone();
-    builder.start(move || Framed::new(RoomServer { room: room.clone() })).unwrap()
+/// Starts a service of `RoomServer`s; the test asserts the checks they made once it is shut down.
+fn room_server(
+    room: &Room,
+    builder: servercore::service::ServerBuilder,
+) -> (ServerService, Checks) {
+    let (room, checks) = (room.clone(), Checks::new());
+    let c = checks.clone();
+    let server = builder
+        .start(move || Framed::new(RoomServer { room: room.clone(), checks: c.clone() }))
+        .unwrap();
+    (server, checks)
 }
 
 const SENDERS: usize = 10;
@@ -209,7 +218,7 @@ fn broadcast_500_sessions_without_fan_out_gathering() {
 fn broadcast_500_sessions(config: SessionConfig) {
     const SESSIONS: usize = 500;
     let room = Room::new();
-    let server =
+    let (server, checks) =
         room_server(&room, ServerService::builder(any_port()).workers(2).session_config(config));
     let (joined_tx, joined_rx) = mpsc::channel();
     let (done_tx, done_rx) = mpsc::channel();
@@ -274,6 +283,7 @@ fn broadcast_500_sessions(config: SessionConfig) {
     assert_eq!(shared.deliveries.load(Ordering::Relaxed), SESSIONS * SENDERS * MESSAGES as usize);
     client.shutdown(Duration::from_secs(5)).unwrap();
     server.shutdown(Duration::from_secs(5)).unwrap();
+    checks.assert_ok();
     let violations = shared.violations.lock().unwrap();
     assert!(violations.is_empty(), "violations: {violations:#?}");
 }
@@ -419,7 +429,7 @@ fn room_across_workers_with_members_entering_and_leaving_during_broadcast() {
     const SESSIONS: usize = 12;
     let room = Room::new();
     // One acceptor handing connections to the workers in turn: members on both, for sure.
-    let server =
+    let (server, checks) =
         room_server(&room, ServerService::builder(any_port()).workers(2).reuse_port(false));
     let (tx, events) = mpsc::channel();
     let sh = Arc::new(RoomShared {
@@ -508,6 +518,7 @@ fn room_across_workers_with_members_entering_and_leaving_during_broadcast() {
     }
     client.shutdown(Duration::from_secs(5)).unwrap();
     server.shutdown(Duration::from_secs(5)).unwrap();
+    checks.assert_ok();
 
     let violations = sh.violations.lock().unwrap();
     assert!(violations.is_empty(), "violations: {violations:#?}");
@@ -670,17 +681,18 @@ fn broadcasts_and_direct_sends_from_one_thread_keep_their_order() {
 }
 
 /// Relays each received byte `x` to the room as `Bx` and then answers the sender `Dx`.
+/// Reports whether `on_connected` entered the room and queued its welcome.
 struct BroadcastThenSend {
     room: Room,
-    tx: Sender<()>,
+    tx: Sender<bool>,
 }
 
 impl Session for BroadcastThenSend {
     fn on_connected(&mut self, ctx: &mut Ctx<'_>) {
-        assert!(ctx.enter_room(&self.room));
-        // Made after the enter, so it comes after anything the room got before it.
-        ctx.send(&b"W_"[..]).unwrap();
-        let _ = self.tx.send(());
+        // The welcome is made after the enter, so it comes after anything the room got
+        // before it.
+        let ok = ctx.enter_room(&self.room) && ctx.send(&b"W_"[..]).is_ok();
+        let _ = self.tx.send(ok);
     }
     fn on_recv(&mut self, ctx: &mut Ctx<'_>, data: &[u8]) -> usize {
         for &x in data {
@@ -704,10 +716,10 @@ fn a_sessions_own_send_after_its_broadcast_arrives_after_it() {
         .start(move || BroadcastThenSend { room: room2.clone(), tx: tx.clone() })
         .unwrap();
     let mut sender = connect(server.local_addr());
-    recv(&rx, "first on_connected");
+    assert!(recv(&rx, "first on_connected"), "entered and welcomed");
     assert_eq!(read_exactly(&mut sender, 2), b"W_");
     let mut other = connect(server.local_addr());
-    recv(&rx, "second on_connected");
+    assert!(recv(&rx, "second on_connected"), "entered and welcomed");
     assert_eq!(read_exactly(&mut other, 2), b"W_");
     wait_room_len(&room, 2);
     let data: Vec<u8> = (0..=255u8).collect();
@@ -736,7 +748,7 @@ fn own_sends_interleave_with_a_rooms_broadcasts_of_several_senders() {
     let mut clients: Vec<_> = (0..3)
         .map(|i| {
             let mut c = connect(server.local_addr());
-            recv(&rx, &format!("on_connected {i}"));
+            assert!(recv(&rx, &format!("on_connected {i}")), "{i} entered and welcomed");
             assert_eq!(read_exactly(&mut c, 2), b"W_");
             c
         })
@@ -792,15 +804,16 @@ fn own_sends_interleave_with_a_rooms_broadcasts_of_several_senders() {
 struct TwoRooms {
     first: Room,
     second: Room,
-    tx: Sender<()>,
+    /// Whether `on_connected` entered both rooms and queued its welcome.
+    tx: Sender<bool>,
 }
 
 impl Session for TwoRooms {
     fn on_connected(&mut self, ctx: &mut Ctx<'_>) {
-        assert!(ctx.enter_room(&self.first));
-        assert!(ctx.enter_room(&self.second));
-        ctx.send(&b"W_"[..]).unwrap();
-        let _ = self.tx.send(());
+        let ok = ctx.enter_room(&self.first)
+            && ctx.enter_room(&self.second)
+            && ctx.send(&b"W_"[..]).is_ok();
+        let _ = self.tx.send(ok);
     }
     fn on_recv(&mut self, ctx: &mut Ctx<'_>, data: &[u8]) -> usize {
         for &x in data {
@@ -823,9 +836,9 @@ fn broadcasts_to_two_rooms_keep_their_order() {
         .start(move || TwoRooms { first: f.clone(), second: s.clone(), tx: tx.clone() })
         .unwrap();
     let mut a = connect(server.local_addr());
-    recv(&rx, "first on_connected");
+    assert!(recv(&rx, "first on_connected"), "entered and welcomed");
     let mut b = connect(server.local_addr());
-    recv(&rx, "second on_connected");
+    assert!(recv(&rx, "second on_connected"), "entered and welcomed");
     assert_eq!(read_exactly(&mut a, 2), b"W_");
     assert_eq!(read_exactly(&mut b, 2), b"W_");
     wait_room_len(&first, 2);
@@ -843,14 +856,14 @@ fn broadcasts_to_two_rooms_keep_their_order() {
 /// flushed like any send before a local disconnect.
 struct LastWord {
     room: Room,
-    tx: Sender<()>,
+    /// Whether `on_connected` entered the room and queued its welcome.
+    tx: Sender<bool>,
 }
 
 impl Session for LastWord {
     fn on_connected(&mut self, ctx: &mut Ctx<'_>) {
-        assert!(ctx.enter_room(&self.room));
-        ctx.send(&b"W"[..]).unwrap();
-        let _ = self.tx.send(());
+        let ok = ctx.enter_room(&self.room) && ctx.send(&b"W"[..]).is_ok();
+        let _ = self.tx.send(ok);
     }
     fn on_recv(&mut self, ctx: &mut Ctx<'_>, data: &[u8]) -> usize {
         ctx.broadcast_room(&self.room, &b"B"[..]).unwrap();
@@ -882,7 +895,7 @@ fn own_sends_behind_room_work_are_flushed_on_a_local_disconnect_and_at_shutdown(
     let mut clients: Vec<_> = (0..3)
         .map(|i| {
             let c = connect(server.local_addr());
-            recv(&rx, &format!("on_connected {i}"));
+            assert!(recv(&rx, &format!("on_connected {i}")), "{i} entered and welcomed");
             c
         })
         .collect();
@@ -910,7 +923,7 @@ fn own_sends_behind_room_work_are_flushed_on_a_local_disconnect_and_at_shutdown(
 #[test]
 fn a_room_refuses_sessions_of_another_service() {
     let room = Room::new();
-    let server = room_server(&room, ServerService::builder(any_port()).workers(1));
+    let (server, checks) = room_server(&room, ServerService::builder(any_port()).workers(1));
     let (tx, rx) = mpsc::channel();
     // A server session binds the room first...
     let first = ClientService::builder(server.local_addr())
@@ -930,6 +943,7 @@ fn a_room_refuses_sessions_of_another_service() {
     other.shutdown(Duration::from_secs(5)).unwrap();
     first.shutdown(Duration::from_secs(5)).unwrap();
     server.shutdown(Duration::from_secs(5)).unwrap();
+    checks.assert_ok();
 }
 
 /// The same through `Room::enter` from another thread: a session of another service is not
@@ -937,7 +951,7 @@ fn a_room_refuses_sessions_of_another_service() {
 #[test]
 fn room_enter_from_another_thread_ignores_sessions_of_another_service() {
     let room = Room::new();
-    let server = room_server(&room, ServerService::builder(any_port()).workers(1));
+    let (server, checks) = room_server(&room, ServerService::builder(any_port()).workers(1));
     let (tx, rx) = mpsc::channel();
     let client = ClientService::builder(server.local_addr())
         .workers(1)
@@ -954,6 +968,7 @@ fn room_enter_from_another_thread_ignores_sessions_of_another_service() {
     assert_eq!(room.len(), 1, "a client-service session was counted as a member of a server room");
     client.shutdown(Duration::from_secs(5)).unwrap();
     server.shutdown(Duration::from_secs(5)).unwrap();
+    checks.assert_ok();
 }
 
 struct EnterOther {

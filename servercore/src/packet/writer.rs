@@ -1,95 +1,215 @@
 //! Pooled packet construction: the seed's `SendBufferManager`, on [`bytes::BytesMut`].
 //!
-//! Each thread keeps one large chunk ([`WRITER_CHUNK_SIZE`] bytes). A [`PacketWriter`]
-//! writes its packet into the free tail of that chunk and [`finish`](PacketWriter::finish)
-//! carves the packet off as a frozen [`SendBuffer`], so many small packets share one
-//! allocation and one reference count instead of each allocating.
+//! Each thread keeps chunks in size classes (powers of two, 256 bytes to
+//! [`WRITER_CHUNK_SIZE`]). A buffer is carved off the free tail of a chunk as a frozen
+//! [`SendBuffer`], so many small buffers share one allocation and one reference count
+//! instead of each allocating.
 //!
-//! How the memory comes back (checked against `bytes` 1.x, `BytesMut::reserve` /
-//! `reserve_inner` in `bytes_mut.rs`): after the first `split`, the chunk and every buffer
-//! carved from it point at one shared, reference-counted `Vec`. When the chunk's tail is too
-//! small for the next packet, `reserve` checks whether the chunk is the *unique* owner of
-//! that `Vec` (every packet carved from it has been dropped); if so it rewinds to the start
-//! of the same allocation without allocating or copying (the chunk holds no bytes). Only if
-//! some packet is still alive (queued on a slow session, say) does it allocate a new chunk
-//! of the original capacity; the old one is freed when its last packet is dropped. So in
-//! steady state, building, sending and dropping packets allocates nothing, and cloning a
-//! finished packet for a broadcast is a reference-count increment.
+//! # The memory bound
 //!
-//! The cost of this design: one long-lived packet keeps its whole chunk alive.
+//! A carved buffer keeps its whole chunk alive until it is dropped, and a buffer can
+//! outlive the traffic around it (queued behind a peer that does not read, say). So a
+//! buffer of `n` bytes is only ever carved from a chunk of at most
+//! [`PIN_FACTOR`]` * max(n, `[`PIN_MIN_LEN`]`)` bytes: an 8-byte buffer from a 256-byte
+//! chunk, a 100-byte one from a 2 KiB chunk, one of 2 KiB or more from a 64 KiB chunk.
+//! Hence live pooled buffers keep at most `PIN_FACTOR` times their bytes (each counted as at
+//! least `PIN_MIN_LEN`) of chunk memory alive, plus each chunk's bookkeeping (about 40
+//! bytes, under a sixth of the smallest chunk), plus the pool itself (at most three chunks
+//! per class and thread, under 384 KiB). That is what makes a send queue limit in logical
+//! bytes (`SessionConfig::max_send_queue`) a limit on memory: 16 MiB queued in buffers of
+//! 8 bytes or more keep at most about 600 MiB of chunks alive in the worst case, where
+//! 8-byte buffers that each pinned their own 64 KiB chunk kept 8192 times the queue. (The
+//! queue counts a shorter buffer by its length, not as 8 bytes.)
+//!
+//! A [`PacketWriter`] writes in place in a 64 KiB chunk; [`finish`](PacketWriter::finish)
+//! keeps a packet of 2 KiB or more there and copies a smaller one into a chunk of its own
+//! class (one `memcpy` of under 2 KiB). Buffers over 64 KiB get an allocation of their own.
+//!
+//! # How the memory comes back
+//!
+//! Checked against `bytes` 1.x (`BytesMut::try_reclaim` / `reserve_inner` in
+//! `bytes_mut.rs`): after the first `split`, the chunk and every buffer carved from it point
+//! at one shared, reference-counted `Vec`. When a chunk's tail is too small for the next
+//! buffer, `try_reclaim` checks whether the chunk is the *unique* owner of that `Vec` (every
+//! buffer carved from it has been dropped); if so it rewinds to the start of the same
+//! allocation without allocating or copying. A chunk still pinned by a live buffer is set
+//! aside (up to two per class) and retried the next time, so a window of buffers in flight
+//! (a send queue) does not make every chunk change allocate. Only when neither the current
+//! chunk nor a set-aside one is free is a new chunk allocated; an old one is freed when its
+//! last buffer is dropped. So in steady state, building, sending and dropping buffers
+//! allocates nothing, and cloning a finished packet for a broadcast is a reference-count
+//! increment.
 
 use crate::buffer::SendBuffer;
 use crate::packet::frame::{packet_size, FrameError, HEADER_LEN, MAX_PACKET_SIZE_LIMIT};
-use bytes::{BufMut, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 use std::cell::RefCell;
 use std::fmt;
 
-/// Size of each thread's packet chunk: large enough that reclaiming or replacing it is rare
-/// (about a thousand small packets per chunk), small enough that a pinned chunk is cheap.
+/// Size of the largest pooled chunk (the one a [`PacketWriter`] writes in): large enough
+/// that replacing it is rare, small enough that a pinned chunk is cheap. Buffers larger than
+/// this are not pooled.
 pub const WRITER_CHUNK_SIZE: usize = 64 * 1024;
+
+/// A live pooled buffer of `n` bytes keeps at most `PIN_FACTOR * max(n, PIN_MIN_LEN)` bytes
+/// of chunk memory alive.
+///
+/// Pooled buffers ([`PacketWriter`] packets, [`SendBuffer::copy_from_slice`], a room's
+/// joined broadcasts) share chunks, and one live buffer keeps its whole chunk alive, for
+/// instance while it waits behind a peer that does not read. Each buffer is therefore
+/// carved from a chunk sized to it (256 bytes to 64 KiB). So the memory that live pooled
+/// buffers keep alive is at most `PIN_FACTOR` times their bytes (each counted as at least
+/// [`PIN_MIN_LEN`]), plus about 40 bytes of bookkeeping per chunk and the pool's own
+/// chunks (at most three per size class and thread, under 384 KiB): a send queue limit in
+/// bytes (`SessionConfig::max_send_queue`) bounds memory too.
+pub const PIN_FACTOR: usize = 32;
+
+/// Pooled buffers shorter than this are counted as this long in the [`PIN_FACTOR`] bound:
+/// the smallest chunk is `PIN_FACTOR * PIN_MIN_LEN` (256) bytes.
+pub const PIN_MIN_LEN: usize = 8;
+
+/// The smallest chunk; the classes are its doublings up to [`WRITER_CHUNK_SIZE`].
+const SMALLEST_CHUNK: usize = PIN_FACTOR * PIN_MIN_LEN;
+
+/// Number of size classes: 256 B, 512 B, .., 64 KiB.
+const CLASSES: usize =
+    (WRITER_CHUNK_SIZE.trailing_zeros() - SMALLEST_CHUNK.trailing_zeros()) as usize + 1;
+
+/// The class of the 64 KiB chunks, where writers write.
+const LARGEST: usize = CLASSES - 1;
+
+/// Chunks per class set aside while still pinned, to be reused once free.
+const SET_ASIDE: usize = 2;
 
 /// Payload bytes [`PacketWriter::new`] makes room for up front; more can still be written.
 const DEFAULT_PAYLOAD_HINT: usize = 128;
 
-thread_local! {
-    /// This thread's chunk; `None` until first use and while a writer has it out.
-    static CHUNK: RefCell<Option<BytesMut>> = const { RefCell::new(None) };
+/// The class a buffer of `len` bytes (`len <= WRITER_CHUNK_SIZE`) is carved from: the
+/// largest chunk within `PIN_FACTOR * max(len, PIN_MIN_LEN)`, which always holds `len`.
+fn class_of(len: usize) -> usize {
+    let budget = PIN_FACTOR.saturating_mul(len.max(PIN_MIN_LEN)).min(WRITER_CHUNK_SIZE);
+    (budget.ilog2() - SMALLEST_CHUNK.ilog2()) as usize
 }
 
-/// Takes this thread's chunk (or makes one) with room for at least `need` bytes.
-fn acquire(need: usize) -> BytesMut {
-    let taken =
-        CHUNK.try_with(|slot| slot.try_borrow_mut().ok().and_then(|mut s| s.take())).ok().flatten();
-    match taken {
-        Some(mut chunk) => {
-            // Reclaims the whole allocation if every packet carved from it is gone;
-            // allocates a fresh chunk of the original capacity otherwise.
-            chunk.reserve(need);
-            chunk
+fn chunk_size(class: usize) -> usize {
+    SMALLEST_CHUNK << class
+}
+
+/// One size class of this thread's pool.
+struct Class {
+    /// The chunk buffers are carved from; `None` until first use and while a writer has it.
+    current: Option<BytesMut>,
+    /// Former chunks still pinned by live buffers when they were replaced.
+    set_aside: [Option<BytesMut>; SET_ASIDE],
+    /// The slot of `set_aside` to overwrite next.
+    next: usize,
+}
+
+impl Class {
+    const fn new() -> Self {
+        Class { current: None, set_aside: [const { None }; SET_ASIDE], next: 0 }
+    }
+
+    /// A chunk with room for `need` bytes, without allocating; `None` if every chunk this
+    /// class holds is still pinned (the caller allocates).
+    fn take(&mut self, need: usize) -> Option<BytesMut> {
+        if let Some(chunk) = self.current.as_mut() {
+            // Room in the tail, or every buffer carved from it is gone (it rewinds).
+            if chunk.try_reclaim(need) {
+                return self.current.take();
+            }
         }
-        // First use on this thread, or a second writer alive at the same time.
-        None => BytesMut::with_capacity(need.max(WRITER_CHUNK_SIZE)),
+        let free =
+            self.set_aside.iter_mut().position(|c| c.as_mut().is_some_and(|c| c.try_reclaim(need)));
+        match (free, self.current.take()) {
+            (Some(i), pinned) => {
+                let reused = self.set_aside[i].take();
+                self.set_aside[i] = pinned;
+                reused
+            }
+            (None, pinned) => {
+                if pinned.is_some() {
+                    self.set_aside(pinned);
+                }
+                None
+            }
+        }
+    }
+
+    /// Keeps `chunk` to retry later, letting go of the oldest set-aside one (which is then
+    /// freed by its last buffer).
+    fn set_aside(&mut self, chunk: Option<BytesMut>) {
+        self.set_aside[self.next] = chunk;
+        self.next = (self.next + 1) % SET_ASIDE;
+    }
+
+    /// Takes back a chunk: it becomes the current one; a second one (two writers were
+    /// alive at once) is set aside.
+    fn give_back(&mut self, chunk: BytesMut) {
+        match self.current.take() {
+            None => self.current = Some(chunk),
+            Some(old) => {
+                let (keep, other) =
+                    if old.capacity() >= chunk.capacity() { (old, chunk) } else { (chunk, old) };
+                self.current = Some(keep);
+                self.set_aside(Some(other));
+            }
+        }
     }
 }
 
-/// Copies `data` into this thread's chunk: a shared buffer without an allocation per call
-/// in the steady state (what [`SendBuffer::copy_from_slice`] uses).
-pub(crate) fn pooled_copy(data: &[u8]) -> bytes::Bytes {
-    let mut chunk = acquire(data.len());
-    chunk.extend_from_slice(data);
-    let copy = chunk.split().freeze();
-    release(chunk);
-    copy
+thread_local! {
+    /// This thread's chunks, by class.
+    static POOL: RefCell<[Class; CLASSES]> = const { RefCell::new([const { Class::new() }; CLASSES]) };
 }
 
-/// Joins `parts` (`total` bytes in all) into one buffer carved from this thread's chunk.
-pub(crate) fn pooled_concat<'a>(
-    total: usize,
-    parts: impl Iterator<Item = &'a [u8]>,
-) -> bytes::Bytes {
-    let mut chunk = acquire(total);
+/// Takes a chunk of `class` with room for `need` (at most its size) bytes: a pooled one if
+/// one is free, else a new one.
+fn acquire(class: usize, need: usize) -> BytesMut {
+    debug_assert!(need <= chunk_size(class));
+    let taken = POOL
+        .try_with(|pool| pool.try_borrow_mut().ok().and_then(|mut p| p[class].take(need)))
+        .ok()
+        .flatten();
+    // A new chunk: first use, every chunk of the class pinned, or thread teardown.
+    taken.unwrap_or_else(|| BytesMut::with_capacity(chunk_size(class)))
+}
+
+/// Gives an (empty) chunk of `class` back to this thread's pool.
+fn release(class: usize, chunk: BytesMut) {
+    // During thread teardown the pool may be gone; then the chunk is simply dropped.
+    let _ = POOL.try_with(|pool| {
+        if let Ok(mut pool) = pool.try_borrow_mut() {
+            pool[class].give_back(chunk);
+        }
+    });
+}
+
+/// Copies `data` into this thread's pool: a shared buffer without an allocation per call
+/// in the steady state (what [`SendBuffer::copy_from_slice`] uses).
+pub(crate) fn pooled_copy(data: &[u8]) -> Bytes {
+    pooled_concat(data.len(), std::iter::once(data))
+}
+
+/// Joins `parts` (`total` bytes in all) into one buffer carved from a chunk of its class.
+pub(crate) fn pooled_concat<'a>(total: usize, parts: impl Iterator<Item = &'a [u8]>) -> Bytes {
+    if total == 0 {
+        return Bytes::new(); // static: pins nothing
+    }
+    if total > WRITER_CHUNK_SIZE {
+        let mut own = Vec::with_capacity(total);
+        parts.for_each(|p| own.extend_from_slice(p));
+        return Bytes::from(own);
+    }
+    let class = class_of(total);
+    let mut chunk = acquire(class, total);
     for p in parts {
         chunk.extend_from_slice(p);
     }
+    debug_assert_eq!(chunk.len(), total);
     let joined = chunk.split().freeze();
-    release(chunk);
+    release(class, chunk);
     joined
-}
-
-/// Gives an (empty) chunk back to this thread, keeping whichever chunk has more room.
-fn release(chunk: BytesMut) {
-    if chunk.capacity() == 0 {
-        return;
-    }
-    // During thread teardown the slot may be gone; then the chunk is simply dropped.
-    let _ = CHUNK.try_with(|slot| {
-        if let Ok(mut slot) = slot.try_borrow_mut() {
-            let keep_old = slot.as_ref().is_some_and(|old| old.capacity() >= chunk.capacity());
-            if !keep_old {
-                *slot = Some(chunk);
-            }
-        }
-    });
 }
 
 /// Builds one packet in pooled memory: header space is reserved, the caller writes the
@@ -137,7 +257,7 @@ impl PacketWriter {
     /// possible payload (65531 bytes) are treated as that.
     pub fn with_capacity(id: u16, payload_hint: usize) -> Self {
         let hint = payload_hint.min(MAX_PACKET_SIZE_LIMIT - HEADER_LEN);
-        let mut chunk = acquire(HEADER_LEN + hint);
+        let mut chunk = acquire(LARGEST, HEADER_LEN + hint);
         // The chunk is always empty here: `finish` splits off everything written, and
         // `Drop` clears it.
         chunk.clear();
@@ -244,34 +364,66 @@ impl PacketWriter {
     /// memory still goes back to the pool).
     pub fn finish(mut self) -> Result<SendBuffer, FrameError> {
         let size = packet_size(self.payload.len())?;
-        let payload = self.payload.split();
+        // From here on `self` holds nothing: the rest of the chunk is given back below.
         let mut header = std::mem::take(&mut self.header);
+        let mut rest = std::mem::take(&mut self.payload);
+        let in_chunk = adjacent(&header, &rest);
+        let payload = rest.split();
+        let written = payload.len();
         header.clear();
         header.put_u16_le(size);
         header.put_u16_le(self.id);
-        // `self` (now holding only the empty rest of the chunk) goes back to the pool in Drop.
-        let contiguous = header.as_ptr().wrapping_add(header.len()) == payload.as_ptr();
-        let packet = if contiguous || payload.is_empty() {
-            // Usual case: header and payload are adjacent in the chunk, and `unsplit`
-            // joins them in O(1) without copying.
-            header.unsplit(payload);
-            header
-        } else {
-            // The payload outgrew the chunk and moved: copy once into an exact buffer.
-            let mut packet = BytesMut::with_capacity(HEADER_LEN + payload.len());
-            packet.put_slice(&header);
-            packet.put_slice(&payload);
-            packet
-        };
-        Ok(SendBuffer::from(packet.freeze()))
+        if !in_chunk {
+            // The payload outgrew the chunk's tail and moved: copy once, into its class.
+            let total = HEADER_LEN + payload.len();
+            let packet = pooled_concat(total, [&header[..], &payload[..]].into_iter());
+            give_back_rest(rest, written);
+            return Ok(SendBuffer::from(packet));
+        }
+        // Header and payload are adjacent in the chunk: `unsplit` joins them in O(1).
+        header.unsplit(payload);
+        if class_of(header.len()) == LARGEST {
+            give_back_rest(rest, 0);
+            return Ok(SendBuffer::from(header.freeze()));
+        }
+        // Too small to keep a 64 KiB chunk alive (the PIN_FACTOR bound): copied into a chunk
+        // of its size, and the writer's chunk takes its bytes back for the next packet.
+        let packet = pooled_copy(&header);
+        header.unsplit(rest);
+        give_back_rest(header, 0);
+        Ok(SendBuffer::from(packet))
+    }
+}
+
+/// Whether `payload` still starts where `header` ends, i.e. was not moved by growing.
+fn adjacent(header: &BytesMut, payload: &BytesMut) -> bool {
+    header.as_ptr().wrapping_add(header.len()) == payload.as_ptr()
+}
+
+/// Returns a writer's unused rest (whose storage held the `written` payload bytes just
+/// before it) to the pool. A payload that outgrew its chunk moved to a new allocation
+/// (64 KiB, `BytesMut`'s original capacity), which then takes the chunk's place; one
+/// grown larger than a pool chunk is freed, so the PIN_FACTOR bound still holds.
+fn give_back_rest(mut rest: BytesMut, written: usize) {
+    if written.saturating_add(rest.capacity()) <= WRITER_CHUNK_SIZE {
+        rest.clear();
+        release(LARGEST, rest);
     }
 }
 
 impl Drop for PacketWriter {
     fn drop(&mut self) {
+        if self.header.is_empty() {
+            return; // finished: `finish` gave the chunk back
+        }
+        // Unfinished: header and payload are discarded and, if still in the chunk, taken back.
         let mut rest = std::mem::take(&mut self.payload);
-        rest.clear();
-        release(rest);
+        if adjacent(&self.header, &rest) {
+            let mut header = std::mem::take(&mut self.header);
+            header.unsplit(rest);
+            rest = header;
+        }
+        give_back_rest(rest, 0);
     }
 }
 
@@ -335,15 +487,58 @@ mod tests {
             let first = build(1, b"x");
             let start = first.as_ptr();
             drop(first);
-            // Enough packets to run through the chunk's tail several times.
-            for i in 0..(3 * WRITER_CHUNK_SIZE / 100) {
-                drop(build(i as u16, &[0; 96]));
+            // Enough packets of the same class to run through the chunk's tail many times.
+            let size = chunk_size(class_of(5));
+            for i in 0..(3 * size / 5) {
+                drop(build(i as u16, b"z"));
             }
             let again = build(2, b"y");
             let base = start as usize;
             let at = again.as_ptr() as usize;
-            assert!(at >= base && at < base + WRITER_CHUNK_SIZE, "same allocation reused");
+            assert!(at >= base && at < base + size, "same allocation reused");
         });
+    }
+
+    #[test]
+    fn every_class_holds_its_buffers_within_the_pin_factor() {
+        for len in 1..=WRITER_CHUNK_SIZE {
+            let size = chunk_size(class_of(len));
+            assert!(size >= len, "{len} bytes fit their {size}-byte chunk");
+            assert!(size <= PIN_FACTOR * len.max(PIN_MIN_LEN), "{len} bytes in {size}");
+        }
+        assert_eq!(chunk_size(class_of(8)), 256);
+        assert_eq!(chunk_size(class_of(2048)), WRITER_CHUNK_SIZE);
+        assert_eq!(chunk_size(LARGEST), WRITER_CHUNK_SIZE);
+    }
+
+    #[test]
+    fn large_packets_stay_in_place_small_ones_move_to_their_class() {
+        on_fresh_thread(|| {
+            let big = |id| {
+                let mut w = PacketWriter::with_capacity(id, 3000);
+                w.put_slice(&[id as u8; 3000]);
+                w.finish().unwrap()
+            };
+            let (a, b) = (big(1), big(2));
+            // Carved one after the other in the writer's 64 KiB chunk: no copy.
+            assert_eq!(a.as_ptr().wrapping_add(a.len()), b.as_ptr());
+            // A small packet is copied out, so the writer's chunk does not advance for it.
+            let small = build(3, b"s");
+            let c = big(4);
+            assert_eq!(b.as_ptr().wrapping_add(b.len()), c.as_ptr());
+            assert_eq!(&small[..], &[5, 0, 3, 0, b's']);
+            let (p, _) = decode(&c, 65535).unwrap().unwrap();
+            assert_eq!((p.id, p.payload), (4, &[4u8; 3000][..]));
+        });
+    }
+
+    #[test]
+    fn empty_and_oversized_copies() {
+        let empty = pooled_copy(b"");
+        assert!(empty.is_empty());
+        let big = vec![9u8; WRITER_CHUNK_SIZE + 1];
+        let copy = pooled_copy(&big);
+        assert_eq!(&copy[..], &big[..]);
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Shared helpers of the `engine_*` integration tests: a tiny PRNG, a recording session
-//! whose behaviour is given by closures, an event log that tests synchronise on, and
-//! blocking-client helpers with safety-net timeouts.
+//! whose behaviour is given by closures, an event log that tests synchronise on, checks
+//! made inside callbacks and reported to the test thread ([`Checks`]), and blocking-client
+//! helpers with safety-net timeouts.
 //!
 //! Nothing here forces a backend: services are built with the default
 //! `BackendChoice::Auto`, so `SERVERCORE_BACKEND=io_uring|poll` picks the backend.
@@ -9,10 +10,12 @@
 
 use servercore::{Ctx, DisconnectReason, ServerService, Session, SessionHandle, SessionId};
 use std::collections::HashMap;
+use std::fmt::Display;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::panic::Location;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// The safety net of every wait: a healthy run never comes close to it.
@@ -125,6 +128,68 @@ pub fn wait_no_sessions(server: &ServerService) {
             Err(format!("{n} sessions"))
         }
     });
+}
+
+// ----- checks made inside callbacks ---------------------------------------------------
+
+/// Checks made inside session callbacks, asserted on the test thread.
+///
+/// An `assert!` in a callback cannot fail a test: the engine catches its panic (DESIGN.md
+/// invariant 7), disconnects that session with `DisconnectReason::Panic`, and the test
+/// thread goes on, and may pass (in `on_disconnected` the panic is not even reported).
+/// So a callback calls [`check`](Self::check), which records a failure and carries on,
+/// passes every reason to [`disconnected`](Self::disconnected), which records a panic in
+/// a callback, and the test thread calls [`assert_ok`](Self::assert_ok) once the service
+/// has shut down (its workers joined, every callback has run).
+#[derive(Clone, Default)]
+pub struct Checks(Arc<Mutex<Vec<String>>>);
+
+impl Checks {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Records a failure, with the caller's location, unless `cond` holds; returns `cond`.
+    #[track_caller]
+    pub fn check(&self, cond: bool, what: impl Display) -> bool {
+        if !cond {
+            self.fail(Location::caller(), what);
+        }
+        cond
+    }
+
+    /// `check(left == right, ..)` that shows both values.
+    #[track_caller]
+    pub fn check_eq<T: PartialEq + std::fmt::Debug>(&self, left: T, right: T, what: impl Display) {
+        if left != right {
+            self.fail(Location::caller(), format_args!("{what}: {left:?} != {right:?}"));
+        }
+    }
+
+    /// To call from `on_disconnected`: a `Panic` reason is a failed assert or unwrap in an
+    /// earlier callback of that session.
+    #[track_caller]
+    pub fn disconnected(&self, reason: &DisconnectReason) {
+        if let DisconnectReason::Panic(msg) = reason {
+            self.fail(Location::caller(), format_args!("a callback panicked: {msg}"));
+        }
+    }
+
+    fn fail(&self, at: &Location<'_>, what: impl Display) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).push(format!("{at}: {what}"));
+    }
+
+    /// The failures recorded so far.
+    pub fn failures(&self) -> Vec<String> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Panics (on the test thread) with every failure recorded.
+    #[track_caller]
+    pub fn assert_ok(&self) {
+        let failures = self.failures();
+        assert!(failures.is_empty(), "checks failed inside callbacks: {failures:#?}");
+    }
 }
 
 // ----- a recording session -------------------------------------------------------------
