@@ -936,3 +936,50 @@ impl Drop for UringDriver {
         }
     }
 }
+
+#[cfg(all(test, not(servercore_loom)))]
+mod tests {
+    use super::*;
+
+    /// A submission error that persists becomes the error of `wait` and `submit` (the
+    /// worker logs it and shuts down) instead of a loop inside `push`; entries the kernel
+    /// did not take wait in order and go in once it takes them again, each completing once.
+    #[test]
+    fn persistent_submit_failure_is_an_error_not_a_loop() {
+        if let Err(why) = probe() {
+            eprintln!("skipped: io_uring is not usable here ({why})");
+            return;
+        }
+        let config = DriverConfig { sq_entries: 2, ..DriverConfig::default() };
+        let mut d = UringDriver::new(&config).expect("driver");
+        d.fail_submit = Some(libc::EINVAL);
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let l = d.add_listener(l).unwrap();
+        // Eight entries for a queue of two.
+        let ops: Vec<OpId> = (0..8).map(|owner| d.accept(l, owner)).collect();
+        assert!(!d.overflow.is_empty());
+        let mut out = Vec::new();
+        let e = d.wait(Some(Duration::from_millis(10)), None, &mut out).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EINVAL));
+        assert_eq!(d.submit().unwrap_err().raw_os_error(), Some(libc::EINVAL));
+        d.fail_submit = None;
+        d.submit().expect("submit");
+        for op in ops {
+            d.cancel(op);
+        }
+        let mut ended = [false; 8];
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !ended.iter().all(|&e| e) {
+            assert!(Instant::now() < deadline, "not every accept ended: {ended:?}");
+            out.clear();
+            d.wait(Some(Duration::from_millis(100)), None, &mut out).expect("wait");
+            for c in out.drain(..) {
+                let CompletionKind::Accept { result: Err(_), more: false } = c.kind else {
+                    panic!("{c:?}")
+                };
+                assert!(!std::mem::replace(&mut ended[c.owner as usize], true), "two ends");
+            }
+        }
+        assert_eq!(d.in_flight(), 0);
+    }
+}
