@@ -311,7 +311,7 @@ impl UringDriver {
             if unsafe { self.ring.submission().push(&entry) }.is_ok() {
                 return;
             }
-            // SAFETY: as above.
+            // SAFETY: invariant 1, as above: the caller keeps the entry's memory alive.
             if self.submit_now() && unsafe { self.ring.submission().push(&entry) }.is_ok() {
                 return;
             }
