@@ -36,7 +36,9 @@
 //!   At most one send per socket is in flight (the caller guarantees it).
 //! * **connect** completes with `Ok(())` only when the connection is established.
 //! * **cancel** asks an operation to finish early; it still produces its completion
-//!   (usually `ECANCELED`, or its result if it finished first).
+//!   (usually `ECANCELED`, or its result if it finished first). The id of an operation
+//!   that has produced its final completion is ignored, even once its slot is reused:
+//!   [`OpId`]s carry a generation.
 //! * **wait** submits everything queued, blocks until at least one completion is ready, the
 //!   timeout passes, or the [`Waker`] is woken, and appends the ready completions to `out`.
 //!   With a [`Gather`] it instead blocks until the gather window (or the timeout) ends,
@@ -300,7 +302,8 @@ impl Driver {
         each_backend!(self, d => d.wait(timeout, gather, out))
     }
 
-    /// Operations started and not yet completed.
+    /// Operations started and not yet completed (the driver's own entries, such as a
+    /// wake-up poll or a wait timer, are not counted).
     pub(crate) fn in_flight(&self) -> usize {
         each_backend!(self, d => d.in_flight())
     }
