@@ -46,7 +46,7 @@ impl BufRing {
         if entries.is_null() {
             alloc::handle_alloc_error(entries_layout);
         }
-        let bufs_layout = Layout::array::<u8>(usize::from(count) * size)
+        let bufs_layout = Layout::array::<u8>(buffers_bytes(usize::from(count), size)?)
             .and_then(|l| l.align_to(4096))
             .map_err(|e| io::Error::other(format!("buffer ring layout: {e}")))?;
         // SAFETY: non-zero size (count >= 1, size >= 1).
@@ -102,6 +102,18 @@ impl BufRing {
     }
 }
 
+/// `count × size`, the bytes of the buffers, or an error when that does not fit in the
+/// address space (on 32-bit a legal configuration can: a wrapped product would allocate
+/// far less than the kernel is told it may write).
+fn buffers_bytes(count: usize, size: usize) -> io::Result<usize> {
+    count.checked_mul(size).filter(|&n| n <= isize::MAX as usize).ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("buffer ring of {count} buffers of {size} bytes exceeds the address space"),
+        )
+    })
+}
+
 impl Drop for BufRing {
     fn drop(&mut self) {
         // SAFETY: both allocated in `new` with these layouts; the io_uring that could touch
@@ -110,5 +122,28 @@ impl Drop for BufRing {
             alloc::dealloc(self.entries.cast(), self.entries_layout);
             alloc::dealloc(self.bufs, self.bufs_layout);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::buffers_bytes;
+
+    #[test]
+    fn buffer_bytes_are_the_product() {
+        assert_eq!(buffers_bytes(1024, 4096).unwrap(), 4 << 20);
+        assert_eq!(buffers_bytes(32768, 1 << 20).unwrap(), 32 << 30);
+    }
+
+    /// The 32-bit case (32768 buffers of 128 KiB is 4 GiB), shown at this width: a
+    /// product past the address space is an error, not a wrapped small number.
+    #[test]
+    fn buffer_bytes_overflow_is_an_error() {
+        let e = buffers_bytes(32768, usize::MAX / 16384).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::InvalidInput);
+        assert!(buffers_bytes(2, usize::MAX / 2 + 1).is_err());
+        // Fits usize but not a Rust allocation (isize::MAX).
+        assert!(buffers_bytes(2, isize::MAX as usize / 2 + 1).is_err());
+        assert!(buffers_bytes(usize::from(u16::MAX), usize::MAX).is_err());
     }
 }

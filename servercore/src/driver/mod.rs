@@ -37,7 +37,9 @@
 //!   At most one send per socket is in flight (the caller guarantees it).
 //! * **connect** completes with `Ok(())` only when the connection is established.
 //! * **cancel** asks an operation to finish early; it still produces its completion
-//!   (usually `ECANCELED`, or its result if it finished first).
+//!   (usually `ECANCELED`, or its result if it finished first). The id of an operation
+//!   that has produced its final completion is ignored, even once its slot is reused:
+//!   [`OpId`]s carry a generation.
 //! * **wait** submits everything queued, blocks until at least one completion is ready, the
 //!   timeout passes, or the [`Waker`] is woken, and appends the ready completions to `out`.
 //!   With a [`Gather`] it instead blocks until the gather window (or the timeout) ends,
@@ -49,7 +51,6 @@
 use bytes::Bytes;
 use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -61,6 +62,10 @@ mod uring;
 
 mod select;
 pub use select::{Backend, BackendChoice};
+mod wake;
+pub(crate) use wake::{Waker, WakerInner};
+#[cfg(all(test, not(servercore_loom)))]
+mod conformance;
 
 /// The buffers of one gather write, in order: a session's queue handed over whole, so no
 /// buffer is copied between queue and operation.
@@ -76,6 +81,51 @@ pub(crate) struct DriverConfig {
     pub recv_buffers: u16,
     /// Bytes per receive buffer.
     pub recv_buffer_size: usize,
+    /// io_uring submission queue entries (the completion queue has four times as many).
+    /// Tests make it tiny to exercise a full submission and completion queue.
+    pub sq_entries: u32,
+    /// io_uring techniques switched off, so that the paths of older kernels can be taken
+    /// (and tested) on this one.
+    pub uring_off: UringSwitches,
+}
+
+impl Default for DriverConfig {
+    /// The worker's sizes; the diagnostic switches are read from the environment.
+    fn default() -> Self {
+        DriverConfig {
+            recv_buffers: 1024,
+            recv_buffer_size: 4096,
+            sq_entries: 1024,
+            uring_off: UringSwitches::from_env(),
+        }
+    }
+}
+
+/// io_uring techniques to do without, as on kernels that lack them. Each is also a
+/// diagnostic switch of the environment (README), `SERVERCORE_URING_NO_...=1`.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct UringSwitches {
+    /// No provided-buffer ring: single-shot receives into a pool (before 5.19).
+    pub bufring: bool,
+    /// No DEFER_TASKRUN setup (before 6.1).
+    pub defer_taskrun: bool,
+    /// No timeout argument to `io_uring_enter` (before 5.11): timed waits use TIMEOUT ops.
+    pub ext_arg: bool,
+    /// No multishot POLL_ADD for the wake-up eventfd (before 5.13): re-armed each time.
+    pub multishot_poll: bool,
+}
+
+impl UringSwitches {
+    /// The switches set in the environment.
+    pub(crate) fn from_env() -> Self {
+        use crate::sys::switched_off;
+        UringSwitches {
+            bufring: switched_off("SERVERCORE_URING_NO_BUFRING"),
+            defer_taskrun: switched_off("SERVERCORE_URING_NO_DEFER_TASKRUN"),
+            ext_arg: switched_off("SERVERCORE_URING_NO_EXT_ARG"),
+            multishot_poll: switched_off("SERVERCORE_URING_NO_MULTISHOT_POLL"),
+        }
+    }
 }
 
 /// A request to `wait` to gather: return at the end of `window` (or the timeout, if
@@ -92,9 +142,36 @@ pub(crate) struct Gather {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) struct SockId(pub(crate) usize);
 
-/// An operation in flight in a driver.
+/// An operation in flight in a driver: its slot in the driver's table and the generation
+/// the slot had when the operation started, so that a stale id (an operation that has
+/// finished, its slot since reused) never reaches a newer operation (DESIGN.md
+/// invariant 2, for operations).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub(crate) struct OpId(pub(crate) usize);
+pub(crate) struct OpId(u64);
+
+impl OpId {
+    pub(crate) fn new(slot: usize, gen: u32) -> Self {
+        let slot = u32::try_from(slot).expect("more than 2^32 operations in flight");
+        OpId(u64::from(gen) << 32 | u64::from(slot))
+    }
+
+    pub(crate) fn slot(self) -> usize {
+        self.0 as u32 as usize
+    }
+
+    pub(crate) fn gen(self) -> u32 {
+        (self.0 >> 32) as u32
+    }
+
+    /// Both halves in one word (io_uring's `user_data`).
+    pub(crate) fn to_u64(self) -> u64 {
+        self.0
+    }
+
+    pub(crate) fn from_u64(v: u64) -> Self {
+        OpId(v)
+    }
+}
 
 /// A chunk of received bytes in a buffer the driver owns, until
 /// [`Driver::release`].
@@ -129,47 +206,6 @@ pub(crate) enum CompletionKind {
     Send { result: io::Result<usize>, bufs: SendBatch },
     /// A connect finished.
     Connect { result: io::Result<()> },
-}
-
-/// Wakes a driver's `wait` from any thread; `Send + Sync`.
-///
-/// Many wakes before the driver runs cost one system call: an atomic flag records that a
-/// wake-up is already pending.
-pub(crate) struct Waker {
-    pending: AtomicBool,
-    inner: WakerInner,
-}
-
-pub(crate) enum WakerInner {
-    #[cfg(target_os = "linux")]
-    EventFd(crate::sys::EventFd),
-    Mio(mio::Waker),
-}
-
-impl Waker {
-    pub(crate) fn new(inner: WakerInner) -> Self {
-        Waker { pending: AtomicBool::new(false), inner }
-    }
-
-    /// Wakes the driver's thread if it is not already due to wake.
-    pub(crate) fn wake(&self) {
-        if !self.pending.swap(true, Ordering::AcqRel) {
-            let r = match &self.inner {
-                #[cfg(target_os = "linux")]
-                WakerInner::EventFd(fd) => fd.notify(),
-                WakerInner::Mio(w) => w.wake(),
-            };
-            if let Err(e) = r {
-                tracing::error!("waking a worker failed: {e}");
-            }
-        }
-    }
-
-    /// Called by the driver's thread before it looks at its inbox: later wakes must signal
-    /// again.
-    pub(crate) fn reset(&self) {
-        self.pending.store(false, Ordering::Release);
-    }
 }
 
 /// The driver of one worker: one backend, chosen at start. One per worker thread, never
@@ -279,7 +315,8 @@ impl Driver {
         each_backend!(self, d => d.wait(timeout, gather, out))
     }
 
-    /// Operations started and not yet completed.
+    /// Operations started and not yet completed (the driver's own entries, such as a
+    /// wake-up poll or a wait timer, are not counted).
     pub(crate) fn in_flight(&self) -> usize {
         each_backend!(self, d => d.in_flight())
     }

@@ -152,6 +152,9 @@ enum Kind {
 /// One operation started and not yet completed.
 struct Op {
     owner: u64,
+    /// The generation of this use of the slot: an [`OpId`] of a finished operation never
+    /// reaches a newer one in the same slot.
+    gen: u32,
     sock: usize,
     /// Queued on `doomed` to complete with an error at the next `wait`.
     doomed: bool,
@@ -276,6 +279,8 @@ pub(crate) struct PollDriver {
     doomed: Vec<(usize, io::Error)>,
     /// Completions produced by `submit`, handed out by the next `wait`.
     submitted: Vec<Completion>,
+    /// The generation the next operation gets.
+    next_gen: u32,
 }
 
 impl PollDriver {
@@ -294,11 +299,18 @@ impl PollDriver {
             pool: Pool::new(),
             doomed: Vec::new(),
             submitted: Vec::new(),
+            next_gen: 0,
         })
     }
 
     pub(crate) fn waker(&self) -> Arc<Waker> {
         self.waker.clone()
+    }
+
+    /// Testing aid: caps the receive pool, so that a test can run it dry.
+    #[cfg(test)]
+    pub(crate) fn set_pool_max(&mut self, n: usize) {
+        self.pool.max = n;
     }
 
     /// Registers a socket under its slab key and stores it.
@@ -337,7 +349,9 @@ impl PollDriver {
     /// Records a new operation on `sock` and queues the socket for the next `wait`.
     fn start(&mut self, sock: SockId, owner: u64, state: OpState) -> OpId {
         let kind = state.kind();
-        let key = self.ops.insert(Op { owner, sock: sock.0, doomed: false, state });
+        let gen = self.next_gen;
+        self.next_gen = gen.wrapping_add(1);
+        let key = self.ops.insert(Op { owner, gen, sock: sock.0, doomed: false, state });
         let problem = match self.socks.get_mut(sock.0) {
             None => Some(io::Error::new(io::ErrorKind::NotFound, "unknown socket")),
             Some(s) => {
@@ -372,7 +386,7 @@ impl PollDriver {
             self.ops[key].doomed = true;
             self.doomed.push((key, err));
         }
-        OpId(key)
+        OpId::new(key, gen)
     }
 
     /// Stays armed until cancelled or an error (`more == false`). Accepted streams come
@@ -436,12 +450,21 @@ impl PollDriver {
         self.start(sock, owner, OpState::Connect { addr, started: false })
     }
 
+    /// Cancels `op` if it is still in flight; an id whose operation has finished (its slot
+    /// perhaps reused since) is ignored.
     pub(crate) fn cancel(&mut self, op: OpId) {
-        if let Some(o) = self.ops.get_mut(op.0) {
-            if !o.doomed {
+        if let Some(o) = self.ops.get_mut(op.slot()) {
+            if o.gen == op.gen() && !o.doomed {
                 o.doomed = true;
-                self.doomed.push((op.0, cancelled()));
+                self.doomed.push((op.slot(), cancelled()));
             }
+        }
+    }
+
+    /// Cancels the operation in slot `key`, whatever its generation.
+    fn cancel_slot(&mut self, key: usize) {
+        if let Some(o) = self.ops.get(key) {
+            self.cancel(OpId::new(key, o.gen));
         }
     }
 
@@ -455,7 +478,7 @@ impl PollDriver {
         // The caller guarantees nothing is pending; should something be, it still gets
         // its completion (with its memory) rather than vanish.
         for key in [s.accept, s.recv, s.send, s.connect].into_iter().flatten() {
-            self.cancel(OpId(key));
+            self.cancel_slot(key);
         }
         // Dropping the mio socket closes it.
     }
@@ -845,7 +868,7 @@ fn gather_write(stream: &mio::net::TcpStream, slices: &[IoSlice<'_>]) -> io::Res
     SockRef::from(stream).send_vectored(slices)
 }
 
-#[cfg(test)]
+#[cfg(all(test, not(servercore_loom)))]
 mod tests {
     use super::*;
     use bytes::Bytes;

@@ -1,30 +1,49 @@
 //! The io_uring backend: one ring per worker thread.
 //!
-//! Every operation's memory (receive buffer, send iovecs and `msghdr`, connect address,
-//! wake-up counter, timeout) lives in the driver's operation table from the moment its
-//! entry is pushed until its completion is reaped (DESIGN.md invariant 1). Entries are
-//! batched: nothing is submitted until [`UringDriver::wait`], which submits and waits in
-//! one `io_uring_enter`.
+//! Every operation's memory (receive buffer, send iovecs and `msghdr`, connect address)
+//! lives in the driver's operation table from the moment its entry is pushed until its
+//! completion is reaped (DESIGN.md invariant 1). Entries are batched: nothing is submitted
+//! until [`UringDriver::wait`], which submits and waits in one `io_uring_enter`.
+//!
+//! * **Ids.** An operation's `user_data` is its [`OpId`]: table slot and generation, so a
+//!   cancel aimed at a finished operation, or a completion of one, never reaches a newer
+//!   operation in the same slot; such stale ids are ignored.
+//! * **One place reaps**: [`UringDriver::wait`]. When the submission queue is full and the
+//!   kernel takes no more (its completion queue is backed up: EBUSY), entries wait in the
+//!   driver's `overflow` queue, in order, and `wait`/`submit` hand them over first. A
+//!   submission error that persists becomes the error of `wait`/`submit`.
+//! * **Internal entries** (the wake-up poll, wait timers) are not operations: they carry
+//!   reserved `user_data`, do not count in [`UringDriver::in_flight`], and teardown does
+//!   not wait for them.
 
 use super::bufring::BufRing;
 use super::{
     Completion, CompletionKind, DriverConfig, Gather, OpId, RecvLease, SendBatch, SockId, Waker,
     WakerInner,
 };
-use crate::sys::{switched_off, EventFd};
+use crate::sys::EventFd;
 use io_uring::{cqueue, opcode, squeue, types, IoUring, Probe};
 use slab::Slab;
 use socket2::SockAddr;
+use std::collections::VecDeque;
 use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Submission queue size; the completion queue is four times larger.
-const SQ_ENTRIES: u32 = 1024;
+/// `user_data` slots at the top of the u32 range name the driver's own entries (the
+/// operation table never grows near them).
+const CANCEL_SLOT: u32 = u32::MAX;
+const WAKE_SLOT: u32 = u32::MAX - 1;
+const TIMER_SLOT: u32 = u32::MAX - 2;
 /// `user_data` of cancel requests, whose own completions carry nothing to report.
 const CANCEL_UD: u64 = u64::MAX;
+/// `user_data` of the wake-up poll on the eventfd.
+const WAKE_UD: u64 = WAKE_SLOT as u64;
+/// Waits in a row in which queued entries could not be handed to the kernel and nothing
+/// completed, after which the ring counts as broken (the error ends the worker).
+const STALL_LIMIT: u32 = 1000;
 /// Completions in one turn from which the driver asks the kernel for the rest at once.
 const DRAIN_THRESHOLD: usize = 16;
 /// Lease ids with this bit name a pool buffer; others a buffer-ring buffer id.
@@ -49,7 +68,7 @@ pub(crate) fn probe() -> Result<(), String> {
         (opcode::Send::CODE, "SEND"),
         (opcode::Connect::CODE, "CONNECT"),
         (opcode::AsyncCancel::CODE, "ASYNC_CANCEL"),
-        (opcode::Read::CODE, "READ"),
+        (opcode::PollAdd::CODE, "POLL_ADD"),
         (opcode::Timeout::CODE, "TIMEOUT"),
     ];
     for (code, name) in needed {
@@ -60,11 +79,16 @@ pub(crate) fn probe() -> Result<(), String> {
     Ok(())
 }
 
+/// The `user_data` of wait timer `key` (an index into the driver's timers).
+fn timer_ud(key: usize) -> u64 {
+    (key as u64) << 32 | u64::from(TIMER_SLOT)
+}
+
 /// Builds a ring with the best setup flags the kernel accepts; true when it has
 /// DEFER_TASKRUN.
-fn build_ring() -> io::Result<(IoUring, bool)> {
-    // SERVERCORE_URING_NO_DEFER_TASKRUN=1 starts at COOP_TASKRUN, as on kernels before 6.1.
-    let first = if switched_off("SERVERCORE_URING_NO_DEFER_TASKRUN") { 1 } else { 0 };
+fn build_ring(sq_entries: u32, no_defer_taskrun: bool) -> io::Result<(IoUring, bool)> {
+    // Without DEFER_TASKRUN: start at COOP_TASKRUN, as on kernels before 6.1.
+    let first = if no_defer_taskrun { 1 } else { 0 };
     let attempts: [fn(&mut io_uring::Builder); 3] = [
         |b| {
             b.setup_single_issuer().setup_defer_taskrun();
@@ -77,9 +101,9 @@ fn build_ring() -> io::Result<(IoUring, bool)> {
     let mut last = None;
     for (i, setup) in attempts.into_iter().enumerate().skip(first) {
         let mut b = IoUring::builder();
-        b.setup_cqsize(SQ_ENTRIES * 4);
+        b.setup_cqsize(sq_entries.saturating_mul(4));
         setup(&mut b);
-        match b.build(SQ_ENTRIES) {
+        match b.build(sq_entries) {
             Ok(ring) => return Ok((ring, i == 0)),
             Err(e) => last = Some(e),
         }
@@ -90,6 +114,8 @@ fn build_ring() -> io::Result<(IoUring, bool)> {
 /// Memory and bookkeeping of one operation in flight.
 struct Op {
     owner: u64,
+    /// The generation of this use of the slot (the high half of its `user_data`).
+    gen: u32,
     state: OpState,
 }
 
@@ -112,8 +138,6 @@ enum OpState {
     },
     Send(Box<SendOp>),
     Connect(Box<SockAddr>),
-    Wake(Box<u64>),
-    Timer(Box<types::Timespec>),
 }
 
 /// A gather write: the buffers, their iovecs and the `msghdr` pointing at them. Boxed so
@@ -141,17 +165,39 @@ pub(crate) struct UringDriver {
     pool_free: Vec<u32>,
     recv_size: usize,
     ops: Slab<Op>,
+    /// The generation the next operation gets.
+    next_gen: u32,
     socks: Slab<OwnedFd>,
     waker: Arc<Waker>,
     wake_fd: i32,
+    /// The poll on the eventfd is in the kernel (or queued).
     wake_armed: bool,
+    /// The wake-up poll is multishot (5.13+); else re-armed after each wake-up.
+    multishot_poll: bool,
     ext_arg: bool,
+    /// Timespecs of wait timers (kernels without EXT_ARG) not yet reaped (invariant 1).
+    timers: Slab<Box<types::Timespec>>,
+    /// The timer of the last wait, while not reaped.
+    timer: Option<usize>,
+    /// Entries the submission queue had no room for while the kernel took no more,
+    /// handed over first by the next `wait`/`submit`. Their memory is held by their
+    /// operations like that of any pushed entry.
+    overflow: VecDeque<squeue::Entry>,
+    /// A submission error to report from the next `wait`/`submit`.
+    submit_error: Option<io::Error>,
+    /// Waits in a row that could hand no queued entry over and reaped nothing.
+    stalled: u32,
+    sq_entries: u32,
+    /// Testing hook: every `io_uring_enter` that submits fails with this errno.
+    #[cfg(test)]
+    pub(crate) fail_submit: Option<i32>,
     multishot_accept: bool,
     /// A gathering wait may ask again for the rest after a busy wait (DEFER_TASKRUN with
     /// EXT_ARG).
     drain: bool,
     dropping: bool,
-    /// Completions reaped while making room in a full queue, handed out by the next `wait`.
+    /// Completions produced outside `wait` (a cancelled receive that was not armed),
+    /// handed out by the next `wait`.
     backlog: Vec<Completion>,
     cqes: Vec<cqueue::Entry>,
     /// Boxed on purpose: a SendOp's msghdr must not move once pushed, and the box moves
@@ -162,17 +208,17 @@ pub(crate) struct UringDriver {
 
 impl UringDriver {
     pub(crate) fn new(config: &DriverConfig) -> io::Result<Self> {
-        let (ring, defer_taskrun) = build_ring()?;
-        let ext_arg = ring.params().is_feature_ext_arg();
-        // SERVERCORE_URING_NO_BUFRING=1 takes the path of kernels without buffer rings
-        // (single-shot receives into a pool), so that tests can cover it here too.
-        let no_bufring = switched_off("SERVERCORE_URING_NO_BUFRING");
-        for name in ["SERVERCORE_URING_NO_BUFRING", "SERVERCORE_URING_NO_DEFER_TASKRUN"] {
-            if switched_off(name) {
-                tracing::info!("{name}=1: that io_uring technique is switched off");
-            }
+        // Switched-off techniques take the path of kernels without them, so that tests
+        // cover those paths here too. Kernels without EXT_ARG (before 5.11) also lack
+        // DEFER_TASKRUN (6.1).
+        let off = config.uring_off;
+        if off.bufring || off.defer_taskrun || off.ext_arg || off.multishot_poll {
+            tracing::info!("io_uring techniques switched off: {off:?}");
         }
-        let bufring = if config.recv_buffers > 0 && !no_bufring {
+        let sq_entries = config.sq_entries.clamp(2, 32768).next_power_of_two();
+        let (ring, defer_taskrun) = build_ring(sq_entries, off.defer_taskrun || off.ext_arg)?;
+        let ext_arg = ring.params().is_feature_ext_arg() && !off.ext_arg;
+        let bufring = if config.recv_buffers > 0 && !off.bufring {
             match BufRing::new(&ring, config.recv_buffers, config.recv_buffer_size, 0) {
                 Ok(b) => Some(b),
                 Err(e) => {
@@ -196,11 +242,21 @@ impl UringDriver {
             pool_free: Vec::new(),
             recv_size: config.recv_buffer_size,
             ops: Slab::with_capacity(256),
+            next_gen: 0,
             socks: Slab::with_capacity(256),
             waker,
             wake_fd,
             wake_armed: false,
+            multishot_poll: !off.multishot_poll,
             ext_arg,
+            timers: Slab::new(),
+            timer: None,
+            overflow: VecDeque::new(),
+            submit_error: None,
+            stalled: 0,
+            sq_entries,
+            #[cfg(test)]
+            fail_submit: None,
             multishot_accept: true,
             drain: defer_taskrun && ext_arg,
             dropping: false,
@@ -231,32 +287,79 @@ impl UringDriver {
         self.socks[sock.0].as_raw_fd()
     }
 
-    /// Pushes one entry, submitting first when the submission queue is full.
+    /// Records a new operation under a fresh generation.
+    fn insert_op(&mut self, owner: u64, state: OpState) -> OpId {
+        let gen = self.next_gen;
+        self.next_gen = gen.wrapping_add(1);
+        OpId::new(self.ops.insert(Op { owner, gen, state }), gen)
+    }
+
+    /// The `user_data` of operation `key` (slot and generation).
+    fn ud(&self, key: usize) -> u64 {
+        OpId::new(key, self.ops[key].gen).to_u64()
+    }
+
+    /// Queues one entry for the kernel: into the submission queue, submitting first when
+    /// it is full, else (the kernel takes no more for now) into `overflow`. Never reaps:
+    /// completions surface only in `wait`.
     ///
     /// # Safety
     /// Every pointer in `entry` must stay valid and unmoved until its completion is reaped.
-    unsafe fn push(&mut self, entry: &squeue::Entry) {
-        loop {
+    unsafe fn push(&mut self, entry: squeue::Entry) {
+        if self.overflow.is_empty() {
             // SAFETY: the caller guarantees the entry's memory outlives its completion.
-            if unsafe { self.ring.submission().push(entry) }.is_ok() {
+            if unsafe { self.ring.submission().push(&entry) }.is_ok() {
                 return;
             }
-            // Queue full: hand the queued entries to the kernel to make room.
-            match self.ring.submit() {
-                Ok(_) => {}
-                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
-                    // The completion queue is backed up: reap to make progress.
-                    let mut out = std::mem::take(&mut self.backlog);
-                    self.reap(&mut out);
-                    self.backlog = out;
-                }
-                Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
-                Err(e) => {
-                    tracing::error!("io_uring submit failed: {e}");
-                    std::thread::yield_now();
-                }
+            // SAFETY: invariant 1, as above: the caller keeps the entry's memory alive.
+            if self.submit_now() && unsafe { self.ring.submission().push(&entry) }.is_ok() {
+                return;
             }
         }
+        self.overflow.push_back(entry);
+    }
+
+    /// Hands the submission queue to the kernel; false when it took none (EBUSY, EAGAIN,
+    /// or an error, which is kept for the next `wait`/`submit`).
+    fn submit_now(&mut self) -> bool {
+        for _ in 0..3 {
+            #[cfg(test)]
+            if let Some(errno) = self.fail_submit {
+                self.submit_error.get_or_insert(io::Error::from_raw_os_error(errno));
+                return false;
+            }
+            match self.ring.submit() {
+                Ok(_) => return true,
+                Err(e) => match e.raw_os_error() {
+                    Some(libc::EINTR) => continue,
+                    Some(libc::EBUSY) | Some(libc::EAGAIN) => return false,
+                    _ => {
+                        tracing::error!("io_uring submit failed: {e}");
+                        self.submit_error.get_or_insert(e);
+                        return false;
+                    }
+                },
+            }
+        }
+        false
+    }
+
+    /// Moves the overflow queue into the submission queue, submitting as it fills; true
+    /// when it is empty.
+    fn flush_overflow(&mut self) -> bool {
+        while let Some(entry) = self.overflow.front() {
+            // SAFETY: invariant 1: an entry waits in `overflow` with its memory held
+            // exactly as when it was given to `push` (by its operation in `ops`, or by
+            // `timers`), until its completion is reaped.
+            if unsafe { self.ring.submission().push(entry) }.is_ok() {
+                self.overflow.pop_front();
+                continue;
+            }
+            if !self.submit_now() || self.ring.submission().is_full() {
+                return false;
+            }
+        }
+        true
     }
 
     fn push_accept(&mut self, key: usize, fd: i32, multishot: bool) {
@@ -267,36 +370,38 @@ impl UringDriver {
                 .flags(libc::SOCK_CLOEXEC)
                 .build()
         };
+        let ud = self.ud(key);
         // SAFETY: an accept without an address buffer points at no user memory.
-        unsafe { self.push(&entry.user_data(key as u64)) };
+        unsafe { self.push(entry.user_data(ud)) };
     }
 
     pub(crate) fn accept(&mut self, sock: SockId, owner: u64) -> OpId {
         let fd = self.fd(sock);
         let multishot = self.multishot_accept;
-        let key = self.ops.insert(Op { owner, state: OpState::Accept { fd, multishot } });
-        self.push_accept(key, fd, multishot);
-        OpId(key)
+        let id = self.insert_op(owner, OpState::Accept { fd, multishot });
+        self.push_accept(id.slot(), fd, multishot);
+        id
     }
 
     pub(crate) fn recv(&mut self, sock: SockId, owner: u64) -> OpId {
         let fd = self.fd(sock);
         let multishot = self.multishot_recv;
         let state = OpState::Recv { fd, multishot, buf: None, cancelled: false };
-        let key = self.ops.insert(Op { owner, state });
-        self.push_recv(key);
-        OpId(key)
+        let id = self.insert_op(owner, state);
+        self.push_recv(id.slot());
+        id
     }
 
     /// Arms (or re-arms) the receive `key`.
     fn push_recv(&mut self, key: usize) {
         let OpState::Recv { fd, multishot, .. } = self.ops[key].state else { return };
+        let ud = self.ud(key);
         if multishot {
             let bgid = self.bufring.as_ref().map_or(0, |b| b.bgid);
-            let entry = opcode::RecvMulti::new(types::Fd(fd), bgid).build().user_data(key as u64);
+            let entry = opcode::RecvMulti::new(types::Fd(fd), bgid).build().user_data(ud);
             // SAFETY: the kernel writes only into buffer-ring buffers, which live until the
             // ring is closed (invariant 1); the entry points at no other memory.
-            unsafe { self.push(&entry) };
+            unsafe { self.push(entry) };
             return;
         }
         let index = match self.pool_free.pop() {
@@ -311,10 +416,10 @@ impl UringDriver {
         if let OpState::Recv { buf, .. } = &mut self.ops[key].state {
             *buf = Some(index);
         }
-        let entry = opcode::Recv::new(types::Fd(fd), ptr, len).build().user_data(key as u64);
+        let entry = opcode::Recv::new(types::Fd(fd), ptr, len).build().user_data(ud);
         // SAFETY: invariant 1: pool buffer `index` is owned by this operation (off the free
         // list) until its completion is reaped; the pool's boxes never move or shrink.
-        unsafe { self.push(&entry) };
+        unsafe { self.push(entry) };
     }
 
     pub(crate) fn lease(&self, lease: &RecvLease) -> &[u8] {
@@ -370,7 +475,7 @@ impl UringDriver {
             }
             _ => None,
         };
-        let key = self.ops.insert(Op { owner, state: OpState::Send(op) });
+        let id = self.insert_op(owner, OpState::Send(op));
         let entry = match single {
             Some((ptr, len)) => {
                 opcode::Send::new(types::Fd(fd), ptr, len).flags(libc::MSG_NOSIGNAL).build()
@@ -382,40 +487,54 @@ impl UringDriver {
         // SAFETY: invariant 1: the boxed SendOp (msghdr, iovecs) and the Bytes the iovecs
         // and the single-buffer pointer point into stay in `ops[key]` until reaped. A merged
         // iovec spans only bytes of those buffers (adjacent ranges, each valid to read).
-        unsafe { self.push(&entry.user_data(key as u64)) };
-        OpId(key)
+        unsafe { self.push(entry.user_data(id.to_u64())) };
+        id
     }
 
     pub(crate) fn connect(&mut self, sock: SockId, owner: u64, addr: SocketAddr) -> OpId {
         let fd = self.fd(sock);
         let addr = Box::new(SockAddr::from(addr));
         let (ptr, len) = (addr.as_ptr().cast::<libc::sockaddr>(), addr.len());
-        let key = self.ops.insert(Op { owner, state: OpState::Connect(addr) });
-        let entry = opcode::Connect::new(types::Fd(fd), ptr, len).build().user_data(key as u64);
+        let id = self.insert_op(owner, OpState::Connect(addr));
+        let entry = opcode::Connect::new(types::Fd(fd), ptr, len).build().user_data(id.to_u64());
         // SAFETY: invariant 1: the boxed address stays in `ops[key]` until reaped.
-        unsafe { self.push(&entry) };
-        OpId(key)
+        unsafe { self.push(entry) };
+        id
     }
 
+    /// Cancels `op` if it is still in flight; an id whose operation has finished (its
+    /// slot perhaps reused since) is ignored.
     pub(crate) fn cancel(&mut self, op: OpId) {
-        if !self.ops.contains(op.0) {
-            return;
+        let key = op.slot();
+        match self.ops.get_mut(key) {
+            Some(o) if o.gen == op.gen() => {
+                if let OpState::Recv { cancelled, .. } = &mut o.state {
+                    *cancelled = true; // not re-armed after its next chunk
+                }
+            }
+            _ => {
+                tracing::debug!("cancel of a finished io_uring operation {op:?}: ignored");
+                return;
+            }
         }
-        if let OpState::Recv { cancelled, .. } = &mut self.ops[op.0].state {
-            *cancelled = true; // not re-armed after its next chunk
-        }
-        if let Some(i) = self.starved.iter().position(|&k| k == op.0) {
-            // Not armed in the kernel (waiting for buffers): complete it here.
+        if let Some(i) = self.starved.iter().position(|&k| k == key) {
+            // Not armed in the kernel (waiting for buffers): complete it here, for the next
+            // `wait` to hand out.
             self.starved.swap_remove(i);
-            let owner = self.ops.remove(op.0).owner;
+            let owner = self.ops.remove(key).owner;
             let result = Err(io::Error::from_raw_os_error(libc::ECANCELED));
             self.backlog
                 .push(Completion { owner, kind: CompletionKind::Recv { result, more: false } });
             return;
         }
-        let entry = opcode::AsyncCancel::new(op.0 as u64).build().user_data(CANCEL_UD);
+        self.cancel_ud(op.to_u64());
+    }
+
+    /// Asks the kernel to cancel the entry with this `user_data`.
+    fn cancel_ud(&mut self, ud: u64) {
+        let entry = opcode::AsyncCancel::new(ud).build().user_data(CANCEL_UD);
         // SAFETY: a cancel request points at no user memory.
-        unsafe { self.push(&entry) };
+        unsafe { self.push(entry) };
     }
 
     pub(crate) fn close(&mut self, sock: SockId) {
@@ -436,33 +555,56 @@ impl UringDriver {
         drop(fd);
     }
 
+    /// Operations started and not completed; the driver's own entries (wake-up poll,
+    /// timers) are not counted.
     pub(crate) fn in_flight(&self) -> usize {
-        self.ops.len() - usize::from(self.wake_armed)
+        self.ops.len()
     }
 
+    /// Arms the poll on the wake-up eventfd: POLL_ADD rather than a read, since a read of a
+    /// non-blocking eventfd may complete at once with EAGAIN (a spin). Multishot where the
+    /// kernel has it; the counter is drained when it fires (`complete_wake`).
     fn arm_wake(&mut self) {
-        let mut counter = Box::new(0u64);
-        let ptr: *mut u64 = &mut *counter;
-        let key = self.ops.insert(Op { owner: u64::MAX, state: OpState::Wake(counter) });
-        let entry =
-            opcode::Read::new(types::Fd(self.wake_fd), ptr.cast(), 8).build().user_data(key as u64);
-        // SAFETY: invariant 1: the boxed counter stays in `ops[key]` until reaped; the
-        // eventfd outlives the ring (the Waker holding it is kept by `self.waker`).
-        unsafe { self.push(&entry) };
+        let poll = opcode::PollAdd::new(types::Fd(self.wake_fd), libc::POLLIN as u32);
+        let entry = poll.multi(self.multishot_poll).build().user_data(WAKE_UD);
+        // SAFETY: a poll points at no user memory; the eventfd stays open while the ring
+        // lives (the driver's `waker` holds it).
+        unsafe { self.push(entry) };
         self.wake_armed = true;
+    }
+
+    /// The wake-up poll fired (or ended).
+    fn complete_wake(&mut self, res: i32, flags: u32) {
+        if !cqueue::more(flags) {
+            self.wake_armed = false; // re-armed by the next `wait`
+        }
+        if res < 0 {
+            if res == -libc::EINVAL && self.multishot_poll {
+                tracing::info!("multishot poll unsupported; re-arming the wake-up poll");
+                self.multishot_poll = false;
+            } else if res != -libc::ECANCELED {
+                tracing::warn!("wake-up poll failed: {}", io::Error::from_raw_os_error(-res));
+            }
+            return;
+        }
+        // Consume the signal first, then reset the flag (the order matters: wake.rs).
+        if let WakerInner::EventFd(fd) = &self.waker.inner {
+            if let Err(e) = fd.drain() {
+                tracing::error!("draining the wake-up eventfd failed: {e}");
+            }
+        }
+        self.waker.reset();
     }
 
     /// Hands the queued submissions to the kernel now (sends run inline, so this is
     /// where most of a busy turn's work happens).
     pub(crate) fn submit(&mut self) -> io::Result<()> {
-        match self.ring.submit() {
-            Ok(_) => Ok(()),
-            Err(e) => match e.raw_os_error() {
-                // Interrupted or the completion queue is backed up: the next `wait`
-                // submits again and reaps.
-                Some(libc::EINTR) | Some(libc::EBUSY) => Ok(()),
-                _ => Err(e),
-            },
+        if self.flush_overflow() {
+            self.submit_now();
+        }
+        match self.submit_error.take() {
+            Some(e) => Err(e),
+            None => Ok(()),
         }
     }
 
@@ -473,6 +615,9 @@ impl UringDriver {
         out: &mut Vec<Completion>,
     ) -> io::Result<()> {
         out.append(&mut self.backlog);
+        if let Some(e) = self.submit_error.take() {
+            return Err(e);
+        }
         if !self.wake_armed && !self.dropping {
             self.arm_wake();
         }
@@ -489,8 +634,13 @@ impl UringDriver {
                 }
             }
         }
-        // Completions already in hand: only submit and collect what else is ready.
-        let mut timeout = if out.is_empty() { timeout } else { Some(Duration::ZERO) };
+        let flushed = self.flush_overflow();
+        if let Some(e) = self.submit_error.take() {
+            return Err(e);
+        }
+        // Completions already in hand, or entries the kernel did not take (reap first):
+        // only submit and collect what else is ready.
+        let mut timeout = if out.is_empty() && flushed { timeout } else { Some(Duration::ZERO) };
         let mut want = 1;
         // Without EXT_ARG (before 5.11) the timeout is a TIMEOUT operation, whose one
         // completion would not end a wait for many: such kernels do not gather.
@@ -502,8 +652,20 @@ impl UringDriver {
             // Also stop before receives could take half the buffer ring (ENOBUFS would
             // end multishot receives, to be re-armed).
             let cq = self.ring.params().cq_entries() as usize;
-            let more = self.bufring.as_ref().map_or(SQ_ENTRIES as usize, |b| b.count() / 2);
+            let more = self.bufring.as_ref().map_or(self.sq_entries as usize, |b| b.count() / 2);
             want = (self.ring.completion().len() + more.max(1)).min(cq);
+        }
+        if !self.ext_arg {
+            if let Some(d) = timeout.filter(|d| !d.is_zero()) {
+                self.arm_timer(d);
+                if !self.overflow.is_empty() {
+                    timeout = Some(Duration::ZERO); // the timer is not in the kernel
+                }
+            }
+        }
+        #[cfg(test)]
+        if let Some(errno) = self.fail_submit {
+            return Err(io::Error::from_raw_os_error(errno));
         }
         let result = match timeout {
             None => self.ring.submit_and_wait(want),
@@ -512,25 +674,22 @@ impl UringDriver {
                 let args = types::SubmitArgs::new().timespec(&ts);
                 self.ring.submitter().submit_with_args(want, &args)
             }
-            Some(d) => {
-                let ts = Box::new(types::Timespec::from(d));
-                let ptr: *const types::Timespec = &*ts;
-                let key = self.ops.insert(Op { owner: u64::MAX, state: OpState::Timer(ts) });
-                let entry = opcode::Timeout::new(ptr).build().user_data(key as u64);
-                // SAFETY: invariant 1: the boxed timespec stays in `ops[key]` until reaped.
-                unsafe { self.push(&entry) };
-                self.ring.submit_and_wait(want)
-            }
+            Some(d) if d.is_zero() => self.ring.submit(),
+            Some(_) => self.ring.submit_and_wait(want),
         };
         match result {
             Ok(_) => {}
             Err(e) => match e.raw_os_error() {
-                Some(libc::ETIME) | Some(libc::EINTR) | Some(libc::EBUSY) => {}
+                Some(libc::ETIME) | Some(libc::EINTR) | Some(libc::EBUSY) | Some(libc::EAGAIN) => {}
                 _ => return Err(e),
             },
         }
         let before = out.len();
         self.reap(out);
+        if let Some(key) = self.timer.take() {
+            // The wait ended for another reason: the timer must not end a later one.
+            self.cancel_ud(timer_ud(key));
+        }
         // With DEFER_TASKRUN, one enter runs only a bounded batch of deferred completions
         // (20 on recent kernels, unless more are asked for; a gathering wait asks for
         // more). A busy gathering turn with no window asks once more, without waiting, for
@@ -553,7 +712,32 @@ impl UringDriver {
             }
             self.reap(out);
         }
+        // Entries the kernel keeps refusing while nothing completes: a broken ring, not
+        // a busy one (a backed-up completion queue drains as it is reaped).
+        if !self.overflow.is_empty() && out.len() == before {
+            self.stalled += 1;
+            if self.stalled >= STALL_LIMIT {
+                return Err(io::Error::other(format!(
+                    "io_uring: the kernel took none of {} queued submissions in {STALL_LIMIT} waits",
+                    self.overflow.len()
+                )));
+            }
+        } else {
+            self.stalled = 0;
+        }
         Ok(())
+    }
+
+    /// A wait timer (kernels without EXT_ARG): a TIMEOUT that also ends once one other
+    /// completion arrives, so it rarely outlives its wait.
+    fn arm_timer(&mut self, d: Duration) {
+        let key = self.timers.insert(Box::new(types::Timespec::from(d)));
+        let ptr: *const types::Timespec = &*self.timers[key];
+        let entry = opcode::Timeout::new(ptr).count(1).build().user_data(timer_ud(key));
+        // SAFETY: invariant 1: the boxed timespec stays in `timers` until this entry's
+        // completion is reaped (or is leaked at teardown).
+        unsafe { self.push(entry) };
+        self.timer = Some(key);
     }
 
     /// Moves every ready completion out of the ring and turns it into a [`Completion`].
@@ -567,10 +751,26 @@ impl UringDriver {
     }
 
     fn complete(&mut self, user_data: u64, res: i32, flags: u32, out: &mut Vec<Completion>) {
-        if user_data == CANCEL_UD {
+        let id = OpId::from_u64(user_data);
+        match user_data as u32 {
+            CANCEL_SLOT => return,
+            WAKE_SLOT => return self.complete_wake(res, flags),
+            TIMER_SLOT => {
+                let key = id.gen() as usize;
+                self.timers.try_remove(key);
+                if self.timer == Some(key) {
+                    self.timer = None;
+                }
+                return;
+            }
+            _ => {}
+        }
+        let key = id.slot();
+        if !self.ops.get(key).is_some_and(|op| op.gen == id.gen()) {
+            // Every operation completes once; this would be a kernel or driver error.
+            tracing::debug!("io_uring completion of no current operation ({id:?}): ignored");
             return;
         }
-        let key = user_data as usize;
         let more = cqueue::more(flags);
         let owner = self.ops[key].owner;
         let err = || io::Error::from_raw_os_error(-res);
@@ -617,12 +817,6 @@ impl UringDriver {
                 let result = if res >= 0 { Ok(()) } else { Err(err()) };
                 CompletionKind::Connect { result }
             }
-            OpState::Wake(_) => {
-                self.wake_armed = false;
-                self.waker.reset();
-                return;
-            }
-            OpState::Timer(_) => return,
         };
         out.push(Completion { owner, kind });
     }
@@ -712,19 +906,36 @@ impl UringDriver {
 impl Drop for UringDriver {
     fn drop(&mut self) {
         // Invariant 1 at teardown: cancel what is in flight and reap it before its memory
-        // goes; whatever the kernel has not released in time is leaked, never freed.
+        // goes; whatever the kernel has not released in time is leaked, never freed. The
+        // driver's own entries (wake-up poll, timers) are cancelled but not waited for.
         self.dropping = true;
-        let keys: Vec<usize> = self.ops.iter().map(|(k, _)| k).collect();
-        for key in keys {
-            self.cancel(OpId(key));
+        let ids: Vec<OpId> = self.ops.iter().map(|(k, op)| OpId::new(k, op.gen)).collect();
+        for id in ids {
+            self.cancel(id);
+        }
+        if self.wake_armed {
+            self.cancel_ud(WAKE_UD);
+        }
+        let timers: Vec<usize> = self.timers.iter().map(|(k, _)| k).collect();
+        for key in timers {
+            self.cancel_ud(timer_ud(key));
         }
         let deadline = Instant::now() + Duration::from_secs(1);
         let mut sink = Vec::new();
-        while !self.ops.is_empty() && Instant::now() < deadline {
-            if self.wait(Some(Duration::from_millis(10)), None, &mut sink).is_err() {
+        // One round even with no operation: it submits the cancels and reaps what is ready.
+        let mut first = true;
+        while (first || !self.ops.is_empty()) && Instant::now() < deadline {
+            let timeout = if first { Duration::ZERO } else { Duration::from_millis(10) };
+            first = false;
+            if self.wait(Some(timeout), None, &mut sink).is_err() {
                 break;
             }
             sink.clear();
+        }
+        if !self.timers.is_empty() {
+            // A few bytes each; the kernel copied them when it took the entry, but the
+            // rule is the rule.
+            std::mem::forget(std::mem::take(&mut self.timers));
         }
         if !self.ops.is_empty() {
             tracing::warn!(
@@ -734,6 +945,54 @@ impl Drop for UringDriver {
             std::mem::forget(std::mem::take(&mut self.ops));
             std::mem::forget(self.bufring.take());
             std::mem::forget(std::mem::take(&mut self.pool));
+            std::mem::forget(std::mem::take(&mut self.overflow));
         }
+    }
+}
+
+#[cfg(all(test, not(servercore_loom)))]
+mod tests {
+    use super::*;
+
+    /// A submission error that persists becomes the error of `wait` and `submit` (the
+    /// worker logs it and shuts down) instead of a loop inside `push`; entries the kernel
+    /// did not take wait in order and go in once it takes them again, each completing once.
+    #[test]
+    fn persistent_submit_failure_is_an_error_not_a_loop() {
+        if let Err(why) = probe() {
+            eprintln!("skipped: io_uring is not usable here ({why})");
+            return;
+        }
+        let config = DriverConfig { sq_entries: 2, ..DriverConfig::default() };
+        let mut d = UringDriver::new(&config).expect("driver");
+        d.fail_submit = Some(libc::EINVAL);
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let l = d.add_listener(l).unwrap();
+        // Eight entries for a queue of two.
+        let ops: Vec<OpId> = (0..8).map(|owner| d.accept(l, owner)).collect();
+        assert!(!d.overflow.is_empty());
+        let mut out = Vec::new();
+        let e = d.wait(Some(Duration::from_millis(10)), None, &mut out).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EINVAL));
+        assert_eq!(d.submit().unwrap_err().raw_os_error(), Some(libc::EINVAL));
+        d.fail_submit = None;
+        d.submit().expect("submit");
+        for op in ops {
+            d.cancel(op);
+        }
+        let mut ended = [false; 8];
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !ended.iter().all(|&e| e) {
+            assert!(Instant::now() < deadline, "not every accept ended: {ended:?}");
+            out.clear();
+            d.wait(Some(Duration::from_millis(100)), None, &mut out).expect("wait");
+            for c in out.drain(..) {
+                let CompletionKind::Accept { result: Err(_), more: false } = c.kind else {
+                    panic!("{c:?}")
+                };
+                assert!(!std::mem::replace(&mut ended[c.owner as usize], true), "two ends");
+            }
+        }
+        assert_eq!(d.in_flight(), 0);
     }
 }

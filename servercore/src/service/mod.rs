@@ -309,6 +309,7 @@ impl Workers {
                     let dc = DriverConfig {
                         recv_buffers: shared2.config.recv_buffers_per_worker,
                         recv_buffer_size: shared2.config.recv_buffer_size,
+                        ..DriverConfig::default()
                     };
                     let driver = match Driver::new(backend, &dc) {
                         Ok(d) => d,

@@ -36,6 +36,34 @@ impl EventFd {
     }
 }
 
+impl EventFd {
+    /// Resets the counter to 0 (one non-blocking read), so that a readiness poll on the
+    /// eventfd fires again only for a later `notify`. Ok when it was 0 already.
+    pub(crate) fn drain(&self) -> io::Result<()> {
+        let mut value: u64 = 0;
+        loop {
+            // SAFETY: reads at most 8 bytes into a live local u64 from an fd this struct
+            // owns; no memory outlives the call (invariant 1 holds trivially).
+            let n = unsafe {
+                libc::read(
+                    self.0.as_raw_fd(),
+                    (&mut value as *mut u64).cast(),
+                    std::mem::size_of::<u64>(),
+                )
+            };
+            if n >= 0 {
+                return Ok(());
+            }
+            let e = io::Error::last_os_error();
+            match e.kind() {
+                io::ErrorKind::WouldBlock => return Ok(()),
+                io::ErrorKind::Interrupted => continue,
+                _ => return Err(e),
+            }
+        }
+    }
+}
+
 impl AsRawFd for EventFd {
     fn as_raw_fd(&self) -> RawFd {
         self.0.as_raw_fd()
