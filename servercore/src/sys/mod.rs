@@ -119,13 +119,34 @@ where
 }
 
 /// Bytes the kernel still holds in `sock`'s send queue (written but not yet acknowledged
-/// by the peer): `SIOCOUTQ`. A close while this is non-zero leaves those bytes, and the
-/// socket, in the kernel until the peer reads them or TCP gives up. `0` where the OS does
-/// not tell.
+/// by the peer): `SIOCOUTQ`, on a live connection (ESTABLISHED or CLOSE_WAIT; a failed
+/// or reset socket counts what will never be acknowledged, and is reported as 0). A close
+/// while this is non-zero leaves those bytes, and the socket, in the kernel until the peer
+/// reads them or TCP gives up. `0` where the OS does not tell.
 #[cfg(unix)]
 pub(crate) fn unsent_bytes<S: std::os::fd::AsRawFd>(sock: &S) -> usize {
     #[cfg(target_os = "linux")]
     {
+        const TCP_ESTABLISHED: u8 = 1;
+        const TCP_CLOSE_WAIT: u8 = 8;
+        // The first byte of `struct tcp_info` is the state; the kernel copies only as many
+        // bytes as asked for.
+        let mut state: u8 = 0;
+        let mut len = 1 as libc::socklen_t;
+        // SAFETY: getsockopt writes at most `len` (1) bytes into the live local `state` and
+        // updates the live local `len`; the fd belongs to a socket the caller holds open.
+        let r = unsafe {
+            libc::getsockopt(
+                sock.as_raw_fd(),
+                libc::IPPROTO_TCP,
+                libc::TCP_INFO,
+                (&mut state as *mut u8).cast(),
+                &mut len,
+            )
+        };
+        if r < 0 || len < 1 || !(state == TCP_ESTABLISHED || state == TCP_CLOSE_WAIT) {
+            return 0;
+        }
         let mut n: libc::c_int = 0;
         // SAFETY: SIOCOUTQ (TIOCOUTQ) writes one int through the pointer, which points at a
         // live local; the fd belongs to a socket the caller holds open.

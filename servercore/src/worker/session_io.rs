@@ -356,7 +356,8 @@ impl<S: Session> Worker<S> {
                         }
                         return;
                     }
-                    _ => {
+                    None => {} // never opened (a failed connect): nothing to wait for
+                    Some(_) => {
                         tracing::debug!(
                             "{}: the peer did not take {unsent} bytes in time; resetting",
                             core.id
