@@ -151,3 +151,44 @@ fn broadcasts_to_a_stalled_worker_stop_at_the_worker_inbox_limit() {
     assert_eq!(log.count(|e| e.id == id && matches!(e.ev, Ev::Disconnected(_))), 0);
     server.shutdown(Duration::from_secs(5)).unwrap();
 }
+
+#[test]
+fn one_byte_sends_count_their_queue_entries() {
+    // Each queued buffer costs its queue entry too, so a queue of one-byte buffers stops
+    // long before it holds `max_send_queue` entries.
+    let (tx, rx) = mpsc::channel();
+    let tx = std::sync::Mutex::new(tx);
+    let (factory, mut log) = recorder(Hooks::on_recv(move |ctx, data| {
+        let mut accepted = 0usize;
+        let refusal = loop {
+            match ctx.send(vec![9u8]) {
+                Ok(()) => accepted += 1,
+                Err(e) => break e,
+            }
+            if accepted > LIMIT {
+                break SendError::Disconnected; // reported below as a failure
+            }
+        };
+        let _ = tx.lock().unwrap().send((accepted, refusal));
+        data.len()
+    }));
+    let cfg = SessionConfig {
+        max_send_queue: LIMIT,
+        send_queue_low_watermark: LIMIT / 4,
+        send_queue_policy: SendQueuePolicy::Notify,
+        ..SessionConfig::default()
+    };
+    let server =
+        ServerService::builder(any_port()).workers(1).session_config(cfg).start(factory).unwrap();
+    let mut client = connect(server.local_addr());
+    let _ = log.next_connected();
+    std::io::Write::write_all(&mut client, b"go").unwrap();
+    let (accepted, refusal) = rx.recv_timeout(TIMEOUT).unwrap();
+    assert_eq!(refusal, SendError::QueueFull { limit: LIMIT });
+    assert!(
+        accepted <= LIMIT / 16,
+        "{accepted} one-byte buffers queued under a {LIMIT}-byte limit"
+    );
+    assert!(accepted >= LIMIT / 64, "only {accepted} one-byte buffers queued");
+    server.shutdown(Duration::from_secs(5)).unwrap();
+}

@@ -80,6 +80,10 @@ impl Core {
     }
 }
 
+/// What a queued buffer costs besides its bytes (its `Bytes` in the queue), counted
+/// against the send-queue limit.
+pub(super) const QUEUE_ENTRY: usize = std::mem::size_of::<Bytes>();
+
 /// A worker's state that callbacks reach through [`Ctx`].
 pub(crate) struct Local {
     pub(crate) remote: Arc<WorkerRemote>,
@@ -239,9 +243,14 @@ impl Local {
         }
         let limit = self.send_limit;
         let notify = self.notify_policy;
-        // Bytes of handle sends still in the inbox count too: they are the session's.
+        // Bytes of handle sends still in the inbox count too: they are the session's. So
+        // does each queued buffer's entry: a queue of one-byte buffers must not hold
+        // thirty times its limit in entries (and in the pooled chunks they keep alive,
+        // bounded by their counted size: see `packet::writer`).
         let reserved = core.flags.posted.load(Ordering::Acquire);
-        if (notify && core.congested) || core.queued + core.held + reserved + len > limit {
+        let entries = (core.queue.len() + 1) * QUEUE_ENTRY;
+        let total = core.queued + core.held + reserved + len + entries;
+        if (notify && core.congested) || total > limit {
             if notify {
                 self.congest(core);
             } else {
