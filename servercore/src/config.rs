@@ -38,7 +38,10 @@ pub struct SessionConfig {
     pub recv_buffers_per_worker: u16,
     /// Maximum unconsumed bytes a session may hold.
     pub max_recv_buffer: usize,
-    /// Maximum bytes queued for sending on one session (the high watermark).
+    /// Maximum bytes queued for sending on one session (the high watermark), counting the
+    /// bytes of [`SessionHandle`](crate::SessionHandle) sends still in the worker's inbox.
+    /// The queue also holds at most one buffer per 64 bytes of this (so that a flood of
+    /// tiny buffers is bounded in entries too).
     pub max_send_queue: usize,
     /// With [`SendQueuePolicy::Notify`], `on_writable` fires once the queue is back at or
     /// below this many bytes.

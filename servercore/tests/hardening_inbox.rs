@@ -153,9 +153,9 @@ fn broadcasts_to_a_stalled_worker_stop_at_the_worker_inbox_limit() {
 }
 
 #[test]
-fn one_byte_sends_count_their_queue_entries() {
-    // Each queued buffer costs its queue entry too, so a queue of one-byte buffers stops
-    // long before it holds `max_send_queue` entries.
+fn one_byte_sends_are_bounded_by_count() {
+    // The number of queued buffers is bounded too (one per 64 bytes of the limit), so a
+    // queue of one-byte buffers stops long before it holds `max_send_queue` entries.
     let (tx, rx) = mpsc::channel();
     let tx = std::sync::Mutex::new(tx);
     let (factory, mut log) = recorder(Hooks::on_recv(move |ctx, data| {

@@ -80,9 +80,9 @@ impl Core {
     }
 }
 
-/// What a queued buffer costs besides its bytes (its `Bytes` in the queue), counted
-/// against the send-queue limit.
-pub(super) const QUEUE_ENTRY: usize = std::mem::size_of::<Bytes>();
+/// A send queue holds at most one buffer per this many bytes of its limit (so buffers
+/// smaller than this fill it by count before bytes).
+pub(super) const MIN_COUNTED: usize = 64;
 
 /// A worker's state that callbacks reach through [`Ctx`].
 pub(crate) struct Local {
@@ -243,14 +243,16 @@ impl Local {
         }
         let limit = self.send_limit;
         let notify = self.notify_policy;
-        // Bytes of handle sends still in the inbox count too: they are the session's. So
-        // does each queued buffer's entry: a queue of one-byte buffers must not hold
-        // thirty times its limit in entries (and in the pooled chunks they keep alive,
-        // bounded by their counted size: see `packet::writer`).
+        // Bytes of handle sends still in the inbox count too: they are the session's. The
+        // number of buffers is bounded as well (one per `MIN_COUNTED` bytes of the limit):
+        // a queue of one-byte buffers must not hold millions of entries, and the pooled
+        // chunks they keep alive (see `packet::writer`), under a limit counted in bytes.
         let reserved = core.flags.posted.load(Ordering::Acquire);
-        let entries = (core.queue.len() + 1) * QUEUE_ENTRY;
-        let total = core.queued + core.held + reserved + len + entries;
-        if (notify && core.congested) || total > limit {
+        let too_many = core.queue.len() >= limit / MIN_COUNTED;
+        if (notify && core.congested)
+            || too_many
+            || core.queued + core.held + reserved + len > limit
+        {
             if notify {
                 self.congest(core);
             } else {
