@@ -15,5 +15,4 @@ mod writer;
 pub use frame::*;
 pub use handlers::{HandlerResult, Handlers, UnknownPacket};
 pub use session::{Framed, PacketSession};
-pub(crate) use writer::pooled_copy;
 pub use writer::*;

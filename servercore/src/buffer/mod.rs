@@ -7,10 +7,12 @@
 //! [`crate::packet::PacketWriter`].
 //!
 //! A pooled buffer keeps its whole chunk alive, so a buffer of `n` bytes is carved only
-//! from a chunk of at most [`PIN_FACTOR`](crate::packet::PIN_FACTOR)` * max(n, 8)` bytes:
+//! from a chunk of at most [`PIN_FACTOR`](crate::buffer::pool::PIN_FACTOR)` * max(n, 8)` bytes:
 //! bytes queued to a peer that does not read keep at most that multiple of themselves
 //! alive, and a send queue limit in bytes is a limit on memory (`PIN_FACTOR` states the
 //! whole bound).
+
+pub(crate) mod pool;
 
 use bytes::Bytes;
 use std::fmt;
@@ -40,11 +42,11 @@ impl SendBuffer {
     /// Copies `data` into a new buffer. The copy is carved from a per-thread pooled chunk
     /// (as [`PacketWriter`](crate::packet::PacketWriter) does), so steady sending allocates
     /// nothing per buffer. A buffer keeps its chunk alive until it is dropped, so the chunk
-    /// is sized to the copy: at most [`PIN_FACTOR`](crate::packet::PIN_FACTOR) times its
+    /// is sized to the copy: at most [`PIN_FACTOR`](crate::buffer::pool::PIN_FACTOR) times its
     /// length (counted as at least 8 bytes); over 64 KiB, the copy is an allocation of its
     /// own, and an empty copy allocates nothing.
     pub fn copy_from_slice(data: &[u8]) -> Self {
-        SendBuffer(crate::packet::pooled_copy(data))
+        SendBuffer(pool::pooled_copy(data))
     }
 
     /// The underlying [`Bytes`].
@@ -152,7 +154,7 @@ pub(crate) fn coalesce(parts: &[Bytes], out: &mut Vec<Bytes>) {
         if j - i == 1 {
             out.push(parts[i].clone());
         } else if total > 0 {
-            out.push(crate::packet::pooled_concat(total, parts[i..j].iter().map(|b| &b[..])));
+            out.push(pool::pooled_concat(total, parts[i..j].iter().map(|b| &b[..])));
         }
         i = j;
     }
