@@ -177,6 +177,9 @@ pub(crate) struct UringDriver {
     ext_arg: bool,
     /// Timespecs of wait timers (kernels without EXT_ARG) not yet reaped (invariant 1).
     timers: Slab<Box<types::Timespec>>,
+    /// Timespec boxes of reaped timers, reused so that a timed wait allocates nothing.
+    #[allow(clippy::vec_box)]
+    spare_timers: Vec<Box<types::Timespec>>,
     /// The timer of the last wait, while not reaped.
     timer: Option<usize>,
     /// Entries the submission queue had no room for while the kernel took no more,
@@ -250,6 +253,7 @@ impl UringDriver {
             multishot_poll: !off.multishot_poll,
             ext_arg,
             timers: Slab::new(),
+            spare_timers: Vec::new(),
             timer: None,
             overflow: VecDeque::new(),
             submit_error: None,
@@ -731,7 +735,15 @@ impl UringDriver {
     /// A wait timer (kernels without EXT_ARG): a TIMEOUT that also ends once one other
     /// completion arrives, so it rarely outlives its wait.
     fn arm_timer(&mut self, d: Duration) {
-        let key = self.timers.insert(Box::new(types::Timespec::from(d)));
+        let ts = types::Timespec::from(d);
+        let boxed = match self.spare_timers.pop() {
+            Some(mut b) => {
+                *b = ts;
+                b
+            }
+            None => Box::new(ts),
+        };
+        let key = self.timers.insert(boxed);
         let ptr: *const types::Timespec = &*self.timers[key];
         let entry = opcode::Timeout::new(ptr).count(1).build().user_data(timer_ud(key));
         // SAFETY: invariant 1: the boxed timespec stays in `timers` until this entry's
@@ -757,7 +769,9 @@ impl UringDriver {
             WAKE_SLOT => return self.complete_wake(res, flags),
             TIMER_SLOT => {
                 let key = id.gen() as usize;
-                self.timers.try_remove(key);
+                if let Some(b) = self.timers.try_remove(key) {
+                    self.spare_timers.push(b);
+                }
                 if self.timer == Some(key) {
                     self.timer = None;
                 }
