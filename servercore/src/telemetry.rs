@@ -19,13 +19,19 @@
 //! | `servercore_backend` | gauge (1) | `service`, `backend` |
 
 use crate::reason::DisconnectReason;
-use crate::service::ServiceShared;
 use metrics::{Counter, Gauge};
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 /// How often a worker publishes its counts.
 pub const FLUSH_EVERY: Duration = Duration::from_millis(250);
+
+/// The service-wide counts a worker publishes, read at one moment.
+pub(crate) struct ServiceCounts {
+    pub(crate) accepted: u64,
+    pub(crate) rejected: u64,
+    pub(crate) connect_failures: u64,
+    pub(crate) sessions: usize,
+}
 
 /// A worker's local counts and its metric handles.
 pub(crate) struct WorkerMetrics {
@@ -51,8 +57,9 @@ struct Handles {
 }
 
 impl WorkerMetrics {
-    pub(crate) fn new(shared: &ServiceShared, worker: usize) -> Self {
-        let service = shared.name;
+    /// The handles of worker `worker` of the service named `service` (the `service` label)
+    /// running on `backend`.
+    pub(crate) fn new(service: &'static str, backend: &'static str, worker: usize) -> Self {
         let h = Handles {
             bytes_in: metrics::counter!("servercore_bytes_in_total", "service" => service),
             bytes_out: metrics::counter!("servercore_bytes_out_total", "service" => service),
@@ -66,8 +73,7 @@ impl WorkerMetrics {
                 "servercore_send_queue_bytes", "service" => service, "worker" => worker.to_string()
             ),
         };
-        metrics::gauge!("servercore_backend", "service" => service, "backend" => shared.backend.name())
-            .set(1.0);
+        metrics::gauge!("servercore_backend", "service" => service, "backend" => backend).set(1.0);
         WorkerMetrics {
             bytes_in: 0,
             bytes_out: 0,
@@ -85,16 +91,16 @@ impl WorkerMetrics {
     }
 
     /// Publishes local counts and the service's shared counters.
-    pub(crate) fn flush(&mut self, shared: &ServiceShared, queued_bytes: usize, now: Instant) {
+    pub(crate) fn flush(&mut self, shared: ServiceCounts, queued_bytes: usize, now: Instant) {
         self.last_flush = now;
         self.h.bytes_in.increment(std::mem::take(&mut self.bytes_in));
         self.h.bytes_out.increment(std::mem::take(&mut self.bytes_out));
         self.h.buffers_out.increment(std::mem::take(&mut self.buffers_out));
         self.h.packets_in.increment(std::mem::take(&mut self.packets_in));
-        self.h.accepted.absolute(shared.accepted.load(Ordering::Relaxed));
-        self.h.rejected.absolute(shared.rejected.load(Ordering::Relaxed));
-        self.h.connect_failures.absolute(shared.connect_failures.load(Ordering::Relaxed));
-        self.h.sessions.set(shared.sessions.load(Ordering::Relaxed) as f64);
+        self.h.accepted.absolute(shared.accepted);
+        self.h.rejected.absolute(shared.rejected);
+        self.h.connect_failures.absolute(shared.connect_failures);
+        self.h.sessions.set(shared.sessions as f64);
         self.h.send_queue.set(queued_bytes as f64);
     }
 

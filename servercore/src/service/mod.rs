@@ -157,6 +157,16 @@ impl ServiceShared {
         })
     }
 
+    /// The counts a worker publishes as metrics.
+    pub(crate) fn counts(&self) -> crate::telemetry::ServiceCounts {
+        crate::telemetry::ServiceCounts {
+            accepted: self.accepted.load(Ordering::Relaxed),
+            rejected: self.rejected.load(Ordering::Relaxed),
+            connect_failures: self.connect_failures.load(Ordering::Relaxed),
+            sessions: self.sessions.load(Ordering::Relaxed),
+        }
+    }
+
     fn stats(&self) -> ServiceStats {
         ServiceStats {
             sessions: self.sessions.load(Ordering::Acquire),

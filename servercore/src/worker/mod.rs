@@ -310,7 +310,7 @@ impl<S: Session> Worker<S> {
                 deferred: Vec::new(),
                 timers: Timers::new(),
                 now: Instant::now(),
-                metrics: WorkerMetrics::new(&shared, remote_index),
+                metrics: WorkerMetrics::new(shared.name, shared.backend.name(), remote_index),
             },
             shared,
             factory,
@@ -412,7 +412,7 @@ impl<S: Session> Worker<S> {
         let queued: usize =
             self.slots.iter().filter_map(|s| s.conn.as_ref()).map(|c| c.core.queued).sum();
         let now = self.local.now;
-        self.local.metrics.flush(&self.shared, queued, now);
+        self.local.metrics.flush(self.shared.counts(), queued, now);
     }
 
     fn finished(&self) -> bool {
