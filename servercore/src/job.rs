@@ -5,8 +5,8 @@
 //! worker's inbox is FIFO). Timed jobs run on the same worker after a delay or
 //! repeatedly, until cancelled.
 
+use crate::mailbox::{Command, WorkerRemote};
 use crate::service::ServiceRef;
-use crate::worker::{Command, WorkerRemote};
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};

@@ -12,15 +12,12 @@
 //! consecutive broadcasts to one room are joined, so that it sees them in order.)
 
 use crate::buffer::SendBuffer;
-use crate::service::ServiceShared;
-use crate::session::{SendError, SessionHandle};
-use crate::worker::{Command, WorkerRemote, INBOX_ENTRY};
-use bytes::Bytes;
+use crate::error::SendError;
+use crate::mailbox::Command;
+pub(crate) use crate::mailbox::RoomInner;
+use crate::session::{Ctx, SessionHandle};
 use std::fmt;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock, Weak};
-
-static NEXT_ROOM: AtomicU64 = AtomicU64::new(1);
+use std::sync::Arc;
 
 /// A set of sessions of one service. Cheap to clone (shared), `Send + Sync`.
 ///
@@ -57,19 +54,6 @@ pub struct Room {
     pub(crate) inner: Arc<RoomInner>,
 }
 
-pub(crate) struct RoomInner {
-    pub(crate) id: u64,
-    /// The service's workers and how many members live on each, set by the first member.
-    binding: OnceLock<Binding>,
-}
-
-struct Binding {
-    workers: Vec<Arc<WorkerRemote>>,
-    members: Vec<AtomicUsize>,
-    /// Identity of the owning service (compared, never upgraded).
-    service: Weak<ServiceShared>,
-}
-
 impl Default for Room {
     fn default() -> Self {
         Room::new()
@@ -79,12 +63,7 @@ impl Default for Room {
 impl Room {
     /// A new, empty room. It belongs to the service of its first member.
     pub fn new() -> Room {
-        Room {
-            inner: Arc::new(RoomInner {
-                id: NEXT_ROOM.fetch_add(1, Ordering::Relaxed),
-                binding: OnceLock::new(),
-            }),
-        }
+        Room { inner: Arc::new(RoomInner::new()) }
     }
 
     /// Adds the session (on its worker, asynchronously).
@@ -115,10 +94,7 @@ impl Room {
 
     /// Members now (a snapshot; enters and leaves in flight are not counted yet).
     pub fn len(&self) -> usize {
-        self.inner
-            .binding
-            .get()
-            .map_or(0, |b| b.members.iter().map(|n| n.load(Ordering::Acquire)).sum())
+        self.inner.len()
     }
 
     /// Whether the room has no member now.
@@ -127,49 +103,35 @@ impl Room {
     }
 }
 
-impl RoomInner {
-    /// Binds the room to a service on first use; false if it belongs to another service.
-    pub(crate) fn bind(&self, service: &Arc<ServiceShared>) -> bool {
-        let b = self.binding.get_or_init(|| {
-            let workers = service.workers.get().cloned().unwrap_or_default();
-            let members = workers.iter().map(|_| AtomicUsize::new(0)).collect();
-            Binding { workers, members, service: Arc::downgrade(service) }
-        });
-        std::ptr::eq(b.service.as_ptr(), Arc::as_ptr(service))
+/// Room operations of a session's context (they live with rooms: the session layer below
+/// knows nothing of rooms).
+impl Ctx<'_> {
+    /// Adds this session to `room` once the callback returns. False if the room belongs
+    /// to another service.
+    pub fn enter_room(&mut self, room: &Room) -> bool {
+        self.local.enter_room(self.core, &room.inner)
     }
 
-    pub(crate) fn member_added(&self, worker: usize) {
-        if let Some(n) = self.binding.get().and_then(|b| b.members.get(worker)) {
-            n.fetch_add(1, Ordering::AcqRel);
-        }
+    /// Removes this session from `room` once the callback returns.
+    pub fn leave_room(&mut self, room: &Room) {
+        self.local.leave_room(self.core, room.inner.id)
     }
 
-    pub(crate) fn member_removed(&self, worker: usize) {
-        if let Some(n) = self.binding.get().and_then(|b| b.members.get(worker)) {
-            n.fetch_sub(1, Ordering::AcqRel);
-        }
-    }
-
-    /// Posts a broadcast to every worker with members but `except` (the caller's own,
-    /// whose members it serves itself), all or none (see [`WorkerRemote::post_all`]).
-    pub(crate) fn post_to_workers(
-        &self,
-        except: Option<usize>,
-        buf: &Bytes,
+    /// Queues `buf` on every member of `room` (this session included, if a member). Other
+    /// workers with members get one message each. This worker's members get it at the end
+    /// of the loop turn, small buffers joined with the turn's other broadcasts to the room
+    /// (so that members get few buffers rather than one per message); sends this session
+    /// makes after the broadcast still reach it after the broadcast. One sender's
+    /// broadcasts reach every member in order, across rooms too.
+    ///
+    /// All or nothing: refused with [`SendError::InboxFull`] when another worker with
+    /// members is not keeping up (see [`Room::broadcast`]); then no member gets it.
+    pub fn broadcast_room(
+        &mut self,
+        room: &Room,
+        buf: impl Into<SendBuffer>,
     ) -> Result<(), SendError> {
-        let Some(b) = self.binding.get() else { return Ok(()) };
-        let targets = b
-            .workers
-            .iter()
-            .zip(&b.members)
-            .enumerate()
-            .filter(move |(i, (_, n))| Some(*i) != except && n.load(Ordering::Acquire) > 0)
-            .map(|(_, (w, _))| &**w);
-        let cost = buf.len() + INBOX_ENTRY;
-        WorkerRemote::post_all(targets, cost, || Command::RoomBroadcast {
-            room: self.id,
-            buf: buf.clone(),
-        })
+        self.local.broadcast_room(&room.inner, buf.into().into_bytes())
     }
 }
 

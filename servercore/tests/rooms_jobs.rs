@@ -1557,11 +1557,17 @@ fn session_handle_run_runs_on_the_sessions_worker_with_the_object() {
         }
     }
 
-    // The wrong type: the job does not run (the next job to that session proves it).
+    // The wrong type: refused with a typed error, and the job does not run (the next job
+    // to that session proves it).
     let (h, _) = &sessions[0];
     let ran = Arc::new(AtomicBool::new(false));
     let r = ran.clone();
-    h.run::<Nop>(move |_, _| r.store(true, Ordering::Relaxed)).unwrap();
+    match h.run::<Nop>(move |_, _| r.store(true, Ordering::Relaxed)) {
+        Err(SendError::WrongSessionType { expected, given }) => {
+            assert!(expected.ends_with("Obj") && given.ends_with("Nop"), "{expected} / {given}");
+        }
+        other => panic!("run with the wrong session type: {other:?}"),
+    }
     let (otx, orx) = mpsc::channel();
     h.run::<Obj>(move |s, _| otx.send(s.value).unwrap()).unwrap();
     assert_eq!(recv(&orx, "the job after the wrong-type one"), 30);

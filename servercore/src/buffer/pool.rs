@@ -42,15 +42,17 @@
 use bytes::{Bytes, BytesMut};
 use std::cell::RefCell;
 
-/// Size of the largest pooled chunk (the one a [`PacketWriter`] writes in): large enough
-/// that replacing it is rare, small enough that a pinned chunk is cheap. Buffers larger than
-/// this are not pooled.
+/// Size of the largest pooled chunk (the one a
+/// [`PacketWriter`](crate::packet::PacketWriter) writes in): large enough that replacing it
+/// is rare, small enough that a pinned chunk is cheap. Buffers larger than this are not
+/// pooled.
 pub const WRITER_CHUNK_SIZE: usize = 64 * 1024;
 
 /// A live pooled buffer of `n` bytes keeps at most `PIN_FACTOR * max(n, PIN_MIN_LEN)` bytes
 /// of chunk memory alive.
 ///
-/// Pooled buffers ([`PacketWriter`] packets, [`SendBuffer::copy_from_slice`], a room's
+/// Pooled buffers ([`PacketWriter`](crate::packet::PacketWriter) packets,
+/// [`SendBuffer::copy_from_slice`](crate::SendBuffer::copy_from_slice), a room's
 /// joined broadcasts) share chunks, and one live buffer keeps its whole chunk alive, for
 /// instance while it waits behind a peer that does not read. Each buffer is therefore
 /// carved from a chunk sized to it (256 bytes to 64 KiB). So the memory that live pooled

@@ -9,236 +9,21 @@ mod server;
 pub use client::{ClientBuilder, ClientService};
 pub use server::{ServerBuilder, ServerService};
 
-#[cfg(test)]
-mod tests {
-    use super::Reconnect;
-    use std::time::Duration;
-
-    #[test]
-    fn reconnect_backoff_doubles_up_to_max_with_jitter_in_range() {
-        let r = Reconnect {
-            initial: Duration::from_millis(100),
-            max: Duration::from_secs(1),
-            jitter: false,
-        };
-        assert_eq!(r.delay(0, 0), Duration::from_millis(100));
-        assert_eq!(r.delay(2, 0), Duration::from_millis(400));
-        assert_eq!(r.delay(10, 0), Duration::from_secs(1));
-        let j = Reconnect { jitter: true, ..r };
-        assert_eq!(j.delay(1, 0), Duration::from_millis(100));
-        assert_eq!(j.delay(1, u32::MAX), Duration::from_millis(200));
-    }
-}
-
 use crate::buffer::SendBuffer;
-use crate::config::SessionConfig;
-use crate::driver::{Backend, Driver, DriverConfig};
-use crate::reason::DisconnectReason;
-use crate::session::SendError;
-use crate::session::Session;
-use crate::worker::{self, Command, Role, Worker, WorkerInit, WorkerRemote, INBOX_ENTRY};
-use std::collections::HashMap;
+use crate::driver::{Driver, DriverConfig};
+use crate::error::SendError;
+use crate::mailbox::{self, Command};
+pub(crate) use crate::registry::ServiceShared;
+pub use crate::registry::{Reconnect, ServiceStats};
+use crate::session::{Ctx, Session};
+use crate::worker::{Role, Worker, WorkerInit};
 use std::io;
-use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc, Mutex, OnceLock};
+use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 /// How long dropping a service without calling `shutdown` lets queued sends drain.
 pub const DEFAULT_DROP_SHUTDOWN: Duration = Duration::from_secs(1);
-
-/// State shared by a service, its workers and (weakly) its sessions.
-pub(crate) struct ServiceShared {
-    /// "server" or "client": the `service` label of metrics.
-    pub(crate) name: &'static str,
-    pub(crate) config: Arc<SessionConfig>,
-    pub(crate) backend: Backend,
-    pub(crate) max_sessions: usize,
-    pub(crate) single_acceptor: bool,
-    pub(crate) workers: OnceLock<Vec<Arc<WorkerRemote>>>,
-    /// Sessions holding a slot (connecting, open or closing).
-    pub(crate) sessions: AtomicUsize,
-    pub(crate) next_id: AtomicU64,
-    pub(crate) accepted: AtomicU64,
-    pub(crate) rejected: AtomicU64,
-    pub(crate) connected: AtomicU64,
-    pub(crate) connect_failures: AtomicU64,
-    pub(crate) disconnected: AtomicU64,
-    pub(crate) disconnected_with_error: AtomicU64,
-    pub(crate) aborted: AtomicU64,
-    /// Optional cap of sessions per peer IP address, with the current counts.
-    pub(crate) per_ip_limit: Option<usize>,
-    pub(crate) per_ip: Mutex<HashMap<IpAddr, usize>>,
-    /// Optional accepted connections per second (service-wide).
-    pub(crate) accept_rate: Option<u32>,
-    /// Client services: reconnect lost or failed sessions.
-    pub(crate) reconnect: Option<Reconnect>,
-}
-
-impl ServiceShared {
-    fn new(
-        name: &'static str,
-        config: SessionConfig,
-        backend: Backend,
-        max_sessions: usize,
-    ) -> Self {
-        ServiceShared {
-            name,
-            config: Arc::new(config.sanitized()),
-            backend,
-            max_sessions,
-            single_acceptor: false,
-            workers: OnceLock::new(),
-            sessions: AtomicUsize::new(0),
-            next_id: AtomicU64::new(1),
-            accepted: AtomicU64::new(0),
-            rejected: AtomicU64::new(0),
-            connected: AtomicU64::new(0),
-            connect_failures: AtomicU64::new(0),
-            disconnected: AtomicU64::new(0),
-            disconnected_with_error: AtomicU64::new(0),
-            aborted: AtomicU64::new(0),
-            per_ip_limit: None,
-            per_ip: Mutex::new(HashMap::new()),
-            accept_rate: None,
-            reconnect: None,
-        }
-    }
-
-    /// Counts a session against the per-IP cap; false (and a rejection) when over it.
-    pub(crate) fn reserve_ip(&self, ip: IpAddr) -> bool {
-        let Some(limit) = self.per_ip_limit else { return true };
-        let mut map = self.per_ip.lock().unwrap_or_else(|p| p.into_inner());
-        let n = map.entry(ip).or_insert(0);
-        if *n >= limit {
-            self.rejected.fetch_add(1, Ordering::Relaxed);
-            return false;
-        }
-        *n += 1;
-        true
-    }
-
-    pub(crate) fn release_ip(&self, ip: IpAddr) {
-        let mut map = self.per_ip.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = map.get_mut(&ip) {
-            *n -= 1;
-            if *n == 0 {
-                map.remove(&ip);
-            }
-        }
-    }
-
-    /// Takes one place under `max_sessions`, or counts a rejection.
-    pub(crate) fn reserve_session(&self) -> bool {
-        let prev = self.sessions.fetch_add(1, Ordering::AcqRel);
-        if prev >= self.max_sessions {
-            self.sessions.fetch_sub(1, Ordering::AcqRel);
-            self.rejected.fetch_add(1, Ordering::Relaxed);
-            return false;
-        }
-        true
-    }
-
-    pub(crate) fn count_disconnect(&self, reason: &DisconnectReason) {
-        self.disconnected.fetch_add(1, Ordering::Relaxed);
-        if reason.is_error() {
-            self.disconnected_with_error.fetch_add(1, Ordering::Relaxed);
-        }
-    }
-
-    /// Posts the buffer to every worker, all or none (see `WorkerRemote::post_all`).
-    fn broadcast(&self, buf: SendBuffer) -> Result<(), SendError> {
-        let bytes = buf.into_bytes();
-        let workers = self.workers.get().map_or(&[][..], Vec::as_slice);
-        let cost = bytes.len() + INBOX_ENTRY;
-        WorkerRemote::post_all(workers.iter().map(|w| &**w), cost, || {
-            Command::Broadcast(bytes.clone())
-        })
-    }
-
-    /// The counts a worker publishes as metrics.
-    pub(crate) fn counts(&self) -> crate::telemetry::ServiceCounts {
-        crate::telemetry::ServiceCounts {
-            accepted: self.accepted.load(Ordering::Relaxed),
-            rejected: self.rejected.load(Ordering::Relaxed),
-            connect_failures: self.connect_failures.load(Ordering::Relaxed),
-            sessions: self.sessions.load(Ordering::Relaxed),
-        }
-    }
-
-    fn stats(&self) -> ServiceStats {
-        ServiceStats {
-            sessions: self.sessions.load(Ordering::Acquire),
-            accepted: self.accepted.load(Ordering::Relaxed),
-            rejected: self.rejected.load(Ordering::Relaxed),
-            connected: self.connected.load(Ordering::Relaxed),
-            connect_failures: self.connect_failures.load(Ordering::Relaxed),
-            disconnected: self.disconnected.load(Ordering::Relaxed),
-            disconnected_with_error: self.disconnected_with_error.load(Ordering::Relaxed),
-            aborted: self.aborted.load(Ordering::Relaxed),
-        }
-    }
-}
-
-/// Automatic reconnection of a [`ClientService`]'s sessions (server-to-server links): a
-/// session that fails to connect or is lost (anything but a local disconnect or shutdown)
-/// is replaced by a new connect after an exponential backoff.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Reconnect {
-    /// Delay after the first failure.
-    pub initial: Duration,
-    /// Longest delay; each consecutive failure doubles the delay up to this.
-    pub max: Duration,
-    /// Randomise each delay to 50-100 % of its value, so that many clients do not
-    /// reconnect in step.
-    pub jitter: bool,
-}
-
-impl Default for Reconnect {
-    fn default() -> Self {
-        Reconnect {
-            initial: Duration::from_millis(100),
-            max: Duration::from_secs(10),
-            jitter: true,
-        }
-    }
-}
-
-impl Reconnect {
-    /// The delay before attempt number `failures + 1`; `random` is in `0..=u32::MAX`.
-    pub(crate) fn delay(&self, failures: u32, random: u32) -> Duration {
-        let exp = self.initial.saturating_mul(1u32 << failures.min(20));
-        let d = exp.min(self.max);
-        if self.jitter {
-            d.mul_f64(0.5 + 0.5 * (f64::from(random) / f64::from(u32::MAX)))
-        } else {
-            d
-        }
-    }
-}
-
-/// Counters of a service, read at one moment.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct ServiceStats {
-    /// Sessions holding a slot now (connecting, open, or closing).
-    pub sessions: usize,
-    /// Connections accepted (server).
-    pub accepted: u64,
-    /// Connections closed at once because `max_sessions` was reached (server).
-    pub rejected: u64,
-    /// Outgoing connects that succeeded (client).
-    pub connected: u64,
-    /// Outgoing connects that failed or timed out (client).
-    pub connect_failures: u64,
-    /// Sessions that got `on_disconnected`.
-    pub disconnected: u64,
-    /// Of those, the ones whose reason [is an error](DisconnectReason::is_error).
-    pub disconnected_with_error: u64,
-    /// Sessions closed abortively (TCP reset): the server gave up on the peer or dropped
-    /// bytes it had accepted to send (see [`DisconnectReason::is_abortive`]).
-    pub aborted: u64,
-}
 
 /// A session's weak view of its service: broadcast and counts, from inside callbacks.
 ///
@@ -275,6 +60,15 @@ impl ServiceRef {
         workers[worker % workers.len()]
             .post(Command::Job(Box::new(job)))
             .map_err(|_| crate::WorkerGone)
+    }
+}
+
+/// The service of a session's context (it lives with services: the session layer below
+/// holds the shared state only weakly and knows nothing of `ServiceRef`).
+impl Ctx<'_> {
+    /// The service this session belongs to, while it exists (sessions hold it weakly).
+    pub fn service(&self) -> Option<ServiceRef> {
+        self.local.service.upgrade().map(ServiceRef)
     }
 }
 
@@ -328,8 +122,10 @@ impl Workers {
                             return;
                         }
                     };
+                    let session_type = mailbox::SessionType::of::<S>();
+                    let config = shared2.config.clone();
                     let remote =
-                        Arc::new(worker::remote(index, shared2.config.clone(), tx, driver.waker()));
+                        Arc::new(mailbox::remote(index, config, tx, driver.waker(), session_type));
                     let init = WorkerInit {
                         driver,
                         rx,

@@ -10,25 +10,24 @@
 //! same slot (DESIGN.md invariant 2). A slot is freed only once none of its operations is
 //! in flight.
 
-use crate::config::SendQueuePolicy;
-use crate::config::SessionConfig;
-use crate::driver::{
-    Completion, CompletionKind, Driver, Gather, OpId, RecvLease, SendBatch, SockId, Waker,
-    MAX_IOVECS,
-};
-use crate::reason::DisconnectReason;
 mod accept;
 mod connect;
 mod rooms;
 mod session_io;
-mod state;
+mod slots;
 
-use state::{check_writable, conn_of, Conn, Deferred, Slot, State};
-pub(crate) use state::{Core, Local};
+use slots::{check_writable, conn_of, Conn, Slot};
 
-use crate::room::RoomInner;
-use crate::service::ServiceShared;
-use crate::session::{Ctx, SendError, Session, SessionFlags, SessionId};
+use crate::config::SendQueuePolicy;
+use crate::driver::{
+    Completion, CompletionKind, Driver, Gather, OpId, RecvLease, SendBatch, SockId, MAX_IOVECS,
+};
+use crate::mailbox::{Command, RoomInner, WorkerRemote, INBOX_ENTRY};
+use crate::reason::DisconnectReason;
+use crate::registry::ServiceShared;
+use crate::session::{
+    Core, Ctx, Deferred, Local, Session, SessionFlags, SessionId, SessionJob, State, TimerAction,
+};
 use crate::sys;
 use crate::telemetry::WorkerMetrics;
 use crate::timer::{TimerId, Timers};
@@ -38,9 +37,9 @@ use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::panic::{self, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::mpsc::{Receiver, Sender, TryRecvError};
-use std::sync::{Arc, Weak};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, TryRecvError};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Owner tags with this bit set name a listener; others name a session slot.
@@ -53,147 +52,11 @@ const LINGER_POLL: Duration = Duration::from_millis(10);
 /// How long after the shutdown deadline a worker waits for the kernel before leaving.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
-/// A message to a worker from another thread.
-pub(crate) enum Command {
-    /// Queue a buffer on one session (`admitted`: its place under the limit is reserved).
-    Send { key: u64, buf: Bytes, admitted: bool },
-    /// A handle send was refused: the session's queue is full (Notify policy).
-    Congested { key: u64 },
-    /// Disconnect one session.
-    Disconnect { key: u64, reason: DisconnectReason },
-    /// Queue a buffer on every open session of this worker.
-    Broadcast(Bytes),
-    /// Open `count` outgoing sessions (client services).
-    Connect { count: usize },
-    /// Take over a connection accepted by another worker.
-    Adopt(TcpStream),
-    /// Stop accepting, flush, disconnect every session, and end the thread.
-    Shutdown { deadline: Instant },
-    /// Run a closure on this worker.
-    Job(Box<dyn FnOnce() + Send>),
-    /// Run a closure after `delay`, then every `period` if given, until cancelled.
-    TimedJob {
-        delay: Duration,
-        period: Option<Duration>,
-        cancelled: Arc<AtomicBool>,
-        job: Box<dyn FnMut() + Send>,
-    },
-    /// Run a closure with a session's object and context.
-    SessionJob { key: u64, job: SessionJob },
-    /// Add a session to a room.
-    RoomEnter { room: Arc<RoomInner>, key: u64 },
-    /// Remove a session from a room.
-    RoomLeave { room: u64, key: u64 },
-    /// Queue a buffer on the room's members on this worker.
-    RoomBroadcast { room: u64, buf: Bytes },
-}
-
-/// A closure run on a session's worker with the session object (as `Any`) and its context.
-pub(crate) type SessionJob = Box<dyn FnOnce(&mut dyn Any, &mut Ctx<'_>) + Send>;
-
-/// What one command costs its worker's inbox besides its payload: the command itself
-/// and its share of the channel's blocks.
-pub(crate) const INBOX_ENTRY: usize = std::mem::size_of::<Command>() + 16;
-
-/// The part of a worker other threads can reach: its inbox and its wake-up.
-/// Thread safety: `Send + Sync`; every method may be called from any thread.
-///
-/// The inbox itself is a channel without a bound; what bounds it is the accounting of
-/// data commands (sends and broadcasts, the only ones whose volume follows traffic):
-/// each reserves its payload plus [`INBOX_ENTRY`] in `inbox` before it is posted, up to
-/// [`SessionConfig::max_worker_inbox`], and the worker releases that when it takes the
-/// command. Control commands (disconnect, rooms, jobs, shutdown) are never refused.
-pub(crate) struct WorkerRemote {
-    pub(crate) index: usize,
-    pub(crate) config: Arc<SessionConfig>,
-    tx: Sender<Command>,
-    waker: Arc<Waker>,
-    /// Bytes of data commands posted and not yet taken by the worker.
-    inbox: AtomicUsize,
-}
-
-impl WorkerRemote {
-    /// Posts a command and wakes the worker. Fails once the worker has ended.
-    pub(crate) fn post(&self, cmd: Command) -> Result<(), ()> {
-        self.tx.send(cmd).map_err(|_| ())?;
-        self.waker.wake();
-        Ok(())
-    }
-
-    /// Reserves `cost` bytes of the inbox budget for a data command about to be posted.
-    pub(crate) fn reserve(&self, cost: usize) -> Result<(), SendError> {
-        let limit = self.config.max_worker_inbox;
-        let before = self.inbox.fetch_add(cost, Ordering::AcqRel);
-        if before + cost > limit {
-            self.inbox.fetch_sub(cost, Ordering::AcqRel);
-            return Err(SendError::InboxFull { limit });
-        }
-        Ok(())
-    }
-
-    /// Gives back a reservation: its command was taken, or never posted.
-    pub(crate) fn release(&self, cost: usize) {
-        self.inbox.fetch_sub(cost, Ordering::AcqRel);
-    }
-
-    /// Posts a data command whose `cost` was reserved; the reservation is given back if
-    /// the worker has ended.
-    pub(crate) fn post_reserved(&self, cmd: Command, cost: usize) -> Result<(), SendError> {
-        self.post(cmd).map_err(|()| {
-            self.release(cost);
-            SendError::Disconnected
-        })
-    }
-
-    /// Posts `make()` to each of `workers`, all or none: when one inbox is over its
-    /// budget, nothing is posted and that is the error.
-    pub(crate) fn post_all<'a>(
-        workers: impl Iterator<Item = &'a WorkerRemote> + Clone,
-        cost: usize,
-        mut make: impl FnMut() -> Command,
-    ) -> Result<(), SendError> {
-        for (reserved, w) in workers.clone().enumerate() {
-            if let Err(e) = w.reserve(cost) {
-                for w in workers.take(reserved) {
-                    w.release(cost);
-                }
-                return Err(e);
-            }
-        }
-        for w in workers {
-            // A worker that has ended has no sessions left to deliver to.
-            let _ = w.post_reserved(make(), cost);
-        }
-        Ok(())
-    }
-}
-
 struct ListenerState {
     sock: SockId,
     op: Option<OpId>,
     rearm: Option<TimerId>,
     closed: bool,
-}
-
-pub(crate) enum TimerAction {
-    ConnectTimeout(u64),
-    FlushDeadline(u64),
-    /// A closing session looks again whether the peer has taken the kernel's send queue.
-    Linger(u64),
-    RearmAccept(usize),
-    ShutdownDeadline,
-    Session {
-        key: u64,
-        token: u64,
-        period: Option<Duration>,
-    },
-    Idle(u64),
-    Reconnect,
-    Job {
-        period: Option<Duration>,
-        cancelled: Arc<AtomicBool>,
-        job: Box<dyn FnMut() + Send>,
-    },
 }
 
 /// What a worker does besides serving its sessions.
@@ -210,16 +73,6 @@ pub(crate) struct WorkerInit<S> {
     pub(crate) shared: Arc<ServiceShared>,
     pub(crate) factory: Arc<dyn Fn() -> S + Send + Sync>,
     pub(crate) role: Role,
-}
-
-/// Builds the remote half of a worker from its inbox sender and its driver's waker.
-pub(crate) fn remote(
-    index: usize,
-    config: Arc<SessionConfig>,
-    tx: Sender<Command>,
-    waker: Arc<Waker>,
-) -> WorkerRemote {
-    WorkerRemote { index, config, tx, waker, inbox: AtomicUsize::new(0) }
 }
 
 /// A room's members that live on this worker.
@@ -560,6 +413,8 @@ impl<S: Session> Worker<S> {
             }
             Command::SessionJob { key, job } => {
                 let local = &mut self.local;
+                // Only the session layer posts these, always as a `SessionJob`.
+                let Ok(job) = job.downcast::<SessionJob>() else { return };
                 if let Some(conn) = conn_of(&mut self.slots, key) {
                     if conn.core.is_open() {
                         call(conn, local, |s, ctx| job(s as &mut dyn Any, ctx));

@@ -4,7 +4,8 @@ use super::*;
 
 impl<S: Session> Worker<S> {
     pub(super) fn room_enter(&mut self, room: Arc<RoomInner>, key: u64) {
-        if !room.bind(&self.shared) {
+        let workers = self.shared.workers.get().map_or(&[][..], Vec::as_slice);
+        if !room.bind(self.shared.id, workers) {
             tracing::warn!("a room of another service was asked to take a session; ignored");
             return;
         }

@@ -1,12 +1,16 @@
 //! The user's side of a connection: the [`Session`] trait, the [`Ctx`] its callbacks get,
 //! and the [`SessionHandle`] that reaches a session from any thread.
 
+mod state;
+
+pub(crate) use state::{Core, Deferred, Local, State, TimerAction};
+
 use crate::buffer::SendBuffer;
+use crate::error::SendError;
+use crate::mailbox::{Command, WorkerRemote, INBOX_ENTRY};
 use crate::reason::DisconnectReason;
-use crate::room::Room;
-use crate::service::ServiceRef;
 use crate::timer::TimerId;
-use crate::worker::{Command, Core, Local, SessionJob, WorkerRemote, INBOX_ENTRY};
+use std::any::Any;
 use std::borrow::Cow;
 use std::fmt;
 use std::io;
@@ -101,45 +105,6 @@ impl fmt::Display for SessionId {
         write!(f, "session#{}", self.0)
     }
 }
-
-/// Why a send was refused.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum SendError {
-    /// The session is disconnected (or disconnecting); nothing was queued.
-    Disconnected,
-    /// The send queue is at its limit: the session is being disconnected with
-    /// [`DisconnectReason::SendQueueOverflow`], or (policy `Notify`) this buffer was not
-    /// queued.
-    QueueFull {
-        /// The configured limit in bytes.
-        limit: usize,
-    },
-    /// The worker's inbox holds more sends and broadcasts posted from other threads (and
-    /// not yet taken) than [`max_worker_inbox`](crate::SessionConfig::max_worker_inbox):
-    /// the worker is not keeping up. Nothing was queued; the sessions are not at fault
-    /// and stay connected.
-    InboxFull {
-        /// The configured limit in bytes.
-        limit: usize,
-    },
-}
-
-impl fmt::Display for SendError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            SendError::Disconnected => f.write_str("session is disconnected"),
-            SendError::QueueFull { limit } => {
-                write!(f, "send queue at its limit of {limit} bytes")
-            }
-            SendError::InboxFull { limit } => {
-                write!(f, "worker inbox over {limit} bytes: the worker is not keeping up")
-            }
-        }
-    }
-}
-
-impl std::error::Error for SendError {}
 
 /// What a callback can do to its own session, and reach of its worker and service.
 ///
@@ -241,40 +206,11 @@ impl Ctx<'_> {
     pub fn cancel_timer(&mut self, id: TimerId) -> bool {
         self.local.cancel_session_timer(self.core, id)
     }
-
-    /// Adds this session to `room` once the callback returns. False if the room belongs
-    /// to another service.
-    pub fn enter_room(&mut self, room: &Room) -> bool {
-        self.local.enter_room(self.core, &room.inner)
-    }
-
-    /// Removes this session from `room` once the callback returns.
-    pub fn leave_room(&mut self, room: &Room) {
-        self.local.leave_room(self.core, room.inner.id)
-    }
-
-    /// Queues `buf` on every member of `room` (this session included, if a member). Other
-    /// workers with members get one message each. This worker's members get it at the end
-    /// of the loop turn, small buffers joined with the turn's other broadcasts to the room
-    /// (so that members get few buffers rather than one per message); sends this session
-    /// makes after the broadcast still reach it after the broadcast. One sender's
-    /// broadcasts reach every member in order, across rooms too.
-    ///
-    /// All or nothing: refused with [`SendError::InboxFull`] when another worker with
-    /// members is not keeping up (see [`Room::broadcast`]); then no member gets it.
-    pub fn broadcast_room(
-        &mut self,
-        room: &Room,
-        buf: impl Into<SendBuffer>,
-    ) -> Result<(), SendError> {
-        self.local.broadcast_room(&room.inner, buf.into().into_bytes())
-    }
-
-    /// The service this session belongs to, while it exists (sessions hold it weakly).
-    pub fn service(&self) -> Option<ServiceRef> {
-        self.local.service.upgrade().map(ServiceRef)
-    }
 }
+
+/// A closure run on a session's worker with the session object (as `Any`) and its context
+/// (posted boxed once more, as `Any`, through the mailbox).
+pub(crate) type SessionJob = Box<dyn FnOnce(&mut dyn Any, &mut Ctx<'_>) + Send>;
 
 /// Reaches a session from any thread: `Send + Sync + Clone`.
 ///
@@ -375,7 +311,11 @@ impl SessionHandle {
     }
 
     /// Runs `job` on the session's worker with the session object, in order with the other
-    /// messages to it. Does nothing if the session is gone by then, or is not an `S`.
+    /// messages to it. Does nothing if the session is gone by then.
+    ///
+    /// `S` must be the service's session type (for a [`packet::Framed`](crate::packet::Framed)
+    /// `<P>` session, `Framed<P>`: reach `P` with `inner_mut`), else
+    /// [`SendError::WrongSessionType`].
     pub fn run<S: Session>(
         &self,
         job: impl FnOnce(&mut S, &mut Ctx<'_>) + Send + 'static,
@@ -383,11 +323,19 @@ impl SessionHandle {
         if !self.is_connected() {
             return Err(SendError::Disconnected);
         }
+        let serves = self.worker.session_type;
+        if serves.id != std::any::TypeId::of::<S>() {
+            return Err(SendError::WrongSessionType {
+                expected: serves.name,
+                given: std::any::type_name::<S>(),
+            });
+        }
         let job: SessionJob = Box::new(move |any, ctx| {
             if let Some(s) = any.downcast_mut::<S>() {
                 job(s, ctx)
             }
         });
+        let job: Box<dyn Any + Send> = Box::new(job);
         self.worker
             .post(Command::SessionJob { key: self.key, job })
             .map_err(|_| SendError::Disconnected)

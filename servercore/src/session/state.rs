@@ -1,10 +1,48 @@
-//! Per-session engine state ([`Core`]), the worker state callbacks reach ([`Local`]), and
-//! the slots sessions live in.
+//! The engine's state of a session ([`Core`]) and the state of its worker that callbacks
+//! reach ([`Local`]): the send queue and its limits, disconnect requests, timers, and the
+//! room work a callback asks for. The worker's event loop (`crate::worker`) drives them.
 
-use super::*;
+use super::{SessionFlags, SessionId};
+use crate::config::SessionConfig;
+use crate::driver::{OpId, SendBatch, SockId};
+use crate::error::SendError;
+use crate::mailbox::{RoomInner, WorkerRemote};
+use crate::reason::DisconnectReason;
+use crate::registry::ServiceShared;
+use crate::telemetry::WorkerMetrics;
+use crate::timer::{TimerId, Timers};
+use bytes::Bytes;
+use std::collections::VecDeque;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+/// What a worker's timers do when they fire.
+pub(crate) enum TimerAction {
+    ConnectTimeout(u64),
+    FlushDeadline(u64),
+    /// A closing session looks again whether the peer has taken the kernel's send queue.
+    Linger(u64),
+    RearmAccept(usize),
+    ShutdownDeadline,
+    Session {
+        key: u64,
+        token: u64,
+        period: Option<Duration>,
+    },
+    Idle(u64),
+    Reconnect,
+    Job {
+        period: Option<Duration>,
+        cancelled: Arc<AtomicBool>,
+        job: Box<dyn FnMut() + Send>,
+    },
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum State {
+pub(crate) enum State {
     Connecting,
     Open,
     Closing,
@@ -15,59 +53,59 @@ pub(crate) struct Core {
     pub(crate) id: SessionId,
     pub(crate) key: u64,
     pub(crate) peer: SocketAddr,
-    pub(super) sock: SockId,
-    pub(super) state: State,
+    pub(crate) sock: SockId,
+    pub(crate) state: State,
     /// Unconsumed received bytes (`len`) plus room for the next read (capacity).
-    pub(super) rbuf: Vec<u8>,
-    pub(super) recv_op: Option<OpId>,
-    pub(super) send_op: Option<OpId>,
-    pub(super) connect_op: Option<OpId>,
-    pub(super) in_flight: u32,
-    pub(super) queue: VecDeque<Bytes>,
+    pub(crate) rbuf: Vec<u8>,
+    pub(crate) recv_op: Option<OpId>,
+    pub(crate) send_op: Option<OpId>,
+    pub(crate) connect_op: Option<OpId>,
+    pub(crate) in_flight: u32,
+    pub(crate) queue: VecDeque<Bytes>,
     pub(crate) queued: usize,
     /// Bytes of this session's own sends waiting in `Local::deferred` behind room work.
-    pub(super) held: usize,
+    pub(crate) held: usize,
     /// An empty queue with capacity, swapped in when the queue goes to a send, so steady
     /// sending allocates nothing.
-    pub(super) spare: SendBatch,
-    pub(super) dirty: bool,
-    pub(super) close_request: Option<DisconnectReason>,
+    pub(crate) spare: SendBatch,
+    pub(crate) dirty: bool,
+    pub(crate) close_request: Option<DisconnectReason>,
     /// Closing, and queued data still goes out (local disconnect or shutdown).
-    pub(super) flushing: bool,
+    pub(crate) flushing: bool,
     /// Set when a graceful close has begun, so `on_disconnected` may still queue sends.
-    pub(super) graceful: bool,
+    pub(crate) graceful: bool,
     /// The server abandons bytes it had accepted to send (or gave up on the peer): the
     /// socket is closed abortively (RST), so the kernel frees its buffers at once.
-    pub(super) abort: bool,
+    pub(crate) abort: bool,
     /// Closing: until when the close may wait for queued bytes to reach the peer (the
     /// flush, then the kernel's send queue being acknowledged) before it resets instead.
-    pub(super) close_deadline: Option<Instant>,
+    pub(crate) close_deadline: Option<Instant>,
     /// Closing, flushed, waiting for the peer to acknowledge the kernel's send queue.
-    pub(super) lingering: bool,
-    pub(super) timer: Option<TimerId>,
-    pub(super) connect_error: Option<io::Error>,
+    pub(crate) lingering: bool,
+    pub(crate) timer: Option<TimerId>,
+    pub(crate) connect_error: Option<io::Error>,
     /// Rooms this session is in (ids), so it leaves them when it closes.
-    pub(super) rooms: Vec<u64>,
+    pub(crate) rooms: Vec<u64>,
     pub(crate) recv_paused: bool,
     /// The standing receive was cancelled for a pause.
-    pub(super) recv_cancelled: bool,
+    pub(crate) recv_cancelled: bool,
     /// Under the Notify policy: a send was refused; `on_writable` is due after draining.
-    pub(super) congested: bool,
+    pub(crate) congested: bool,
     /// `on_send_queue_full` is due (called outside the callback that hit the limit).
-    pub(super) notify_full: bool,
+    pub(crate) notify_full: bool,
     /// Loop-turn time of the last received bytes (idle timeout).
-    pub(super) last_recv: Instant,
+    pub(crate) last_recv: Instant,
     /// Counted against the per-IP cap under this address.
-    pub(super) ip_counted: bool,
+    pub(crate) ip_counted: bool,
     /// Keep `flags.queued` up to date (Notify policy).
-    pub(super) mirror_queued: bool,
+    pub(crate) mirror_queued: bool,
     pub(crate) flags: Arc<SessionFlags>,
 }
 
 impl Core {
     /// Sets the queued byte count, and its mirror that handles read to reserve places
     /// (Notify policy only: a per-send atomic store is not free on a broadcast).
-    pub(super) fn set_queued(&mut self, queued: usize) {
+    pub(crate) fn set_queued(&mut self, queued: usize) {
         self.queued = queued;
         if self.mirror_queued {
             // Held own sends count too: handle sends must not be admitted past them.
@@ -82,27 +120,27 @@ impl Core {
 
 /// A send queue holds at most one buffer per this many bytes of its limit (so buffers
 /// smaller than this fill it by count before bytes).
-pub(super) const MIN_COUNTED: usize = 64;
+pub(crate) const MIN_COUNTED: usize = 64;
 
 /// A worker's state that callbacks reach through [`Ctx`].
 pub(crate) struct Local {
     pub(crate) remote: Arc<WorkerRemote>,
     pub(crate) service: Weak<ServiceShared>,
     pub(crate) config: Arc<SessionConfig>,
-    pub(super) dirty: Vec<u64>,
+    pub(crate) dirty: Vec<u64>,
     /// Room operations asked for inside callbacks, carried out right after them.
-    pub(super) deferred: Vec<Deferred>,
+    pub(crate) deferred: Vec<Deferred>,
     pub(crate) timers: Timers<TimerAction>,
     /// The time at the start of this loop turn (a cheap clock for idle tracking).
     pub(crate) now: Instant,
     /// `config.max_send_queue` and whether the policy is Notify, at hand for every send.
-    pub(super) send_limit: usize,
-    pub(super) notify_policy: bool,
+    pub(crate) send_limit: usize,
+    pub(crate) notify_policy: bool,
     pub(crate) metrics: WorkerMetrics,
 }
 
 /// Work a callback asks for that touches other sessions of this worker.
-pub(super) enum Deferred {
+pub(crate) enum Deferred {
     Enter(Arc<RoomInner>, u64),
     Leave(u64, u64),
     Broadcast(u64, Bytes),
@@ -114,7 +152,7 @@ impl Local {
     /// Adds the session to `room` once the callback returns.
     pub(crate) fn enter_room(&mut self, core: &Core, room: &Arc<RoomInner>) -> bool {
         let Some(service) = self.service.upgrade() else { return false };
-        if !room.bind(&service) {
+        if !room.bind(service.id, service.workers.get().map_or(&[][..], Vec::as_slice)) {
             return false;
         }
         self.deferred.push(Deferred::Enter(room.clone(), core.key));
@@ -192,7 +230,7 @@ impl Local {
     /// Queues a held own send (see [`Self::send_own`]) once the room work before it is done.
     /// It was accepted when it was made, so it goes in as if queued then: a disconnect
     /// asked for since flushes it (graceful) or drops it with the rest of the queue.
-    pub(super) fn push_held(&mut self, core: &mut Core, buf: Bytes) {
+    pub(crate) fn push_held(&mut self, core: &mut Core, buf: Bytes) {
         core.held -= buf.len();
         if core.state == State::Closing && !core.flushing {
             core.set_queued(core.queued);
@@ -282,39 +320,4 @@ impl Local {
             self.mark_dirty(core);
         }
     }
-}
-
-/// A session slot: the user's object and the engine's core.
-pub(super) struct Conn<S> {
-    pub(super) user: S,
-    pub(super) core: Core,
-}
-
-pub(super) struct Slot<S> {
-    pub(super) generation: u32,
-    pub(super) conn: Option<Conn<S>>,
-}
-
-/// Notify policy: after the queue drained to the low watermark, sends are accepted again
-/// and `on_writable` runs.
-pub(super) fn check_writable<S: Session>(conn: &mut Conn<S>, local: &mut Local) {
-    let core = &mut conn.core;
-    if core.congested && !core.notify_full && core.queued <= local.config.send_queue_low_watermark {
-        core.congested = false;
-        core.flags.congested.store(false, Ordering::Release);
-        if core.is_open() {
-            call(conn, local, |s, ctx| s.on_writable(ctx));
-        }
-    }
-}
-
-pub(super) fn conn_of<S>(slots: &mut [Slot<S>], key: u64) -> Option<&mut Conn<S>> {
-    if key & LISTENER_TAG != 0 {
-        return None;
-    }
-    let slot = slots.get_mut((key & 0xffff_ffff) as usize)?;
-    if u64::from(slot.generation) != key >> 32 {
-        return None;
-    }
-    slot.conn.as_mut()
 }

@@ -1,0 +1,39 @@
+//! The slots a worker keeps its sessions in: the user's object with the engine's state,
+//! under a generation (DESIGN.md invariant 2).
+
+use super::*;
+
+/// A session slot: the user's object and the engine's core.
+pub(super) struct Conn<S> {
+    pub(super) user: S,
+    pub(super) core: Core,
+}
+
+pub(super) struct Slot<S> {
+    pub(super) generation: u32,
+    pub(super) conn: Option<Conn<S>>,
+}
+
+/// Notify policy: after the queue drained to the low watermark, sends are accepted again
+/// and `on_writable` runs.
+pub(super) fn check_writable<S: Session>(conn: &mut Conn<S>, local: &mut Local) {
+    let core = &mut conn.core;
+    if core.congested && !core.notify_full && core.queued <= local.config.send_queue_low_watermark {
+        core.congested = false;
+        core.flags.congested.store(false, Ordering::Release);
+        if core.is_open() {
+            call(conn, local, |s, ctx| s.on_writable(ctx));
+        }
+    }
+}
+
+pub(super) fn conn_of<S>(slots: &mut [Slot<S>], key: u64) -> Option<&mut Conn<S>> {
+    if key & LISTENER_TAG != 0 {
+        return None;
+    }
+    let slot = slots.get_mut((key & 0xffff_ffff) as usize)?;
+    if u64::from(slot.generation) != key >> 32 {
+        return None;
+    }
+    slot.conn.as_mut()
+}
