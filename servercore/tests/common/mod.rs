@@ -8,6 +8,9 @@
 
 #![allow(dead_code)]
 
+pub mod rooms;
+pub mod workers;
+
 use servercore::{Ctx, DisconnectReason, ServerService, Session, SessionHandle, SessionId};
 use std::collections::HashMap;
 use std::fmt::Display;
