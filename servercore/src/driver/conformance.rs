@@ -41,6 +41,7 @@ const DEADLINE: Duration = Duration::from_secs(10);
 
 struct H {
     d: Driver,
+    flavor: Flavor,
     ready: VecDeque<Completion>,
 }
 
@@ -57,12 +58,23 @@ impl H {
                 Backend::IoUring
             }
         };
-        Some(H { d: Driver::new(backend, &c).expect("driver"), ready: VecDeque::new() })
+        let d = Driver::new(backend, &c).expect("driver");
+        Some(H { d, flavor: f, ready: VecDeque::new() })
     }
 
     fn poll_set_pool_max(&mut self, n: usize) {
         if let Driver::Poll(p) = &mut self.d {
             p.set_pool_max(n);
+        }
+    }
+
+    /// On poll, whether every buffer of the receive pool is back (none lent out or taken);
+    /// true on the other backends.
+    fn poll_pool_all_free(&self) -> bool {
+        match &self.d {
+            Driver::Poll(p) => p.pool_all_free(),
+            #[allow(unreachable_patterns)]
+            _ => true,
         }
     }
 
@@ -105,6 +117,7 @@ impl H {
             assert_eq!(c.owner, owner, "{c:?}");
             match c.kind {
                 CompletionKind::Recv { result: Ok(Some(lease)), more: true } => {
+                    assert!(lease.len > 0, "{lease:?}");
                     got.extend_from_slice(self.d.lease(&lease));
                     self.d.release(lease);
                 }
@@ -114,10 +127,85 @@ impl H {
         assert_eq!(got.len(), n, "more bytes than sent");
         got
     }
+
+    /// Cancels a standing recv of `owner` and checks its end: `ECANCELED`, or (not on poll,
+    /// whose end of a cancelled recv is always `ECANCELED`) a last chunk that won the race.
+    /// Chunks read before the cancel took effect may come first: they are released.
+    fn cancel_recv(&mut self, op: OpId, owner: u64) {
+        self.d.cancel(op);
+        loop {
+            let c = self.next();
+            assert_eq!(c.owner, owner, "{c:?}");
+            match c.kind {
+                CompletionKind::Recv { result: Ok(Some(lease)), more } => {
+                    self.d.release(lease);
+                    if !more {
+                        assert_ne!(self.flavor, Flavor::Poll, "poll's cancelled end is ECANCELED");
+                        return;
+                    }
+                }
+                CompletionKind::Recv { result: Err(e), more: false } => {
+                    assert!(is_cancelled(&e), "{e}");
+                    return;
+                }
+                other => panic!("expected the end of a cancelled recv, got {other:?}"),
+            }
+        }
+    }
+
+    /// One send of `bufs` (owner 4) and its completion: the result and the buffers back.
+    fn send(&mut self, s: SockId, bufs: SendBatch) -> (io::Result<usize>, SendBatch) {
+        self.d.send(s, 4, bufs);
+        let c = self.next();
+        assert_eq!(c.owner, 4);
+        match c.kind {
+            CompletionKind::Send { result, bufs } => (result, bufs),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// A new stream of the driver connecting to `addr` (owner 5), and the connect's result.
+    fn connect(&mut self, addr: SocketAddr) -> (SockId, io::Result<()>) {
+        let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+            .expect("socket");
+        let s = self.d.add_stream(TcpStream::from(sock)).expect("add stream");
+        self.d.connect(s, 5, addr);
+        let c = self.next();
+        assert_eq!(c.owner, 5);
+        match c.kind {
+            CompletionKind::Connect { result } => (s, result),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// Releases the leases of the ready completions and clears them.
+    fn release_ready(&mut self) {
+        for c in self.ready.drain(..) {
+            if let CompletionKind::Recv { result: Ok(Some(lease)), .. } = c.kind {
+                self.d.release(lease);
+            }
+        }
+    }
 }
 
 fn is_cancelled(e: &io::Error) -> bool {
     e.raw_os_error() == Some(libc::ECANCELED)
+}
+
+/// Fills the pipe from `client` to the driver until the client's writes would block;
+/// the bytes written.
+fn fill(client: &mut TcpStream) -> usize {
+    client.set_nonblocking(true).expect("nonblocking");
+    let block = [0x5au8; 64 << 10];
+    let mut written = 0;
+    loop {
+        match client.write(&block) {
+            Ok(n) => written += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return written,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => panic!("client write: {e}"),
+        }
+    }
 }
 
 /// `n` bytes of a pattern that shows a lost, repeated or reordered byte.
@@ -180,6 +268,7 @@ fn standing_recv_in_order_then_peer_close(f: Flavor) {
         client.write_all(part).unwrap();
     }
     assert_eq!(h.recv_exactly(2, data.len()), data);
+    assert_eq!(h.d.in_flight(), 1, "one standing recv however many chunks: leases are not ops");
     client.shutdown(std::net::Shutdown::Write).unwrap();
     let c = h.next();
     assert!(matches!(c.kind, CompletionKind::Recv { result: Ok(None), more: false }), "{c:?}");
@@ -509,6 +598,168 @@ fn internal_entries_are_not_operations(f: Flavor) {
     assert!(started.elapsed() < Duration::from_millis(900), "{:?}", started.elapsed());
 }
 
+/// A gather send of several buffers: all its bytes, in order, and the buffers back unchanged.
+fn gather_send_arrives_in_order(f: Flavor) {
+    let Some(mut h) = H::new(f, config(f)) else { return };
+    let (s, mut client) = h.pair();
+    let bufs: SendBatch =
+        [&b"abc"[..], b"defg", b"hi"].into_iter().map(Bytes::from_static).collect();
+    let (result, back) = h.send(s, bufs.clone());
+    assert_eq!(result.expect("send"), 9);
+    assert_eq!(back, bufs);
+    let mut got = [0u8; 9];
+    client.read_exact(&mut got).expect("read");
+    assert_eq!(&got, b"abcdefghi");
+}
+
+/// A connect to a listener establishes a connection that carries bytes both ways.
+fn connect_to_a_listener(f: Flavor) {
+    let Some(mut h) = H::new(f, config(f)) else { return };
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = l.local_addr().expect("addr");
+    let (s, result) = h.connect(addr);
+    result.expect("connected");
+    let (mut peer, _) = l.accept().expect("accept");
+    let (result, _) = h.send(s, [Bytes::from_static(b"ping")].into_iter().collect());
+    assert_eq!(result.expect("send"), 4);
+    let mut got = [0u8; 4];
+    peer.read_exact(&mut got).expect("read");
+    assert_eq!(&got, b"ping");
+    peer.write_all(b"pong").expect("write");
+    let op = h.d.recv(s, 3);
+    assert_eq!(h.recv_exactly(3, 4), b"pong");
+    h.cancel_recv(op, 3);
+    h.d.close(s);
+}
+
+/// A connect to a port nobody listens on fails with `ConnectionRefused`.
+fn connect_refused(f: Flavor) {
+    let Some(mut h) = H::new(f, config(f)) else { return };
+    let addr = {
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr")
+    };
+    let (s, result) = h.connect(addr);
+    let e = result.expect_err("nobody listens");
+    assert_eq!(e.kind(), io::ErrorKind::ConnectionRefused, "{e}");
+    assert_eq!(h.d.in_flight(), 0);
+    h.d.close(s);
+}
+
+/// A recv armed after the peer sent and closed: the bytes, then the end, then nothing.
+fn peer_close_ends_the_recv(f: Flavor) {
+    let Some(mut h) = H::new(f, config(f)) else { return };
+    let (s, mut client) = h.pair();
+    client.write_all(b"bye").expect("write");
+    drop(client);
+    h.d.recv(s, 3);
+    assert_eq!(h.recv_exactly(3, 3), b"bye");
+    let c = h.next();
+    assert_eq!(c.owner, 3);
+    assert!(matches!(c.kind, CompletionKind::Recv { result: Ok(None), more: false }), "{c:?}");
+    assert_eq!(h.d.in_flight(), 0);
+    assert!(h.poll_pool_all_free(), "the end holds no buffer");
+    // Nothing more comes.
+    h.turn(Duration::from_millis(20));
+    assert!(h.ready.is_empty(), "{:?}", h.ready);
+    h.d.close(s);
+}
+
+/// Sending to a peer that has gone fails, sooner or later, with a broken pipe or a reset,
+/// and the buffers come back.
+fn send_to_a_closed_peer_fails(f: Flavor) {
+    let Some(mut h) = H::new(f, config(f)) else { return };
+    let (s, client) = h.pair();
+    client.shutdown(std::net::Shutdown::Both).expect("shutdown");
+    drop(client);
+    let start = Instant::now();
+    loop {
+        assert!(start.elapsed() < DEADLINE, "sending to a closed peer never failed");
+        match h.send(s, [Bytes::from_static(&[0u8; 4096])].into_iter().collect()) {
+            (Ok(_), _) => continue,
+            (Err(e), bufs) => {
+                assert_eq!(bufs.len(), 1);
+                assert!(
+                    matches!(e.kind(), io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset),
+                    "{e}"
+                );
+                break;
+            }
+        }
+    }
+}
+
+/// A pending recv cancelled twice ends once, with `ECANCELED`; cancelling it after its end
+/// does nothing.
+fn cancel_ends_the_recv(f: Flavor) {
+    let Some(mut h) = H::new(f, config(f)) else { return };
+    let (s, _client) = h.pair();
+    let op = h.d.recv(s, 9);
+    assert_eq!(h.d.in_flight(), 1);
+    // Let the recv find nothing to read first, so it really is pending.
+    h.turn(Duration::ZERO);
+    assert!(h.ready.is_empty(), "{:?}", h.ready);
+    h.d.cancel(op);
+    h.d.cancel(op);
+    let c = h.next();
+    assert_eq!(c.owner, 9);
+    let CompletionKind::Recv { result: Err(e), more: false } = c.kind else { panic!("{c:?}") };
+    assert!(is_cancelled(&e), "{e}");
+    assert_eq!(h.d.in_flight(), 0);
+    // Cancelling a finished operation does nothing.
+    h.d.cancel(op);
+    h.turn(Duration::ZERO);
+    assert!(h.ready.is_empty(), "{:?}", h.ready);
+}
+
+/// Unread bytes on a socket with no recv pending do not make `wait` return early.
+fn ready_socket_without_an_op_does_not_spin(f: Flavor) {
+    let Some(mut h) = H::new(f, config(f)) else { return };
+    let (_s, mut client) = h.pair();
+    client.write_all(b"unread").expect("write");
+    // Let the readable edge be seen with no recv pending.
+    h.turn(Duration::from_millis(10));
+    let start = Instant::now();
+    h.turn(Duration::from_millis(60));
+    assert!(h.ready.is_empty(), "{:?}", h.ready);
+    assert!(start.elapsed() >= Duration::from_millis(50), "wait returned early");
+}
+
+/// A recv cancelled while its socket still holds unread bytes (on poll: a socket capped by
+/// the fairness limit): once its end is in, `wait` blocks.
+fn cancelled_recv_on_a_capped_socket_does_not_spin(f: Flavor) {
+    let Some(mut h) = H::new(f, config(f)) else { return };
+    let (s, mut client) = h.pair();
+    fill(&mut client);
+    let op = h.d.recv(s, 3);
+    h.turn(Duration::from_secs(5));
+    assert!(!h.ready.is_empty());
+    h.release_ready();
+    h.cancel_recv(op, 3);
+    // Still readable, nothing pending: wait blocks.
+    h.turn(Duration::from_millis(10));
+    assert!(h.ready.is_empty(), "{:?}", h.ready);
+    let start = Instant::now();
+    h.turn(Duration::from_millis(60));
+    assert!(h.ready.is_empty(), "{:?}", h.ready);
+    assert!(start.elapsed() >= Duration::from_millis(50), "wait returned early");
+}
+
+/// A wake-up from another thread ends a `wait` without a timeout, whether it lands before
+/// or during the wait; again and again.
+fn waker_wakes_a_blocked_wait(f: Flavor) {
+    let Some(mut h) = H::new(f, config(f)) else { return };
+    for _ in 0..3 {
+        let waker = h.d.waker();
+        let t = std::thread::spawn(move || waker.wake());
+        let mut out = Vec::new();
+        h.d.wait(None, None, &mut out).expect("wait");
+        assert!(out.is_empty(), "{out:?}");
+        t.join().expect("waker thread");
+    }
+    assert_eq!(h.d.in_flight(), 0);
+}
+
 macro_rules! suite {
     ($($name:ident),* $(,)?) => {
         #[cfg(target_os = "linux")]
@@ -540,4 +791,13 @@ suite!(
     full_submission_and_completion_queues,
     idle_wait_blocks_after_many_wakes,
     internal_entries_are_not_operations,
+    gather_send_arrives_in_order,
+    connect_to_a_listener,
+    connect_refused,
+    peer_close_ends_the_recv,
+    send_to_a_closed_peer_fails,
+    cancel_ends_the_recv,
+    ready_socket_without_an_op_does_not_spin,
+    cancelled_recv_on_a_capped_socket_does_not_spin,
+    waker_wakes_a_blocked_wait,
 );

@@ -8,6 +8,9 @@
 
 #![allow(dead_code)]
 
+pub mod rooms;
+pub mod workers;
+
 use servercore::{Ctx, DisconnectReason, ServerService, Session, SessionHandle, SessionId};
 use std::collections::HashMap;
 use std::fmt::Display;
@@ -95,6 +98,30 @@ pub fn seed(test: &str) -> u64 {
 }
 
 // ----- polling with a deadline ---------------------------------------------------------
+
+/// Receives events (keeping them in `seen`) until `pick` accepts one; panics after
+/// `TIMEOUT`.
+pub fn wait_event<E: std::fmt::Debug, T>(
+    rx: &Receiver<E>,
+    seen: &mut Vec<E>,
+    what: &str,
+    mut pick: impl FnMut(&E) -> Option<T>,
+) -> T {
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(e) => {
+                let hit = pick(&e);
+                seen.push(e);
+                if let Some(t) = hit {
+                    return t;
+                }
+            }
+            Err(e) => panic!("waiting for {what}: {e:?}; events so far: {seen:#?}"),
+        }
+    }
+}
 
 /// Polls `cond` until it holds; panics with `what` (and the last observation) after
 /// `TIMEOUT`. The polling interval is a yield or a 1 ms nap, never the synchronisation.

@@ -1,0 +1,159 @@
+//! Shared helpers of the `rooms_*` tests: packets, the room server (`RoomServer`: enters
+//! the room on connect, relays chat to it, enters and leaves on request) and its protocol,
+//! and `Plain` sessions put in a room from the test thread.
+
+use super::workers::recv;
+use super::{any_port, connect, wait_until, Checks};
+use servercore::packet::{Framed, Packet, PacketSession, PacketWriter};
+use servercore::{
+    Ctx, DisconnectReason, Room, SendBuffer, ServerService, Session, SessionHandle, SessionId,
+};
+use std::io::Read;
+use std::sync::mpsc::{self, Receiver, Sender};
+
+/// One packet built in pooled memory.
+pub fn packet(id: u16, payload: &[u8]) -> SendBuffer {
+    let mut w = PacketWriter::with_capacity(id, payload.len());
+    w.put_slice(payload);
+    w.finish().expect("test packets fit")
+}
+
+/// The `u32` at byte `at` of `p` (little-endian), if there is one.
+pub fn u32_at(p: &[u8], at: usize) -> Option<u32> {
+    let bytes = p.get(at..at + 4)?;
+    Some(u32::from_le_bytes(bytes.try_into().ok()?))
+}
+
+/// Client -> server: relay this payload to the room.
+pub const C_CHAT: u16 = 1;
+/// Server -> client: a relayed payload.
+pub const S_CHAT: u16 = 2;
+/// Server -> client, once: "you are in the room"; payload = the server worker index (u32).
+pub const S_JOINED: u16 = 3;
+/// Client -> server: enter the room again (answered by `S_ENTERED`).
+pub const C_ENTER: u16 = 10;
+pub const S_ENTERED: u16 = 11;
+/// Client -> server: leave the room (answered by `S_LEFT`).
+pub const C_LEAVE: u16 = 12;
+pub const S_LEFT: u16 = 13;
+
+/// The server side of the room tests: enters the room on connect and says so; relays
+/// `C_CHAT` to the room; enters and leaves on request.
+pub struct RoomServer {
+    room: Room,
+    checks: Checks,
+}
+
+impl PacketSession for RoomServer {
+    fn on_connected(&mut self, ctx: &mut Ctx<'_>) {
+        self.checks.check(ctx.enter_room(&self.room), "the room belongs to this service");
+        // The enter is carried out right after this callback, before this reply is written:
+        // a client that has read S_JOINED is a member.
+        let _ = ctx.send(packet(S_JOINED, &(ctx.worker_index() as u32).to_le_bytes()));
+    }
+
+    fn on_packet(&mut self, ctx: &mut Ctx<'_>, p: Packet<'_>) {
+        match p.id {
+            C_CHAT => ctx.broadcast_room(&self.room, packet(S_CHAT, p.payload)).unwrap(),
+            C_ENTER => {
+                self.checks.check(ctx.enter_room(&self.room), "entering again on C_ENTER");
+                let _ = ctx.send(packet(S_ENTERED, &[]));
+            }
+            C_LEAVE => {
+                ctx.leave_room(&self.room);
+                let _ = ctx.send(packet(S_LEFT, &[]));
+            }
+            other => ctx.disconnect_with(DisconnectReason::Protocol(format!(
+                "unexpected packet id {other}"
+            ))),
+        }
+    }
+}
+
+/// Starts a service of `RoomServer`s; the test asserts the checks they made once it is shut down.
+pub fn room_server(
+    room: &Room,
+    builder: servercore::service::ServerBuilder,
+) -> (ServerService, Checks) {
+    let (room, checks) = (room.clone(), Checks::new());
+    let c = checks.clone();
+    let server = builder
+        .start(move || Framed::new(RoomServer { room: room.clone(), checks: c.clone() }))
+        .unwrap();
+    (server, checks)
+}
+
+#[derive(Debug)]
+pub enum PlainEv {
+    Connected(SessionHandle),
+    Disconnected(SessionId),
+    EnterResult(bool),
+}
+
+/// Reports its handle; ignores what it receives.
+pub struct Plain {
+    pub tx: Sender<PlainEv>,
+}
+
+impl Session for Plain {
+    fn on_connected(&mut self, ctx: &mut Ctx<'_>) {
+        let _ = self.tx.send(PlainEv::Connected(ctx.handle()));
+    }
+    fn on_recv(&mut self, _ctx: &mut Ctx<'_>, data: &[u8]) -> usize {
+        data.len()
+    }
+    fn on_disconnected(&mut self, ctx: &mut Ctx<'_>, _reason: &DisconnectReason) {
+        let _ = self.tx.send(PlainEv::Disconnected(ctx.id()));
+    }
+}
+
+pub fn read_exactly(c: &mut std::net::TcpStream, n: usize) -> Vec<u8> {
+    let mut buf = vec![0u8; n];
+    c.read_exact(&mut buf).expect("read from server");
+    buf
+}
+
+pub fn wait_room_len(room: &Room, n: usize) {
+    wait_until(&format!("room.len() == {n}"), || {
+        let len = room.len();
+        if len == n {
+            Ok(())
+        } else {
+            Err(format!("{len} members"))
+        }
+    });
+}
+
+/// A 2-worker server of [`Plain`] sessions, `n` clients connected, and a room that the test
+/// thread put all of them in.
+pub struct Members {
+    pub server: ServerService,
+    pub rx: Receiver<PlainEv>,
+    pub clients: Vec<std::net::TcpStream>,
+    pub handles: Vec<SessionHandle>,
+    pub room: Room,
+}
+
+pub fn plain_members(n: usize) -> Members {
+    let (tx, rx) = mpsc::channel();
+    let server = ServerService::builder(any_port())
+        .workers(2)
+        .reuse_port(false)
+        .start(move || Plain { tx: tx.clone() })
+        .unwrap();
+    let mut clients = Vec::new();
+    let mut handles = Vec::new();
+    for _ in 0..n {
+        clients.push(connect(server.local_addr()));
+        match recv(&rx, "on_connected") {
+            PlainEv::Connected(h) => handles.push(h),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    let room = Room::new();
+    for h in &handles {
+        room.enter(h).expect("connected");
+    }
+    wait_room_len(&room, n);
+    Members { server, rx, clients, handles, room }
+}
