@@ -1,9 +1,11 @@
 //! The user's side of a connection: the [`Session`] trait, the [`Ctx`] its callbacks get,
 //! and the [`SessionHandle`] that reaches a session from any thread.
 
+mod fanout;
 mod state;
 
-pub(crate) use state::{Core, Deferred, Local, State, TimerAction};
+pub(crate) use fanout::{Fanout, Members};
+pub(crate) use state::{Core, Local, State, TimerAction};
 
 use crate::buffer::SendBuffer;
 use crate::error::SendError;

@@ -2,11 +2,12 @@
 //! reach ([`Local`]): the send queue and its limits, disconnect requests, timers, and the
 //! room work a callback asks for. The worker's event loop (`crate::worker`) drives them.
 
+use super::fanout::Fanout;
 use super::{SessionFlags, SessionId};
 use crate::config::SessionConfig;
 use crate::driver::{OpId, SendBatch, SockId};
 use crate::error::SendError;
-use crate::mailbox::{RoomInner, WorkerRemote};
+use crate::mailbox::WorkerRemote;
 use crate::reason::DisconnectReason;
 use crate::registry::ServiceShared;
 use crate::telemetry::WorkerMetrics;
@@ -63,8 +64,6 @@ pub(crate) struct Core {
     pub(crate) in_flight: u32,
     pub(crate) queue: VecDeque<Bytes>,
     pub(crate) queued: usize,
-    /// Bytes of this session's own sends waiting in `Local::deferred` behind room work.
-    pub(crate) held: usize,
     /// An empty queue with capacity, swapped in when the queue goes to a send, so steady
     /// sending allocates nothing.
     pub(crate) spare: SendBatch,
@@ -108,8 +107,7 @@ impl Core {
     pub(crate) fn set_queued(&mut self, queued: usize) {
         self.queued = queued;
         if self.mirror_queued {
-            // Held own sends count too: handle sends must not be admitted past them.
-            self.flags.queued.store(queued + self.held, Ordering::Relaxed);
+            self.flags.queued.store(queued, Ordering::Relaxed);
         }
     }
 
@@ -128,8 +126,8 @@ pub(crate) struct Local {
     pub(crate) service: Weak<ServiceShared>,
     pub(crate) config: Arc<SessionConfig>,
     pub(crate) dirty: Vec<u64>,
-    /// Room operations asked for inside callbacks, carried out right after them.
-    pub(crate) deferred: Vec<Deferred>,
+    /// Room membership and fan-out on this worker, and the log of room work.
+    pub(crate) fanout: Fanout,
     pub(crate) timers: Timers<TimerAction>,
     /// The time at the start of this loop turn (a cheap clock for idle tracking).
     pub(crate) now: Instant,
@@ -139,44 +137,7 @@ pub(crate) struct Local {
     pub(crate) metrics: WorkerMetrics,
 }
 
-/// Work a callback asks for that touches other sessions of this worker.
-pub(crate) enum Deferred {
-    Enter(Arc<RoomInner>, u64),
-    Leave(u64, u64),
-    Broadcast(u64, Bytes),
-    /// A session's own send made while room work was pending: it goes out after that work.
-    Send(u64, Bytes),
-}
-
 impl Local {
-    /// Adds the session to `room` once the callback returns.
-    pub(crate) fn enter_room(&mut self, core: &Core, room: &Arc<RoomInner>) -> bool {
-        let Some(service) = self.service.upgrade() else { return false };
-        if !room.bind(service.id, service.workers.get().map_or(&[][..], Vec::as_slice)) {
-            return false;
-        }
-        self.deferred.push(Deferred::Enter(room.clone(), core.key));
-        true
-    }
-
-    pub(crate) fn leave_room(&mut self, core: &Core, room: u64) {
-        self.deferred.push(Deferred::Leave(room, core.key));
-    }
-
-    /// Posts the buffer to the other workers with members now, and queues it on this
-    /// worker's members right after the callback: one sender's broadcasts stay in order.
-    /// All or nothing: refused when another worker's inbox is over its budget.
-    pub(crate) fn broadcast_room(
-        &mut self,
-        room: &Arc<RoomInner>,
-        buf: Bytes,
-    ) -> Result<(), SendError> {
-        let me = self.remote.index;
-        room.post_to_workers(Some(me), &buf)?;
-        self.deferred.push(Deferred::Broadcast(room.id, buf));
-        Ok(())
-    }
-
     pub(crate) fn set_session_timer(
         &mut self,
         core: &Core,
@@ -207,46 +168,11 @@ impl Local {
         }
     }
 
-    /// A session's own send ([`Ctx::send`](crate::Ctx::send)).
-    ///
-    /// Room work asked for in this turn is carried out at its end; while some is pending,
-    /// the send waits behind it (its place under the limit reserved now), so that the
-    /// session's stream keeps the order in which things were asked for.
-    pub(crate) fn send_own(&mut self, core: &mut Core, buf: Bytes) -> Result<(), SendError> {
-        // A closing session has left its rooms (its farewell from `on_disconnected` must be
-        // in the queue before the flush is decided): nothing pending can concern it.
-        if self.deferred.is_empty() || core.state == State::Closing {
-            return self.queue_send(core, buf, false);
-        }
-        self.admit(core, buf.len(), true)?;
-        if !buf.is_empty() {
-            core.held += buf.len();
-            core.set_queued(core.queued); // the mirror counts held bytes too
-            self.deferred.push(Deferred::Send(core.key, buf));
-        }
-        Ok(())
-    }
-
-    /// Queues a held own send (see [`Self::send_own`]) once the room work before it is done.
-    /// It was accepted when it was made, so it goes in as if queued then: a disconnect
-    /// asked for since flushes it (graceful) or drops it with the rest of the queue.
-    pub(crate) fn push_held(&mut self, core: &mut Core, buf: Bytes) {
-        core.held -= buf.len();
-        if core.state == State::Closing && !core.flushing {
-            core.set_queued(core.queued);
-            return; // closed without a flush: the queue is dropped anyway
-        }
-        core.set_queued(core.queued + buf.len());
-        core.queue.push_back(buf);
-        self.metrics.buffers_out += 1;
-        self.mark_dirty(core);
-    }
-
     /// Queues bytes on a session; the send starts at the end of the loop turn.
     ///
     /// `admitted`: a send that already reserved its place under the limit (a
-    /// [`SessionHandle`](crate::SessionHandle) send under the Notify policy, or a held own
-    /// send), so it is never refused for the limit here.
+    /// [`SessionHandle`](crate::SessionHandle) send under the Notify policy), so it is never
+    /// refused for the limit here.
     pub(crate) fn queue_send(
         &mut self,
         core: &mut Core,
@@ -267,7 +193,12 @@ impl Local {
     /// Whether `len` more bytes may be queued on the session now: it must be accepting sends
     /// and, when `check_limit`, stay under the limit (counting places already reserved).
     /// A refusal for the limit applies the policy (disconnect, or congestion and notify).
-    fn admit(&mut self, core: &mut Core, len: usize, check_limit: bool) -> Result<(), SendError> {
+    pub(super) fn admit(
+        &mut self,
+        core: &mut Core,
+        len: usize,
+        check_limit: bool,
+    ) -> Result<(), SendError> {
         let accepting = match core.state {
             State::Open => core.close_request.is_none(),
             State::Closing => core.graceful,
@@ -284,13 +215,10 @@ impl Local {
         // Bytes of handle sends still in the inbox count too: they are the session's. The
         // number of buffers is bounded as well (one per `MIN_COUNTED` bytes of the limit):
         // a queue of one-byte buffers must not hold millions of entries, and the pooled
-        // chunks they keep alive (see `packet::writer`), under a limit counted in bytes.
+        // chunks they keep alive (see `buffer::pool`), under a limit counted in bytes.
         let reserved = core.flags.posted.load(Ordering::Acquire);
         let too_many = core.queue.len() >= limit / MIN_COUNTED;
-        if (notify && core.congested)
-            || too_many
-            || core.queued + core.held + reserved + len > limit
-        {
+        if (notify && core.congested) || too_many || core.queued + reserved + len > limit {
             if notify {
                 self.congest(core);
             } else {

@@ -12,7 +12,6 @@
 
 mod accept;
 mod connect;
-mod rooms;
 mod session_io;
 mod slots;
 
@@ -22,18 +21,19 @@ use crate::config::SendQueuePolicy;
 use crate::driver::{
     Completion, CompletionKind, Driver, Gather, OpId, RecvLease, SendBatch, SockId, MAX_IOVECS,
 };
-use crate::mailbox::{Command, RoomInner, WorkerRemote, INBOX_ENTRY};
+use crate::mailbox::{Command, WorkerRemote, INBOX_ENTRY};
 use crate::reason::DisconnectReason;
 use crate::registry::ServiceShared;
 use crate::session::{
-    Core, Ctx, Deferred, Local, Session, SessionFlags, SessionId, SessionJob, State, TimerAction,
+    Core, Ctx, Fanout, Local, Members, Session, SessionFlags, SessionId, SessionJob, State,
+    TimerAction,
 };
 use crate::sys;
 use crate::telemetry::WorkerMetrics;
 use crate::timer::{TimerId, Timers};
-use bytes::{Buf, Bytes};
+use bytes::Buf;
 use std::any::Any;
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::panic::{self, AssertUnwindSafe};
@@ -75,12 +75,6 @@ pub(crate) struct WorkerInit<S> {
     pub(crate) role: Role,
 }
 
-/// A room's members that live on this worker.
-struct LocalRoom {
-    room: Arc<RoomInner>,
-    members: Vec<u64>,
-}
-
 pub(crate) struct Worker<S: Session> {
     driver: Driver,
     rx: Receiver<Command>,
@@ -92,10 +86,6 @@ pub(crate) struct Worker<S: Session> {
     factory: Arc<dyn Fn() -> S + Send + Sync>,
     listeners: Vec<ListenerState>,
     connect_to: Option<SocketAddr>,
-    rooms: HashMap<u64, LocalRoom>,
-    scratch: rooms::RoomScratch,
-    /// Sessions here that are in two or more rooms (room batches keep program order then).
-    multi_room: usize,
     completions: Vec<Completion>,
     shutdown: Option<Instant>,
     accept_error_logged: bool,
@@ -160,7 +150,7 @@ impl<S: Session> Worker<S> {
                 notify_policy: config.send_queue_policy == SendQueuePolicy::Notify,
                 config,
                 dirty: Vec::new(),
-                deferred: Vec::new(),
+                fanout: Fanout::new(sys::switched_off("SERVERCORE_NO_ROOM_COALESCE")),
                 timers: Timers::new(),
                 now: Instant::now(),
                 metrics: WorkerMetrics::new(shared.name, shared.backend.name(), remote_index),
@@ -169,9 +159,6 @@ impl<S: Session> Worker<S> {
             factory,
             listeners,
             connect_to: role.connect_to,
-            rooms: HashMap::new(),
-            scratch: rooms::RoomScratch::new(),
-            multi_room: 0,
             completions: Vec::with_capacity(256),
             shutdown: None,
             accept_error_logged: false,
@@ -248,7 +235,7 @@ impl<S: Session> Worker<S> {
     /// sends are started first: they are most of its work.
     fn gather_window(&mut self) -> Option<Gather> {
         let max = self.local.config.broadcast_gather_max;
-        if !std::mem::take(&mut self.scratch.fanned_out) || self.shutdown.is_some() {
+        if !self.local.fanout.take_fanned_out() || self.shutdown.is_some() {
             return None;
         }
         if max.is_zero() {
@@ -259,6 +246,11 @@ impl<S: Session> Worker<S> {
         self.driver.submit().ok()?;
         let busy = Instant::now().saturating_duration_since(self.local.now);
         Some(Gather { window: busy.min(max) })
+    }
+
+    /// Carries out the room work logged so far (see `session::fanout`).
+    fn replay_room_work(&mut self) {
+        self.local.replay_room_work(&mut self.slots);
     }
 
     fn publish_metrics(&mut self) {
@@ -318,7 +310,6 @@ impl<S: Session> Worker<S> {
             in_flight: 0,
             queue: VecDeque::new(),
             queued: 0,
-            held: 0,
             spare: SendBatch::new(),
             dirty: false,
             close_request: None,
@@ -360,11 +351,19 @@ impl<S: Session> Worker<S> {
     }
 
     fn command(&mut self, cmd: Command) {
-        // A room broadcast joins this turn's room batch (applied by `flush_dirty`); anything
-        // else first applies the batch so far, so every session sees work in the order it
-        // reached this worker.
-        if !matches!(cmd, Command::RoomBroadcast { .. }) && !self.local.deferred.is_empty() {
-            self.run_deferred();
+        // Room work waiting in the log is carried out before a command that queues to
+        // sessions or closes them, so that every session sees work in the order it reached
+        // this worker (room work itself is logged, in order: see `session::fanout`).
+        let touches_sessions = matches!(
+            cmd,
+            Command::Send { .. }
+                | Command::Disconnect { .. }
+                | Command::Broadcast(_)
+                | Command::SessionJob { .. }
+                | Command::Shutdown { .. }
+        );
+        if touches_sessions && self.local.fanout.pending() {
+            self.replay_room_work();
         }
         match cmd {
             Command::Send { key, buf, admitted } => {
@@ -421,11 +420,11 @@ impl<S: Session> Worker<S> {
                     }
                 }
             }
-            Command::RoomEnter { room, key } => self.room_enter(room, key),
-            Command::RoomLeave { room, key } => self.room_leave(room, key),
+            Command::RoomEnter { room, key } => self.local.fanout.posted_enter(room, key),
+            Command::RoomLeave { room, key } => self.local.fanout.posted_leave(room, key),
             Command::RoomBroadcast { room, buf } => {
                 self.local.remote.release(buf.len() + INBOX_ENTRY);
-                self.local.deferred.push(Deferred::Broadcast(room, buf));
+                self.local.fanout.posted_broadcast(room, buf);
             }
         }
     }

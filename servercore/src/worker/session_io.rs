@@ -189,7 +189,7 @@ impl<S: Session> Worker<S> {
     /// Carries out disconnect requests and starts sends for every session touched this
     /// turn.
     pub(super) fn flush_dirty(&mut self) {
-        self.run_deferred();
+        self.replay_room_work();
         while !self.local.dirty.is_empty() {
             let dirty = std::mem::take(&mut self.local.dirty);
             for &key in &dirty {
@@ -221,7 +221,7 @@ impl<S: Session> Worker<S> {
                 self.start_send(key);
             }
             // Closing may have queued more (sends or room work from on_disconnected).
-            self.run_deferred();
+            self.replay_room_work();
             let mut dirty = dirty;
             dirty.clear();
             if self.local.dirty.is_empty() {
@@ -258,13 +258,10 @@ impl<S: Session> Worker<S> {
         core.notify_full = false;
         // Bytes accepted and not yet written are dropped unless the close flushes them: the
         // peer is reset then, and always when the server gives up on it (the reason says).
-        let unsent = !core.queue.is_empty() || core.send_op.is_some() || core.held > 0;
+        let unsent = core.queued > 0 || core.send_op.is_some();
         core.abort = !core.graceful && (reason.is_abortive() || unsent);
-        let rooms = std::mem::take(&mut core.rooms);
-        if rooms.len() >= 2 {
-            self.multi_room -= 1;
-        }
-        core.flushing = core.graceful && (!core.queue.is_empty() || core.send_op.is_some());
+        let rooms = local.leave_all_rooms(core);
+        core.flushing = core.graceful && (core.queued > 0 || core.send_op.is_some());
         for op in [core.recv_op, core.connect_op].into_iter().flatten() {
             self.driver.cancel(op);
         }
@@ -283,7 +280,7 @@ impl<S: Session> Worker<S> {
             self.stop_flushing(key);
         }
         for room in rooms {
-            self.remove_member(room, key);
+            self.local.remove_member(room, key);
         }
         self.try_finalize(key);
         if lost && was == State::Open {
@@ -301,7 +298,7 @@ impl<S: Session> Worker<S> {
             return;
         }
         core.flushing = false;
-        if !core.queue.is_empty() || core.send_op.is_some() || core.held > 0 {
+        if core.queued > 0 || core.send_op.is_some() {
             // A flush given up (deadline or error): those bytes will never go, and the
             // kernel must not keep what it holds for this peer either.
             tracing::debug!("{}: abandoning {} queued bytes; resetting", core.id, core.queued);
@@ -325,7 +322,7 @@ impl<S: Session> Worker<S> {
             return;
         }
         if core.flushing {
-            if !core.queue.is_empty() || core.send_op.is_some() {
+            if core.queued > 0 || core.send_op.is_some() {
                 return;
             }
             core.flushing = false;

@@ -37,3 +37,10 @@ pub(super) fn conn_of<S>(slots: &mut [Slot<S>], key: u64) -> Option<&mut Conn<S>
     }
     slot.conn.as_mut()
 }
+
+/// The room fan-out reaches sessions by key through the slots.
+impl<S: Session> Members for Vec<Slot<S>> {
+    fn core(&mut self, key: u64) -> Option<&mut Core> {
+        conn_of(self, key).map(|c| &mut c.core)
+    }
+}
