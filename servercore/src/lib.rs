@@ -218,6 +218,8 @@ mod timer;
 mod worker;
 
 pub use buffer::SendBuffer;
+#[doc(hidden)]
+pub use config::Diagnostics;
 pub use config::SendQueuePolicy;
 pub use config::SessionConfig;
 pub use driver::{Backend, BackendChoice};

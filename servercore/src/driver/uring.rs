@@ -52,10 +52,6 @@ const POOL_BIT: u32 = 1 << 31;
 /// Checks that io_uring can be used here: a ring can be created and every opcode this
 /// backend needs is supported.
 pub(crate) fn probe() -> Result<(), String> {
-    if std::env::var_os("SERVERCORE_TEST_DENY_IO_URING").is_some() {
-        // A hook for tests of the fallback: behave as a kernel that refuses io_uring.
-        return Err("io_uring_setup failed: denied by SERVERCORE_TEST_DENY_IO_URING".into());
-    }
     let ring = IoUring::new(8).map_err(|e| format!("io_uring_setup failed: {e}"))?;
     let mut probe = Probe::new();
     ring.submitter()

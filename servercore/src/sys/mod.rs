@@ -22,12 +22,6 @@ pub use seccomp::deny_io_uring; // testing aid: a seccomp filter refusing io_uri
 /// Listen backlog used for every listening socket.
 pub(crate) const LISTEN_BACKLOG: i32 = 4096;
 
-/// Whether the diagnostic switch `name` is set to `1` (see the README: they turn one
-/// technique off, so that the benchmark can measure what it brings).
-pub(crate) fn switched_off(name: &str) -> bool {
-    std::env::var_os(name).is_some_and(|v| v == "1")
-}
-
 /// Creates `n` listening sockets on `addr`: one plain listener when `n == 1`, else a
 /// `SO_REUSEPORT` group so that every worker owns a listener and the kernel spreads
 /// connections among them.

@@ -62,7 +62,7 @@ impl<S: Session> Worker<S> {
         if local_room.members.len() >= 2 {
             self.scratch.fanned_out = true;
         }
-        if local_room.members.len() >= 2 && !self.scratch.no_coalesce {
+        if local_room.members.len() >= 2 && !self.local.config.diagnostics.no_room_coalesce {
             crate::buffer::coalesce(bufs, segs);
         } else {
             segs.extend_from_slice(bufs);
@@ -200,14 +200,10 @@ pub(super) struct RoomScratch {
     segs: Vec<Bytes>,
     /// A broadcast went to two or more members since the last wait.
     pub(super) fanned_out: bool,
-    /// SERVERCORE_NO_ROOM_COALESCE=1: queue each broadcast buffer on each member as it is
-    /// (the benchmark's measure of what joining them brings).
-    no_coalesce: bool,
 }
 
 impl RoomScratch {
     pub(super) fn new() -> Self {
-        let no_coalesce = crate::sys::switched_off("SERVERCORE_NO_ROOM_COALESCE");
-        RoomScratch { no_coalesce, ..Default::default() }
+        RoomScratch::default()
     }
 }
