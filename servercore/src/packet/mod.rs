@@ -13,7 +13,7 @@ mod session;
 mod writer;
 
 pub use frame::*;
-pub use handlers::{HandlerResult, Handlers, UnknownPacket};
+pub use handlers::{BoxError, HandlerError, HandlerResult, Handlers, UnknownPacket};
 pub use session::{Framed, PacketSession};
 pub(crate) use writer::pooled_copy;
 pub use writer::*;
