@@ -32,21 +32,21 @@ impl ServerBuilder {
     }
 
     /// Most sessions at once (default 10,000). A connection over the cap is closed at once
-    /// and counted in [`ServiceStats::rejected`].
+    /// and counted in [`ServiceStats::rejected`](super::ServiceStats::rejected).
     pub fn max_sessions(mut self, n: usize) -> Self {
         self.max_sessions = n;
         self
     }
 
     /// Most sessions from one IP address at once (default: no limit). Connections over it
-    /// are closed at once and counted in [`ServiceStats::rejected`].
+    /// are closed at once and counted in [`ServiceStats::rejected`](super::ServiceStats::rejected).
     pub fn max_sessions_per_ip(mut self, n: usize) -> Self {
         self.per_ip = Some(n);
         self
     }
 
     /// Most connections accepted per second, service-wide (default: no limit). Connections
-    /// over the rate are closed at once and counted in [`ServiceStats::rejected`].
+    /// over the rate are closed at once and counted in [`ServiceStats::rejected`](super::ServiceStats::rejected).
     pub fn max_accept_rate(mut self, per_second: u32) -> Self {
         self.accept_rate = Some(per_second.max(1));
         self
