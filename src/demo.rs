@@ -42,7 +42,8 @@ pub fn run(args: DemoArgs) -> Result<ExitCode, String> {
     let tty = std::io::stdout().is_terminal();
     let mut b = ServerService::builder("127.0.0.1:0".parse().expect("valid address"))
         .max_sessions(args.sessions as usize + 16)
-        .backend(BackendChoice::Auto);
+        .backend(BackendChoice::Auto)
+        .diagnostics(crate::diagnostics_from_env());
     if let Some(w) = args.workers {
         b = b.workers(w.into());
     }

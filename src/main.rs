@@ -75,6 +75,22 @@ fn main() -> ExitCode {
     }
 }
 
+/// The diagnostic switches of the environment (README, "Backends"), each on when
+/// its variable is exactly `1`. The library reads none of these itself; every service the
+/// CLI starts gets them through its builder.
+pub fn diagnostics_from_env() -> servercore::Diagnostics {
+    let on = |name: &str| std::env::var_os(name).is_some_and(|v| v == "1");
+    servercore::Diagnostics {
+        uring_no_bufring: on("SERVERCORE_URING_NO_BUFRING"),
+        uring_no_defer_taskrun: on("SERVERCORE_URING_NO_DEFER_TASKRUN"),
+        uring_no_ext_arg: on("SERVERCORE_URING_NO_EXT_ARG"),
+        uring_no_multishot_poll: on("SERVERCORE_URING_NO_MULTISHOT_POLL"),
+        no_room_coalesce: on("SERVERCORE_NO_ROOM_COALESCE"),
+        // Testing aid (tests/backend_fallback.rs): behave as if the kernel refused io_uring.
+        deny_io_uring: on("SERVERCORE_TEST_DENY_IO_URING"),
+    }
+}
+
 /// Parses `host:port`, with a message a person can act on.
 fn parse_addr(s: &str) -> Result<SocketAddr, String> {
     use std::net::ToSocketAddrs;

@@ -41,7 +41,8 @@ fn start_metrics<const P: u16>(args: &ServerArgs<P>) -> Result<(), String> {
 pub fn builder<const P: u16>(args: &ServerArgs<P>) -> servercore::service::ServerBuilder {
     let mut b = ServerService::builder(args.addr)
         .max_sessions(args.max_sessions)
-        .backend(BackendChoice::Auto);
+        .backend(BackendChoice::Auto)
+        .diagnostics(crate::diagnostics_from_env());
     if let Some(w) = args.workers {
         b = b.workers(w.into());
     }

@@ -4,9 +4,9 @@
 //!
 //! The real refusal comes from a seccomp filter (`SERVERCORE_SECCOMP_DENY_IO_URING=1`, see
 //! `servercore::sys::deny_io_uring`) that the child installs first thing in `main`, as
-//! Docker's default profile refuses io_uring; the probe hook `SERVERCORE_TEST_DENY_IO_URING`
-//! is tested too. Installing the filter in the test process would poison it, hence CLI
-//! tests only.
+//! Docker's default profile refuses io_uring; the hook `SERVERCORE_TEST_DENY_IO_URING=1`
+//! (which the CLI turns into the library's `Diagnostics::deny_io_uring`) is tested too.
+//! Installing the filter in the test process would poison it, hence CLI tests only.
 //!
 //! The children's environment is set explicitly (`SERVERCORE_BACKEND`, the two deny
 //! switches and `RUST_LOG` removed unless a test sets them), so these tests mean the same
@@ -346,7 +346,7 @@ fn seccomp_refused_io_uring_starts_on_poll_and_says_why() {
         "expected io_uring_setup to fail with EPERM (os error 1), got {why:?}:\n{}",
         f.describe()
     );
-    assert!(!why.contains("SERVERCORE_TEST_DENY_IO_URING"), "the hook, not seccomp: {why:?}");
+    assert!(!why.contains("deny_io_uring"), "the hook, not seccomp: {why:?}");
 }
 
 #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
@@ -387,7 +387,7 @@ fn probe_hook_starts_on_poll_and_says_why() {
     let f = stop(server);
     let why = fallback_reason(&f);
     assert!(
-        why.contains("denied by SERVERCORE_TEST_DENY_IO_URING"),
+        why.contains("denied by Diagnostics::deny_io_uring"),
         "expected the hook as the reason, got {why:?}"
     );
 }
@@ -399,7 +399,7 @@ fn probe_hook_with_forced_io_uring_is_a_clean_error() {
         ("SERVERCORE_BACKEND", "io_uring"),
     ]);
     assert!(
-        f.stderr.contains("SERVERCORE_TEST_DENY_IO_URING"),
+        f.stderr.contains("denied by Diagnostics::deny_io_uring"),
         "expected the error to name the hook:\n{}",
         f.describe()
     );

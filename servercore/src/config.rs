@@ -1,5 +1,6 @@
 //! Per-session limits and options shared by both service kinds.
 
+pub use crate::driver::Diagnostics;
 use std::time::Duration;
 
 /// Options every session of a service gets. Every limit bounds what a remote peer can make
@@ -74,6 +75,10 @@ pub struct SessionConfig {
     /// affected, and the order of everything is kept. Kernels without IORING_FEAT_EXT_ARG
     /// (before 5.11) do not gather. Set it to zero to favour latency over CPU.
     pub broadcast_gather_max: Duration,
+    /// Techniques switched off for diagnosis and benchmarking (not part of the documented
+    /// API): see [`Diagnostics`].
+    #[doc(hidden)]
+    pub diagnostics: Diagnostics,
 }
 
 impl Default for SessionConfig {
@@ -91,6 +96,7 @@ impl Default for SessionConfig {
             connect_timeout: Duration::from_secs(10),
             broadcast_gather_max: Duration::from_millis(10),
             max_worker_inbox: 64 << 20,
+            diagnostics: Diagnostics::default(),
         }
     }
 }

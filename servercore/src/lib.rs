@@ -61,12 +61,18 @@
 //! use servercore::packet::{self, Framed, Handlers, Packet, PacketSession, PacketWriter};
 //! use servercore::{Ctx, ServerService};
 //! use std::io::{Read, Write};
-//! use std::sync::{Arc, OnceLock};
+//! use std::sync::OnceLock;
 //!
 //! const C_ADD: u16 = 10; // payload: two u32
 //! const S_SUM: u16 = 11; // payload: one u32
 //!
-//! struct Calc { handlers: Arc<Handlers<Calc>> }
+//! struct Calc { handlers: &'static Handlers<Calc> }
+//!
+//! /// One table per process, indexed by id; sessions hold a plain reference to it.
+//! fn handlers() -> &'static Handlers<Calc> {
+//!     static TABLE: OnceLock<Handlers<Calc>> = OnceLock::new();
+//!     TABLE.get_or_init(|| Handlers::new().on(C_ADD, add))
+//! }
 //!
 //! fn add(_me: &mut Calc, ctx: &mut Ctx<'_>, p: &[u8]) -> Result<(), String> {
 //!     let [a0, a1, a2, a3, b0, b1, b2, b3] = *p else { return Err("need 8 bytes".into()) };
@@ -78,14 +84,13 @@
 //!
 //! impl PacketSession for Calc {
 //!     fn on_packet(&mut self, ctx: &mut Ctx<'_>, packet: Packet<'_>) {
-//!         let h = self.handlers.clone();
+//!         let h = self.handlers; // `Copy`: lends `self` to the handler, no reference count
 //!         h.dispatch(self, ctx, packet); // unknown ids disconnect with a protocol error
 //!     }
 //! }
 //!
-//! let handlers = Arc::new(Handlers::new().on(C_ADD, add));
 //! let server = ServerService::builder("127.0.0.1:0".parse().unwrap())
-//!     .start(move || Framed::new(Calc { handlers: handlers.clone() }))?;
+//!     .start(|| Framed::new(Calc { handlers: handlers() }))?;
 //! let mut conn = std::net::TcpStream::connect(server.local_addr())?;
 //! let mut req = 2u32.to_le_bytes().to_vec();
 //! req.extend_from_slice(&40u32.to_le_bytes());
@@ -221,6 +226,8 @@ mod timer;
 mod worker;
 
 pub use buffer::SendBuffer;
+#[doc(hidden)]
+pub use config::Diagnostics;
 pub use config::SendQueuePolicy;
 pub use config::SessionConfig;
 pub use driver::{Backend, BackendChoice};

@@ -10,8 +10,9 @@ use std::path::{Path, PathBuf};
 /// Bottom to top. A module may use the modules of the layers before its own.
 const LAYERS: &[&[&str]] = &[
     &["sys"],
-    &["buffer", "config", "error", "reason", "timer"],
+    &["buffer", "error", "reason", "timer"],
     &["driver", "telemetry"],
+    &["config"],
     &["mailbox"],
     &["registry"],
     &["session"],

@@ -5,8 +5,10 @@
 
 mod common;
 
-use common::{any_port, connect, read_to_end, roundtrip, wait_until, Checks, Rng};
-use servercore::sys::open_fd_count;
+use common::{
+    any_port, connect, open_fd_count, read_to_end, roundtrip, set_linger_zero, wait_until, Checks,
+    Rng,
+};
 use servercore::{ClientService, Ctx, DisconnectReason, ServerService, Session};
 use std::io::{Read, Write};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -122,7 +124,7 @@ fn sessions_and_fds_return_to_start_after_2000_cycles() {
                         1 => {
                             // Reset by the client after a round trip.
                             roundtrip(&mut c, b"rst");
-                            servercore::sys::set_linger_zero(&c).unwrap();
+                            set_linger_zero(&c).unwrap();
                         }
                         2 => {
                             // The server closes; the client sees the end of the stream.
@@ -133,7 +135,7 @@ fn sessions_and_fds_return_to_start_after_2000_cycles() {
                         }
                         3 => {
                             // Reset before the server may even have accepted.
-                            servercore::sys::set_linger_zero(&c).unwrap();
+                            set_linger_zero(&c).unwrap();
                         }
                         _ => {
                             // Closed before any byte was exchanged.
@@ -243,7 +245,7 @@ fn sessions_and_fds_return_to_start_after_2000_cycles() {
                     };
                     served += usize::from(ok);
                     if rng.one_in(2) {
-                        servercore::sys::set_linger_zero(&c).unwrap();
+                        set_linger_zero(&c).unwrap();
                     }
                     drop(c);
                 }

@@ -111,7 +111,7 @@ fn reset_by_peer_is_reported_as_reset() {
     let mut c = connect(server.local_addr());
     roundtrip(&mut c, b"abc");
     let (id, handle) = log.next_connected();
-    servercore::sys::set_linger_zero(&c).unwrap();
+    common::set_linger_zero(&c).unwrap();
     drop(c); // RST
     assert_eq!(log.disconnected(id), DisconnectReason::Reset);
     assert!(!handle.is_connected());

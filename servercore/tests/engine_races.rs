@@ -56,7 +56,7 @@ fn act(mode: Mode, mut c: TcpStream, h: SessionHandle) -> Option<TcpStream> {
     match mode {
         Mode::ClientClose => drop(c),
         Mode::ClientReset => {
-            servercore::sys::set_linger_zero(&c).unwrap();
+            common::set_linger_zero(&c).unwrap();
             drop(c);
         }
         Mode::HandleDisconnect => {
@@ -79,7 +79,7 @@ fn act(mode: Mode, mut c: TcpStream, h: SessionHandle) -> Option<TcpStream> {
                 let _ = h.send(vec![9u8; 512 * 1024]);
                 let _ = h.disconnect("race");
             });
-            servercore::sys::set_linger_zero(&c).unwrap();
+            common::set_linger_zero(&c).unwrap();
             drop(c);
             t.join().unwrap();
         }

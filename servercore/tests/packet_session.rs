@@ -444,11 +444,11 @@ struct Player {
     sum: u64,
 }
 
-fn echo(_: &mut Player, ctx: &mut Ctx<'_>, payload: &[u8]) -> HandlerResult {
+fn echo(_: &mut Player, ctx: &mut Ctx<'_>, payload: &[u8]) -> Result<(), String> {
     ctx.send(packet(100 + H_ECHO, payload)).map_err(|e| e.to_string())
 }
 
-fn add(p: &mut Player, ctx: &mut Ctx<'_>, mut payload: &[u8]) -> HandlerResult {
+fn add(p: &mut Player, ctx: &mut Ctx<'_>, mut payload: &[u8]) -> Result<(), String> {
     if payload.remaining() != 4 {
         return Err(format!("add needs 4 bytes, got {}", payload.remaining()));
     }
@@ -461,7 +461,7 @@ fn handlers(policy: UnknownPacket) -> Handlers<Player> {
         .on(H_ECHO, echo)
         .on(H_ADD, add)
         .on(H_FAIL, |_, _, _| Err("always fails".to_string()))
-        .on(H_PANIC, |_, _, _| panic!("handler panicked on purpose"))
+        .on(H_PANIC, |_, _, _| -> HandlerResult { panic!("handler panicked on purpose") })
         .unknown(policy)
 }
 

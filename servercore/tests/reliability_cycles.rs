@@ -10,8 +10,7 @@
 
 mod common;
 
-use common::{any_port, wait_until};
-use servercore::sys::{open_fd_count, set_linger_zero};
+use common::{any_port, open_fd_count, set_linger_zero, wait_until};
 use servercore::{Ctx, DisconnectReason, ServerService, Session};
 use std::collections::HashMap;
 use std::io::{Read, Write};

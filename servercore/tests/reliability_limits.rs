@@ -4,8 +4,9 @@
 
 mod common;
 
-use common::{any_port, connect, read_to_end, recorder, roundtrip, End, Hooks, TIMEOUT};
-use servercore::sys::set_linger_zero;
+use common::{
+    any_port, connect, read_to_end, recorder, roundtrip, set_linger_zero, End, Hooks, TIMEOUT,
+};
 use servercore::{Ctx, DisconnectReason, ServerService, Session, SessionConfig};
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};

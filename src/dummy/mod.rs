@@ -173,6 +173,7 @@ pub fn run_load(plan: &LoadPlan) -> Result<Report, String> {
     let mut builder = ClientService::builder(plan.addr)
         .sessions(if ramping { 0 } else { plan.sessions })
         .backend(BackendChoice::Auto)
+        .diagnostics(crate::diagnostics_from_env())
         .connect_timeout(Duration::from_secs(10));
     if let Some(w) = plan.workers {
         builder = builder.workers(w);

@@ -3,7 +3,7 @@
 
 use servercore::packet::{Framed, Handlers, Packet, PacketSession, PacketWriter};
 use servercore::{Ctx, Room};
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 
 /// Client to server: a chat message.
 pub const C_CHAT: u16 = 1;
@@ -13,12 +13,12 @@ pub const S_CHAT: u16 = 2;
 /// One chat participant; all share the one room.
 pub struct ChatSession {
     room: Room,
-    handlers: Arc<Handlers<ChatSession>>,
+    handlers: &'static Handlers<ChatSession>,
 }
 
-fn handlers() -> Arc<Handlers<ChatSession>> {
-    static TABLE: OnceLock<Arc<Handlers<ChatSession>>> = OnceLock::new();
-    TABLE.get_or_init(|| Arc::new(Handlers::new().on(C_CHAT, ChatSession::on_chat))).clone()
+fn handlers() -> &'static Handlers<ChatSession> {
+    static TABLE: OnceLock<Handlers<ChatSession>> = OnceLock::new();
+    TABLE.get_or_init(|| Handlers::new().on(C_CHAT, ChatSession::on_chat))
 }
 
 impl ChatSession {
@@ -27,10 +27,7 @@ impl ChatSession {
         let room = Room::new();
         let handlers = handlers();
         move || {
-            Framed::with_max_packet_size(
-                ChatSession { room: room.clone(), handlers: handlers.clone() },
-                max_packet,
-            )
+            Framed::with_max_packet_size(ChatSession { room: room.clone(), handlers }, max_packet)
         }
     }
 
@@ -53,7 +50,7 @@ impl PacketSession for ChatSession {
     }
 
     fn on_packet(&mut self, ctx: &mut Ctx<'_>, packet: Packet<'_>) {
-        let handlers = self.handlers.clone();
+        let handlers = self.handlers; // a plain reference: no reference count per packet
         handlers.dispatch(self, ctx, packet);
     }
 }

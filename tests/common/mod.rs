@@ -192,9 +192,11 @@ impl Drop for Proc {
     }
 }
 
-/// The backend `SERVERCORE_BACKEND` forces on this test run, if any.
+/// The backend `SERVERCORE_BACKEND` forces on this test run, if any (diagnostic switches
+/// after a colon do not change it).
 pub fn forced_backend() -> Option<&'static str> {
-    match std::env::var("SERVERCORE_BACKEND").ok().as_deref() {
+    let spec = std::env::var("SERVERCORE_BACKEND").ok();
+    match spec.as_deref().map(|s| s.split_once(':').map_or(s, |(name, _)| name)) {
         Some("io_uring") => Some("io_uring"),
         Some("poll") => Some("poll"),
         _ => None,

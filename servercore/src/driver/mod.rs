@@ -60,6 +60,8 @@ mod poll;
 #[cfg(target_os = "linux")]
 mod uring;
 
+mod diagnostics;
+pub use diagnostics::Diagnostics;
 mod select;
 pub use select::{Backend, BackendChoice};
 mod wake;
@@ -90,20 +92,20 @@ pub(crate) struct DriverConfig {
 }
 
 impl Default for DriverConfig {
-    /// The worker's sizes; the diagnostic switches are read from the environment.
+    /// The worker's sizes, every technique on.
     fn default() -> Self {
         DriverConfig {
             recv_buffers: 1024,
             recv_buffer_size: 4096,
             sq_entries: 1024,
-            uring_off: UringSwitches::from_env(),
+            uring_off: UringSwitches::default(),
         }
     }
 }
 
-/// io_uring techniques to do without, as on kernels that lack them. Each is also a
-/// diagnostic switch of the environment (README), `SERVERCORE_URING_NO_...=1`.
-#[derive(Debug, Clone, Copy, Default)]
+/// io_uring techniques to do without (`true`: off), as on kernels that lack them; set from
+/// a service's [`Diagnostics`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(crate) struct UringSwitches {
     /// No provided-buffer ring: single-shot receives into a pool (before 5.19).
     pub bufring: bool,
@@ -113,19 +115,6 @@ pub(crate) struct UringSwitches {
     pub ext_arg: bool,
     /// No multishot POLL_ADD for the wake-up eventfd (before 5.13): re-armed each time.
     pub multishot_poll: bool,
-}
-
-impl UringSwitches {
-    /// The switches set in the environment.
-    pub(crate) fn from_env() -> Self {
-        use crate::sys::switched_off;
-        UringSwitches {
-            bufring: switched_off("SERVERCORE_URING_NO_BUFRING"),
-            defer_taskrun: switched_off("SERVERCORE_URING_NO_DEFER_TASKRUN"),
-            ext_arg: switched_off("SERVERCORE_URING_NO_EXT_ARG"),
-            multishot_poll: switched_off("SERVERCORE_URING_NO_MULTISHOT_POLL"),
-        }
-    }
 }
 
 /// A request to `wait` to gather: return at the end of `window` (or the timeout, if

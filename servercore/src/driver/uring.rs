@@ -44,18 +44,15 @@ const WAKE_UD: u64 = WAKE_SLOT as u64;
 /// Waits in a row in which queued entries could not be handed to the kernel and nothing
 /// completed, after which the ring counts as broken (the error ends the worker).
 const STALL_LIMIT: u32 = 1000;
-/// Completions in one turn from which the driver asks the kernel for the rest at once.
-const DRAIN_THRESHOLD: usize = 16;
+/// Completions in one fan-out turn from which the driver asks the kernel for the rest at
+/// once (`reap_all_deferred`).
+const BUSY_TURN: usize = 16;
 /// Lease ids with this bit name a pool buffer; others a buffer-ring buffer id.
 const POOL_BIT: u32 = 1 << 31;
 
 /// Checks that io_uring can be used here: a ring can be created and every opcode this
 /// backend needs is supported.
 pub(crate) fn probe() -> Result<(), String> {
-    if std::env::var_os("SERVERCORE_TEST_DENY_IO_URING").is_some() {
-        // A hook for tests of the fallback: behave as a kernel that refuses io_uring.
-        return Err("io_uring_setup failed: denied by SERVERCORE_TEST_DENY_IO_URING".into());
-    }
     let ring = IoUring::new(8).map_err(|e| format!("io_uring_setup failed: {e}"))?;
     let mut probe = Probe::new();
     ring.submitter()
@@ -195,9 +192,9 @@ pub(crate) struct UringDriver {
     #[cfg(test)]
     pub(crate) fail_submit: Option<i32>,
     multishot_accept: bool,
-    /// A gathering wait may ask again for the rest after a busy wait (DEFER_TASKRUN with
-    /// EXT_ARG).
-    drain: bool,
+    /// The kernel hands deferred completions out in bounded batches (DEFER_TASKRUN) and an
+    /// enter can ask for all of them without waiting (EXT_ARG): see `reap_all_deferred`.
+    deferred_in_batches: bool,
     dropping: bool,
     /// Completions produced outside `wait` (a cancelled receive that was not armed),
     /// handed out by the next `wait`.
@@ -262,7 +259,7 @@ impl UringDriver {
             #[cfg(test)]
             fail_submit: None,
             multishot_accept: true,
-            drain: defer_taskrun && ext_arg,
+            deferred_in_batches: defer_taskrun && ext_arg,
             dropping: false,
             backlog: Vec::new(),
             cqes: Vec::with_capacity(256),
@@ -619,6 +616,29 @@ impl UringDriver {
         out: &mut Vec<Completion>,
     ) -> io::Result<()> {
         out.append(&mut self.backlog);
+        let flushed = self.prepare_wait()?;
+        // Completions already in hand, or entries the kernel did not take (reap first):
+        // only submit and collect what else is ready.
+        let timeout = if out.is_empty() && flushed { timeout } else { Some(Duration::ZERO) };
+        let (timeout, want, gathering) = self.plan_wait(timeout, gather);
+        self.enter(timeout, want)?;
+        let before = out.len();
+        self.reap(out);
+        if let Some(key) = self.timer.take() {
+            // The wait ended for another reason: the timer must not end a later one.
+            self.cancel_ud(timer_ud(key));
+        }
+        // A busy fan-out turn that did not gather (see `reap_all_deferred`).
+        if gather.is_some() && !gathering && out.len() - before >= BUSY_TURN {
+            self.reap_all_deferred(out)?;
+        }
+        self.check_stalled(out.len() > before)
+    }
+
+    /// What a wait does before entering the kernel: re-arms the wake-up poll and starved
+    /// receives, publishes returned ring buffers, and hands queued entries to the kernel.
+    /// Returns whether every queued entry went in.
+    fn prepare_wait(&mut self) -> io::Result<bool> {
         if let Some(e) = self.submit_error.take() {
             return Err(e);
         }
@@ -639,12 +659,19 @@ impl UringDriver {
             }
         }
         let flushed = self.flush_overflow();
-        if let Some(e) = self.submit_error.take() {
-            return Err(e);
+        match self.submit_error.take() {
+            Some(e) => Err(e),
+            None => Ok(flushed),
         }
-        // Completions already in hand, or entries the kernel did not take (reap first):
-        // only submit and collect what else is ready.
-        let mut timeout = if out.is_empty() && flushed { timeout } else { Some(Duration::ZERO) };
+    }
+
+    /// The timeout and the number of completions to wait for, and whether this wait
+    /// gathers. Without EXT_ARG the timeout becomes a TIMEOUT entry (armed here).
+    fn plan_wait(
+        &mut self,
+        mut timeout: Option<Duration>,
+        gather: Option<Gather>,
+    ) -> (Option<Duration>, usize, bool) {
         let mut want = 1;
         // Without EXT_ARG (before 5.11) the timeout is a TIMEOUT operation, whose one
         // completion would not end a wait for many: such kernels do not gather.
@@ -656,8 +683,9 @@ impl UringDriver {
             // Also stop before receives could take half the buffer ring (ENOBUFS would
             // end multishot receives, to be re-armed).
             let cq = self.ring.params().cq_entries() as usize;
-            let more = self.bufring.as_ref().map_or(self.sq_entries as usize, |b| b.count() / 2);
-            want = (self.ring.completion().len() + more.max(1)).min(cq);
+            let headroom =
+                self.bufring.as_ref().map_or(self.sq_entries as usize, |b| b.count() / 2);
+            want = (self.ring.completion().len() + headroom.max(1)).min(cq);
         }
         if !self.ext_arg {
             if let Some(d) = timeout.filter(|d| !d.is_zero()) {
@@ -667,6 +695,12 @@ impl UringDriver {
                 }
             }
         }
+        (timeout, want, gathering.is_some())
+    }
+
+    /// Submits and waits for `want` completions or the timeout (`None`: no timeout; zero:
+    /// do not wait). A wait cut short (timeout, signal, busy completion queue) is no error.
+    fn enter(&mut self, timeout: Option<Duration>, want: usize) -> io::Result<()> {
         #[cfg(test)]
         if let Some(errno) = self.fail_submit {
             return Err(io::Error::from_raw_os_error(errno));
@@ -681,53 +715,49 @@ impl UringDriver {
             Some(d) if d.is_zero() => self.ring.submit(),
             Some(_) => self.ring.submit_and_wait(want),
         };
-        match result {
+        match result.map_err(|e| (e.raw_os_error(), e)) {
+            Ok(_) => Ok(()),
+            Err((Some(libc::ETIME | libc::EINTR | libc::EBUSY | libc::EAGAIN), _)) => Ok(()),
+            Err((_, e)) => Err(e),
+        }
+    }
+
+    /// With DEFER_TASKRUN, one enter runs only a bounded batch of deferred completions
+    /// (20 on recent kernels, unless more are asked for; a gathering wait asks for more).
+    /// After a busy fan-out turn that did not gather, this asks once more, without waiting,
+    /// for everything that is ready, so that the fan-out sees all ready sockets rather than
+    /// 20. Other turns do not: for echo-like work, smaller turns cost less (BENCHMARKS.md).
+    fn reap_all_deferred(&mut self, out: &mut Vec<Completion>) -> io::Result<()> {
+        if !self.deferred_in_batches {
+            return Ok(());
+        }
+        let ts = types::Timespec::new();
+        let args = types::SubmitArgs::new().timespec(&ts);
+        let want = self.ring.params().cq_entries() as usize;
+        match self.ring.submitter().submit_with_args(want, &args) {
             Ok(_) => {}
             Err(e) => match e.raw_os_error() {
-                Some(libc::ETIME) | Some(libc::EINTR) | Some(libc::EBUSY) | Some(libc::EAGAIN) => {}
+                Some(libc::ETIME) | Some(libc::EINTR) | Some(libc::EBUSY) => {}
                 _ => return Err(e),
             },
         }
-        let before = out.len();
         self.reap(out);
-        if let Some(key) = self.timer.take() {
-            // The wait ended for another reason: the timer must not end a later one.
-            self.cancel_ud(timer_ud(key));
-        }
-        // With DEFER_TASKRUN, one enter runs only a bounded batch of deferred completions
-        // (20 on recent kernels, unless more are asked for; a gathering wait asks for
-        // more). A busy gathering turn with no window asks once more, without waiting, for
-        // everything that is ready, so that a fan-out sees all ready sockets rather than 20.
-        // Other turns do not: for echo-like work, smaller turns cost less (see BENCHMARKS.md).
-        if self.drain
-            && gather.is_some()
-            && gathering.is_none()
-            && out.len() - before >= DRAIN_THRESHOLD
-        {
-            let ts = types::Timespec::new();
-            let args = types::SubmitArgs::new().timespec(&ts);
-            let want = self.ring.params().cq_entries() as usize;
-            match self.ring.submitter().submit_with_args(want, &args) {
-                Ok(_) => {}
-                Err(e) => match e.raw_os_error() {
-                    Some(libc::ETIME) | Some(libc::EINTR) | Some(libc::EBUSY) => {}
-                    _ => return Err(e),
-                },
-            }
-            self.reap(out);
-        }
-        // Entries the kernel keeps refusing while nothing completes: a broken ring, not
-        // a busy one (a backed-up completion queue drains as it is reaped).
-        if !self.overflow.is_empty() && out.len() == before {
-            self.stalled += 1;
-            if self.stalled >= STALL_LIMIT {
-                return Err(io::Error::other(format!(
-                    "io_uring: the kernel took none of {} queued submissions in {STALL_LIMIT} waits",
-                    self.overflow.len()
-                )));
-            }
-        } else {
+        Ok(())
+    }
+
+    /// Entries the kernel keeps refusing while nothing completes: a broken ring, not a
+    /// busy one (a backed-up completion queue drains as it is reaped).
+    fn check_stalled(&mut self, reaped: bool) -> io::Result<()> {
+        if self.overflow.is_empty() || reaped {
             self.stalled = 0;
+            return Ok(());
+        }
+        self.stalled += 1;
+        if self.stalled >= STALL_LIMIT {
+            return Err(io::Error::other(format!(
+                "io_uring: the kernel took none of {} queued submissions in {STALL_LIMIT} waits",
+                self.overflow.len()
+            )));
         }
         Ok(())
     }
@@ -785,11 +815,12 @@ impl UringDriver {
             tracing::debug!("io_uring completion of no current operation ({id:?}): ignored");
             return;
         }
-        let more = cqueue::more(flags);
+        // The kernel keeps a multishot operation armed after this completion.
+        let armed = cqueue::more(flags);
         let owner = self.ops[key].owner;
         let err = || io::Error::from_raw_os_error(-res);
         if let OpState::Accept { fd, multishot } = self.ops[key].state {
-            if multishot && res == -libc::EINVAL && !more {
+            if multishot && res == -libc::EINVAL && !armed {
                 // Kernel without multishot accept (before 5.19): single-shot from now on.
                 tracing::info!("multishot accept unsupported; using single-shot accept");
                 self.multishot_accept = false;
@@ -799,7 +830,7 @@ impl UringDriver {
                     return;
                 }
             }
-            let more = multishot && more;
+            let more = multishot && armed;
             let result = if res >= 0 {
                 // SAFETY: a successful accept's result is a new fd that nobody else owns.
                 Ok(TcpStream::from(unsafe { OwnedFd::from_raw_fd(res) }))
@@ -812,9 +843,8 @@ impl UringDriver {
             out.push(Completion { owner, kind: CompletionKind::Accept { result, more } });
             return;
         }
-        if let OpState::Recv { fd, multishot, buf, cancelled } = self.ops[key].state {
-            self.complete_recv(key, owner, fd, multishot, buf, cancelled, res, flags, out);
-            return;
+        if let OpState::Recv { .. } = self.ops[key].state {
+            return self.complete_recv(key, res, flags, out);
         }
         let op = self.ops.remove(key);
         let kind = match op.state {
@@ -837,47 +867,23 @@ impl UringDriver {
 }
 
 impl UringDriver {
-    /// One completion of a standing receive.
+    /// One completion of the standing receive in slot `key`.
     ///
     /// A standing receive is re-armed after each chunk the kernel ends it with, unless it
     /// was cancelled (or the driver is going away): then that chunk is its final
     /// completion (`more == false`), so a cancel always ends it even while bytes keep
     /// arriving.
-    #[allow(clippy::too_many_arguments)]
-    fn complete_recv(
-        &mut self,
-        key: usize,
-        owner: u64,
-        fd: i32,
-        multishot: bool,
-        buf: Option<u32>,
-        cancelled: bool,
-        res: i32,
-        flags: u32,
-        out: &mut Vec<Completion>,
-    ) {
+    fn complete_recv(&mut self, key: usize, res: i32, flags: u32, out: &mut Vec<Completion>) {
+        let owner = self.ops[key].owner;
+        let OpState::Recv { multishot, buf, cancelled, .. } = self.ops[key].state else {
+            unreachable!("complete_recv of a receive")
+        };
         let stop = cancelled || self.dropping;
-        let kernel_more = multishot && cqueue::more(flags);
+        // The kernel keeps this multishot receive armed after this completion.
+        let armed = multishot && cqueue::more(flags);
         if res > 0 {
-            let lease = if multishot {
-                let Some(bid) = cqueue::buffer_select(flags) else {
-                    tracing::error!("multishot receive completed without a buffer id");
-                    return;
-                };
-                RecvLease { buf: u32::from(bid), len: res as u32 }
-            } else {
-                let Some(index) = buf else { return };
-                RecvLease { buf: index | POOL_BIT, len: res as u32 }
-            };
-            let more = if kernel_more {
-                true
-            } else if stop {
-                self.ops.remove(key);
-                false
-            } else {
-                self.push_recv(key); // keep receiving
-                true
-            };
+            let Some(lease) = recv_lease(multishot, buf, res, flags) else { return };
+            let more = armed || self.rearm_recv(key, stop);
             out.push(Completion {
                 owner,
                 kind: CompletionKind::Recv { result: Ok(Some(lease)), more },
@@ -887,22 +893,10 @@ impl UringDriver {
         if let Some(index) = buf {
             self.pool_free.push(index);
         }
-        if kernel_more {
+        if armed {
             return; // an empty, non-final completion carries nothing
         }
-        if multishot && !stop && res == -libc::ENOBUFS {
-            // Every buffer is in use: re-armed at the next wait, after the worker has given
-            // buffers back. The bytes wait in the socket meanwhile.
-            self.starved.push(key);
-            return;
-        }
-        if multishot && !stop && res == -libc::EINVAL {
-            // A kernel without multishot receive (before 6.0): single-shot from now on. The
-            // ring stays registered (and alive) until the io_uring closes.
-            tracing::info!("multishot receive unsupported; using single-shot receives");
-            self.multishot_recv = false;
-            self.ops[key].state = OpState::Recv { fd, multishot: false, buf: None, cancelled };
-            self.push_recv(key);
+        if multishot && !stop && self.retry_multishot_recv(key, res) {
             return;
         }
         self.ops.remove(key);
@@ -914,6 +908,56 @@ impl UringDriver {
             e => Err(io::Error::from_raw_os_error(-e)),
         };
         out.push(Completion { owner, kind: CompletionKind::Recv { result, more: false } });
+    }
+
+    /// After a chunk that ended a receive: arms it again, or (`stop`) lets it end.
+    /// Returns whether the receive goes on.
+    fn rearm_recv(&mut self, key: usize, stop: bool) -> bool {
+        if stop {
+            self.ops.remove(key);
+            false
+        } else {
+            self.push_recv(key); // keep receiving
+            true
+        }
+    }
+
+    /// A multishot receive the kernel ended without bytes: whether it goes on, either
+    /// re-armed at the next wait (ENOBUFS) or as single-shot receives (EINVAL).
+    fn retry_multishot_recv(&mut self, key: usize, res: i32) -> bool {
+        if res == -libc::ENOBUFS {
+            // Every buffer is in use: re-armed at the next wait, after the worker has given
+            // buffers back. The bytes wait in the socket meanwhile.
+            self.starved.push(key);
+            return true;
+        }
+        if res == -libc::EINVAL {
+            // A kernel without multishot receive (before 6.0): single-shot from now on. The
+            // ring stays registered (and alive) until the io_uring closes.
+            tracing::info!("multishot receive unsupported; using single-shot receives");
+            self.multishot_recv = false;
+            if let OpState::Recv { multishot, buf, .. } = &mut self.ops[key].state {
+                *multishot = false;
+                *buf = None;
+            }
+            self.push_recv(key);
+            return true;
+        }
+        false
+    }
+}
+
+/// The lease of a receive completion with `res` bytes: a buffer-ring buffer (multishot) or
+/// the pool buffer the receive was given.
+fn recv_lease(multishot: bool, buf: Option<u32>, res: i32, flags: u32) -> Option<RecvLease> {
+    if multishot {
+        let Some(bid) = cqueue::buffer_select(flags) else {
+            tracing::error!("multishot receive completed without a buffer id");
+            return None;
+        };
+        Some(RecvLease { buf: u32::from(bid), len: res as u32 })
+    } else {
+        Some(RecvLease { buf: buf? | POOL_BIT, len: res as u32 })
     }
 }
 

@@ -13,6 +13,6 @@ mod session;
 mod writer;
 
 pub use frame::*;
-pub use handlers::{HandlerResult, Handlers, UnknownPacket};
+pub use handlers::{BoxError, HandlerError, HandlerResult, Handlers, UnknownPacket};
 pub use session::{Framed, PacketSession};
 pub use writer::*;

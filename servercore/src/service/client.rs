@@ -1,10 +1,10 @@
 //! [`ClientService`]: outgoing sessions (the seed's `ClientService`): load tests and
 //! server-to-server links.
 
-use super::{default_workers, ServiceShared, ServiceStats, Workers};
-use crate::buffer::SendBuffer;
+use super::running::{running_methods, Overrides, Running};
+use super::{default_workers, ServiceShared, Workers};
 use crate::config::SessionConfig;
-use crate::driver::{Backend, BackendChoice};
+use crate::driver::{BackendChoice, Diagnostics};
 use crate::mailbox::Command;
 use crate::session::Session;
 use crate::worker::Role;
@@ -21,6 +21,7 @@ pub struct ClientBuilder {
     workers: usize,
     backend: BackendChoice,
     config: SessionConfig,
+    overrides: Overrides,
     reconnect: Option<super::Reconnect>,
 }
 
@@ -43,9 +44,11 @@ impl ClientBuilder {
         self
     }
 
-    /// How long a connect may take before it fails with `TimedOut` (default 10 s).
+    /// How long a connect may take before it fails with `TimedOut` (default 10 s). Wins
+    /// over the `connect_timeout` of a [`session_config`](Self::session_config), whichever
+    /// is called first.
     pub fn connect_timeout(mut self, d: Duration) -> Self {
-        self.config.connect_timeout = d;
+        self.overrides.connect_timeout = Some(d);
         self
     }
 
@@ -55,15 +58,42 @@ impl ClientBuilder {
         self
     }
 
-    /// `TCP_NODELAY` on the sockets (default on).
+    /// `TCP_NODELAY` on the sockets (default on). Wins over the `nodelay` of a
+    /// [`session_config`](Self::session_config), whichever is called first.
     pub fn nodelay(mut self, on: bool) -> Self {
-        self.config.nodelay = on;
+        self.overrides.nodelay = Some(on);
         self
     }
 
-    /// All per-session options at once.
+    /// All per-session options at once. Settings made with the builder's own methods
+    /// (`nodelay`, `connect_timeout`) apply over it, before or after.
+    ///
+    /// ```
+    /// use servercore::{ClientService, SessionConfig, Session, Ctx};
+    /// use std::time::Duration;
+    /// struct Quiet;
+    /// impl Session for Quiet {
+    ///     fn on_recv(&mut self, _: &mut Ctx<'_>, data: &[u8]) -> usize { data.len() }
+    /// }
+    /// let clients = ClientService::builder("127.0.0.1:9".parse().unwrap())
+    ///     .sessions(0)
+    ///     .workers(1)
+    ///     .connect_timeout(Duration::from_secs(2))
+    ///     .session_config(SessionConfig { nodelay: false, ..Default::default() })
+    ///     .start(|| Quiet)
+    ///     .unwrap(); // connects time out after 2 s, and Nagle is on
+    /// clients.shutdown(Duration::from_secs(1)).unwrap();
+    /// ```
     pub fn session_config(mut self, config: SessionConfig) -> Self {
         self.config = config;
+        self
+    }
+
+    /// Techniques to do without (added to those of the session config): see
+    /// [`Diagnostics`].
+    #[doc(hidden)]
+    pub fn diagnostics(mut self, d: Diagnostics) -> Self {
+        self.overrides.diagnostics = self.overrides.diagnostics.union(d);
         self
     }
 
@@ -74,18 +104,16 @@ impl ClientBuilder {
         S: Session,
         F: Fn() -> S + Send + Sync + 'static,
     {
-        let backend = self.backend.resolve()?;
+        let (config, backend) = self.overrides.resolve(self.config, self.backend)?;
         let roles = (0..self.workers)
             .map(|_| Role { listeners: Vec::new(), connect_to: Some(self.addr) })
             .collect();
-        let mut shared = ServiceShared::new("client", self.config, backend, usize::MAX);
+        let mut shared = ServiceShared::new("client", config, backend, usize::MAX);
         shared.reconnect = self.reconnect;
         let workers = Workers::spawn(shared, roles, factory, "sc-client")?;
         let client = ClientService {
-            workers,
+            running: Running { workers, backend, worker_count: self.workers },
             addr: self.addr,
-            backend,
-            worker_count: self.workers,
             next: AtomicUsize::new(0),
         };
         client.connect(self.sessions);
@@ -135,10 +163,8 @@ impl ClientBuilder {
 /// server.shutdown(Duration::from_secs(1)).unwrap();
 /// ```
 pub struct ClientService {
-    workers: Workers,
+    running: Running,
     addr: SocketAddr,
-    backend: Backend,
-    worker_count: usize,
     next: AtomicUsize,
 }
 
@@ -151,19 +177,20 @@ impl ClientService {
             workers: default_workers(),
             backend: BackendChoice::Auto,
             config: SessionConfig::default(),
+            overrides: Overrides::default(),
             reconnect: None,
         }
     }
 
     /// Opens `n` more sessions, spread over the workers.
     pub fn connect(&self, n: usize) {
-        let w = self.worker_count;
+        let w = self.running.worker_count;
         let start = self.next.fetch_add(n, Ordering::Relaxed);
         let mut counts = vec![0usize; w];
         for i in 0..n {
             counts[(start + i) % w] += 1;
         }
-        let remotes = self.workers.shared().workers.get().cloned().unwrap_or_default();
+        let remotes = self.running.workers.shared().workers.get().cloned().unwrap_or_default();
         for (remote, count) in remotes.iter().zip(counts) {
             if count > 0 {
                 let _ = remote.post(Command::Connect { count });
@@ -176,35 +203,35 @@ impl ClientService {
         self.addr
     }
 
-    /// The backend in use.
-    pub fn backend(&self) -> Backend {
-        self.backend
+    running_methods!();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The config a builder would start with.
+    fn resolved(b: ClientBuilder) -> SessionConfig {
+        b.overrides.resolve(b.config, BackendChoice::Poll).unwrap().0
     }
 
-    /// Sessions holding a slot now (connecting, open or closing).
-    pub fn session_count(&self) -> usize {
-        self.stats().sessions
-    }
-
-    /// A shareable reference to this service (broadcast, jobs, counters).
-    pub fn service(&self) -> crate::ServiceRef {
-        crate::ServiceRef(self.workers.shared().clone())
-    }
-
-    /// The service's counters.
-    pub fn stats(&self) -> ServiceStats {
-        self.workers.shared().stats()
-    }
-
-    /// Queues `buf` on every open session. All or nothing:
-    /// [`SendError::InboxFull`](crate::SendError::InboxFull) when a worker is not keeping up.
-    pub fn broadcast(&self, buf: impl Into<SendBuffer>) -> Result<(), crate::SendError> {
-        self.workers.shared().broadcast(buf.into())
-    }
-
-    /// Flushes for up to `timeout`, disconnects every session with
-    /// [`Shutdown`](crate::DisconnectReason::Shutdown), and joins the workers.
-    pub fn shutdown(mut self, timeout: Duration) -> io::Result<()> {
-        self.workers.shutdown(timeout)
+    #[test]
+    fn nodelay_and_connect_timeout_are_kept_whether_set_before_or_after_session_config() {
+        let addr: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        let cfg = SessionConfig { max_recv_buffer: 1 << 16, ..Default::default() };
+        let t = Duration::from_millis(250);
+        let before = ClientService::builder(addr)
+            .nodelay(false)
+            .connect_timeout(t)
+            .session_config(cfg.clone());
+        let after =
+            ClientService::builder(addr).session_config(cfg).connect_timeout(t).nodelay(false);
+        for b in [before, after] {
+            let c = resolved(b);
+            assert_eq!((c.nodelay, c.connect_timeout, c.max_recv_buffer), (false, t, 1 << 16));
+        }
+        let own = SessionConfig { nodelay: false, connect_timeout: t, ..Default::default() };
+        let c = resolved(ClientService::builder(addr).session_config(own));
+        assert_eq!((c.nodelay, c.connect_timeout), (false, t));
     }
 }

@@ -4,6 +4,7 @@
 //! worker threads, count their sessions, broadcast, and shut down gracefully.
 
 mod client;
+mod running;
 mod server;
 
 pub use client::{ClientBuilder, ClientService};
@@ -113,6 +114,7 @@ impl Workers {
                     let dc = DriverConfig {
                         recv_buffers: shared2.config.recv_buffers_per_worker,
                         recv_buffer_size: shared2.config.recv_buffer_size,
+                        uring_off: shared2.config.diagnostics.uring_switches(),
                         ..DriverConfig::default()
                     };
                     let driver = match Driver::new(backend, &dc) {

@@ -1,15 +1,14 @@
 //! [`ServerService`]: listen, accept, serve (the seed's `ServerService` + `Listener`).
 
-use super::{default_workers, ServiceShared, ServiceStats, Workers};
-use crate::buffer::SendBuffer;
+use super::running::{running_methods, Overrides, Running};
+use super::{default_workers, ServiceShared, Workers};
 use crate::config::SessionConfig;
-use crate::driver::{Backend, BackendChoice};
+use crate::driver::{BackendChoice, Diagnostics};
 use crate::session::Session;
 use crate::sys;
 use crate::worker::Role;
 use std::io;
 use std::net::SocketAddr;
-use std::time::Duration;
 
 /// Configures and starts a [`ServerService`].
 #[derive(Debug, Clone)]
@@ -20,6 +19,7 @@ pub struct ServerBuilder {
     reuse_port: bool,
     backend: BackendChoice,
     config: SessionConfig,
+    overrides: Overrides,
     per_ip: Option<usize>,
     accept_rate: Option<u32>,
 }
@@ -32,21 +32,21 @@ impl ServerBuilder {
     }
 
     /// Most sessions at once (default 10,000). A connection over the cap is closed at once
-    /// and counted in [`ServiceStats::rejected`].
+    /// and counted in [`ServiceStats::rejected`](super::ServiceStats::rejected).
     pub fn max_sessions(mut self, n: usize) -> Self {
         self.max_sessions = n;
         self
     }
 
     /// Most sessions from one IP address at once (default: no limit). Connections over it
-    /// are closed at once and counted in [`ServiceStats::rejected`].
+    /// are closed at once and counted in [`ServiceStats::rejected`](super::ServiceStats::rejected).
     pub fn max_sessions_per_ip(mut self, n: usize) -> Self {
         self.per_ip = Some(n);
         self
     }
 
     /// Most connections accepted per second, service-wide (default: no limit). Connections
-    /// over the rate are closed at once and counted in [`ServiceStats::rejected`].
+    /// over the rate are closed at once and counted in [`ServiceStats::rejected`](super::ServiceStats::rejected).
     pub fn max_accept_rate(mut self, per_second: u32) -> Self {
         self.accept_rate = Some(per_second.max(1));
         self
@@ -65,15 +65,40 @@ impl ServerBuilder {
         self
     }
 
-    /// `TCP_NODELAY` on accepted sockets (default on).
+    /// `TCP_NODELAY` on accepted sockets (default on). Wins over the `nodelay` of a
+    /// [`session_config`](Self::session_config), whichever is called first.
     pub fn nodelay(mut self, on: bool) -> Self {
-        self.config.nodelay = on;
+        self.overrides.nodelay = Some(on);
         self
     }
 
-    /// All per-session options at once.
+    /// All per-session options at once. Settings made with the builder's own methods
+    /// (`nodelay`) apply over it, before or after.
+    ///
+    /// ```
+    /// use servercore::{ServerService, SessionConfig, Session, Ctx};
+    /// struct Quiet;
+    /// impl Session for Quiet {
+    ///     fn on_recv(&mut self, _: &mut Ctx<'_>, data: &[u8]) -> usize { data.len() }
+    /// }
+    /// let server = ServerService::builder("127.0.0.1:0".parse().unwrap())
+    ///     .workers(1)
+    ///     .nodelay(false)
+    ///     .session_config(SessionConfig { max_recv_buffer: 64 << 10, ..Default::default() })
+    ///     .start(|| Quiet)
+    ///     .unwrap(); // Nagle stays on: `nodelay(false)` is kept
+    /// server.shutdown(std::time::Duration::from_secs(1)).unwrap();
+    /// ```
     pub fn session_config(mut self, config: SessionConfig) -> Self {
         self.config = config;
+        self
+    }
+
+    /// Techniques to do without (added to those of the session config): see
+    /// [`Diagnostics`].
+    #[doc(hidden)]
+    pub fn diagnostics(mut self, d: Diagnostics) -> Self {
+        self.overrides.diagnostics = self.overrides.diagnostics.union(d);
         self
     }
 
@@ -84,24 +109,25 @@ impl ServerBuilder {
         S: Session,
         F: Fn() -> S + Send + Sync + 'static,
     {
-        let backend = self.backend.resolve()?;
+        let (config, backend) = self.overrides.resolve(self.config, self.backend)?;
         let per_worker = self.reuse_port && sys::REUSE_PORT_BALANCES && self.workers > 1;
         let listeners = sys::listen_group(self.addr, if per_worker { self.workers } else { 1 })?;
         let local_addr = listeners[0].local_addr()?;
         for l in &listeners {
-            sys::configure_listener(l, self.config.nodelay)?;
+            sys::configure_listener(l, config.nodelay)?;
         }
         let mut listeners = listeners.into_iter();
         let roles = (0..self.workers)
             .map(|_| Role { listeners: listeners.next().into_iter().collect(), connect_to: None })
             .collect();
-        let mut shared = ServiceShared::new("server", self.config, backend, self.max_sessions);
+        let mut shared = ServiceShared::new("server", config, backend, self.max_sessions);
         shared.single_acceptor = !per_worker && self.workers > 1;
         shared.per_ip_limit = self.per_ip;
         shared.accept_rate = self.accept_rate;
         let workers = Workers::spawn(shared, roles, factory, "sc-server")?;
         tracing::info!("listening on {local_addr} (backend: {backend}, workers: {})", self.workers);
-        Ok(ServerService { workers, local_addr, backend, worker_count: self.workers })
+        let running = Running { workers, backend, worker_count: self.workers };
+        Ok(ServerService { running, local_addr })
     }
 }
 
@@ -136,10 +162,8 @@ impl ServerBuilder {
 /// server.shutdown(Duration::from_secs(1)).unwrap();
 /// ```
 pub struct ServerService {
-    workers: Workers,
+    running: Running,
     local_addr: SocketAddr,
-    backend: Backend,
-    worker_count: usize,
 }
 
 impl ServerService {
@@ -152,6 +176,7 @@ impl ServerService {
             reuse_port: true,
             backend: BackendChoice::Auto,
             config: SessionConfig::default(),
+            overrides: Overrides::default(),
             per_ip: None,
             accept_rate: None,
         }
@@ -162,41 +187,38 @@ impl ServerService {
         self.local_addr
     }
 
-    /// The backend in use.
-    pub fn backend(&self) -> Backend {
-        self.backend
+    running_methods!();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The config a builder would start with.
+    fn resolved(b: ServerBuilder) -> SessionConfig {
+        b.overrides.resolve(b.config, BackendChoice::Poll).unwrap().0
     }
 
-    /// Number of worker threads.
-    pub fn workers(&self) -> usize {
-        self.worker_count
-    }
-
-    /// Sessions holding a slot now.
-    pub fn session_count(&self) -> usize {
-        self.stats().sessions
-    }
-
-    /// A shareable reference to this service (broadcast, jobs, counters).
-    pub fn service(&self) -> crate::ServiceRef {
-        crate::ServiceRef(self.workers.shared().clone())
-    }
-
-    /// The service's counters.
-    pub fn stats(&self) -> ServiceStats {
-        self.workers.shared().stats()
-    }
-
-    /// Queues `buf` on every open session: one message per worker, no payload copy per
-    /// session. All or nothing: [`SendError::InboxFull`](crate::SendError::InboxFull) when
-    /// a worker is not keeping up.
-    pub fn broadcast(&self, buf: impl Into<SendBuffer>) -> Result<(), crate::SendError> {
-        self.workers.shared().broadcast(buf.into())
-    }
-
-    /// Stops accepting, lets queued sends drain for up to `timeout`, disconnects every
-    /// session with [`Shutdown`](crate::DisconnectReason::Shutdown), and joins the workers.
-    pub fn shutdown(mut self, timeout: Duration) -> io::Result<()> {
-        self.workers.shutdown(timeout)
+    #[test]
+    fn nodelay_is_kept_whether_set_before_or_after_session_config() {
+        let addr: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let cfg = SessionConfig { max_recv_buffer: 1 << 16, ..Default::default() };
+        let before = ServerService::builder(addr).nodelay(false).session_config(cfg.clone());
+        let after = ServerService::builder(addr).session_config(cfg).nodelay(false);
+        for b in [before, after] {
+            let c = resolved(b);
+            assert_eq!((c.nodelay, c.max_recv_buffer), (false, 1 << 16));
+        }
+        // Without the builder's setting, the session config's own value counts.
+        let own = SessionConfig { nodelay: false, ..Default::default() };
+        assert!(!resolved(ServerService::builder(addr).session_config(own)).nodelay);
+        // Diagnostics of the builder and of the config add up, in either order.
+        let d = Diagnostics { no_room_coalesce: true, ..Default::default() };
+        let own = SessionConfig {
+            diagnostics: Diagnostics { uring_no_bufring: true, ..Default::default() },
+            ..Default::default()
+        };
+        let c = resolved(ServerService::builder(addr).diagnostics(d).session_config(own));
+        assert!(c.diagnostics.no_room_coalesce && c.diagnostics.uring_no_bufring);
     }
 }

@@ -4,6 +4,19 @@
 //! Socket creation and options go through `socket2` (portable); calls with no portable
 //! equivalent (`eventfd`, CPU affinity, resource usage) are Linux-only and cfg-gated, each
 //! with a portable path or a clear "unsupported" error.
+//!
+//! Helpers of the tests are not library API: they live in the tests (`open_fd_count`,
+//! `set_linger_zero`) or behind the hidden feature `test-support` (the seccomp filter and the
+//! signal waiting of the CLI).
+//!
+//! ```compile_fail
+//! let _ = servercore::sys::open_fd_count();
+//! ```
+//!
+//! ```compile_fail
+//! let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+//! servercore::sys::set_linger_zero(&l).unwrap();
+//! ```
 
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use std::io;
@@ -12,21 +25,24 @@ use std::time::Duration;
 
 #[cfg(target_os = "linux")]
 mod eventfd;
-mod signals;
 #[cfg(target_os = "linux")]
 pub(crate) use eventfd::EventFd;
-pub use signals::TerminationSignals;
+
+// Not library API (feature `test-support`, for the CLI and its tests): waiting for
+// SIGINT/SIGTERM, and a seccomp filter that makes the kernel refuse io_uring.
+#[cfg(feature = "test-support")]
 mod seccomp;
-pub use seccomp::deny_io_uring; // testing aid: a seccomp filter refusing io_uring (seccomp.rs)
+#[cfg(feature = "test-support")]
+mod signals;
+#[cfg(feature = "test-support")]
+#[doc(hidden)]
+pub use seccomp::deny_io_uring;
+#[cfg(feature = "test-support")]
+#[doc(hidden)]
+pub use signals::TerminationSignals;
 
 /// Listen backlog used for every listening socket.
 pub(crate) const LISTEN_BACKLOG: i32 = 4096;
-
-/// Whether the diagnostic switch `name` is set to `1` (see the README: they turn one
-/// technique off, so that the benchmark can measure what it brings).
-pub(crate) fn switched_off(name: &str) -> bool {
-    std::env::var_os(name).is_some_and(|v| v == "1")
-}
 
 /// Creates `n` listening sockets on `addr`: one plain listener when `n == 1`, else a
 /// `SO_REUSEPORT` group so that every worker owns a listener and the kernel spreads
@@ -110,8 +126,8 @@ pub(crate) fn configure_accepted(stream: &TcpStream, nodelay: bool) -> io::Resul
 
 /// Makes a later close of `sock` abortive (RST instead of FIN): `SO_LINGER` with a zero
 /// timeout. The kernel then frees the socket's buffers (bytes still unsent) at close. The
-/// drivers use it for peers the server gives up on; tests use it to simulate a peer reset.
-pub fn set_linger_zero<'s, S>(sock: &'s S) -> io::Result<()>
+/// drivers use it for peers the server gives up on.
+pub(crate) fn set_linger_zero<'s, S>(sock: &'s S) -> io::Result<()>
 where
     socket2::SockRef<'s>: From<&'s S>,
 {
@@ -168,20 +184,6 @@ pub(crate) fn unsent_bytes<S: std::os::fd::AsRawFd>(sock: &S) -> usize {
 #[cfg(not(unix))]
 pub(crate) fn unsent_bytes<S>(_sock: &S) -> usize {
     0
-}
-
-/// Number of open file descriptors of this process, where the OS tells it cheaply.
-///
-/// Linux reads `/proc/self/fd`; elsewhere `None`.
-pub fn open_fd_count() -> Option<usize> {
-    #[cfg(target_os = "linux")]
-    {
-        std::fs::read_dir("/proc/self/fd").ok().map(|d| d.count().saturating_sub(1))
-    }
-    #[cfg(not(target_os = "linux"))]
-    {
-        None
-    }
 }
 
 #[cfg(test)]

@@ -150,7 +150,7 @@ impl<S: Session> Worker<S> {
                 notify_policy: config.send_queue_policy == SendQueuePolicy::Notify,
                 config,
                 dirty: Vec::new(),
-                fanout: Fanout::new(sys::switched_off("SERVERCORE_NO_ROOM_COALESCE")),
+                fanout: Fanout::new(shared.config.diagnostics.no_room_coalesce),
                 timers: Timers::new(),
                 now: Instant::now(),
                 metrics: WorkerMetrics::new(shared.name, shared.backend.name(), remote_index),

@@ -517,3 +517,24 @@ pub fn open_files_limit() -> Option<usize> {
     let line = text.lines().find(|l| l.starts_with("Max open files"))?;
     line.split_whitespace().nth(3)?.parse().ok()
 }
+
+// ----- sockets and descriptors -----------------------------------------------------------
+
+/// Makes a later close of `sock` abortive (`SO_LINGER` 0: RST instead of FIN), to simulate
+/// a peer that resets.
+pub fn set_linger_zero<'s, S>(sock: &'s S) -> io::Result<()>
+where
+    socket2::SockRef<'s>: From<&'s S>,
+{
+    socket2::SockRef::from(sock).set_linger(Some(Duration::ZERO))
+}
+
+/// Number of open file descriptors of this process: Linux reads `/proc/self/fd`;
+/// elsewhere `None`.
+pub fn open_fd_count() -> Option<usize> {
+    if cfg!(target_os = "linux") {
+        std::fs::read_dir("/proc/self/fd").ok().map(|d| d.count().saturating_sub(1))
+    } else {
+        None
+    }
+}

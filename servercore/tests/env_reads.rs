@@ -1,0 +1,64 @@
+//! The library reads no environment variable but `SERVERCORE_BACKEND` (issue 12, item 3):
+//! diagnostic switches are configuration (`Diagnostics`), which the CLI and the benchmark
+//! set from their environment. This reads the library's sources and fails on any other read.
+
+use std::path::Path;
+
+fn rust_files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            rust_files(&path, out);
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            out.push(path);
+        }
+    }
+}
+
+#[test]
+fn only_the_backend_choice_reads_the_environment() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    rust_files(&src, &mut files);
+    assert!(files.len() > 20, "found the sources: {files:?}");
+    let mut reads = Vec::new();
+    for file in &files {
+        let text = std::fs::read_to_string(file).unwrap();
+        for (n, line) in text.lines().enumerate() {
+            let code = line.split("//").next().unwrap_or("");
+            if code.contains("env::var") {
+                reads.push(format!("{}:{}: {}", file.display(), n + 1, line.trim()));
+            }
+        }
+    }
+    let allowed = |r: &String| r.contains("select.rs") && r.contains("BACKEND_ENV");
+    let others: Vec<_> = reads.iter().filter(|r| !allowed(r)).collect();
+    assert!(others.is_empty(), "environment reads besides SERVERCORE_BACKEND:\n{others:#?}");
+    assert_eq!(reads.len(), 1, "the one read of SERVERCORE_BACKEND: {reads:#?}");
+}
+
+/// `Diagnostics::deny_io_uring` replaces the probe hook that used to read
+/// `SERVERCORE_TEST_DENY_IO_URING`: a forced io_uring is a startup error naming it, a forced
+/// poll is not affected.
+#[test]
+fn denied_io_uring_is_a_setting_of_the_builder() {
+    use servercore::{BackendChoice, Ctx, Diagnostics, ServerService, Session};
+    struct Sink;
+    impl Session for Sink {
+        fn on_recv(&mut self, _: &mut Ctx<'_>, data: &[u8]) -> usize {
+            data.len()
+        }
+    }
+    let denied = Diagnostics { deny_io_uring: true, ..Default::default() };
+    let builder = || ServerService::builder("127.0.0.1:0".parse().unwrap()).workers(1);
+    let err = builder()
+        .backend(BackendChoice::IoUring)
+        .diagnostics(denied)
+        .start(|| Sink)
+        .err()
+        .expect("io_uring was denied");
+    assert!(err.to_string().contains("deny_io_uring"), "{err}");
+    let server = builder().backend(BackendChoice::Poll).diagnostics(denied).start(|| Sink).unwrap();
+    assert_eq!(server.backend(), servercore::Backend::Poll);
+    server.shutdown(std::time::Duration::from_secs(1)).unwrap();
+}
