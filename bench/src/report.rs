@@ -489,7 +489,52 @@ pub fn render(header: &Header, outcomes: &[Outcome]) -> String {
         }
     }
     s.push_str(&render_techniques(outcomes));
+    s.push_str(&render_baseline(outcomes));
     s.push_str(&render_targets(outcomes));
+    s
+}
+
+/// Before/after a change: the current io_uring row against the `--baseline-bin` build's,
+/// from the same alternation.
+fn render_baseline(outcomes: &[Outcome]) -> String {
+    let mut s = String::new();
+    for o in outcomes {
+        let w = &o.workload;
+        let (Some(now), Some(base)) = (o.get(IO_URING), o.get(Server::Baseline)) else { continue };
+        if s.is_empty() {
+            let _ = writeln!(
+                s,
+                "\nThis build against the baseline build (same run, io_uring, 1 worker): server \
+                 CPU per msg (memory: RSS per session), this / baseline, <= 1.00 is better; \
+                 msg/s this / baseline, >= 1.00 is better.\n"
+            );
+            let _ = writeln!(
+                s,
+                "| workload | this | baseline | this / baseline | msg/s this / baseline |"
+            );
+            let _ = writeln!(s, "|---|---:|---:|---:|---:|");
+        }
+        if !(now.valid() && base.valid()) {
+            let _ = writeln!(s, "| {} | - | - | failed | - |", w.label);
+            continue;
+        }
+        let cell = |m: &Summary| match w.load {
+            Load::Memory { .. } => {
+                format!("{:.2} KiB/session", m.rss_per_session_kib.unwrap_or(f64::NAN))
+            }
+            _ => cpu_cell(w.load, m.cpu_per_unit_us),
+        };
+        let fmt = |r: Option<f64>| r.map_or("-".to_string(), |r| format!("{r:.2}"));
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} | {} |",
+            w.label,
+            cell(now),
+            cell(base),
+            fmt(ratio(compared(w.load, now), compared(w.load, base))),
+            fmt(ratio(now.rate, base.rate)),
+        );
+    }
     s
 }
 

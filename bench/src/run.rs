@@ -45,6 +45,10 @@ pub struct RunArgs {
     /// Do not run `cargo build --release -p servercore-cli` first.
     #[arg(long)]
     pub no_build: bool,
+    /// Another servercore binary (an earlier build) to measure as one more io_uring row in
+    /// the same alternation: a before/after of a change, from one run.
+    #[arg(long)]
+    pub baseline_bin: Option<PathBuf>,
     /// Before each round, wait up to this many seconds for other processes to leave the
     /// machine idle (a round is also re-run, twice at most, when other processes took more
     /// than --busy-cores during it).
@@ -184,7 +188,13 @@ impl Ablation {
 /// Which server a row measures.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Server {
-    Servercore { backend: &'static str, workers: u16, without: Option<Ablation> },
+    Servercore {
+        backend: &'static str,
+        workers: u16,
+        without: Option<Ablation>,
+    },
+    /// The `--baseline-bin` build, io_uring, one worker.
+    Baseline,
     Tokio,
 }
 
@@ -200,6 +210,7 @@ impl Server {
             Server::Servercore { backend, without: Some(a), .. } => {
                 format!("servercore {backend} without {}", a.label())
             }
+            Server::Baseline => "servercore io_uring, baseline build".into(),
             Server::Tokio => "tokio".into(),
         }
     }
@@ -207,7 +218,7 @@ impl Server {
     pub fn workers(self) -> u16 {
         match self {
             Server::Servercore { workers, .. } => workers,
-            Server::Tokio => 1,
+            Server::Baseline | Server::Tokio => 1,
         }
     }
 }
@@ -217,8 +228,11 @@ pub const POLL: Server = Server::Servercore { backend: "poll", workers: 1, witho
 pub const IO_URING_2: Server =
     Server::Servercore { backend: "io_uring", workers: 2, without: None };
 
-pub fn servers_for(w: &Workload, scale: bool, ablation: bool) -> Vec<Server> {
+pub fn servers_for(w: &Workload, scale: bool, ablation: bool, baseline: bool) -> Vec<Server> {
     let mut v = vec![IO_URING, POLL, Server::Tokio];
+    if baseline {
+        v.push(Server::Baseline);
+    }
     if w.scale && scale {
         v.push(IO_URING_2);
     }
@@ -235,6 +249,7 @@ pub fn servers_for(w: &Workload, scale: bool, ablation: bool) -> Vec<Server> {
 /// Paths and facts the rounds need.
 struct Env {
     servercore: PathBuf,
+    baseline: Option<PathBuf>,
     me: PathBuf,
     logs: PathBuf,
     cores: usize,
@@ -300,7 +315,18 @@ pub fn run(args: RunArgs) -> Result<(), String> {
         sys::raise_nofile_limit().map_err(|e| format!("cannot raise RLIMIT_NOFILE: {e}"))?;
     let cores = sys::online_cores();
     let quiet_wait = Duration::from_secs_f64(args.quiet_wait.max(0.0));
-    let env = Env { servercore, me, logs, cores, secs, quiet_wait, busy_cores: args.busy_cores };
+    let baseline = match &args.baseline_bin {
+        Some(path) => {
+            let copy = logs.join("servercore-baseline");
+            let _ = fs::remove_file(&copy);
+            fs::copy(path, &copy)
+                .map_err(|e| format!("cannot copy baseline {}: {e}", path.display()))?;
+            Some(copy)
+        }
+        None => None,
+    };
+    let busy_cores = args.busy_cores;
+    let env = Env { servercore, baseline, me, logs, cores, secs, quiet_wait, busy_cores };
 
     let all = workloads();
     let selected: Vec<Workload> = if args.only.is_empty() {
@@ -328,7 +354,7 @@ pub fn run(args: RunArgs) -> Result<(), String> {
     eprintln!("{}", header.render());
     let mut outcomes: Vec<Outcome> = Vec::new();
     for w in &selected {
-        let servers = servers_for(w, !args.no_scale, !args.no_ablation);
+        let servers = servers_for(w, !args.no_scale, !args.no_ablation, env.baseline.is_some());
         if w.load.is_chat() {
             if let Some(why) = &chat_missing {
                 outcomes.push(Outcome::unavailable(w.clone(), why.clone()));
@@ -427,6 +453,17 @@ impl RunningServer {
     fn start(env: &Env, w: &Workload, server: Server, cores: &CoreSet) -> Result<Self, String> {
         let chat = w.load.is_chat();
         let mut cmd = match server {
+            Server::Baseline => {
+                let bin = env.baseline.as_ref().ok_or("no baseline binary")?;
+                let mut c = Command::new(bin);
+                c.arg(if chat { "chat-server" } else { "echo-server" })
+                    .args(["--addr", "127.0.0.1:0", "--workers", "1"])
+                    .env("SERVERCORE_BACKEND", "io_uring");
+                for name in SWITCHES {
+                    c.env_remove(name);
+                }
+                c
+            }
             Server::Servercore { backend, workers, without } => {
                 let mut c = Command::new(&env.servercore);
                 c.arg(if chat { "chat-server" } else { "echo-server" })
