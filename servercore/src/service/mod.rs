@@ -13,7 +13,7 @@ pub use server::{ServerBuilder, ServerService};
 use crate::buffer::SendBuffer;
 use crate::driver::{Driver, DriverConfig};
 use crate::error::SendError;
-use crate::mailbox::{self, Command};
+use crate::mailbox::{self, Command, WorkerRemote};
 pub(crate) use crate::registry::ServiceShared;
 pub use crate::registry::{Reconnect, ServiceStats};
 use crate::session::{Ctx, Session};
@@ -73,6 +73,52 @@ impl Ctx<'_> {
     }
 }
 
+/// What one worker thread needs to build its driver and worker.
+struct WorkerStart<S> {
+    index: usize,
+    role: Role,
+    shared: Arc<ServiceShared>,
+    factory: Arc<dyn Fn() -> S + Send + Sync>,
+}
+
+impl<S: Session> WorkerStart<S> {
+    /// The worker thread: builds the driver (here: io_uring's single issuer) and the
+    /// worker, reports its remote on `ready`, and runs once `go` says so.
+    fn run(self, ready: mpsc::SyncSender<io::Result<Arc<WorkerRemote>>>, go: mpsc::Receiver<bool>) {
+        let WorkerStart { index, role, shared, factory } = self;
+        let config = &shared.config;
+        let dc = DriverConfig {
+            recv_buffers: config.recv_buffers_per_worker,
+            recv_buffer_size: config.recv_buffer_size,
+            uring_off: config.diagnostics.uring_switches(),
+            ..DriverConfig::default()
+        };
+        let driver = match Driver::new(shared.backend, &dc) {
+            Ok(d) => d,
+            Err(e) => {
+                let _ = ready.send(Err(e));
+                return;
+            }
+        };
+        let (tx, rx) = mpsc::channel();
+        let session_type = mailbox::SessionType::of::<S>();
+        let remote = mailbox::remote(index, config.clone(), tx, driver.waker(), session_type);
+        let remote = Arc::new(remote);
+        let init = WorkerInit { driver, rx, remote: remote.clone(), shared, factory, role };
+        match Worker::new(init) {
+            Ok(w) => {
+                let _ = ready.send(Ok(remote));
+                if go.recv() == Ok(true) {
+                    w.run();
+                }
+            }
+            Err(e) => {
+                let _ = ready.send(Err(e));
+            }
+        }
+    }
+}
+
 /// The workers of a running service.
 pub(crate) struct Workers {
     shared: Arc<ServiceShared>,
@@ -102,52 +148,14 @@ impl Workers {
         let mut gates = Vec::new();
         let mut failure = None;
         for (index, role) in roles.into_iter().enumerate() {
-            let (tx, rx) = mpsc::channel();
-            let (ready_tx, ready_rx) = mpsc::sync_channel(1);
             // `true`: run; `false` (or the sender gone): another worker failed, end.
             let (go_tx, go_rx) = mpsc::sync_channel::<bool>(1);
-            let shared2 = shared.clone();
-            let factory = factory.clone();
-            let backend = shared.backend;
-            let spawned =
-                std::thread::Builder::new().name(format!("{name}-{index}")).spawn(move || {
-                    let dc = DriverConfig {
-                        recv_buffers: shared2.config.recv_buffers_per_worker,
-                        recv_buffer_size: shared2.config.recv_buffer_size,
-                        uring_off: shared2.config.diagnostics.uring_switches(),
-                        ..DriverConfig::default()
-                    };
-                    let driver = match Driver::new(backend, &dc) {
-                        Ok(d) => d,
-                        Err(e) => {
-                            let _ = ready_tx.send(Err(e));
-                            return;
-                        }
-                    };
-                    let session_type = mailbox::SessionType::of::<S>();
-                    let config = shared2.config.clone();
-                    let remote =
-                        Arc::new(mailbox::remote(index, config, tx, driver.waker(), session_type));
-                    let init = WorkerInit {
-                        driver,
-                        rx,
-                        remote: remote.clone(),
-                        shared: shared2,
-                        factory,
-                        role,
-                    };
-                    match Worker::new(init) {
-                        Ok(w) => {
-                            let _ = ready_tx.send(Ok(remote));
-                            if go_rx.recv() == Ok(true) {
-                                w.run();
-                            }
-                        }
-                        Err(e) => {
-                            let _ = ready_tx.send(Err(e));
-                        }
-                    }
-                });
+            let (ready_tx, ready_rx) = mpsc::sync_channel(1);
+            let start =
+                WorkerStart { index, role, shared: shared.clone(), factory: factory.clone() };
+            let spawned = std::thread::Builder::new()
+                .name(format!("{name}-{index}"))
+                .spawn(move || start.run(ready_tx, go_rx));
             match spawned {
                 Ok(t) => {
                     threads.push(t);
@@ -161,10 +169,8 @@ impl Workers {
             match ready_rx.recv() {
                 Ok(Ok(remote)) => remotes.push(remote),
                 Ok(Err(e)) => {
-                    failure = Some(io::Error::new(
-                        e.kind(),
-                        format!("starting a {} worker failed: {e}", backend),
-                    ));
+                    let why = format!("starting a {} worker failed: {e}", shared.backend);
+                    failure = Some(io::Error::new(e.kind(), why));
                     break;
                 }
                 Err(_) => {

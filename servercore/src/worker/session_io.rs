@@ -331,38 +331,8 @@ impl<S: Session> Worker<S> {
             // Everything in flight was cancelled; its completions are on their way.
             return;
         }
-        if !core.abort && core.state == State::Closing {
-            // An orderly close waits until the peer has acknowledged what the kernel still
-            // holds for it: a FIN now would leave those bytes (megabytes for a peer that
-            // does not read) in the kernel for minutes. Past the deadline they are
-            // abandoned, and the close resets instead.
-            let unsent = self.driver.unsent(core.sock);
-            if unsent > 0 {
-                let now = Instant::now();
-                match core.close_deadline {
-                    Some(deadline) if now < deadline => {
-                        if !core.lingering {
-                            core.lingering = true;
-                            if let Some(t) = core.timer.take() {
-                                self.local.timers.cancel(t);
-                            }
-                        }
-                        if core.timer.is_none() {
-                            let at = (now + LINGER_POLL).min(deadline);
-                            core.timer = Some(self.local.timers.add(at, TimerAction::Linger(key)));
-                        }
-                        return;
-                    }
-                    None => {} // never opened (a failed connect): nothing to wait for
-                    Some(_) => {
-                        tracing::debug!(
-                            "{}: the peer did not take {unsent} bytes in time; resetting",
-                            core.id
-                        );
-                        core.abort = true;
-                    }
-                }
-            }
+        if !core.abort && lingers(core, &self.driver, &mut self.local) {
+            return;
         }
         if let Some(t) = core.timer.take() {
             self.local.timers.cancel(t);
@@ -384,5 +354,38 @@ impl<S: Session> Worker<S> {
         self.free.push(index);
         self.live -= 1;
         self.shared.sessions.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// An orderly close waits until the peer has acknowledged what the kernel still holds for
+/// it: a FIN now would leave those bytes (megabytes for a peer that does not read) in the
+/// kernel for minutes. True while the session should wait (a `Linger` timer looks again);
+/// past its deadline the bytes are abandoned and the close turns abortive.
+fn lingers(core: &mut Core, driver: &Driver, local: &mut Local) -> bool {
+    let unsent = driver.unsent(core.sock);
+    if unsent == 0 {
+        return false;
+    }
+    let now = Instant::now();
+    match core.close_deadline {
+        Some(deadline) if now < deadline => {
+            if !core.lingering {
+                core.lingering = true;
+                if let Some(t) = core.timer.take() {
+                    local.timers.cancel(t); // the flush deadline: the flush is done
+                }
+            }
+            if core.timer.is_none() {
+                let at = (now + LINGER_POLL).min(deadline);
+                core.timer = Some(local.timers.add(at, TimerAction::Linger(core.key)));
+            }
+            true
+        }
+        None => false, // never opened (a failed connect): nothing to wait for
+        Some(_) => {
+            tracing::debug!("{}: the peer did not take {unsent} bytes in time; resetting", core.id);
+            core.abort = true;
+            false
+        }
     }
 }
