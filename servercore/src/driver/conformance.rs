@@ -116,7 +116,7 @@ impl H {
             let c = self.next();
             assert_eq!(c.owner, owner, "{c:?}");
             match c.kind {
-                CompletionKind::Recv { result: Ok(Some(lease)), more: true } => {
+                CompletionKind::Recv { result: Ok(Some(lease)), armed: true } => {
                     assert!(lease.len > 0, "{lease:?}");
                     got.extend_from_slice(self.d.lease(&lease));
                     self.d.release(lease);
@@ -137,14 +137,14 @@ impl H {
             let c = self.next();
             assert_eq!(c.owner, owner, "{c:?}");
             match c.kind {
-                CompletionKind::Recv { result: Ok(Some(lease)), more } => {
+                CompletionKind::Recv { result: Ok(Some(lease)), armed } => {
                     self.d.release(lease);
-                    if !more {
+                    if !armed {
                         assert_ne!(self.flavor, Flavor::Poll, "poll's cancelled end is ECANCELED");
                         return;
                     }
                 }
-                CompletionKind::Recv { result: Err(e), more: false } => {
+                CompletionKind::Recv { result: Err(e), armed: false } => {
                     assert!(is_cancelled(&e), "{e}");
                     return;
                 }
@@ -243,19 +243,19 @@ fn accept_several_then_cancel_ends_it(f: Flavor) {
     while accepted < clients.len() {
         let c = h.next();
         assert_eq!(c.owner, 1);
-        let CompletionKind::Accept { result, more } = c.kind else { panic!("{c:?}") };
+        let CompletionKind::Accept { result, armed } = c.kind else { panic!("{c:?}") };
         result.expect("accepted");
         accepted += 1;
-        if !more {
+        if !armed {
             op = h.d.accept(l, 1); // a backend may end an accept; the caller re-arms
         }
     }
     h.d.cancel(op);
     let c = h.next();
-    let CompletionKind::Accept { result, more: false } = c.kind else { panic!("{c:?}") };
+    let CompletionKind::Accept { result, armed: false } = c.kind else { panic!("{c:?}") };
     assert!(is_cancelled(&result.unwrap_err()));
     h.turn(Duration::from_millis(50));
-    assert!(h.ready.is_empty(), "after more == false: {:?}", h.ready);
+    assert!(h.ready.is_empty(), "after armed == false: {:?}", h.ready);
     assert_eq!(h.d.in_flight(), 0);
 }
 
@@ -271,7 +271,7 @@ fn standing_recv_in_order_then_peer_close(f: Flavor) {
     assert_eq!(h.d.in_flight(), 1, "one standing recv however many chunks: leases are not ops");
     client.shutdown(std::net::Shutdown::Write).unwrap();
     let c = h.next();
-    assert!(matches!(c.kind, CompletionKind::Recv { result: Ok(None), more: false }), "{c:?}");
+    assert!(matches!(c.kind, CompletionKind::Recv { result: Ok(None), armed: false }), "{c:?}");
     assert_eq!(h.d.in_flight(), 0);
     h.d.close(s);
 }
@@ -298,7 +298,7 @@ fn starvation_pauses_and_resumes(f: Flavor) {
     // io_uring without a buffer ring, which gives each armed receive its own).
     while held.len() < 4 {
         let c = h.next();
-        let CompletionKind::Recv { result: Ok(Some(lease)), more: true } = c.kind else {
+        let CompletionKind::Recv { result: Ok(Some(lease)), armed: true } = c.kind else {
             panic!("{c:?}")
         };
         got.extend_from_slice(h.d.lease(&lease));
@@ -309,7 +309,7 @@ fn starvation_pauses_and_resumes(f: Flavor) {
         h.turn(Duration::from_millis(20));
     }
     while let Some(c) = h.ready.pop_front() {
-        let CompletionKind::Recv { result: Ok(Some(lease)), more: true } = c.kind else {
+        let CompletionKind::Recv { result: Ok(Some(lease)), armed: true } = c.kind else {
             panic!("{c:?}")
         };
         got.extend_from_slice(h.d.lease(&lease));
@@ -324,7 +324,7 @@ fn starvation_pauses_and_resumes(f: Flavor) {
     writer.join().unwrap();
     drop(client.shutdown(std::net::Shutdown::Write));
     let c = h.next();
-    assert!(matches!(c.kind, CompletionKind::Recv { result: Ok(None), more: false }), "{c:?}");
+    assert!(matches!(c.kind, CompletionKind::Recv { result: Ok(None), armed: false }), "{c:?}");
     let _ = client.flush();
 }
 
@@ -400,11 +400,11 @@ fn cancel_each_kind(f: Flavor) {
         let c = h.next();
         assert!(seen.insert(c.owner, ()).is_none(), "two completions for {}", c.owner);
         match c.kind {
-            CompletionKind::Accept { result, more } => {
-                assert!(!more && is_cancelled(&result.unwrap_err()));
+            CompletionKind::Accept { result, armed } => {
+                assert!(!armed && is_cancelled(&result.unwrap_err()));
             }
-            CompletionKind::Recv { result, more } => {
-                assert!(!more && is_cancelled(&result.unwrap_err()));
+            CompletionKind::Recv { result, armed } => {
+                assert!(!armed && is_cancelled(&result.unwrap_err()));
             }
             // A send may have written some bytes before the cancel took effect.
             CompletionKind::Send { result, bufs } => {
@@ -443,13 +443,13 @@ fn cancel_races_completion_and_stale_ids_are_ignored(f: Flavor) {
     while ends.len() < 16 {
         let c = h.next();
         match c.kind {
-            CompletionKind::Recv { result: Ok(Some(lease)), more } => {
+            CompletionKind::Recv { result: Ok(Some(lease)), armed } => {
                 h.d.release(lease);
-                if !more {
+                if !armed {
                     assert!(ends.insert(c.owner, ()).is_none(), "two ends for {}", c.owner);
                 }
             }
-            CompletionKind::Recv { result, more: false } => {
+            CompletionKind::Recv { result, armed: false } => {
                 let e = result.unwrap_err();
                 assert!(is_cancelled(&e), "{e}");
                 assert!(ends.insert(c.owner, ()).is_none(), "two ends for {}", c.owner);
@@ -464,7 +464,7 @@ fn cancel_races_completion_and_stale_ids_are_ignored(f: Flavor) {
     let old = h.d.recv(s1, 100);
     h.d.cancel(old);
     let c = h.next();
-    assert!(matches!(c.kind, CompletionKind::Recv { more: false, .. }), "{c:?}");
+    assert!(matches!(c.kind, CompletionKind::Recv { armed: false, .. }), "{c:?}");
     let (s2, mut c2) = h.pair();
     let new = h.d.recv(s2, 200);
     assert_eq!(old.slot(), new.slot(), "the test wants the slot reused");
@@ -477,7 +477,7 @@ fn cancel_races_completion_and_stale_ids_are_ignored(f: Flavor) {
     h.d.cancel(new);
     let c = h.next();
     assert_eq!(c.owner, 200);
-    assert!(matches!(c.kind, CompletionKind::Recv { more: false, .. }), "{c:?}");
+    assert!(matches!(c.kind, CompletionKind::Recv { armed: false, .. }), "{c:?}");
 }
 
 /// Dropping a driver with operations of every kind in flight returns (the backend
@@ -525,7 +525,7 @@ fn full_submission_and_completion_queues(f: Flavor) {
     let mut got = vec![0usize; n as usize];
     while got.iter().sum::<usize>() < n as usize {
         let c = h.next();
-        let CompletionKind::Recv { result: Ok(Some(lease)), more: true } = c.kind else {
+        let CompletionKind::Recv { result: Ok(Some(lease)), armed: true } = c.kind else {
             panic!("{c:?}")
         };
         got[c.owner as usize] += lease.len as usize;
@@ -539,7 +539,7 @@ fn full_submission_and_completion_queues(f: Flavor) {
     let mut ended = vec![false; n as usize];
     while !ended.iter().all(|&e| e) {
         let c = h.next();
-        assert!(matches!(c.kind, CompletionKind::Recv { result: Ok(None), more: false }));
+        assert!(matches!(c.kind, CompletionKind::Recv { result: Ok(None), armed: false }));
         assert!(!std::mem::replace(&mut ended[c.owner as usize], true), "two ends");
     }
     h.turn(Duration::from_millis(20));
@@ -656,7 +656,7 @@ fn peer_close_ends_the_recv(f: Flavor) {
     assert_eq!(h.recv_exactly(3, 3), b"bye");
     let c = h.next();
     assert_eq!(c.owner, 3);
-    assert!(matches!(c.kind, CompletionKind::Recv { result: Ok(None), more: false }), "{c:?}");
+    assert!(matches!(c.kind, CompletionKind::Recv { result: Ok(None), armed: false }), "{c:?}");
     assert_eq!(h.d.in_flight(), 0);
     assert!(h.poll_pool_all_free(), "the end holds no buffer");
     // Nothing more comes.
@@ -703,7 +703,7 @@ fn cancel_ends_the_recv(f: Flavor) {
     h.d.cancel(op);
     let c = h.next();
     assert_eq!(c.owner, 9);
-    let CompletionKind::Recv { result: Err(e), more: false } = c.kind else { panic!("{c:?}") };
+    let CompletionKind::Recv { result: Err(e), armed: false } = c.kind else { panic!("{c:?}") };
     assert!(is_cancelled(&e), "{e}");
     assert_eq!(h.d.in_flight(), 0);
     // Cancelling a finished operation does nothing.

@@ -17,7 +17,7 @@
 //!   [`send`](Driver::send), [`connect`](Driver::connect)) are started at once or queued for
 //!   the next [`wait`](Driver::wait); each returns an [`OpId`] and produces exactly one
 //!   [`Completion`] carrying the caller's `owner` tag, except `accept`, which produces
-//!   completions until one has `more == false`.
+//!   completions until one has `armed == false`.
 //! * **Owned memory** (DESIGN.md invariant 1). An operation's memory moves into the driver
 //!   with the call (the receive `Vec`, the send buffers) and comes back in its completion.
 //!   Until that completion is produced the driver keeps it alive and unmoved, whatever
@@ -27,7 +27,7 @@
 //! * **recv** arms a standing receive on a socket: it produces one completion per chunk
 //!   of bytes, in order, each carrying a [`RecvLease`] on a buffer the *driver* owns (a
 //!   provided-buffer ring on io_uring, a small pool on poll), until a completion with
-//!   `more == false` (peer close `Ok(None)`, error, or cancel). Buffers are taken only when
+//!   `armed == false` (peer close `Ok(None)`, error, or cancel). Buffers are taken only when
 //!   bytes arrive, so an idle session holds none. The caller reads the bytes with
 //!   [`lease`](Driver::lease) and gives the buffer back with [`release`](Driver::release)
 //!   before its next `wait`; a backend whose buffers run out pauses receiving and resumes
@@ -185,12 +185,12 @@ pub(crate) struct Completion {
 /// The result of a finished operation, with the memory it borrowed.
 #[derive(Debug)]
 pub(crate) enum CompletionKind {
-    /// A connection was accepted (or accepting failed). `more == false`: the accept is no
+    /// A connection was accepted (or accepting failed). `armed == false`: the accept is no
     /// longer armed.
-    Accept { result: io::Result<TcpStream>, more: bool },
+    Accept { result: io::Result<TcpStream>, armed: bool },
     /// Bytes arrived (`Ok(Some(lease))`), or the peer closed (`Ok(None)`), or the receive
-    /// failed. `more == false`: the receive is no longer armed.
-    Recv { result: io::Result<Option<RecvLease>>, more: bool },
+    /// failed. `armed == false`: the receive is no longer armed.
+    Recv { result: io::Result<Option<RecvLease>>, armed: bool },
     /// A gather write finished; `bufs` are the buffers given, unchanged.
     Send { result: io::Result<usize>, bufs: SendBatch },
     /// A connect finished.

@@ -525,7 +525,7 @@ impl UringDriver {
             let owner = self.ops.remove(key).owner;
             let result = Err(io::Error::from_raw_os_error(libc::ECANCELED));
             self.backlog
-                .push(Completion { owner, kind: CompletionKind::Recv { result, more: false } });
+                .push(Completion { owner, kind: CompletionKind::Recv { result, armed: false } });
             return;
         }
         self.cancel_ud(op.to_u64());
@@ -816,11 +816,11 @@ impl UringDriver {
             return;
         }
         // The kernel keeps a multishot operation armed after this completion.
-        let armed = cqueue::more(flags);
+        let kernel_armed = cqueue::more(flags);
         let owner = self.ops[key].owner;
         let err = || io::Error::from_raw_os_error(-res);
         if let OpState::Accept { fd, multishot } = self.ops[key].state {
-            if multishot && res == -libc::EINVAL && !armed {
+            if multishot && res == -libc::EINVAL && !kernel_armed {
                 // Kernel without multishot accept (before 5.19): single-shot from now on.
                 tracing::info!("multishot accept unsupported; using single-shot accept");
                 self.multishot_accept = false;
@@ -830,17 +830,17 @@ impl UringDriver {
                     return;
                 }
             }
-            let more = multishot && armed;
+            let armed = multishot && kernel_armed;
             let result = if res >= 0 {
                 // SAFETY: a successful accept's result is a new fd that nobody else owns.
                 Ok(TcpStream::from(unsafe { OwnedFd::from_raw_fd(res) }))
             } else {
                 Err(err())
             };
-            if !more {
+            if !armed {
                 self.ops.remove(key);
             }
-            out.push(Completion { owner, kind: CompletionKind::Accept { result, more } });
+            out.push(Completion { owner, kind: CompletionKind::Accept { result, armed } });
             return;
         }
         if let OpState::Recv { .. } = self.ops[key].state {
@@ -871,7 +871,7 @@ impl UringDriver {
     ///
     /// A standing receive is re-armed after each chunk the kernel ends it with, unless it
     /// was cancelled (or the driver is going away): then that chunk is its final
-    /// completion (`more == false`), so a cancel always ends it even while bytes keep
+    /// completion (`armed == false`), so a cancel always ends it even while bytes keep
     /// arriving.
     fn complete_recv(&mut self, key: usize, res: i32, flags: u32, out: &mut Vec<Completion>) {
         let owner = self.ops[key].owner;
@@ -880,20 +880,20 @@ impl UringDriver {
         };
         let stop = cancelled || self.dropping;
         // The kernel keeps this multishot receive armed after this completion.
-        let armed = multishot && cqueue::more(flags);
+        let kernel_armed = multishot && cqueue::more(flags);
         if res > 0 {
             let Some(lease) = recv_lease(multishot, buf, res, flags) else { return };
-            let more = armed || self.rearm_recv(key, stop);
+            let armed = kernel_armed || self.rearm_recv(key, stop);
             out.push(Completion {
                 owner,
-                kind: CompletionKind::Recv { result: Ok(Some(lease)), more },
+                kind: CompletionKind::Recv { result: Ok(Some(lease)), armed },
             });
             return;
         }
         if let Some(index) = buf {
             self.pool_free.push(index);
         }
-        if armed {
+        if kernel_armed {
             return; // an empty, non-final completion carries nothing
         }
         if multishot && !stop && self.retry_multishot_recv(key, res) {
@@ -907,7 +907,7 @@ impl UringDriver {
             }
             e => Err(io::Error::from_raw_os_error(-e)),
         };
-        out.push(Completion { owner, kind: CompletionKind::Recv { result, more: false } });
+        out.push(Completion { owner, kind: CompletionKind::Recv { result, armed: false } });
     }
 
     /// After a chunk that ended a receive: arms it again, or (`stop`) lets it end.
@@ -1045,7 +1045,7 @@ mod tests {
             out.clear();
             d.wait(Some(Duration::from_millis(100)), None, &mut out).expect("wait");
             for c in out.drain(..) {
-                let CompletionKind::Accept { result: Err(_), more: false } = c.kind else {
+                let CompletionKind::Accept { result: Err(_), armed: false } = c.kind else {
                     panic!("{c:?}")
                 };
                 assert!(!std::mem::replace(&mut ended[c.owner as usize], true), "two ends");

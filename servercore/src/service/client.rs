@@ -7,7 +7,7 @@ use crate::config::SessionConfig;
 use crate::driver::{BackendChoice, Diagnostics};
 use crate::mailbox::Command;
 use crate::session::Session;
-use crate::worker::Role;
+use crate::worker::WorkerDuties;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -106,7 +106,7 @@ impl ClientBuilder {
     {
         let (config, backend) = self.overrides.resolve(self.config, self.backend)?;
         let roles = (0..self.workers)
-            .map(|_| Role { listeners: Vec::new(), connect_to: Some(self.addr) })
+            .map(|_| WorkerDuties { listeners: Vec::new(), connect_to: Some(self.addr) })
             .collect();
         let mut shared = ServiceShared::new("client", config, backend, usize::MAX);
         shared.reconnect = self.reconnect;

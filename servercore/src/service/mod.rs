@@ -17,7 +17,7 @@ use crate::mailbox::{self, Command, WorkerRemote};
 pub(crate) use crate::registry::ServiceShared;
 pub use crate::registry::{Reconnect, ServiceStats};
 use crate::session::{Ctx, Session};
-use crate::worker::{Role, Worker, WorkerInit};
+use crate::worker::{Worker, WorkerDuties, WorkerInit};
 use std::io;
 use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
@@ -76,7 +76,7 @@ impl Ctx<'_> {
 /// What one worker thread needs to build its driver and worker.
 struct WorkerStart<S> {
     index: usize,
-    role: Role,
+    role: WorkerDuties,
     shared: Arc<ServiceShared>,
     factory: Arc<dyn Fn() -> S + Send + Sync>,
 }
@@ -133,7 +133,7 @@ impl Workers {
     /// its worker list for good).
     pub(crate) fn spawn<S, F>(
         shared: ServiceShared,
-        roles: Vec<Role>,
+        roles: Vec<WorkerDuties>,
         factory: F,
         name: &str,
     ) -> io::Result<Workers>

@@ -6,7 +6,7 @@ use crate::config::SessionConfig;
 use crate::driver::{BackendChoice, Diagnostics};
 use crate::session::Session;
 use crate::sys;
-use crate::worker::Role;
+use crate::worker::WorkerDuties;
 use std::io;
 use std::net::SocketAddr;
 
@@ -118,7 +118,10 @@ impl ServerBuilder {
         }
         let mut listeners = listeners.into_iter();
         let roles = (0..self.workers)
-            .map(|_| Role { listeners: listeners.next().into_iter().collect(), connect_to: None })
+            .map(|_| WorkerDuties {
+                listeners: listeners.next().into_iter().collect(),
+                connect_to: None,
+            })
             .collect();
         let mut shared = ServiceShared::new("server", config, backend, self.max_sessions);
         shared.single_acceptor = !per_worker && self.workers > 1;

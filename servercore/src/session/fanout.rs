@@ -30,7 +30,7 @@
 //! Thread safety: all of this lives on the worker thread; other threads reach it only
 //! through the worker's mailbox (`crate::mailbox`).
 
-use super::{Core, Local, State};
+use super::{Phase, SessionState, WorkerState};
 use crate::error::SendError;
 use crate::mailbox::RoomInner;
 use bytes::Bytes;
@@ -40,7 +40,7 @@ use std::sync::Arc;
 /// Gives the replay access to the worker's sessions by key (the worker's slots).
 pub(crate) trait Members {
     /// The engine state of session `key`, if it is still there.
-    fn core(&mut self, key: u64) -> Option<&mut Core>;
+    fn core(&mut self, key: u64) -> Option<&mut SessionState>;
 }
 
 /// One entry of the log.
@@ -58,7 +58,7 @@ struct LocalRoom {
     members: Vec<u64>,
 }
 
-/// The fan-out state of one worker (held in its [`Local`]).
+/// The fan-out state of one worker (held in its [`WorkerState`]).
 pub(crate) struct Fanout {
     log: Vec<RoomOp>,
     rooms: HashMap<u64, LocalRoom>,
@@ -123,10 +123,10 @@ impl Fanout {
 }
 
 /// What callbacks ask for (through [`Ctx`](crate::Ctx)): written to the log.
-impl Local {
+impl WorkerState {
     /// Adds the session to `room` once the callback returns; false if the room belongs to
     /// another service.
-    pub(crate) fn enter_room(&mut self, core: &Core, room: &Arc<RoomInner>) -> bool {
+    pub(crate) fn enter_room(&mut self, core: &SessionState, room: &Arc<RoomInner>) -> bool {
         let Some(service) = self.service.upgrade() else { return false };
         if !room.bind(service.id, service.workers.get().map_or(&[][..], Vec::as_slice)) {
             return false;
@@ -135,7 +135,7 @@ impl Local {
         true
     }
 
-    pub(crate) fn leave_room(&mut self, core: &Core, room: u64) {
+    pub(crate) fn leave_room(&mut self, core: &SessionState, room: u64) {
         self.fanout.log.push(RoomOp::Leave(room, core.key));
     }
 
@@ -155,10 +155,14 @@ impl Local {
     /// A session's own send ([`Ctx::send`](crate::Ctx::send)): straight to its queue,
     /// unless room work is pending, which it must follow (then it is logged, its bytes
     /// counted in its queue now).
-    pub(crate) fn send_own(&mut self, core: &mut Core, buf: Bytes) -> Result<(), SendError> {
+    pub(crate) fn send_own(
+        &mut self,
+        core: &mut SessionState,
+        buf: Bytes,
+    ) -> Result<(), SendError> {
         // A closing session has left its rooms (its farewell from `on_disconnected` must be
         // in the queue before the flush is decided): nothing pending can concern it.
-        if self.fanout.log.is_empty() || core.state == State::Closing {
+        if self.fanout.log.is_empty() || core.state == Phase::Closing {
             return self.queue_send(core, buf, false);
         }
         self.admit(core, buf.len(), true)?;
@@ -171,8 +175,8 @@ impl Local {
 
     /// Queues a logged own send at its place. Its bytes were counted when it was made: a
     /// disconnect asked for since flushes it (graceful) or drops it with the queue.
-    fn queue_logged(&mut self, core: &mut Core, buf: Bytes) {
-        if core.state == State::Closing && !core.flushing {
+    fn queue_logged(&mut self, core: &mut SessionState, buf: Bytes) {
+        if core.state == Phase::Closing && !core.flushing {
             // Dropped with the queue (whose count a given-up flush has zeroed already).
             core.set_queued(core.queued.saturating_sub(buf.len()));
             return;
@@ -184,7 +188,7 @@ impl Local {
 }
 
 /// The replay.
-impl Local {
+impl WorkerState {
     /// Carries out the logged room work, in order (see the module doc).
     pub(crate) fn replay_room_work(&mut self, members: &mut dyn Members) {
         while !self.fanout.log.is_empty() {
@@ -223,7 +227,7 @@ impl Local {
     }
 
     /// Removes a closing session from its rooms here (the batch so far applied first).
-    pub(crate) fn leave_all_rooms(&mut self, core: &mut Core) -> Vec<u64> {
+    pub(crate) fn leave_all_rooms(&mut self, core: &mut SessionState) -> Vec<u64> {
         let rooms = std::mem::take(&mut core.rooms);
         if rooms.len() >= 2 {
             self.fanout.in_several_rooms -= 1;

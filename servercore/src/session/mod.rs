@@ -5,7 +5,7 @@ mod fanout;
 mod state;
 
 pub(crate) use fanout::{Fanout, Members};
-pub(crate) use state::{Core, Local, State, TimerAction};
+pub(crate) use state::{Phase, SessionState, TimerAction, WorkerState};
 
 use crate::buffer::SendBuffer;
 use crate::error::SendError;
@@ -112,8 +112,8 @@ impl fmt::Display for SessionId {
 ///
 /// Thread safety: a `Ctx` exists only during a callback, on the owning worker thread.
 pub struct Ctx<'a> {
-    pub(crate) core: &'a mut Core,
-    pub(crate) local: &'a mut Local,
+    pub(crate) core: &'a mut SessionState,
+    pub(crate) local: &'a mut WorkerState,
 }
 
 impl Ctx<'_> {

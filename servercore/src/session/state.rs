@@ -1,5 +1,5 @@
-//! The engine's state of a session ([`Core`]) and the state of its worker that callbacks
-//! reach ([`Local`]): the send queue and its limits, disconnect requests, timers, and the
+//! The engine's state of a session ([`SessionState`]) and the state of its worker that callbacks
+//! reach ([`WorkerState`]): the send queue and its limits, disconnect requests, timers, and the
 //! room work a callback asks for. The worker's event loop (`crate::worker`) drives them.
 
 use super::fanout::Fanout;
@@ -43,19 +43,19 @@ pub(crate) enum TimerAction {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum State {
+pub(crate) enum Phase {
     Connecting,
     Open,
     Closing,
 }
 
 /// The engine's state of one session (what the seed's `Session` base class held).
-pub(crate) struct Core {
+pub(crate) struct SessionState {
     pub(crate) id: SessionId,
     pub(crate) key: u64,
     pub(crate) peer: SocketAddr,
     pub(crate) sock: SockId,
-    pub(crate) state: State,
+    pub(crate) state: Phase,
     /// Unconsumed received bytes (`len`) plus room for the next read (capacity).
     pub(crate) rbuf: Vec<u8>,
     pub(crate) recv_op: Option<OpId>,
@@ -66,7 +66,7 @@ pub(crate) struct Core {
     pub(crate) queued: usize,
     /// An empty queue with capacity, swapped in when the queue goes to a send, so steady
     /// sending allocates nothing.
-    pub(crate) spare: SendBatch,
+    pub(crate) recycled: SendBatch,
     pub(crate) dirty: bool,
     pub(crate) close_request: Option<DisconnectReason>,
     /// Closing, and queued data still goes out (local disconnect or shutdown).
@@ -101,7 +101,7 @@ pub(crate) struct Core {
     pub(crate) flags: Arc<SessionFlags>,
 }
 
-impl Core {
+impl SessionState {
     /// Sets the queued byte count, and its mirror that handles read to reserve places
     /// (Notify policy only: a per-send atomic store is not free on a broadcast).
     pub(crate) fn set_queued(&mut self, queued: usize) {
@@ -112,7 +112,7 @@ impl Core {
     }
 
     pub(crate) fn is_open(&self) -> bool {
-        self.state == State::Open && self.close_request.is_none()
+        self.state == Phase::Open && self.close_request.is_none()
     }
 }
 
@@ -121,7 +121,7 @@ impl Core {
 pub(crate) const MIN_COUNTED: usize = 64;
 
 /// A worker's state that callbacks reach through [`Ctx`].
-pub(crate) struct Local {
+pub(crate) struct WorkerState {
     pub(crate) remote: Arc<WorkerRemote>,
     pub(crate) service: Weak<ServiceShared>,
     pub(crate) config: Arc<SessionConfig>,
@@ -137,10 +137,10 @@ pub(crate) struct Local {
     pub(crate) metrics: WorkerMetrics,
 }
 
-impl Local {
+impl WorkerState {
     pub(crate) fn set_session_timer(
         &mut self,
-        core: &Core,
+        core: &SessionState,
         delay: Duration,
         period: Option<Duration>,
         token: u64,
@@ -149,7 +149,7 @@ impl Local {
         self.timers.add(at, TimerAction::Session { key: core.key, token, period })
     }
 
-    pub(crate) fn cancel_session_timer(&mut self, core: &Core, id: TimerId) -> bool {
+    pub(crate) fn cancel_session_timer(&mut self, core: &SessionState, id: TimerId) -> bool {
         match self.timers.cancel(id) {
             Some(TimerAction::Session { key, .. }) if key == core.key => true,
             Some(other) => {
@@ -161,7 +161,7 @@ impl Local {
         }
     }
 
-    pub(crate) fn mark_dirty(&mut self, core: &mut Core) {
+    pub(crate) fn mark_dirty(&mut self, core: &mut SessionState) {
         if !core.dirty {
             core.dirty = true;
             self.dirty.push(core.key);
@@ -175,7 +175,7 @@ impl Local {
     /// refused for the limit here.
     pub(crate) fn queue_send(
         &mut self,
-        core: &mut Core,
+        core: &mut SessionState,
         buf: Bytes,
         admitted: bool,
     ) -> Result<(), SendError> {
@@ -195,14 +195,14 @@ impl Local {
     /// A refusal for the limit applies the policy (disconnect, or congestion and notify).
     pub(super) fn admit(
         &mut self,
-        core: &mut Core,
+        core: &mut SessionState,
         len: usize,
         check_limit: bool,
     ) -> Result<(), SendError> {
         let accepting = match core.state {
-            State::Open => core.close_request.is_none(),
-            State::Closing => core.graceful,
-            State::Connecting => false,
+            Phase::Open => core.close_request.is_none(),
+            Phase::Closing => core.graceful,
+            Phase::Connecting => false,
         };
         if !accepting {
             return Err(SendError::Disconnected);
@@ -231,7 +231,7 @@ impl Local {
 
     /// Notify policy: the queue is full; `on_send_queue_full` is due, sends are refused
     /// until `on_writable`.
-    pub(crate) fn congest(&mut self, core: &mut Core) {
+    pub(crate) fn congest(&mut self, core: &mut SessionState) {
         if !core.congested {
             core.congested = true;
             core.notify_full = true;
@@ -242,8 +242,8 @@ impl Local {
 
     /// Records a disconnect request; it is carried out at the end of the loop turn, outside
     /// any callback. The first reason wins.
-    pub(crate) fn request_close(&mut self, core: &mut Core, reason: DisconnectReason) {
-        if core.state != State::Closing && core.close_request.is_none() {
+    pub(crate) fn request_close(&mut self, core: &mut SessionState, reason: DisconnectReason) {
+        if core.state != Phase::Closing && core.close_request.is_none() {
             core.close_request = Some(reason);
             self.mark_dirty(core);
         }

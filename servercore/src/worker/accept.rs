@@ -12,8 +12,8 @@ impl<S: Session> Worker<S> {
         l.op = Some(self.driver.accept(l.sock, LISTENER_TAG | i as u64));
     }
 
-    pub(super) fn on_accept(&mut self, i: usize, result: io::Result<TcpStream>, more: bool) {
-        if !more {
+    pub(super) fn on_accept(&mut self, i: usize, result: io::Result<TcpStream>, armed: bool) {
+        if !armed {
             self.listeners[i].op = None;
         }
         match result {
@@ -22,7 +22,7 @@ impl<S: Session> Worker<S> {
                 self.route_accepted(stream);
             }
             Err(e) => {
-                if self.shutdown.is_none() && !more {
+                if self.shutdown.is_none() && !armed {
                     if !self.accept_error_logged {
                         tracing::warn!("accept failed: {e}; retrying in {ACCEPT_BACKOFF:?}");
                         self.accept_error_logged = true;
@@ -109,7 +109,7 @@ impl<S: Session> Worker<S> {
             }
         };
         shared.accepted.fetch_add(1, Ordering::Relaxed);
-        let key = self.install(user, peer, sock, State::Open);
+        let key = self.install(user, peer, sock, Phase::Open);
         if let Some(conn) = self.conn(key) {
             conn.core.ip_counted = shared.per_ip_limit.is_some();
         }

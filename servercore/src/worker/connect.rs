@@ -46,7 +46,7 @@ impl<S: Session> Worker<S> {
             }
         };
         self.shared.sessions.fetch_add(1, Ordering::AcqRel);
-        let key = self.install(user, addr, sock, State::Connecting);
+        let key = self.install(user, addr, sock, Phase::Connecting);
         let op = self.driver.connect(sock, key, addr);
         let at = Instant::now() + self.shared.config.connect_timeout;
         let timer = self.local.timers.add(at, TimerAction::ConnectTimeout(key));
@@ -64,7 +64,7 @@ impl<S: Session> Worker<S> {
         let timer = core.timer.take();
         let result = match (result, core.connect_error.take(), core.state) {
             (_, Some(e), _) => Err(e),
-            (Ok(()), None, State::Connecting) => Ok(()),
+            (Ok(()), None, Phase::Connecting) => Ok(()),
             (Ok(()), None, _) => Err(io::Error::new(
                 io::ErrorKind::Interrupted,
                 "service shut down while connecting",
@@ -79,7 +79,7 @@ impl<S: Session> Worker<S> {
                 self.shared.connected.fetch_add(1, Ordering::Relaxed);
                 self.reconnect_failures = 0;
                 let conn = self.conn(key).expect("checked above");
-                conn.core.state = State::Open;
+                conn.core.state = Phase::Open;
                 conn.core.flags.alive.store(true, Ordering::Release);
                 self.open_session(key);
             }
@@ -93,7 +93,7 @@ impl<S: Session> Worker<S> {
                 {
                     tracing::error!("on_connect_failed panicked: {}", panic_message(&*p));
                 }
-                conn.core.state = State::Closing;
+                conn.core.state = Phase::Closing;
                 self.try_finalize(key);
                 self.schedule_reconnect();
             }

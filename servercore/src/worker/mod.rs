@@ -25,8 +25,8 @@ use crate::mailbox::{Command, WorkerRemote, INBOX_ENTRY};
 use crate::reason::DisconnectReason;
 use crate::registry::ServiceShared;
 use crate::session::{
-    Core, Ctx, Fanout, Local, Members, Session, SessionFlags, SessionId, SessionJob, State,
-    TimerAction,
+    Ctx, Fanout, Members, Phase, Session, SessionFlags, SessionId, SessionJob, SessionState,
+    TimerAction, WorkerState,
 };
 use crate::sys;
 use crate::telemetry::WorkerMetrics;
@@ -60,7 +60,7 @@ struct ListenerState {
 }
 
 /// What a worker does besides serving its sessions.
-pub(crate) struct Role {
+pub(crate) struct WorkerDuties {
     pub(crate) listeners: Vec<TcpListener>,
     pub(crate) connect_to: Option<SocketAddr>,
 }
@@ -72,7 +72,7 @@ pub(crate) struct WorkerInit<S> {
     pub(crate) remote: Arc<WorkerRemote>,
     pub(crate) shared: Arc<ServiceShared>,
     pub(crate) factory: Arc<dyn Fn() -> S + Send + Sync>,
-    pub(crate) role: Role,
+    pub(crate) role: WorkerDuties,
 }
 
 pub(crate) struct Worker<S: Session> {
@@ -81,7 +81,7 @@ pub(crate) struct Worker<S: Session> {
     slots: Vec<Slot<S>>,
     free: Vec<u32>,
     live: usize,
-    local: Local,
+    local: WorkerState,
     shared: Arc<ServiceShared>,
     factory: Arc<dyn Fn() -> S + Send + Sync>,
     listeners: Vec<ListenerState>,
@@ -110,7 +110,7 @@ fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
 /// Runs a user callback, turning a panic into a disconnect request for that session.
 fn call<S, R>(
     conn: &mut Conn<S>,
-    local: &mut Local,
+    local: &mut WorkerState,
     f: impl FnOnce(&mut S, &mut Ctx<'_>) -> R,
 ) -> Option<R> {
     let Conn { user, core } = conn;
@@ -143,7 +143,7 @@ impl<S: Session> Worker<S> {
             slots: Vec::new(),
             free: Vec::new(),
             live: 0,
-            local: Local {
+            local: WorkerState {
                 remote,
                 service: Arc::downgrade(&shared),
                 send_limit: config.max_send_queue,
@@ -276,7 +276,7 @@ impl<S: Session> Worker<S> {
         }
     }
 
-    fn install(&mut self, user: S, peer: SocketAddr, sock: SockId, state: State) -> u64 {
+    fn install(&mut self, user: S, peer: SocketAddr, sock: SockId, state: Phase) -> u64 {
         let index = match self.free.pop() {
             Some(i) => i,
             None => {
@@ -295,9 +295,9 @@ impl<S: Session> Worker<S> {
         conn_of(&mut self.slots, key)
     }
 
-    fn new_core(&self, key: u64, peer: SocketAddr, sock: SockId, state: State) -> Core {
+    fn new_core(&self, key: u64, peer: SocketAddr, sock: SockId, state: Phase) -> SessionState {
         let id = SessionId(self.shared.next_id.fetch_add(1, Ordering::Relaxed));
-        Core {
+        SessionState {
             id,
             key,
             peer,
@@ -310,7 +310,7 @@ impl<S: Session> Worker<S> {
             in_flight: 0,
             queue: VecDeque::new(),
             queued: 0,
-            spare: SendBatch::new(),
+            recycled: SendBatch::new(),
             dirty: false,
             close_request: None,
             flushing: false,
@@ -329,7 +329,7 @@ impl<S: Session> Worker<S> {
             ip_counted: false,
             mirror_queued: self.shared.config.send_queue_policy == SendQueuePolicy::Notify,
             flags: Arc::new(SessionFlags {
-                alive: AtomicBool::new(state == State::Open),
+                alive: AtomicBool::new(state == Phase::Open),
                 ..SessionFlags::default()
             }),
         }
@@ -541,8 +541,8 @@ impl<S: Session> Worker<S> {
         }
         for key in self.live_keys() {
             let Some(conn) = self.conn(key) else { continue };
-            if conn.core.state == State::Connecting {
-                conn.core.state = State::Closing;
+            if conn.core.state == Phase::Connecting {
+                conn.core.state = Phase::Closing;
                 if let Some(op) = conn.core.connect_op {
                     self.driver.cancel(op);
                 }
@@ -555,13 +555,13 @@ impl<S: Session> Worker<S> {
 
     fn dispatch(&mut self, c: Completion) {
         if c.owner & LISTENER_TAG != 0 {
-            if let CompletionKind::Accept { result, more } = c.kind {
-                self.on_accept((c.owner & !LISTENER_TAG) as usize, result, more);
+            if let CompletionKind::Accept { result, armed } = c.kind {
+                self.on_accept((c.owner & !LISTENER_TAG) as usize, result, armed);
             }
             return;
         }
         match c.kind {
-            CompletionKind::Recv { result, more } => self.on_recv(c.owner, result, more),
+            CompletionKind::Recv { result, armed } => self.on_recv(c.owner, result, armed),
             CompletionKind::Send { result, bufs } => self.on_send(c.owner, result, bufs),
             CompletionKind::Connect { result } => self.on_connect(c.owner, result),
             CompletionKind::Accept { .. } => {}

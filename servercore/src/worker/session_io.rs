@@ -27,7 +27,7 @@ impl<S: Session> Worker<S> {
         core.in_flight += 1;
     }
 
-    pub(super) fn on_recv(&mut self, key: u64, result: io::Result<Option<RecvLease>>, more: bool) {
+    pub(super) fn on_recv(&mut self, key: u64, result: io::Result<Option<RecvLease>>, armed: bool) {
         let local = &mut self.local;
         let driver = &mut self.driver;
         let Some(conn) = conn_of(&mut self.slots, key) else {
@@ -36,7 +36,7 @@ impl<S: Session> Worker<S> {
             }
             return;
         };
-        if !more {
+        if !armed {
             conn.core.in_flight -= 1;
             conn.core.recv_op = None;
         }
@@ -92,7 +92,7 @@ impl<S: Session> Worker<S> {
         if rbuf.is_empty() && rbuf.capacity() > local.config.recv_buffer_size {
             *rbuf = Vec::new(); // an idle session holds no receive memory
         }
-        if !more {
+        if !armed {
             self.arm_recv(key);
         }
     }
@@ -120,13 +120,13 @@ impl<S: Session> Worker<S> {
             return;
         };
         let core = &mut conn.core;
-        let may_send = core.state == State::Open || core.flushing;
+        let may_send = core.state == Phase::Open || core.flushing;
         if !may_send || core.send_op.is_some() || core.queue.is_empty() {
             return;
         }
         // The queue itself goes to the driver (no copy per buffer); new sends go into the
         // spare. Past one gather write's limit, the rest stays queued.
-        let mut batch = std::mem::replace(&mut core.queue, std::mem::take(&mut core.spare));
+        let mut batch = std::mem::replace(&mut core.queue, std::mem::take(&mut core.recycled));
         if batch.len() > MAX_IOVECS {
             core.queue = batch.split_off(MAX_IOVECS);
         }
@@ -158,12 +158,12 @@ impl<S: Session> Worker<S> {
                     bufs.pop_front();
                 }
                 if bufs.is_empty() {
-                    if bufs.capacity() > core.spare.capacity() {
-                        core.spare = bufs;
+                    if bufs.capacity() > core.recycled.capacity() {
+                        core.recycled = bufs;
                     }
                 } else {
                     bufs.append(&mut core.queue);
-                    core.spare = std::mem::replace(&mut core.queue, bufs);
+                    core.recycled = std::mem::replace(&mut core.queue, bufs);
                 }
                 if !core.queue.is_empty() {
                     local.mark_dirty(core);
@@ -177,7 +177,7 @@ impl<S: Session> Worker<S> {
             }
             Err(e) => {
                 drop(bufs);
-                if core.state == State::Closing {
+                if core.state == Phase::Closing {
                     self.stop_flushing(key);
                 } else {
                     local.request_close(core, DisconnectReason::from_io(&e));
@@ -240,14 +240,14 @@ impl<S: Session> Worker<S> {
         };
         let core = &mut conn.core;
         let was = core.state;
-        if was == State::Closing {
+        if was == Phase::Closing {
             return;
         }
-        core.state = State::Closing;
+        core.state = Phase::Closing;
         core.flags.alive.store(false, Ordering::Release);
         core.graceful = matches!(reason, DisconnectReason::Local(_) | DisconnectReason::Shutdown);
         let lost = !core.graceful && self.connect_to.is_some();
-        if was == State::Open {
+        if was == Phase::Open {
             tracing::debug!("{} disconnected: {reason}", core.id);
             self.shared.count_disconnect(&reason);
             local.metrics.disconnect(&reason);
@@ -283,7 +283,7 @@ impl<S: Session> Worker<S> {
             self.local.remove_member(room, key);
         }
         self.try_finalize(key);
-        if lost && was == State::Open {
+        if lost && was == Phase::Open {
             self.schedule_reconnect();
         }
     }
@@ -294,7 +294,7 @@ impl<S: Session> Worker<S> {
             return;
         };
         let core = &mut conn.core;
-        if core.state != State::Closing {
+        if core.state != Phase::Closing {
             return;
         }
         core.flushing = false;
@@ -318,7 +318,7 @@ impl<S: Session> Worker<S> {
             return;
         };
         let core = &mut conn.core;
-        if core.state != State::Closing {
+        if core.state != Phase::Closing {
             return;
         }
         if core.flushing {
@@ -361,7 +361,7 @@ impl<S: Session> Worker<S> {
 /// it: a FIN now would leave those bytes (megabytes for a peer that does not read) in the
 /// kernel for minutes. True while the session should wait (a `Linger` timer looks again);
 /// past its deadline the bytes are abandoned and the close turns abortive.
-fn lingers(core: &mut Core, driver: &Driver, local: &mut Local) -> bool {
+fn lingers(core: &mut SessionState, driver: &Driver, local: &mut WorkerState) -> bool {
     let unsent = driver.unsent(core.sock);
     if unsent == 0 {
         return false;

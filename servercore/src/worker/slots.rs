@@ -6,7 +6,7 @@ use super::*;
 /// A session slot: the user's object and the engine's core.
 pub(super) struct Conn<S> {
     pub(super) user: S,
-    pub(super) core: Core,
+    pub(super) core: SessionState,
 }
 
 pub(super) struct Slot<S> {
@@ -16,7 +16,7 @@ pub(super) struct Slot<S> {
 
 /// Notify policy: after the queue drained to the low watermark, sends are accepted again
 /// and `on_writable` runs.
-pub(super) fn check_writable<S: Session>(conn: &mut Conn<S>, local: &mut Local) {
+pub(super) fn check_writable<S: Session>(conn: &mut Conn<S>, local: &mut WorkerState) {
     let core = &mut conn.core;
     if core.congested && !core.notify_full && core.queued <= local.config.send_queue_low_watermark {
         core.congested = false;
@@ -40,7 +40,7 @@ pub(super) fn conn_of<S>(slots: &mut [Slot<S>], key: u64) -> Option<&mut Conn<S>
 
 /// The room fan-out reaches sessions by key through the slots.
 impl<S: Session> Members for Vec<Slot<S>> {
-    fn core(&mut self, key: u64) -> Option<&mut Core> {
+    fn core(&mut self, key: u64) -> Option<&mut SessionState> {
         conn_of(self, key).map(|c| &mut c.core)
     }
 }

@@ -86,7 +86,7 @@ fn drive_accept(sock: &mut Sock, ops: &mut Slab<Op>, out: &mut Vec<Completion>) 
             Ok((s, _)) => {
                 accepted += 1;
                 let result = Ok(TcpStream::from(s));
-                let kind = CompletionKind::Accept { result, more: true };
+                let kind = CompletionKind::Accept { result, armed: true };
                 out.push(Completion { owner: ops[key].owner, kind });
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => sock.readable = false,
@@ -103,7 +103,7 @@ fn drive_accept(sock: &mut Sock, ops: &mut Slab<Op>, out: &mut Vec<Completion>) 
 }
 
 /// Reads up to [`RECV_BATCH`] chunks for a pending recv, completing each. Returns whether
-/// the recv finished (`more == false` completed) and what is left to do.
+/// the recv finished (`armed == false` completed) and what is left to do.
 fn drive_recv(
     stream: &mio::net::TcpStream,
     readable: &mut bool,
@@ -116,7 +116,7 @@ fn drive_recv(
             return (false, Outcome::Starved { served: chunk > 0 });
         };
         let result = try_recv(stream, pool.buf_mut(buf), readable);
-        let (result, more) = match result {
+        let (result, armed) = match result {
             None => {
                 pool.put_back(buf);
                 return (false, Outcome::Idle);
@@ -129,11 +129,11 @@ fn drive_recv(
             }
             Some(Err(e)) => (Err(e), false),
         };
-        if !more {
+        if !armed {
             pool.put_back(buf);
         }
-        out.push(Completion { owner, kind: CompletionKind::Recv { result, more } });
-        if !more {
+        out.push(Completion { owner, kind: CompletionKind::Recv { result, armed } });
+        if !armed {
             return (true, Outcome::Idle);
         }
     }
@@ -215,14 +215,14 @@ mod tests {
         for _ in 0..n {
             let c = h.next();
             assert_eq!(c.owner, 1);
-            let CompletionKind::Accept { result, more } = c.kind else { panic!("{c:?}") };
-            assert!(more);
+            let CompletionKind::Accept { result, armed } = c.kind else { panic!("{c:?}") };
+            assert!(armed);
             result.expect("accepted");
         }
         assert_eq!(h.d.in_flight(), 1);
         h.d.cancel(op);
         let c = h.next();
-        let CompletionKind::Accept { result: Err(e), more: false } = c.kind else {
+        let CompletionKind::Accept { result: Err(e), armed: false } = c.kind else {
             panic!("{c:?}")
         };
         assert!(is_cancelled(&e), "{e}");
@@ -246,7 +246,7 @@ mod tests {
                 .filter(|c| c.owner == owner)
                 .inspect(|c| {
                     assert!(
-                        matches!(c.kind, CompletionKind::Recv { result: Ok(Some(_)), more: true }),
+                        matches!(c.kind, CompletionKind::Recv { result: Ok(Some(_)), armed: true }),
                         "{c:?}"
                     )
                 })
@@ -269,7 +269,7 @@ mod tests {
         h.d.wait(Some(Duration::from_secs(5)), None, &mut out).expect("wait");
         assert_eq!(out.len(), 2, "{out:?}");
         for c in out.drain(..) {
-            let CompletionKind::Recv { result: Err(e), more: false } = c.kind else {
+            let CompletionKind::Recv { result: Err(e), armed: false } = c.kind else {
                 panic!("{c:?}")
             };
             assert!(is_cancelled(&e), "{e}");

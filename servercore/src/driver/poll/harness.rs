@@ -47,12 +47,12 @@ impl Harness {
         let client = TcpStream::connect(addr).expect("connect");
         let c = self.next();
         assert_eq!(c.owner, 7);
-        let CompletionKind::Accept { result, more } = c.kind else { panic!("{c:?}") };
-        assert!(more);
+        let CompletionKind::Accept { result, armed } = c.kind else { panic!("{c:?}") };
+        assert!(armed);
         let s = result.expect("accepted");
         self.d.cancel(op);
         let c = self.next();
-        assert!(matches!(c.kind, CompletionKind::Accept { result: Err(_), more: false }));
+        assert!(matches!(c.kind, CompletionKind::Accept { result: Err(_), armed: false }));
         self.d.close(l);
         (self.d.add_stream(s).expect("add stream"), client)
     }
@@ -61,10 +61,10 @@ impl Harness {
     /// released at once. Checks `more` against the result.
     pub(super) fn next_recv(&mut self) -> (u64, Got) {
         let c = self.next();
-        let CompletionKind::Recv { result, more } = c.kind else { panic!("{c:?}") };
+        let CompletionKind::Recv { result, armed } = c.kind else { panic!("{c:?}") };
         let got = match result {
             Ok(Some(lease)) => {
-                assert!(more, "a chunk keeps the recv armed");
+                assert!(armed, "a chunk keeps the recv armed");
                 assert!(lease.len > 0 && lease.len as usize <= RECV_BUF, "{lease:?}");
                 let bytes = self.d.lease(&lease).to_vec();
                 assert_eq!(bytes.len(), lease.len as usize);
@@ -75,7 +75,7 @@ impl Harness {
             Err(e) => Got::Failed(e),
         };
         if !matches!(got, Got::Bytes(_)) {
-            assert!(!more, "the end of a recv says so");
+            assert!(!armed, "the end of a recv says so");
         }
         (c.owner, got)
     }
@@ -174,11 +174,11 @@ pub(super) fn record(
     for c in out.drain(..) {
         let i = (c.owner - 1) as usize;
         match c.kind {
-            CompletionKind::Recv { result: Ok(Some(lease)), more: true } => {
+            CompletionKind::Recv { result: Ok(Some(lease)), armed: true } => {
                 got[i].extend_from_slice(d.lease(&lease));
                 d.release(lease);
             }
-            CompletionKind::Recv { result: Ok(None), more: false } => closed[i] = true,
+            CompletionKind::Recv { result: Ok(None), armed: false } => closed[i] = true,
             other => panic!("{other:?}"),
         }
     }

@@ -29,7 +29,7 @@
 //! A recv is a standing operation: while it is pending and the socket is readable, the driver reads
 //! into a free buffer of its pool ([`RECV_BUF`](pool::RECV_BUF) bytes each) and completes a chunk
 //! with a [`RecvLease`] on it, `more == true`; end of stream (`Ok(None)`), an error or a cancel
-//! completes it with `more == false`. A buffer is taken from the pool only for a read and kept only
+//! completes it with `armed == false`. A buffer is taken from the pool only for a read and kept only
 //! if the read brought bytes, so an idle session holds none. The caller gives it back with
 //! [`PollDriver::release`].
 //!
@@ -44,7 +44,7 @@
 //!
 //! [`PollDriver::cancel`] marks the operation doomed and queues it; the next `wait` takes
 //! it off its socket and completes it with `ECANCELED` (on non-Unix: `Interrupted`) before
-//! any I/O is attempted, returning its buffers (a recv: `more == false`; its chunks leased
+//! any I/O is attempted, returning its buffers (a recv: `armed == false`; its chunks leased
 //! so far are the caller's until released). Operations started on an unknown socket
 //! (or a second operation of a kind already pending) are failed the same way, with their
 //! own error.

@@ -28,7 +28,7 @@ pub(super) struct Op {
 }
 
 /// What an operation is, with its memory. `Accept` and `Recv` are standing: they complete
-/// once per connection or chunk until a completion with `more == false`.
+/// once per connection or chunk until a completion with `armed == false`.
 pub(super) enum OpState {
     Accept,
     Recv,
@@ -49,8 +49,8 @@ impl OpState {
     /// The completion of this operation with `err`, returning its memory.
     pub(super) fn fail(self, err: io::Error) -> CompletionKind {
         match self {
-            OpState::Accept => CompletionKind::Accept { result: Err(err), more: false },
-            OpState::Recv => CompletionKind::Recv { result: Err(err), more: false },
+            OpState::Accept => CompletionKind::Accept { result: Err(err), armed: false },
+            OpState::Recv => CompletionKind::Recv { result: Err(err), armed: false },
             OpState::Send(bufs) => CompletionKind::Send { result: Err(err), bufs },
             OpState::Connect { .. } => CompletionKind::Connect { result: Err(err) },
         }
@@ -109,7 +109,7 @@ impl PollDriver {
         OpId::new(key, gen)
     }
 
-    /// Stays armed until cancelled or an error (`more == false`). Accepted streams come
+    /// Stays armed until cancelled or an error (`armed == false`). Accepted streams come
     /// back non-blocking (as `mio` accepts them); `add_stream` of either backend sets the
     /// mode it needs.
     pub(crate) fn accept(&mut self, sock: SockId, owner: u64) -> OpId {
@@ -117,7 +117,7 @@ impl PollDriver {
     }
 
     /// Stays armed, one completion per chunk, until end of stream, an error or a cancel
-    /// (`more == false`).
+    /// (`armed == false`).
     pub(crate) fn recv(&mut self, sock: SockId, owner: u64) -> OpId {
         self.start(sock, owner, OpState::Recv)
     }
