@@ -11,9 +11,12 @@
 //! in flight.
 
 mod accept;
+mod commands;
 mod connect;
 mod session_io;
+mod shutdown;
 mod slots;
+mod timers;
 
 use slots::{check_writable, conn_of, Conn, Slot};
 
@@ -335,224 +338,6 @@ impl<S: Session> Worker<S> {
         }
     }
 
-    fn drain_inbox(&mut self) {
-        loop {
-            match self.rx.try_recv() {
-                Ok(cmd) => self.command(cmd),
-                Err(TryRecvError::Empty) => break,
-                Err(TryRecvError::Disconnected) => {
-                    if self.shutdown.is_none() {
-                        self.begin_shutdown(Instant::now());
-                    }
-                    break;
-                }
-            }
-        }
-    }
-
-    fn command(&mut self, cmd: Command) {
-        // Room work waiting in the log is carried out before a command that queues to
-        // sessions or closes them, so that every session sees work in the order it reached
-        // this worker (room work itself is logged, in order: see `session::fanout`).
-        let touches_sessions = matches!(
-            cmd,
-            Command::Send { .. }
-                | Command::Disconnect { .. }
-                | Command::Broadcast(_)
-                | Command::SessionJob { .. }
-                | Command::Shutdown { .. }
-        );
-        if touches_sessions && self.local.fanout.pending() {
-            self.replay_room_work();
-        }
-        match cmd {
-            Command::Send { key, buf, admitted } => {
-                let local = &mut self.local;
-                let cost = buf.len() + INBOX_ENTRY;
-                local.remote.release(cost);
-                if let Some(conn) = conn_of(&mut self.slots, key) {
-                    conn.core.flags.posted.fetch_sub(cost, Ordering::AcqRel);
-                    let _ = local.queue_send(&mut conn.core, buf, admitted);
-                }
-            }
-            Command::Congested { key } => {
-                let local = &mut self.local;
-                if let Some(conn) = conn_of(&mut self.slots, key) {
-                    local.congest(&mut conn.core);
-                }
-            }
-            Command::Disconnect { key, reason } => {
-                let local = &mut self.local;
-                if let Some(conn) = conn_of(&mut self.slots, key) {
-                    local.request_close(&mut conn.core, reason);
-                }
-            }
-            Command::Broadcast(buf) => {
-                let local = &mut self.local;
-                local.remote.release(buf.len() + INBOX_ENTRY);
-                for slot in &mut self.slots {
-                    if let Some(conn) = &mut slot.conn {
-                        if conn.core.is_open() {
-                            let _ = local.queue_send(&mut conn.core, buf.clone(), false);
-                        }
-                    }
-                }
-            }
-            Command::Connect { count } => {
-                for _ in 0..count {
-                    self.start_connect();
-                }
-            }
-            Command::Adopt(stream) => self.open_accepted(stream),
-            Command::Shutdown { deadline } => self.begin_shutdown(deadline),
-            Command::Job(job) => run_job(job),
-            Command::TimedJob { delay, period, cancelled, job } => {
-                let at = Instant::now() + delay;
-                self.local.timers.add(at, TimerAction::Job { period, cancelled, job });
-            }
-            Command::SessionJob { key, job } => {
-                let local = &mut self.local;
-                // Only the session layer posts these, always as a `SessionJob`.
-                let Ok(job) = job.downcast::<SessionJob>() else { return };
-                if let Some(conn) = conn_of(&mut self.slots, key) {
-                    if conn.core.is_open() {
-                        call(conn, local, |s, ctx| job(s as &mut dyn Any, ctx));
-                    }
-                }
-            }
-            Command::RoomEnter { room, key } => self.local.fanout.posted_enter(room, key),
-            Command::RoomLeave { room, key } => self.local.fanout.posted_leave(room, key),
-            Command::RoomBroadcast { room, buf } => {
-                self.local.remote.release(buf.len() + INBOX_ENTRY);
-                self.local.fanout.posted_broadcast(room, buf);
-            }
-        }
-    }
-
-    fn run_timers(&mut self) {
-        let now = Instant::now();
-        while let Some((id, action)) = self.local.timers.pop_due(now) {
-            self.fire(id, action, now);
-        }
-    }
-
-    /// Carries out one due timer.
-    fn fire(&mut self, id: TimerId, action: TimerAction, now: Instant) {
-        match action {
-            TimerAction::Session { key, token, period } => {
-                let local = &mut self.local;
-                let Some(conn) = conn_of(&mut self.slots, key) else { return };
-                if !conn.core.is_open() {
-                    return; // a session's timers die with it
-                }
-                if let Some(p) = period {
-                    let next = TimerAction::Session { key, token, period };
-                    local.timers.reschedule(id, now + p, next);
-                }
-                call(conn, local, |s, ctx| s.on_timer(ctx, token));
-            }
-            TimerAction::Idle(key) => {
-                let local = &mut self.local;
-                let Some(idle) = local.config.idle_timeout else { return };
-                let Some(conn) = conn_of(&mut self.slots, key) else { return };
-                if !conn.core.is_open() {
-                    return;
-                }
-                let due = conn.core.last_recv + idle;
-                if due <= now {
-                    local.request_close(&mut conn.core, DisconnectReason::IdleTimeout);
-                } else {
-                    local.timers.reschedule(id, due, TimerAction::Idle(key));
-                }
-            }
-            TimerAction::Reconnect => self.start_connect(),
-            TimerAction::Job { period, cancelled, mut job } => {
-                if cancelled.load(Ordering::Acquire) {
-                    return;
-                }
-                let ok = panic::catch_unwind(AssertUnwindSafe(&mut job)).is_ok();
-                if !ok {
-                    tracing::error!("a timed job panicked; it will not run again");
-                } else if let Some(p) = period {
-                    let next = TimerAction::Job { period, cancelled, job };
-                    self.local.timers.reschedule(id, now + p, next);
-                }
-            }
-            TimerAction::ConnectTimeout(key) => {
-                let timeout = self.shared.config.connect_timeout;
-                if let Some(conn) = self.conn(key) {
-                    conn.core.timer = None;
-                    if let Some(op) = conn.core.connect_op {
-                        conn.core.connect_error = Some(io::Error::new(
-                            io::ErrorKind::TimedOut,
-                            format!("connect timed out after {timeout:?}"),
-                        ));
-                        self.driver.cancel(op);
-                    }
-                }
-            }
-            TimerAction::Linger(key) => {
-                if let Some(conn) = self.conn(key) {
-                    conn.core.timer = None;
-                }
-                self.try_finalize(key);
-            }
-            TimerAction::FlushDeadline(key) => {
-                if let Some(conn) = self.conn(key) {
-                    conn.core.timer = None;
-                }
-                self.stop_flushing(key);
-            }
-            TimerAction::RearmAccept(i) => {
-                self.listeners[i].rearm = None;
-                self.arm_accept(i);
-            }
-            TimerAction::ShutdownDeadline => {
-                let keys: Vec<u64> = self.live_keys();
-                for key in keys {
-                    self.stop_flushing(key);
-                }
-            }
-        }
-    }
-
-    fn live_keys(&self) -> Vec<u64> {
-        self.slots.iter().filter_map(|s| s.conn.as_ref().map(|c| c.core.key)).collect()
-    }
-
-    fn begin_shutdown(&mut self, deadline: Instant) {
-        if self.shutdown.is_some() {
-            return;
-        }
-        self.shutdown = Some(deadline);
-        for i in 0..self.listeners.len() {
-            let l = &mut self.listeners[i];
-            if let Some(t) = l.rearm.take() {
-                self.local.timers.cancel(t);
-            }
-            match l.op {
-                Some(op) => self.driver.cancel(op),
-                None if !l.closed => {
-                    l.closed = true;
-                    self.driver.close(l.sock);
-                }
-                None => {}
-            }
-        }
-        for key in self.live_keys() {
-            let Some(conn) = self.conn(key) else { continue };
-            if conn.core.state == Phase::Connecting {
-                conn.core.state = Phase::Closing;
-                if let Some(op) = conn.core.connect_op {
-                    self.driver.cancel(op);
-                }
-            } else {
-                self.close(key, DisconnectReason::Shutdown);
-            }
-        }
-        self.local.timers.add(deadline, TimerAction::ShutdownDeadline);
-    }
-
     fn dispatch(&mut self, c: Completion) {
         if c.owner & LISTENER_TAG != 0 {
             if let CompletionKind::Accept { result, armed } = c.kind {
@@ -566,13 +351,6 @@ impl<S: Session> Worker<S> {
             CompletionKind::Connect { result } => self.on_connect(c.owner, result),
             CompletionKind::Accept { .. } => {}
         }
-    }
-}
-
-/// Runs a job posted to this worker; a panic in it is logged and the worker carries on.
-fn run_job(job: Box<dyn FnOnce() + Send>) {
-    if let Err(p) = panic::catch_unwind(AssertUnwindSafe(job)) {
-        tracing::error!("a job panicked: {}", panic_message(&*p));
     }
 }
 
