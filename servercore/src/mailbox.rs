@@ -220,17 +220,39 @@ impl RoomInner {
         buf: &Bytes,
     ) -> Result<(), SendError> {
         let Some(b) = self.binding.get() else { return Ok(()) };
-        let targets = b
-            .workers
-            .iter()
-            .zip(&b.members)
-            .enumerate()
-            .filter(move |(i, (_, n))| Some(*i) != except && n.load(Ordering::Acquire) > 0)
-            .map(|(_, (w, _))| &**w);
         let cost = buf.len() + INBOX_ENTRY;
-        WorkerRemote::post_all(targets, cost, || Command::RoomBroadcast {
-            room: self.id,
-            buf: buf.clone(),
-        })
+        let make = || Command::RoomBroadcast { room: self.id, buf: buf.clone() };
+        // Member counts change under our feet (other workers enter and leave): the targets
+        // are read once, so that reserving, rolling back and posting agree on the set.
+        let chosen = |i: usize| Some(i) != except && b.members[i].load(Ordering::Acquire) > 0;
+        if b.workers.len() <= 128 {
+            let mask = (0..b.workers.len()).filter(|&i| chosen(i)).fold(0u128, |m, i| m | 1 << i);
+            WorkerRemote::post_all(Targets { mask, workers: &b.workers }, cost, make)
+        } else {
+            let v: Vec<&WorkerRemote> =
+                (0..b.workers.len()).filter(|&i| chosen(i)).map(|i| &*b.workers[i]).collect();
+            WorkerRemote::post_all(v.iter().copied(), cost, make)
+        }
+    }
+}
+
+/// A fixed set of workers (a bit per worker index), so that every pass over it sees the
+/// same workers.
+#[derive(Clone)]
+struct Targets<'a> {
+    mask: u128,
+    workers: &'a [Arc<WorkerRemote>],
+}
+
+impl<'a> Iterator for Targets<'a> {
+    type Item = &'a WorkerRemote;
+
+    fn next(&mut self) -> Option<&'a WorkerRemote> {
+        if self.mask == 0 {
+            return None;
+        }
+        let i = self.mask.trailing_zeros() as usize;
+        self.mask &= self.mask - 1;
+        Some(&self.workers[i])
     }
 }

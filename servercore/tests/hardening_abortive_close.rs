@@ -194,3 +194,33 @@ fn a_shutdown_that_cannot_flush_resets_the_peers_it_gives_up_on() {
     let mut rest = Vec::new();
     let _ = c.read_to_end(&mut rest);
 }
+
+#[test]
+fn a_close_still_waiting_for_its_peer_at_shutdown_is_reset_by_the_shutdown_deadline() {
+    // A local disconnect whose bytes the kernel took but the peer never reads waits (up to
+    // close_flush_timeout, long here) for the peer; the shutdown deadline must end that wait.
+    let (factory, mut log) = recorder(Hooks::on_recv(|ctx: &mut Ctx<'_>, data: &[u8]| {
+        ctx.send(vec![4u8; 128 << 10]).unwrap();
+        ctx.disconnect("done");
+        data.len()
+    }));
+    let cfg = SessionConfig { close_flush_timeout: Duration::from_secs(60), ..config() };
+    let server =
+        ServerService::builder(any_port()).workers(1).session_config(cfg).start(factory).unwrap();
+    let addr = server.local_addr();
+    let mut c = slow_client(addr);
+    let (id, _) = log.next_connected();
+    c.write_all(b"go").unwrap();
+    assert_eq!(log.disconnected(id), DisconnectReason::Local("done".into()));
+    wait_until("the close to wait on the peer with bytes in the kernel", || {
+        match server_side(addr, &c) {
+            Some((_, tx)) if tx > 0 => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    });
+    let stats = server.service();
+    server.shutdown(Duration::from_millis(200)).unwrap();
+    assert!(server_side(addr, &c).is_none(), "the server left its socket behind");
+    expect_reset(&mut c);
+    assert_eq!(stats.stats().aborted, 1);
+}

@@ -284,6 +284,12 @@ impl Driver {
         each_backend!(self, d => d.unsent(sock))
     }
 
+    /// Makes a later close of `sock` (by [`close`](Driver::close) or the driver's
+    /// teardown) abortive, without closing it now (operations may still be in flight).
+    pub(crate) fn make_abortive(&mut self, sock: SockId) {
+        each_backend!(self, d => d.make_abortive(sock))
+    }
+
     /// Like [`close`](Driver::close), but abortive (`SO_LINGER` 0): the peer gets a reset
     /// and the kernel frees whatever it still held for the socket (unsent bytes) at once.
     pub(crate) fn abort(&mut self, sock: SockId) {

@@ -6,9 +6,9 @@
 //! Everything that concerns rooms and is asked for during a loop turn — a session entering
 //! or leaving a room, a broadcast (made by a callback here or posted by another thread or
 //! worker), and a session's own send made while such room work is pending — is written to
-//! one **log**, in the order it was asked for. The log is **replayed** right after the
-//! callback or command that wrote it, before anything else touches sessions, and at the end
-//! of the turn. Replaying keeps the log's order exactly, for every member, with one
+//! one **log**, in the order it was asked for. The log is **replayed** before any inbox
+//! command that queues to or closes sessions, and at the end of the turn (before sends
+//! start and closes are carried out). Replaying keeps the log's order exactly, for every member, with one
 //! optimisation: consecutive broadcasts to one room are applied together, their small
 //! buffers joined into one (copied once, shared by every member), so a member gets one
 //! queue entry per batch rather than one per message. That is all there is to it; the
@@ -24,8 +24,9 @@
 //! * **Membership.** An enter or a leave applies the batch so far first: a member gets
 //!   exactly the broadcasts made while it was a member.
 //!
-//! A session in no room never writes to the log (its sends find it empty and go straight
-//! to its queue), so plain sessions pay nothing for rooms.
+//! While the log is empty (always, on a worker without room traffic) a send goes straight
+//! to its queue: plain sessions pay one emptiness check for rooms. On a worker with room
+//! work pending, any session's own send is logged, so that it keeps its place.
 //!
 //! Thread safety: all of this lives on the worker thread; other threads reach it only
 //! through the worker's mailbox (`crate::mailbox`).
@@ -160,9 +161,10 @@ impl WorkerState {
         core: &mut SessionState,
         buf: Bytes,
     ) -> Result<(), SendError> {
-        // A closing session has left its rooms (its farewell from `on_disconnected` must be
-        // in the queue before the flush is decided): nothing pending can concern it.
-        if self.fanout.log.is_empty() || core.state == Phase::Closing {
+        // (A farewell from `on_disconnected` is logged too while sends it made earlier wait
+        // in the log: it must follow them. Its bytes count in `queued` at once, which is
+        // what decides whether the close flushes.)
+        if self.fanout.log.is_empty() {
             return self.queue_send(core, buf, false);
         }
         self.admit(core, buf.len(), true)?;
@@ -226,7 +228,8 @@ impl WorkerState {
         }
     }
 
-    /// Removes a closing session from its rooms here (the batch so far applied first).
+    /// Takes a closing session out of its rooms' bookkeeping; the caller then drops it
+    /// from each room's members ([`Self::remove_member`]).
     pub(crate) fn leave_all_rooms(&mut self, core: &mut SessionState) -> Vec<u64> {
         let rooms = std::mem::take(&mut core.rooms);
         if rooms.len() >= 2 {

@@ -79,8 +79,9 @@ pub(crate) struct SessionState {
     /// Closing: until when the close may wait for queued bytes to reach the peer (the
     /// flush, then the kernel's send queue being acknowledged) before it resets instead.
     pub(crate) close_deadline: Option<Instant>,
-    /// Closing, flushed, waiting for the peer to acknowledge the kernel's send queue.
-    pub(crate) lingering: bool,
+    /// Closing, flushed, waiting for the peer to acknowledge the kernel's send queue: how
+    /// many times it looked (each wait twice the last, from 10 ms up to 250 ms).
+    pub(crate) linger_polls: u8,
     pub(crate) timer: Option<TimerId>,
     pub(crate) connect_error: Option<io::Error>,
     /// Rooms this session is in (ids), so it leaves them when it closes.
@@ -201,7 +202,9 @@ impl WorkerState {
     ) -> Result<(), SendError> {
         let accepting = match core.state {
             Phase::Open => core.close_request.is_none(),
-            Phase::Closing => core.graceful,
+            // Closing gracefully: during `on_disconnected` (no deadline yet) or while the
+            // queue is being flushed; after that nothing would send it.
+            Phase::Closing => core.graceful && (core.flushing || core.close_deadline.is_none()),
             Phase::Connecting => false,
         };
         if !accepting {

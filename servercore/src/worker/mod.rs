@@ -49,9 +49,11 @@ use std::time::{Duration, Instant};
 const LISTENER_TAG: u64 = 1 << 63;
 /// Back-off before re-arming an accept that failed (e.g. out of file descriptors).
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
-/// How often a closing session looks whether the peer has acknowledged what the kernel
-/// still holds for it (see `Worker::try_finalize`).
+/// How soon a closing session first looks again whether the peer has acknowledged what
+/// the kernel still holds for it (see `lingers` in session_io.rs); each later look waits
+/// twice as long, up to `LINGER_POLL_MAX`.
 const LINGER_POLL: Duration = Duration::from_millis(10);
+const LINGER_POLL_MAX: Duration = Duration::from_millis(250);
 /// How long after the shutdown deadline a worker waits for the kernel before leaving.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
@@ -196,6 +198,7 @@ impl<S: Session> Worker<S> {
                         self.live,
                         self.driver.in_flight()
                     );
+                    self.abandon_leftovers();
                     break;
                 }
             }
@@ -320,7 +323,7 @@ impl<S: Session> Worker<S> {
             graceful: false,
             abort: false,
             close_deadline: None,
-            lingering: false,
+            linger_polls: 0,
             timer: None,
             connect_error: None,
             rooms: Vec::new(),

@@ -369,14 +369,18 @@ fn lingers(core: &mut SessionState, driver: &Driver, local: &mut WorkerState) ->
     let now = Instant::now();
     match core.close_deadline {
         Some(deadline) if now < deadline => {
-            if !core.lingering {
-                core.lingering = true;
+            if core.linger_polls == 0 {
                 if let Some(t) = core.timer.take() {
                     local.timers.cancel(t); // the flush deadline: the flush is done
                 }
             }
             if core.timer.is_none() {
-                let at = (now + LINGER_POLL).min(deadline);
+                // A peer that reads takes the bytes within a round trip; one that does not
+                // is looked at less and less often (a kick storm of such peers must not
+                // turn into a storm of system calls).
+                let wait = LINGER_POLL.saturating_mul(1 << core.linger_polls.min(5));
+                core.linger_polls = core.linger_polls.saturating_add(1);
+                let at = (now + wait.min(LINGER_POLL_MAX)).min(deadline);
                 core.timer = Some(local.timers.add(at, TimerAction::Linger(core.key)));
             }
             true

@@ -33,10 +33,26 @@ impl<S: Session> Worker<S> {
                 if let Some(op) = conn.core.connect_op {
                     self.driver.cancel(op);
                 }
+            } else if conn.core.state == Phase::Closing {
+                // Already closing (flushing, or waiting for the peer to take the kernel's
+                // queue): the shutdown deadline is its deadline too.
+                let d = conn.core.close_deadline.map_or(deadline, |d| d.min(deadline));
+                conn.core.close_deadline = Some(d);
             } else {
                 self.close(key, DisconnectReason::Shutdown);
             }
         }
         self.local.timers.add(deadline, TimerAction::ShutdownDeadline);
+    }
+
+    /// Leaving with sessions unfinished (their operations did not complete within the
+    /// grace period): their sockets are made abortive, so that the driver's teardown
+    /// resets them rather than leave queued bytes in the kernel.
+    pub(super) fn abandon_leftovers(&mut self) {
+        for slot in &self.slots {
+            if let Some(conn) = &slot.conn {
+                self.driver.make_abortive(conn.core.sock);
+            }
+        }
     }
 }

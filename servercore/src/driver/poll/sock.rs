@@ -131,8 +131,8 @@ impl PollDriver {
         }
     }
 
-    /// Closes abortively: the kernel resets the connection and frees its buffers at once.
-    pub(crate) fn abort(&mut self, sock: SockId) {
+    /// Makes a later close of `sock` abortive (SO_LINGER 0), without closing it now.
+    pub(crate) fn make_abortive(&mut self, sock: SockId) {
         if let Some(s) = self.socks.get(sock.0) {
             let r = match &s.io {
                 Io::Listener(l) => crate::sys::set_linger_zero(l),
@@ -142,6 +142,11 @@ impl PollDriver {
                 tracing::debug!("SO_LINGER 0 on socket {} failed: {e}", sock.0);
             }
         }
+    }
+
+    /// Closes abortively: the kernel resets the connection and frees its buffers at once.
+    pub(crate) fn abort(&mut self, sock: SockId) {
+        self.make_abortive(sock);
         self.close(sock);
     }
 }

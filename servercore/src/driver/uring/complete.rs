@@ -100,7 +100,19 @@ impl UringDriver {
         // The kernel keeps this multishot receive armed after this completion.
         let kernel_armed = multishot && cqueue::more(flags);
         if res > 0 {
-            let Some(lease) = recv_lease(multishot, buf, res, flags) else { return };
+            let Some(lease) = recv_lease(multishot, buf, res, flags) else {
+                // Bytes without a buffer to name (a kernel anomaly): the receive cannot go
+                // on. Ended here, or cancelled and ended by its final completion.
+                if kernel_armed {
+                    self.cancel(OpId::new(key, self.ops[key].gen));
+                } else {
+                    self.ops.remove(key);
+                    let result = Err(io::Error::from_raw_os_error(libc::EIO));
+                    let kind = CompletionKind::Recv { result, armed: false };
+                    out.push(Completion { owner, kind });
+                }
+                return;
+            };
             let armed = kernel_armed || self.rearm_recv(key, stop);
             out.push(Completion {
                 owner,

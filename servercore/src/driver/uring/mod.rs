@@ -376,6 +376,14 @@ impl UringDriver {
         self.socks.get(sock.0).map_or(0, crate::sys::unsent_bytes)
     }
 
+    pub(crate) fn make_abortive(&mut self, sock: SockId) {
+        if let Some(fd) = self.socks.get(sock.0) {
+            if let Err(e) = crate::sys::set_linger_zero(fd) {
+                tracing::debug!("SO_LINGER 0 on socket {} failed: {e}", sock.0);
+            }
+        }
+    }
+
     /// Closes abortively: the kernel resets the connection and frees its buffers at once.
     pub(crate) fn abort(&mut self, sock: SockId) {
         let fd = self.socks.remove(sock.0);
