@@ -37,13 +37,13 @@ impl UringDriver {
         let kernel_armed = cqueue::more(flags);
         let owner = self.ops[key].owner;
         let err = || io::Error::from_raw_os_error(-res);
-        if let OpState::Accept { fd, multishot } = self.ops[key].state {
+        if let OpState::Accept { fd, multishot, cancelled } = self.ops[key].state {
             if multishot && res == -libc::EINVAL && !kernel_armed {
                 // Kernel without multishot accept (before 5.19): single-shot from now on.
                 tracing::info!("multishot accept unsupported; using single-shot accept");
                 self.multishot_accept = false;
-                self.ops[key].state = OpState::Accept { fd, multishot: false };
-                if !self.dropping {
+                self.ops[key].state = OpState::Accept { fd, multishot: false, cancelled };
+                if !self.dropping && !cancelled {
                     self.push_accept(key, fd, false);
                     return;
                 }

@@ -124,9 +124,12 @@ struct Op {
 // alive until the completion (invariant 1).
 #[allow(dead_code)]
 enum OpState {
+    /// `cancelled`: a multishot accept the kernel refuses (before 5.19) is not retried
+    /// single-shot.
     Accept {
         fd: i32,
         multishot: bool,
+        cancelled: bool,
     },
     /// A standing receive: multishot from the buffer ring, or single-shot into the pool
     /// buffer `buf`, re-armed after each chunk.

@@ -20,7 +20,7 @@ impl UringDriver {
     pub(crate) fn accept(&mut self, sock: SockId, owner: u64) -> OpId {
         let fd = self.fd(sock);
         let multishot = self.multishot_accept;
-        let id = self.insert_op(owner, OpState::Accept { fd, multishot });
+        let id = self.insert_op(owner, OpState::Accept { fd, multishot, cancelled: false });
         self.push_accept(id.slot(), fd, multishot);
         id
     }
@@ -150,8 +150,12 @@ impl UringDriver {
         let key = op.slot();
         match self.ops.get_mut(key) {
             Some(o) if o.gen == op.gen() => {
-                if let OpState::Recv { cancelled, .. } = &mut o.state {
-                    *cancelled = true; // not re-armed after its next chunk
+                match &mut o.state {
+                    // Not re-armed after its next chunk, or not retried single-shot.
+                    OpState::Recv { cancelled, .. } | OpState::Accept { cancelled, .. } => {
+                        *cancelled = true
+                    }
+                    _ => {}
                 }
             }
             _ => {
