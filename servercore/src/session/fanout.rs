@@ -15,8 +15,8 @@
 //! rest is bookkeeping to keep that order where the batching could break it:
 //!
 //! * **Own sends.** A callback cannot reach other sessions' queues, so a session's own
-//!   send made while room work is pending is logged too (its bytes counted in its queue at
-//!   once, so limits stay exact) and queued at its place when the log is replayed. A member
+//!   send made while room work is pending is logged too (its bytes, and the buffer, counted
+//!   in its queue at once, so limits stay exact) and queued at its place when the log is replayed. A member
 //!   whose own sends fall among a room's batch gets that batch's buffers one by one around
 //!   them; the other members still get the joined buffer.
 //! * **Grouping.** Broadcasts to different rooms are grouped room by room only while no
@@ -170,6 +170,7 @@ impl WorkerState {
         self.admit(core, buf.len(), true)?;
         if !buf.is_empty() {
             core.set_queued(core.queued + buf.len());
+            core.logged_sends += 1;
             self.fanout.log.push(RoomOp::Send(core.key, buf));
         }
         Ok(())
@@ -178,6 +179,7 @@ impl WorkerState {
     /// Queues a logged own send at its place. Its bytes were counted when it was made: a
     /// disconnect asked for since flushes it (graceful) or drops it with the queue.
     fn queue_logged(&mut self, core: &mut SessionState, buf: Bytes) {
+        core.logged_sends -= 1;
         if core.state == Phase::Closing && !core.flushing {
             // Dropped with the queue (whose count a given-up flush has zeroed already).
             core.set_queued(core.queued.saturating_sub(buf.len()));

@@ -79,6 +79,8 @@ pub(crate) struct SessionState {
     /// Closing: until when the close may wait for queued bytes to reach the peer (the
     /// flush, then the kernel's send queue being acknowledged) before it resets instead.
     pub(crate) close_deadline: Option<Instant>,
+    /// Own sends waiting in the fan-out log (counted with the queue's buffers).
+    pub(crate) logged_sends: usize,
     /// Closing, flushed, waiting for the peer to acknowledge the kernel's send queue: how
     /// many times it looked (each wait twice the last, from 10 ms up to 250 ms).
     pub(crate) linger_polls: u8,
@@ -220,7 +222,7 @@ impl WorkerState {
         // a queue of one-byte buffers must not hold millions of entries, and the pooled
         // chunks they keep alive (see `buffer::pool`), under a limit counted in bytes.
         let reserved = core.flags.posted.load(Ordering::Acquire);
-        let too_many = core.queue.len() >= limit / MIN_COUNTED;
+        let too_many = core.queue.len() + core.logged_sends >= limit / MIN_COUNTED;
         if (notify && core.congested) || too_many || core.queued + reserved + len > limit {
             if notify {
                 self.congest(core);

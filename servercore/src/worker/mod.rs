@@ -324,6 +324,7 @@ impl<S: Session> Worker<S> {
             abort: false,
             close_deadline: None,
             linger_polls: 0,
+            logged_sends: 0,
             timer: None,
             connect_error: None,
             rooms: Vec::new(),
