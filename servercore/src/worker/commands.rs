@@ -18,6 +18,27 @@ impl<S: Session> Worker<S> {
         }
     }
 
+    /// At exit: commands still in the inbox will never be taken; their reservations (the
+    /// worker's inbox budget, a session's posted bytes) are given back, so that a room still
+    /// bound to this worker does not see it as full.
+    pub(super) fn release_unread_commands(&mut self) {
+        while let Ok(cmd) = self.rx.try_recv() {
+            match cmd {
+                Command::Send { key, buf, .. } => {
+                    let cost = buf.len() + INBOX_ENTRY;
+                    self.local.remote.release(cost);
+                    if let Some(conn) = conn_of(&mut self.slots, key) {
+                        conn.core.flags.posted.fetch_sub(cost, Ordering::AcqRel);
+                    }
+                }
+                Command::Broadcast(buf) | Command::RoomBroadcast { buf, .. } => {
+                    self.local.remote.release(buf.len() + INBOX_ENTRY);
+                }
+                _ => {}
+            }
+        }
+    }
+
     pub(super) fn command(&mut self, cmd: Command) {
         // Room work waiting in the log is carried out before a command that queues to
         // sessions or closes them, so that every session sees work in the order it reached

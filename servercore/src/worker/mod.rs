@@ -233,6 +233,12 @@ impl<S: Session> Worker<S> {
         // kernel stays in the driver, which leaks it rather than free it).
         let n = self.live;
         self.shared.sessions.fetch_sub(n, Ordering::AcqRel);
+        for conn in self.slots.iter().filter_map(|s| s.conn.as_ref()) {
+            if conn.core.ip_counted {
+                self.shared.release_ip(conn.core.peer.ip());
+            }
+        }
+        self.release_unread_commands();
     }
 
     /// After a turn that fanned room broadcasts out, gather for as long as that turn took

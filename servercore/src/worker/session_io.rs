@@ -176,6 +176,9 @@ impl<S: Session> Worker<S> {
                 }
             }
             Err(e) => {
+                // Those bytes will not go: they leave the count (and the Notify mirror).
+                let lost: usize = bufs.iter().map(|b| b.len()).sum();
+                core.set_queued(core.queued.saturating_sub(lost));
                 drop(bufs);
                 if core.state == Phase::Closing {
                     self.stop_flushing(key);
