@@ -19,7 +19,10 @@ impl Session for Member {
     fn on_recv(&mut self, ctx: &mut Ctx<'_>, data: &[u8]) -> usize {
         let Some(end) = data.iter().rposition(|&b| b == b'\n') else { return 0 };
         // One buffer, shared by every member's send queue: no copy per receiver.
-        ctx.broadcast_room(&self.lobby, data[..=end].to_vec()).unwrap();
+        if let Err(e) = ctx.broadcast_room(&self.lobby, data[..=end].to_vec()) {
+            // Another worker is far behind (`SendError::InboxFull`): tell the sender.
+            let _ = ctx.send(format!("not relayed: {e}\n"));
+        }
         end + 1
     }
 }

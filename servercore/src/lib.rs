@@ -122,7 +122,10 @@
 //!         let _ = ctx.send(&b"+"[..]); // "you are in"
 //!     }
 //!     fn on_recv(&mut self, ctx: &mut Ctx<'_>, data: &[u8]) -> usize {
-//!         ctx.broadcast_room(&self.room, data.to_vec());
+//!         // Refused only when another worker is far behind (`SendError::InboxFull`).
+//!         if ctx.broadcast_room(&self.room, data.to_vec()).is_err() {
+//!             let _ = ctx.send(&b"!"[..]); // "not relayed"
+//!         }
 //!         data.len()
 //!     }
 //! }

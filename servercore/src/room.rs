@@ -38,7 +38,8 @@ use std::sync::Arc;
 ///         ctx.enter_room(&self.lobby);
 ///     }
 ///     fn on_recv(&mut self, ctx: &mut Ctx<'_>, data: &[u8]) -> usize {
-///         ctx.broadcast_room(&self.lobby, data.to_vec()); // everyone in the lobby gets it
+///         // Everyone in the lobby gets it (unless a worker is far behind: `InboxFull`).
+///         let _ = ctx.broadcast_room(&self.lobby, data.to_vec());
 ///         data.len()
 ///     }
 /// }
