@@ -16,7 +16,7 @@ use std::time::Duration;
 /// | `send_queue_low_watermark` | 4 MiB | with [`SendQueuePolicy::Notify`]: `on_writable` once the queue drains to this |
 /// | `send_queue_policy` | `Disconnect` | [`SendQueueOverflow`](crate::DisconnectReason::SendQueueOverflow) disconnect, or refuse the send and notify |
 /// | `idle_timeout` | none | no bytes received for this long: [`IdleTimeout`](crate::DisconnectReason::IdleTimeout) |
-/// | `close_flush_timeout` | 5 s | how long a local `disconnect` waits for queued sends to go out |
+/// | `close_flush_timeout` | 5 s | how long an orderly close waits for queued sends to go out and the peer to acknowledge them; past it, the close is a reset |
 /// | `connect_timeout` | 10 s | outgoing connects (client services) |
 /// | `max_worker_inbox` | 64 MiB | bytes of sends and broadcasts posted to one worker from other threads and not yet taken; beyond: [`SendError::InboxFull`](crate::SendError::InboxFull) |
 /// | `broadcast_gather_max` | 10 ms | the longest a worker gathers input after a room broadcast fan-out (see the field) |
@@ -51,7 +51,9 @@ pub struct SessionConfig {
     pub send_queue_policy: SendQueuePolicy,
     /// Disconnect a session that received nothing for this long (`None`: never).
     pub idle_timeout: Option<Duration>,
-    /// Time given to queued sends after a local disconnect.
+    /// Time an orderly close (a local disconnect, a shutdown, the peer's close) gives queued
+    /// sends to go out and the peer to acknowledge them; past it the close is abortive
+    /// (a reset, so the kernel frees what it held). The session keeps its slot meanwhile.
     pub close_flush_timeout: Duration,
     /// Time an outgoing connect may take.
     pub connect_timeout: Duration,
