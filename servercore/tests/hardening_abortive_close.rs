@@ -70,14 +70,30 @@ fn config() -> SessionConfig {
     }
 }
 
+/// On "go": queues `chunks` buffers of 64 KiB of `byte`, then disconnects if asked.
+fn queuer(byte: u8, chunks: usize, then_disconnect: bool) -> Hooks {
+    Hooks::on_recv(move |ctx: &mut Ctx<'_>, data: &[u8]| {
+        for _ in 0..chunks {
+            ctx.send(vec![byte; 64 << 10]).unwrap();
+        }
+        if then_disconnect {
+            ctx.disconnect("done");
+        }
+        data.len()
+    })
+}
+
+/// A one-worker server of recording sessions with `hooks`.
+fn start(hooks: Hooks, cfg: SessionConfig) -> (ServerService, EventLog) {
+    let (factory, log) = recorder(hooks);
+    let server =
+        ServerService::builder(any_port()).workers(1).session_config(cfg).start(factory).unwrap();
+    (server, log)
+}
+
 #[test]
 fn a_send_queue_overflow_resets_the_peer_and_frees_the_kernels_buffers() {
-    let (factory, mut log) = recorder(Hooks::echo());
-    let server = ServerService::builder(any_port())
-        .workers(1)
-        .session_config(config())
-        .start(factory)
-        .unwrap();
+    let (server, mut log) = start(Hooks::echo(), config());
     let addr = server.local_addr();
     let mut clients: Vec<TcpStream> = (0..5).map(|_| slow_client(addr)).collect();
     let mut sessions = Vec::new();
@@ -110,16 +126,8 @@ fn a_send_queue_overflow_resets_the_peer_and_frees_the_kernels_buffers() {
 #[test]
 fn a_flush_that_misses_its_deadline_resets_the_peer() {
     // On "go", queue 2 MiB and disconnect: the peer does not read, so the flush cannot end.
-    let (factory, mut log) = recorder(Hooks::on_recv(|ctx: &mut Ctx<'_>, data: &[u8]| {
-        for _ in 0..32 {
-            ctx.send(vec![1u8; 64 << 10]).unwrap();
-        }
-        ctx.disconnect("done");
-        data.len()
-    }));
     let cfg = SessionConfig { max_send_queue: 16 << 20, ..config() };
-    let server =
-        ServerService::builder(any_port()).workers(1).session_config(cfg).start(factory).unwrap();
+    let (server, mut log) = start(queuer(1, 32, true), cfg);
     let addr = server.local_addr();
     let mut c = slow_client(addr);
     let (id, _) = log.next_connected();
@@ -134,16 +142,8 @@ fn a_flush_that_misses_its_deadline_resets_the_peer() {
 #[test]
 fn a_flushed_local_disconnect_stays_an_orderly_close() {
     const TOTAL: usize = 1 << 20;
-    let (factory, mut log) = recorder(Hooks::on_recv(|ctx: &mut Ctx<'_>, data: &[u8]| {
-        for _ in 0..TOTAL / (64 << 10) {
-            ctx.send(vec![2u8; 64 << 10]).unwrap();
-        }
-        ctx.disconnect("done");
-        data.len()
-    }));
     let cfg = SessionConfig { max_send_queue: 16 << 20, ..config() };
-    let server =
-        ServerService::builder(any_port()).workers(1).session_config(cfg).start(factory).unwrap();
+    let (server, mut log) = start(queuer(2, TOTAL / (64 << 10), true), cfg);
     let mut c = connect(server.local_addr());
     let (id, _) = log.next_connected();
     c.write_all(b"go").unwrap();
@@ -158,10 +158,8 @@ fn a_flushed_local_disconnect_stays_an_orderly_close() {
 
 #[test]
 fn an_idle_timeout_resets_the_peer_even_with_nothing_queued() {
-    let (factory, mut log) = recorder(Hooks::echo());
     let cfg = SessionConfig { idle_timeout: Some(Duration::from_millis(100)), ..config() };
-    let server =
-        ServerService::builder(any_port()).workers(1).session_config(cfg).start(factory).unwrap();
+    let (server, mut log) = start(Hooks::echo(), cfg);
     let mut c = connect(server.local_addr());
     let (id, _) = log.next_connected();
     assert_eq!(log.disconnected(id), DisconnectReason::IdleTimeout);
@@ -171,15 +169,8 @@ fn an_idle_timeout_resets_the_peer_even_with_nothing_queued() {
 
 #[test]
 fn a_shutdown_that_cannot_flush_resets_the_peers_it_gives_up_on() {
-    let (factory, mut log) = recorder(Hooks::on_recv(|ctx: &mut Ctx<'_>, data: &[u8]| {
-        for _ in 0..32 {
-            ctx.send(vec![3u8; 64 << 10]).unwrap();
-        }
-        data.len()
-    }));
     let cfg = SessionConfig { max_send_queue: 16 << 20, ..config() };
-    let server =
-        ServerService::builder(any_port()).workers(1).session_config(cfg).start(factory).unwrap();
+    let (server, mut log) = start(queuer(3, 32, false), cfg);
     let addr = server.local_addr();
     let mut c = slow_client(addr);
     let (id, _) = log.next_connected();
@@ -199,14 +190,8 @@ fn a_shutdown_that_cannot_flush_resets_the_peers_it_gives_up_on() {
 fn a_close_still_waiting_for_its_peer_at_shutdown_is_reset_by_the_shutdown_deadline() {
     // A local disconnect whose bytes the kernel took but the peer never reads waits (up to
     // close_flush_timeout, long here) for the peer; the shutdown deadline must end that wait.
-    let (factory, mut log) = recorder(Hooks::on_recv(|ctx: &mut Ctx<'_>, data: &[u8]| {
-        ctx.send(vec![4u8; 128 << 10]).unwrap();
-        ctx.disconnect("done");
-        data.len()
-    }));
     let cfg = SessionConfig { close_flush_timeout: Duration::from_secs(60), ..config() };
-    let server =
-        ServerService::builder(any_port()).workers(1).session_config(cfg).start(factory).unwrap();
+    let (server, mut log) = start(queuer(4, 2, true), cfg);
     let addr = server.local_addr();
     let mut c = slow_client(addr);
     let (id, _) = log.next_connected();
