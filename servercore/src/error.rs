@@ -9,8 +9,8 @@ pub enum SendError {
     /// The session is disconnected (or disconnecting); nothing was queued.
     Disconnected,
     /// The send queue is at its limit: the session is being disconnected with
-    /// [`DisconnectReason::SendQueueOverflow`](crate::DisconnectReason::SendQueueOverflow), or (policy `Notify`) this buffer was not
-    /// queued.
+    /// [`DisconnectReason::SendQueueOverflow`](crate::DisconnectReason::SendQueueOverflow),
+    /// or (policy `Notify`) this buffer was not queued.
     QueueFull {
         /// The configured limit in bytes.
         limit: usize,

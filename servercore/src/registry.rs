@@ -155,9 +155,9 @@ impl ServiceShared {
     }
 }
 
-/// Automatic reconnection of a [`ClientService`](crate::ClientService)'s sessions (server-to-server links): a
-/// session that fails to connect or is lost (anything but a local disconnect or shutdown)
-/// is replaced by a new connect after an exponential backoff.
+/// Automatic reconnection of a [`ClientService`](crate::ClientService)'s sessions
+/// (server-to-server links): a session that fails to connect or is lost (anything but a
+/// local disconnect or shutdown) is replaced by a new connect after an exponential backoff.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Reconnect {
     /// Delay after the first failure.

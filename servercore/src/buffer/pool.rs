@@ -1,6 +1,6 @@
 //! The pool of send-buffer memory: chunks per thread, in size classes, that pooled
 //! buffers ([`SendBuffer::copy_from_slice`](crate::SendBuffer::copy_from_slice), a room's
-//! joined broadcasts, [`PacketWriter`](crate::packet::PacketWriter)(crate::packet::PacketWriter) packets) are carved
+//! joined broadcasts, [`PacketWriter`](crate::packet::PacketWriter) packets) are carved
 //! from, so that steady sending allocates nothing.
 //!
 //! Each thread keeps chunks in size classes (powers of two, 256 bytes to

@@ -46,7 +46,8 @@ impl ServerBuilder {
     }
 
     /// Most connections accepted per second, service-wide (default: no limit). Connections
-    /// over the rate are closed at once and counted in [`ServiceStats::rejected`](super::ServiceStats::rejected).
+    /// over the rate are closed at once and counted in
+    /// [`ServiceStats::rejected`](super::ServiceStats::rejected).
     pub fn max_accept_rate(mut self, per_second: u32) -> Self {
         self.accept_rate = Some(per_second.max(1));
         self

@@ -8,17 +8,17 @@
 //! worker), and a session's own send made while such room work is pending — is written to
 //! one **log**, in the order it was asked for. The log is **replayed** before any inbox
 //! command that queues to or closes sessions, and at the end of the turn (before sends
-//! start and closes are carried out). Replaying keeps the log's order exactly, for every member, with one
-//! optimisation: consecutive broadcasts to one room are applied together, their small
-//! buffers joined into one (copied once, shared by every member), so a member gets one
-//! queue entry per batch rather than one per message. That is all there is to it; the
-//! rest is bookkeeping to keep that order where the batching could break it:
+//! start and closes are carried out). Replaying keeps the log's order exactly, for every
+//! member, with one optimisation: consecutive broadcasts to one room are applied together,
+//! their small buffers joined into one (copied once, shared by every member), so a member
+//! gets one queue entry per batch rather than one per message. That is all there is to it;
+//! the rest is bookkeeping to keep that order where the batching could break it:
 //!
 //! * **Own sends.** A callback cannot reach other sessions' queues, so a session's own
-//!   send made while room work is pending is logged too (its bytes, and the buffer, counted
-//!   in its queue at once, so limits stay exact) and queued at its place when the log is replayed. A member
-//!   whose own sends fall among a room's batch gets that batch's buffers one by one around
-//!   them; the other members still get the joined buffer.
+//!   send made while room work is pending is logged too (its bytes, and the buffer,
+//!   counted in its queue at once, so limits stay exact) and queued at its place when the
+//!   log is replayed. A member whose own sends fall among a room's batch gets that batch's
+//!   buffers one by one around them; the other members still get the joined buffer.
 //! * **Grouping.** Broadcasts to different rooms are grouped room by room only while no
 //!   session here is in two rooms: only such a session could see the regrouping.
 //! * **Membership.** An enter or a leave applies the batch so far first: a member gets

@@ -26,12 +26,12 @@
 //!
 //! # Receiving
 //!
-//! A recv is a standing operation: while it is pending and the socket is readable, the driver reads
-//! into a free buffer of its pool ([`RECV_BUF`](pool::RECV_BUF) bytes each) and completes a chunk
-//! with a [`RecvLease`] on it, `more == true`; end of stream (`Ok(None)`), an error or a cancel
-//! completes it with `armed == false`. A buffer is taken from the pool only for a read and kept only
-//! if the read brought bytes, so an idle session holds none. The caller gives it back with
-//! [`PollDriver::release`].
+//! A recv is a standing operation: while it is pending and the socket is readable, the
+//! driver reads into a free buffer of its pool ([`RECV_BUF`](pool::RECV_BUF) bytes each) and
+//! completes a chunk with a [`RecvLease`] on it, `armed == true`; end of stream
+//! (`Ok(None)`), an error or a cancel completes it with `armed == false`. A buffer is taken
+//! from the pool only for a read and kept only if the read brought bytes, so an idle session
+//! holds none. The caller gives it back with [`PollDriver::release`].
 //!
 //! The pool grows on demand up to [`POOL_MAX`](pool::POOL_MAX) buffers and never shrinks. Should it
 //! run dry (leases held too long, or very many sockets receiving at once), the sockets that wanted
