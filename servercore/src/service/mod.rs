@@ -144,9 +144,11 @@ impl Workers {
         let shared = Arc::new(shared);
         let factory: Arc<dyn Fn() -> S + Send + Sync> = Arc::new(factory);
         let mut threads = Vec::new();
-        let mut remotes = Vec::new();
+        let mut readies = Vec::new();
         let mut gates = Vec::new();
         let mut failure = None;
+        // All worker threads build their drivers at once; their reports are then taken in
+        // index order, so that `workers[i]` is worker `i`.
         for (index, role) in roles.into_iter().enumerate() {
             // `true`: run; `false` (or the sender gone): another worker failed, end.
             let (go_tx, go_rx) = mpsc::sync_channel::<bool>(1);
@@ -160,22 +162,24 @@ impl Workers {
                 Ok(t) => {
                     threads.push(t);
                     gates.push(go_tx);
+                    readies.push(ready_rx);
                 }
                 Err(e) => {
                     failure = Some(e);
                     break;
                 }
             }
-            match ready_rx.recv() {
+        }
+        let mut remotes = Vec::new();
+        for ready in readies {
+            match ready.recv() {
                 Ok(Ok(remote)) => remotes.push(remote),
                 Ok(Err(e)) => {
                     let why = format!("starting a {} worker failed: {e}", shared.backend);
-                    failure = Some(io::Error::new(e.kind(), why));
-                    break;
+                    failure.get_or_insert(io::Error::new(e.kind(), why));
                 }
                 Err(_) => {
-                    failure = Some(io::Error::other("a worker thread died while starting"));
-                    break;
+                    failure.get_or_insert(io::Error::other("a worker thread died while starting"));
                 }
             }
         }
