@@ -4,8 +4,11 @@
 //! `use crate::{..}` references, comments and `#[cfg(test)]` tails left out) and fails on
 //! an upward or sideways reference, or on a module no layer names.
 
+mod sources;
+
+use sources::rust_files;
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// Bottom to top. A module may use the modules of the layers before its own.
 const LAYERS: &[&[&str]] = &[
@@ -23,17 +26,6 @@ const LAYERS: &[&[&str]] = &[
 
 fn layer_of(module: &str) -> Option<usize> {
     LAYERS.iter().position(|l| l.contains(&module))
-}
-
-fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_dir() {
-            rust_files(&path, out);
-        } else if path.extension().is_some_and(|e| e == "rs") {
-            out.push(path);
-        }
-    }
 }
 
 /// The source without comments and without what follows the first `#[cfg(test)]` line

@@ -2,18 +2,10 @@
 //! diagnostic switches are configuration (`Diagnostics`), which the CLI and the benchmark
 //! set from their environment. This reads the library's sources and fails on any other read.
 
-use std::path::Path;
+mod sources;
 
-fn rust_files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_dir() {
-            rust_files(&path, out);
-        } else if path.extension().is_some_and(|e| e == "rs") {
-            out.push(path);
-        }
-    }
-}
+use sources::rust_files;
+use std::path::Path;
 
 #[test]
 fn only_the_backend_choice_reads_the_environment() {

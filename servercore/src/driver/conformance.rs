@@ -194,7 +194,7 @@ fn is_cancelled(e: &io::Error) -> bool {
 
 /// Fills the pipe from `client` to the driver until the client's writes would block;
 /// the bytes written.
-fn fill(client: &mut TcpStream) -> usize {
+pub(super) fn fill(client: &mut TcpStream) -> usize {
     client.set_nonblocking(true).expect("nonblocking");
     let block = [0x5au8; 64 << 10];
     let mut written = 0;

@@ -3,9 +3,11 @@
 
 use super::pool::RECV_BUF;
 use super::PollDriver;
+/// The conformance suite's, shared.
+pub(super) use crate::driver::conformance::fill;
 use crate::driver::{Completion, CompletionKind, OpId, SockId};
 use std::collections::VecDeque;
-use std::io::{self, Write};
+use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
@@ -123,22 +125,6 @@ impl std::fmt::Debug for Got {
             Got::Bytes(b) => write!(f, "Bytes({} bytes)", b.len()),
             Got::Closed => write!(f, "Closed"),
             Got::Failed(e) => write!(f, "Failed({e})"),
-        }
-    }
-}
-
-/// Fills the pipe from `client` to the driver until the client's writes would block;
-/// the bytes written.
-pub(super) fn fill(client: &mut TcpStream) -> usize {
-    client.set_nonblocking(true).expect("nonblocking");
-    let block = [0x5au8; 64 << 10];
-    let mut written = 0;
-    loop {
-        match client.write(&block) {
-            Ok(n) => written += n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return written,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => panic!("client write: {e}"),
         }
     }
 }
