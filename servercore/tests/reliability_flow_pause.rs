@@ -163,3 +163,34 @@ fn pause_recv_holds_data_until_a_handle_job_resumes() {
         h.run::<Pauser>(|p, ctx| p.resume(ctx)).expect("the session is connected")
     });
 }
+
+#[test]
+fn an_end_of_stream_that_races_the_pause_waits_for_the_resume() {
+    // "first" and the FIN leave together, so the end of stream tends to reach the worker
+    // in the same turn as the data whose `on_recv` pauses: it must still wait for the
+    // resume (on CI it once reached `on_disconnected` while paused).
+    for _ in 0..20 {
+        let (tx, rx) = mpsc::channel();
+        let server = ServerService::builder(any_port())
+            .workers(1)
+            .start(move || Pauser {
+                events: tx.clone(),
+                first: true,
+                paused: false,
+                timer: Some(Duration::from_millis(20)),
+            })
+            .unwrap();
+        let mut client = connect(server.local_addr());
+        client.write_all(b"first").unwrap();
+        client.shutdown(Shutdown::Write).unwrap();
+        let mut seen = Vec::new();
+        let reason = wait_event(&rx, &mut seen, "on_disconnected", |e| match e {
+            PEv::Disconnected(r) => Some(r.clone()),
+            _ => None,
+        });
+        assert_eq!(reason, DisconnectReason::PeerClosed);
+        assert!(!seen.iter().any(|e| matches!(e, PEv::Violation(_))), "{seen:#?}");
+        assert!(seen.iter().any(|e| matches!(e, PEv::Resumed)), "{seen:#?}");
+        server.shutdown(Duration::from_secs(5)).unwrap();
+    }
+}

@@ -89,6 +89,9 @@ pub(crate) struct SessionState {
     /// Rooms this session is in (ids), so it leaves them when it closes.
     pub(crate) rooms: Vec<u64>,
     pub(crate) recv_paused: bool,
+    /// The peer's end of stream arrived while paused: reported after the kept bytes, at
+    /// `resume_recv`, so the close never overtakes data (and never reaches a paused session).
+    pub(crate) peer_eof: bool,
     /// The standing receive was cancelled for a pause.
     pub(crate) recv_cancelled: bool,
     /// Under the Notify policy: a send was refused; `on_writable` is due after draining.

@@ -335,6 +335,7 @@ impl<S: Session> Worker<S> {
             connect_error: None,
             rooms: Vec::new(),
             recv_paused: false,
+            peer_eof: false,
             recv_cancelled: false,
             congested: false,
             notify_full: false,

@@ -19,7 +19,7 @@ impl<S: Session> Worker<S> {
     pub(super) fn arm_recv(&mut self, key: u64) {
         let Some(conn) = conn_of(&mut self.slots, key) else { return };
         let core = &mut conn.core;
-        if !core.is_open() || core.recv_op.is_some() || core.recv_paused {
+        if !core.is_open() || core.recv_op.is_some() || core.recv_paused || core.peer_eof {
             return;
         }
         core.recv_op = Some(self.driver.recv(core.sock, key));
@@ -42,6 +42,11 @@ impl<S: Session> Worker<S> {
         }
         let lease = match result {
             Ok(Some(lease)) => lease,
+            Ok(None) if conn.core.recv_paused && conn.core.is_open() => {
+                // The end of stream raced the pause's cancel: kept for `resume_recv`.
+                conn.core.peer_eof = true;
+                return;
+            }
             Ok(None) => {
                 local.request_close(&mut conn.core, DisconnectReason::PeerClosed);
                 self.try_finalize(key);
@@ -110,6 +115,13 @@ impl<S: Session> Worker<S> {
                 pending.drain(..n.min(pending.len()));
             }
             conn.core.rbuf = pending;
+        }
+        if conn.core.peer_eof {
+            // Paused again inside that `on_recv`: the close waits for the next resume.
+            if conn.core.is_open() && !conn.core.recv_paused {
+                local.request_close(&mut conn.core, DisconnectReason::PeerClosed);
+            }
+            return;
         }
         self.arm_recv(key);
     }
