@@ -18,6 +18,7 @@ use std::time::Duration;
 /// | `idle_timeout` | none | no bytes received for this long: [`IdleTimeout`](crate::DisconnectReason::IdleTimeout) |
 /// | `close_flush_timeout` | 5 s | how long an orderly close waits for queued sends to go out and the peer to acknowledge them; past it, the close is a reset |
 /// | `connect_timeout` | 10 s | outgoing connects (client services) |
+/// | `tls_handshake_timeout` | 10 s | services with TLS: a handshake not done by then ends with [`TlsError::HandshakeTimeout`](crate::TlsError::HandshakeTimeout) (a slow-loris handshake) |
 /// | `max_worker_inbox` | 64 MiB | bytes of sends and broadcasts posted to one worker from other threads and not yet taken; beyond: [`SendError::InboxFull`](crate::SendError::InboxFull) |
 /// | `broadcast_gather_max` | 10 ms | the longest a worker gathers input after a room broadcast fan-out (see the field) |
 ///
@@ -57,6 +58,10 @@ pub struct SessionConfig {
     pub close_flush_timeout: Duration,
     /// Time an outgoing connect may take.
     pub connect_timeout: Duration,
+    /// Services with TLS: time from the connection (accepted or connected) to the end of
+    /// the TLS handshake. Past it the session is reset with
+    /// [`TlsError::HandshakeTimeout`](crate::TlsError::HandshakeTimeout).
+    pub tls_handshake_timeout: Duration,
     /// Most bytes of sends and broadcasts that other threads may have posted to one
     /// worker and it has not taken yet (each counted with a few dozen bytes of overhead).
     /// A worker that falls that far behind refuses more with
@@ -96,6 +101,7 @@ impl Default for SessionConfig {
             idle_timeout: None,
             close_flush_timeout: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(10),
+            tls_handshake_timeout: Duration::from_secs(10),
             broadcast_gather_max: Duration::from_millis(10),
             max_worker_inbox: 64 << 20,
             diagnostics: Diagnostics::default(),

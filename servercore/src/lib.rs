@@ -226,6 +226,7 @@ mod session;
 pub mod sys;
 pub mod telemetry;
 mod timer;
+pub mod tls;
 mod worker;
 
 pub use buffer::SendBuffer;
@@ -236,7 +237,7 @@ pub use config::SessionConfig;
 pub use driver::{Backend, BackendChoice};
 pub use error::SendError;
 pub use job::{JobQueue, JobTimer, WorkerGone};
-pub use reason::DisconnectReason;
+pub use reason::{DisconnectReason, TlsError};
 pub use room::Room;
 pub use service::{ClientService, Reconnect, ServerService, ServiceRef, ServiceStats};
 pub use session::{Ctx, Session, SessionHandle, SessionId};

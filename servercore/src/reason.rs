@@ -48,6 +48,45 @@ pub enum DisconnectReason {
     },
     /// A user callback panicked; the text is the panic message.
     Panic(String),
+    /// The TLS layer ended the session (sessions of a service with TLS only).
+    Tls(TlsError),
+}
+
+/// What went wrong in a TLS session's layer (see [`DisconnectReason::Tls`]).
+///
+/// ```
+/// use servercore::{DisconnectReason, TlsError};
+/// let r = DisconnectReason::Tls(TlsError::Truncated);
+/// assert_eq!(r.to_string(), "TLS: the peer closed without close_notify (truncated)");
+/// assert!(r.is_error());
+/// assert!(DisconnectReason::Tls(TlsError::NotTls).is_abortive());
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum TlsError {
+    /// The peer's first bytes are not a TLS handshake record (plain TCP, HTTP, a scanner).
+    NotTls,
+    /// The handshake did not finish within
+    /// [`tls_handshake_timeout`](crate::SessionConfig::tls_handshake_timeout).
+    HandshakeTimeout,
+    /// The peer closed the TCP stream without a TLS `close_notify`: the data may have been
+    /// cut short by a third party, so this is not reported as an orderly close.
+    Truncated,
+    /// rustls refused what the peer sent or said: a failed handshake (certificate, version,
+    /// cipher), an oversized or malformed record, a decryption failure, an alert from the
+    /// peer. The text is rustls' error. The session's alert to the peer, if any, is sent.
+    Protocol(String),
+}
+
+impl fmt::Display for TlsError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TlsError::NotTls => f.write_str("the peer's bytes are not TLS"),
+            TlsError::HandshakeTimeout => f.write_str("the handshake did not finish in time"),
+            TlsError::Truncated => f.write_str("the peer closed without close_notify (truncated)"),
+            TlsError::Protocol(why) => write!(f, "{why}"),
+        }
+    }
 }
 
 impl DisconnectReason {
@@ -93,6 +132,7 @@ impl DisconnectReason {
                 | DisconnectReason::SendQueueOverflow { .. }
                 | DisconnectReason::IdleTimeout
                 | DisconnectReason::Panic(_)
+                | DisconnectReason::Tls(TlsError::NotTls | TlsError::HandshakeTimeout)
         )
     }
 
@@ -109,6 +149,10 @@ impl DisconnectReason {
             DisconnectReason::Shutdown => "shutdown",
             DisconnectReason::Os { .. } => "os_error",
             DisconnectReason::Panic(_) => "panic",
+            DisconnectReason::Tls(TlsError::NotTls) => "tls_not_tls",
+            DisconnectReason::Tls(TlsError::HandshakeTimeout) => "tls_handshake_timeout",
+            DisconnectReason::Tls(TlsError::Truncated) => "tls_truncated",
+            DisconnectReason::Tls(TlsError::Protocol(_)) => "tls_protocol_error",
         }
     }
 }
@@ -130,6 +174,7 @@ impl fmt::Display for DisconnectReason {
             DisconnectReason::Shutdown => f.write_str("service shut down"),
             DisconnectReason::Os { message, .. } => write!(f, "socket error: {message}"),
             DisconnectReason::Panic(msg) => write!(f, "session callback panicked: {msg}"),
+            DisconnectReason::Tls(e) => write!(f, "TLS: {e}"),
         }
     }
 }

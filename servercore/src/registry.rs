@@ -10,6 +10,7 @@ use crate::driver::Backend;
 use crate::error::SendError;
 use crate::mailbox::{Command, WorkerRemote, INBOX_ENTRY};
 use crate::reason::DisconnectReason;
+use crate::tls::TlsSetup;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -47,6 +48,8 @@ pub(crate) struct ServiceShared {
     pub(crate) accept_rate: Option<u32>,
     /// Client services: reconnect lost or failed sessions.
     pub(crate) reconnect: Option<Reconnect>,
+    /// Every session of the service speaks TLS (this side of it).
+    pub(crate) tls: Option<TlsSetup>,
 }
 
 impl ServiceShared {
@@ -77,6 +80,7 @@ impl ServiceShared {
             per_ip: Mutex::new(HashMap::new()),
             accept_rate: None,
             reconnect: None,
+            tls: None,
         }
     }
 

@@ -7,10 +7,12 @@ use crate::config::SessionConfig;
 use crate::driver::{BackendChoice, Diagnostics};
 use crate::mailbox::Command;
 use crate::session::Session;
+use crate::tls::{rustls, TlsSetup};
 use crate::worker::WorkerDuties;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Configures and starts a [`ClientService`].
@@ -23,6 +25,7 @@ pub struct ClientBuilder {
     config: SessionConfig,
     overrides: Overrides,
     reconnect: Option<super::Reconnect>,
+    tls: Option<TlsSetup>,
 }
 
 impl ClientBuilder {
@@ -55,6 +58,20 @@ impl ClientBuilder {
     /// Reconnect failed or lost sessions with backoff (default: off).
     pub fn reconnect(mut self, policy: super::Reconnect) -> Self {
         self.reconnect = Some(policy);
+        self
+    }
+
+    /// Speak TLS on every session: the handshake with this configuration, checking the
+    /// server's certificate against `server_name` (see [`crate::tls`] for helpers that
+    /// build both). `on_connected` runs once the handshake is done; a failed handshake ends
+    /// the session with [`DisconnectReason::Tls`](crate::DisconnectReason::Tls) and no
+    /// callback (it counts as a lost session for [`reconnect`](Self::reconnect)).
+    pub fn tls(
+        mut self,
+        config: Arc<rustls::ClientConfig>,
+        server_name: rustls::pki_types::ServerName<'static>,
+    ) -> Self {
+        self.tls = Some(TlsSetup::Client(config, server_name));
         self
     }
 
@@ -110,6 +127,7 @@ impl ClientBuilder {
             .collect();
         let mut shared = ServiceShared::new("client", config, backend, usize::MAX);
         shared.reconnect = self.reconnect;
+        shared.tls = self.tls;
         let workers = Workers::spawn(shared, roles, factory, "sc-client")?;
         let client = ClientService {
             running: Running { workers, backend, worker_count: self.workers },
@@ -179,6 +197,7 @@ impl ClientService {
             config: SessionConfig::default(),
             overrides: Overrides::default(),
             reconnect: None,
+            tls: None,
         }
     }
 

@@ -6,9 +6,11 @@ use crate::config::SessionConfig;
 use crate::driver::{BackendChoice, Diagnostics};
 use crate::session::Session;
 use crate::sys;
+use crate::tls::{rustls, TlsSetup};
 use crate::worker::WorkerDuties;
 use std::io;
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 /// Configures and starts a [`ServerService`].
 #[derive(Debug, Clone)]
@@ -22,6 +24,7 @@ pub struct ServerBuilder {
     overrides: Overrides,
     per_ip: Option<usize>,
     accept_rate: Option<u32>,
+    tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl ServerBuilder {
@@ -95,6 +98,14 @@ impl ServerBuilder {
         self
     }
 
+    /// Accept only TLS: every session runs a TLS handshake with this configuration first
+    /// and sees plaintext after it (see [`crate::tls`], which also loads PEM files).
+    /// `on_connected` runs once the handshake is done.
+    pub fn tls(mut self, config: Arc<rustls::ServerConfig>) -> Self {
+        self.tls = Some(config);
+        self
+    }
+
     /// Techniques to do without (added to those of the session config): see
     /// [`Diagnostics`].
     #[doc(hidden)]
@@ -128,8 +139,14 @@ impl ServerBuilder {
         shared.single_acceptor = !per_worker && self.workers > 1;
         shared.per_ip_limit = self.per_ip;
         shared.accept_rate = self.accept_rate;
+        let tls = self.tls.is_some();
+        shared.tls = self.tls.map(TlsSetup::Server);
         let workers = Workers::spawn(shared, roles, factory, "sc-server")?;
-        tracing::info!("listening on {local_addr} (backend: {backend}, workers: {})", self.workers);
+        let tls = if tls { ", tls" } else { "" };
+        tracing::info!(
+            "listening on {local_addr} (backend: {backend}, workers: {}{tls})",
+            self.workers
+        );
         let running = Running { workers, backend, worker_count: self.workers };
         Ok(ServerService { running, local_addr })
     }
@@ -183,6 +200,7 @@ impl ServerService {
             overrides: Overrides::default(),
             per_ip: None,
             accept_rate: None,
+            tls: None,
         }
     }
 
