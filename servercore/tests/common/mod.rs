@@ -9,6 +9,7 @@
 #![allow(dead_code)]
 
 pub mod rooms;
+pub mod tls;
 pub mod workers;
 
 use servercore::{Ctx, DisconnectReason, ServerService, Session, SessionHandle, SessionId};

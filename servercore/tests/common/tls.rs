@@ -1,0 +1,184 @@
+//! Shared helpers of the `tls_*` tests: a certificate made at run time (rcgen, nothing
+//! committed), the server and client configurations built on it, and a blocking rustls
+//! client (`ClientConnection` + `StreamOwned` over a std `TcpStream` with the `TIMEOUT`
+//! safety net on every read and write).
+
+use super::TIMEOUT;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
+use rustls::{ClientConfig, ClientConnection, RootCertStore, ServerConfig, StreamOwned};
+use servercore::tls::{self, rustls};
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+/// The name the test certificate is made for.
+pub const NAME: &str = "localhost";
+
+/// A self-signed certificate for [`NAME`] and `127.0.0.1`, and configurations using it.
+pub struct Pki {
+    /// A server configuration with the certificate and its key (`tls::server_config`).
+    pub server: Arc<ServerConfig>,
+    /// A client configuration that trusts the certificate (`tls::client_config`).
+    pub client: Arc<ClientConfig>,
+    /// The same without session resumption: every handshake is a full one.
+    pub client_no_resumption: Arc<ClientConfig>,
+}
+
+/// The process's test PKI, made once.
+pub fn pki() -> &'static Pki {
+    static PKI: OnceLock<Pki> = OnceLock::new();
+    PKI.get_or_init(|| {
+        let made = rcgen::generate_simple_self_signed(vec![NAME.to_string(), "127.0.0.1".into()])
+            .expect("rcgen makes a self-signed certificate");
+        let der = CertificateDer::from(made.cert.der().to_vec());
+        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(made.signing_key.serialize_der()));
+        let server = tls::server_config(vec![der.clone()], key).expect("a server configuration");
+        let mut roots = RootCertStore::empty();
+        roots.add(der).expect("the certificate is a valid root");
+        let client = tls::client_config(roots);
+        let mut no_resumption = (*client).clone();
+        no_resumption.resumption = rustls::client::Resumption::disabled();
+        Pki { server, client, client_no_resumption: Arc::new(no_resumption) }
+    })
+}
+
+/// The server name of the test certificate.
+pub fn server_name() -> ServerName<'static> {
+    tls::server_name(NAME).expect("a valid DNS name")
+}
+
+/// A blocking TLS client.
+pub type TlsClient = StreamOwned<ClientConnection, TcpStream>;
+
+/// A new client connection (nothing sent yet: its `ClientHello` waits in its output).
+pub fn client_connection(config: &Arc<ClientConfig>) -> ClientConnection {
+    ClientConnection::new(config.clone(), server_name()).expect("a client connection")
+}
+
+/// Connects and completes the handshake (client side: the server's `on_connected` follows
+/// the client's `Finished`, it may not have run yet when this returns).
+pub fn tls_connect(addr: SocketAddr) -> TlsClient {
+    tls_connect_with(addr, &pki().client)
+}
+
+/// [`tls_connect`] with a given client configuration.
+pub fn tls_connect_with(addr: SocketAddr, config: &Arc<ClientConfig>) -> TlsClient {
+    let sock = super::connect(addr);
+    let mut s = StreamOwned::new(client_connection(config), sock);
+    while s.conn.is_handshaking() {
+        if let Err(e) = s.conn.complete_io(&mut s.sock) {
+            panic!("TLS handshake with {addr}: {e}");
+        }
+    }
+    s
+}
+
+/// Writes `msg` and reads back exactly as many bytes, which must equal it.
+pub fn tls_roundtrip(s: &mut TlsClient, msg: &[u8]) {
+    s.write_all(msg).expect("TLS write to server");
+    s.flush().expect("TLS flush");
+    let mut back = vec![0u8; msg.len()];
+    s.read_exact(&mut back)
+        .unwrap_or_else(|e| panic!("reading the echo of {} bytes: {e}", msg.len()));
+    if back != msg {
+        let at = back.iter().zip(msg).position(|(a, b)| a != b).unwrap_or(0);
+        panic!("echo of {} bytes differs from what was sent at byte {at}", msg.len());
+    }
+}
+
+/// Sends `close_notify` (and whatever rustls had queued before it).
+pub fn send_close_notify(s: &mut TlsClient) {
+    s.conn.send_close_notify();
+    while s.conn.wants_write() {
+        s.conn.write_tls(&mut s.sock).expect("writing close_notify");
+    }
+    s.sock.flush().unwrap();
+}
+
+/// How a TLS stream ended, as the client saw it.
+#[derive(Debug)]
+pub enum TlsEnd {
+    /// `close_notify`, then the end of the stream: `read` returned `Ok(0)`.
+    CloseNotify,
+    /// The TCP stream ended without `close_notify` (rustls: `UnexpectedEof`).
+    Truncated,
+    /// Another error: a reset, or a TLS alert or error (the text says which).
+    Error(io::ErrorKind, String),
+}
+
+/// Reads until the TLS stream ends; returns the plaintext and how it ended. A read timeout
+/// (the safety net) panics.
+pub fn tls_read_to_end(s: &mut TlsClient) -> (Vec<u8>, TlsEnd) {
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return (out, TlsEnd::CloseNotify),
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+                panic!("no end of the TLS stream within {TIMEOUT:?} ({} bytes read)", out.len())
+            }
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return (out, TlsEnd::Truncated),
+            Err(e) => return (out, TlsEnd::Error(e.kind(), e.to_string())),
+        }
+    }
+}
+
+/// The first flight of a fresh client (its `ClientHello` record).
+pub fn client_hello() -> Vec<u8> {
+    let mut conn = client_connection(&pki().client_no_resumption);
+    let mut out = Vec::new();
+    while conn.wants_write() {
+        conn.write_tls(&mut out).unwrap();
+    }
+    assert_eq!(out[0], 0x16, "a handshake record");
+    out
+}
+
+/// How the raw TCP stream ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum RawEnd {
+    Eof,
+    Reset,
+    Error(io::ErrorKind),
+}
+
+/// Reads a raw socket until it ends; returns the bytes, how it ended, and how long after
+/// `since` it ended. A read timeout (the safety net) panics.
+pub fn raw_read_to_end(s: &mut TcpStream, since: Instant) -> (Vec<u8>, RawEnd, Duration) {
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return (out, RawEnd::Eof, since.elapsed()),
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+                panic!("no end of stream within {TIMEOUT:?} ({} bytes read)", out.len())
+            }
+            Err(e) if e.kind() == io::ErrorKind::ConnectionReset => {
+                return (out, RawEnd::Reset, since.elapsed())
+            }
+            Err(e) => return (out, RawEnd::Error(e.kind()), since.elapsed()),
+        }
+    }
+}
+
+/// Feeds what the server sent to a client connection and returns the error rustls found in
+/// it (an alert from the server shows as `AlertReceived`), or `None` if the bytes were
+/// accepted.
+pub fn feed_client(conn: &mut ClientConnection, mut bytes: &[u8]) -> Option<rustls::Error> {
+    while !bytes.is_empty() {
+        match conn.read_tls(&mut bytes) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e) => panic!("read_tls: {e}"),
+        }
+        if let Err(e) = conn.process_new_packets() {
+            return Some(e);
+        }
+    }
+    None
+}

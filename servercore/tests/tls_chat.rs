@@ -1,0 +1,266 @@
+//! A chat room of TLS sessions (issue 13): the room server of the `rooms_*` tests
+//! (`common::rooms::RoomServer`, packet framing) behind `.tls(..)`, members from a TLS
+//! `ClientService` and from blocking rustls clients, several senders of both kinds at once;
+//! every member gets every sender's messages in that sender's order, with no gap and no
+//! duplicate.
+//!
+//! Nothing here forces a backend (`SERVERCORE_BACKEND` picks it). Every wait is on an event
+//! with `common::TIMEOUT` as the safety net.
+
+mod common;
+
+use common::rooms::{packet, room_server, u32_at, wait_room_len, C_CHAT, S_CHAT, S_JOINED};
+use common::tls::{pki, send_close_notify, server_name, tls_connect, TlsClient};
+use common::workers::recv;
+use common::{any_port, TIMEOUT};
+use servercore::packet::{Framed, Packet, PacketSession};
+use servercore::{
+    ClientService, Ctx, DisconnectReason, Room, ServerService, SessionHandle, SessionId,
+};
+use std::collections::HashSet;
+use std::io::{Read, Write};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{self, Sender};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Members from the `ClientService`.
+const SESSIONS: usize = 40;
+/// Of those, how many speak.
+const SERVICE_SENDERS: usize = 4;
+/// Blocking rustls clients that speak (and listen).
+const BLOCKING_SENDERS: usize = 2;
+/// Blocking rustls clients that only listen.
+const BLOCKING_LISTENERS: usize = 1;
+const SENDERS: usize = SERVICE_SENDERS + BLOCKING_SENDERS;
+const MESSAGES: u32 = 200;
+const MEMBERS: usize = SESSIONS + BLOCKING_SENDERS + BLOCKING_LISTENERS;
+
+/// Each sender's messages in order, each once.
+struct Order {
+    last: [Option<u32>; SENDERS],
+    got: usize,
+}
+
+impl Order {
+    fn new() -> Self {
+        Order { last: [None; SENDERS], got: 0 }
+    }
+
+    /// Checks one `S_CHAT` payload (sender, seq).
+    fn take(&mut self, payload: &[u8]) -> Result<(), String> {
+        let (Some(sender), Some(seq), 8) = (u32_at(payload, 0), u32_at(payload, 4), payload.len())
+        else {
+            return Err(format!("bad S_CHAT payload {payload:?}"));
+        };
+        let Some(last) = self.last.get_mut(sender as usize) else {
+            return Err(format!("unknown sender {sender}"));
+        };
+        let want = last.map_or(0, |l| l + 1);
+        *last = Some(last.map_or(seq, |l| l.max(seq)));
+        self.got += 1;
+        if seq != want {
+            let what = if seq < want { "duplicate or reordered" } else { "gap" };
+            return Err(format!("sender {sender}: got seq {seq}, expected {want} ({what})"));
+        }
+        Ok(())
+    }
+
+    fn complete(&self) -> bool {
+        self.got == SENDERS * MESSAGES as usize
+    }
+}
+
+fn chat(sender: usize, seq: u32) -> Vec<u8> {
+    let mut payload = (sender as u32).to_le_bytes().to_vec();
+    payload.extend_from_slice(&seq.to_le_bytes());
+    payload
+}
+
+struct Shared {
+    joined: Sender<SessionHandle>,
+    done: Sender<SessionId>,
+    deliveries: AtomicUsize,
+    violations: Mutex<Vec<String>>,
+}
+
+impl Shared {
+    fn violation(&self, v: String) {
+        let mut all = self.violations.lock().unwrap();
+        if all.len() < 50 {
+            all.push(v);
+        }
+    }
+}
+
+/// A member of the `ClientService`.
+struct ChatClient {
+    shared: Arc<Shared>,
+    order: Order,
+}
+
+impl PacketSession for ChatClient {
+    fn on_packet(&mut self, ctx: &mut Ctx<'_>, p: Packet<'_>) {
+        match p.id {
+            S_JOINED => {
+                let _ = self.shared.joined.send(ctx.handle());
+            }
+            S_CHAT => {
+                if let Err(e) = self.order.take(p.payload) {
+                    self.shared.violation(format!("{}: {e}", ctx.id()));
+                }
+                self.shared.deliveries.fetch_add(1, Ordering::Relaxed);
+                if self.order.complete() {
+                    let _ = self.shared.done.send(ctx.id());
+                }
+            }
+            other => self.shared.violation(format!("{}: unexpected packet id {other}", ctx.id())),
+        }
+    }
+
+    fn on_disconnected(&mut self, ctx: &mut Ctx<'_>, reason: &DisconnectReason) {
+        if *reason != DisconnectReason::Shutdown {
+            self.shared.violation(format!("{}: disconnected early: {reason}", ctx.id()));
+        }
+    }
+
+    fn on_connect_failed(&mut self, addr: std::net::SocketAddr, error: &std::io::Error) {
+        self.shared.violation(format!("connect to {addr} failed: {error}"));
+    }
+}
+
+/// Reads one packet from a blocking TLS client: (id, payload).
+fn read_packet(s: &mut TlsClient) -> (u16, Vec<u8>) {
+    let mut header = [0u8; 4];
+    s.read_exact(&mut header).expect("a packet header");
+    let size = usize::from(u16::from_le_bytes([header[0], header[1]]));
+    let id = u16::from_le_bytes([header[2], header[3]]);
+    assert!(size >= 4, "packet size {size}");
+    let mut payload = vec![0u8; size - 4];
+    s.read_exact(&mut payload).expect("a packet payload");
+    (id, payload)
+}
+
+/// A blocking member: connects, waits until it is in the room.
+fn blocking_member(addr: std::net::SocketAddr) -> TlsClient {
+    let mut s = tls_connect(addr);
+    let (id, _) = read_packet(&mut s);
+    assert_eq!(id, S_JOINED, "the first packet says the client is in the room");
+    s
+}
+
+/// A blocking member reads until it has every sender's messages; returns the violations.
+fn blocking_listen(s: &mut TlsClient, who: &str) -> Vec<String> {
+    let mut order = Order::new();
+    let mut violations = Vec::new();
+    while !order.complete() {
+        let (id, payload) = read_packet(s);
+        if id != S_CHAT {
+            violations.push(format!("{who}: unexpected packet id {id}"));
+            continue;
+        }
+        if let Err(e) = order.take(&payload) {
+            violations.push(format!("{who}: {e}"));
+        }
+    }
+    violations
+}
+
+#[test]
+fn every_tls_member_gets_every_senders_messages_in_order() {
+    let room = Room::new();
+    let (server, checks) =
+        room_server(&room, ServerService::builder(any_port()).workers(2).tls(pki().server.clone()));
+    let addr = server.local_addr();
+    let (joined_tx, joined_rx) = mpsc::channel();
+    let (done_tx, done_rx) = mpsc::channel();
+    let shared = Arc::new(Shared {
+        joined: joined_tx,
+        done: done_tx,
+        deliveries: AtomicUsize::new(0),
+        violations: Mutex::new(Vec::new()),
+    });
+    let sh = shared.clone();
+    let client = ClientService::builder(addr)
+        .sessions(SESSIONS)
+        .workers(2)
+        .tls(pki().client.clone(), server_name())
+        .start(move || Framed::new(ChatClient { shared: sh.clone(), order: Order::new() }))
+        .unwrap();
+    let handles: Vec<SessionHandle> =
+        (0..SESSIONS).map(|i| recv(&joined_rx, &format!("S_JOINED number {i}"))).collect();
+    let mut blocking: Vec<TlsClient> =
+        (0..BLOCKING_SENDERS + BLOCKING_LISTENERS).map(|_| blocking_member(addr)).collect();
+    wait_room_len(&room, MEMBERS);
+
+    let started = Instant::now();
+    // Blocking senders: sender ids after the service's; they write in bursts of packets
+    // (many per record), then listen.
+    let mut threads = Vec::new();
+    for (k, mut s) in blocking.drain(..).enumerate() {
+        threads.push(std::thread::spawn(move || {
+            if k < BLOCKING_SENDERS {
+                let sender = SERVICE_SENDERS + k;
+                let mut burst = Vec::new();
+                for seq in 0..MESSAGES {
+                    burst.extend_from_slice(&packet(C_CHAT, &chat(sender, seq)));
+                    if burst.len() >= 12 * (1 + seq as usize % 17) {
+                        s.write_all(&burst).unwrap();
+                        s.flush().unwrap();
+                        burst.clear();
+                    }
+                }
+                s.write_all(&burst).unwrap();
+                s.flush().unwrap();
+            }
+            let violations = blocking_listen(&mut s, &format!("blocking member {k}"));
+            (s, violations)
+        }));
+    }
+    // The service's senders, through their handles, interleaved.
+    for seq in 0..MESSAGES {
+        for (sender, h) in handles[..SERVICE_SENDERS].iter().enumerate() {
+            h.send(packet(C_CHAT, &chat(sender, seq))).expect("senders are connected");
+        }
+    }
+
+    let mut finished = HashSet::new();
+    let deadline = Instant::now() + TIMEOUT;
+    while finished.len() < SESSIONS {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match done_rx.recv_timeout(left) {
+            Ok(id) => assert!(finished.insert(id), "{id} reported twice"),
+            Err(e) => panic!(
+                "{e}: only {} of {SESSIONS} members got all {} messages; {} deliveries; \
+                 violations: {:#?}",
+                finished.len(),
+                SENDERS * MESSAGES as usize,
+                shared.deliveries.load(Ordering::Relaxed),
+                shared.violations.lock().unwrap()
+            ),
+        }
+    }
+    let mut violations = Vec::new();
+    let mut blocking = Vec::new();
+    for t in threads {
+        let (s, v) = t.join().expect("blocking member thread");
+        violations.extend(v);
+        blocking.push(s);
+    }
+    eprintln!(
+        "{} deliveries to {MEMBERS} TLS members in {:?} ({} backend)",
+        shared.deliveries.load(Ordering::Relaxed) + blocking.len() * SENDERS * MESSAGES as usize,
+        started.elapsed(),
+        server.backend()
+    );
+    assert!(violations.is_empty(), "blocking members: {violations:#?}");
+    assert_eq!(shared.deliveries.load(Ordering::Relaxed), SESSIONS * SENDERS * MESSAGES as usize);
+    for s in &mut blocking {
+        send_close_notify(s);
+    }
+    client.shutdown(Duration::from_secs(5)).unwrap();
+    server.shutdown(Duration::from_secs(5)).unwrap();
+    checks.assert_ok();
+    let violations = shared.violations.lock().unwrap();
+    assert!(violations.is_empty(), "violations: {violations:#?}");
+}

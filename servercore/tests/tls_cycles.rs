@@ -1,0 +1,321 @@
+//! 2,000 TLS connect/handshake/close cycles ending in every way (issue 13): afterwards the
+//! server holds no session, the process's fd count is exactly back at its start and its
+//! RSS is back near its start (as `reliability_cycles.rs` checks for plain TCP); and a
+//! shutdown with TLS sessions open, handshaking and established, ends within its deadline,
+//! the established ones getting their queued bytes, then `close_notify`.
+//!
+//! fd count and RSS are process-wide: the two tests of this binary take a lock so that
+//! they never run at the same time.
+
+mod common;
+
+use common::tls::{
+    client_hello, pki, raw_read_to_end, send_close_notify, tls_connect, tls_connect_with,
+    tls_read_to_end, tls_roundtrip, TlsEnd,
+};
+use common::{any_port, connect, open_fd_count, set_linger_zero, wait_until};
+use servercore::{Ctx, DisconnectReason, ServerService, Session};
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const CYCLES: usize = 2_000;
+const THREADS: usize = 4;
+const WARM_UP: usize = 100;
+const RSS_SLACK: usize = 16 * 1024 * 1024;
+const WORKERS: usize = 2;
+
+/// The tests of this binary one at a time (fd count and RSS are process-wide).
+static EXCLUSIVE: Mutex<()> = Mutex::new(());
+
+#[derive(Default)]
+struct Counters {
+    connected: AtomicUsize,
+    disconnected: AtomicUsize,
+    reasons: Mutex<HashMap<&'static str, usize>>,
+    double_disconnects: AtomicUsize,
+    flooded: AtomicUsize,
+}
+
+/// Bytes a session queues on "flood" (the shutdown test).
+const FLOOD: usize = 200 * 1024;
+
+/// Echoes; "?" asks which worker serves it; "flood" queues `FLOOD` bytes. Counts its
+/// lifecycle.
+struct Cycle {
+    counters: Arc<Counters>,
+    done: bool,
+}
+
+impl Session for Cycle {
+    fn on_connected(&mut self, _ctx: &mut Ctx<'_>) {
+        self.counters.connected.fetch_add(1, Ordering::SeqCst);
+    }
+
+    fn on_recv(&mut self, ctx: &mut Ctx<'_>, data: &[u8]) -> usize {
+        if data == b"?" {
+            let _ = ctx.send(vec![ctx.worker_index() as u8]);
+        } else if data == b"flood" {
+            for i in 0..FLOOD / 1024 {
+                let _ = ctx.send(vec![i as u8; 1024]);
+            }
+            self.counters.flooded.fetch_add(1, Ordering::SeqCst);
+        } else {
+            let _ = ctx.send(data.to_vec());
+        }
+        data.len()
+    }
+
+    fn on_disconnected(&mut self, _ctx: &mut Ctx<'_>, reason: &DisconnectReason) {
+        if std::mem::replace(&mut self.done, true) {
+            self.counters.double_disconnects.fetch_add(1, Ordering::SeqCst);
+        }
+        self.counters.disconnected.fetch_add(1, Ordering::SeqCst);
+        *self.counters.reasons.lock().unwrap().entry(reason.label()).or_default() += 1;
+    }
+}
+
+fn tls_server(counters: &Arc<Counters>) -> ServerService {
+    let c = counters.clone();
+    ServerService::builder(any_port())
+        .workers(WORKERS)
+        .tls(pki().server.clone())
+        .start(move || Cycle { counters: c.clone(), done: false })
+        .unwrap()
+}
+
+fn fds() -> usize {
+    open_fd_count().expect("open_fd_count is known on Linux")
+}
+
+fn rss() -> usize {
+    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).expect("VmRSS");
+    line.split_whitespace().nth(1).unwrap().parse::<usize>().unwrap() * 1024
+}
+
+/// One cycle, ending one of five ways: a round trip and an orderly TLS close
+/// (`close_notify`, FIN); a round trip and a close without `close_notify` (with a resumed
+/// handshake once the client has a ticket); the handshake and a reset at once; a TCP
+/// connect closed before any byte; half a `ClientHello`, then a reset.
+fn cycle(addr: SocketAddr, i: usize, hello: &[u8]) {
+    match i % 5 {
+        0 => {
+            let mut s = tls_connect_with(addr, &pki().client_no_resumption);
+            tls_roundtrip(&mut s, b"ping");
+            send_close_notify(&mut s);
+            s.sock.shutdown(Shutdown::Write).unwrap();
+            let _ = tls_read_to_end(&mut s);
+        }
+        1 => {
+            let mut s = tls_connect(addr);
+            tls_roundtrip(&mut s, b"ping");
+        }
+        2 => {
+            let s = tls_connect(addr);
+            set_linger_zero(&s.sock).unwrap();
+        }
+        3 => drop(std::net::TcpStream::connect(addr).unwrap()),
+        _ => {
+            let mut s = std::net::TcpStream::connect(addr).unwrap();
+            s.write_all(&hello[..hello.len() / 2]).unwrap();
+            set_linger_zero(&s).unwrap();
+        }
+    }
+}
+
+/// Waits until the server has accepted every connection the clients made (see
+/// `reliability_cycles.rs`): TLS sentinels are connected until every worker has served
+/// one, and each worker accepts its listener's queue in order.
+fn settle(addr: SocketAddr, workers: usize) -> usize {
+    let mut served = vec![false; workers];
+    let mut sentinels = 0;
+    while served.contains(&false) {
+        sentinels += 1;
+        assert!(sentinels <= 1000, "sentinels never reached every worker: {served:?}");
+        let mut s = tls_connect(addr);
+        s.write_all(b"?").unwrap();
+        s.flush().unwrap();
+        let mut worker = [0u8; 1];
+        s.read_exact(&mut worker).expect("a sentinel's answer");
+        served[usize::from(worker[0])] = true;
+        send_close_notify(&mut s);
+    }
+    sentinels
+}
+
+#[test]
+fn two_thousand_tls_cycles_leave_no_session_fd_or_memory_behind() {
+    let _exclusive = EXCLUSIVE.lock().unwrap_or_else(|p| p.into_inner());
+    if open_fd_count().is_none() {
+        eprintln!("skipped: open_fd_count() is not available on this OS");
+        return;
+    }
+    let counters = Arc::new(Counters::default());
+    let server = tls_server(&counters);
+    let addr = server.local_addr();
+    let hello = Arc::new(client_hello());
+
+    // Warm up (pools, slots, rustls and the client's session cache), then take the start.
+    for i in 0..WARM_UP {
+        cycle(addr, i, &hello);
+    }
+    let mut sentinels = settle(addr, WORKERS);
+    common::wait_no_sessions(&server);
+    let fd_start = fds();
+    let rss_start = rss();
+
+    let started = Instant::now();
+    let threads: Vec<_> = (0..THREADS)
+        .map(|t| {
+            let hello = hello.clone();
+            std::thread::spawn(move || {
+                for i in 0..CYCLES / THREADS {
+                    cycle(addr, t + i, &hello);
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().expect("client thread");
+    }
+    let cycles_took = started.elapsed();
+    sentinels += settle(addr, WORKERS);
+
+    common::wait_no_sessions(&server);
+    wait_until("the fd count to return to its start", || {
+        let now = fds();
+        if now == fd_start {
+            Ok(())
+        } else {
+            Err(format!("{now} open fds, started with {fd_start}"))
+        }
+    });
+    let rss_end = rss();
+    let stats = server.stats();
+    let reasons = counters.reasons.lock().unwrap().clone();
+    eprintln!(
+        "{CYCLES} TLS cycles in {cycles_took:?} ({} backend); {stats:?}; reasons {reasons:?}; \
+         RSS {} -> {} KiB",
+        server.backend(),
+        rss_start / 1024,
+        rss_end / 1024
+    );
+
+    assert_eq!(stats.sessions, 0);
+    let connected = counters.connected.load(Ordering::SeqCst);
+    let disconnected = counters.disconnected.load(Ordering::SeqCst);
+    assert_eq!(counters.double_disconnects.load(Ordering::SeqCst), 0, "on_disconnected twice");
+    assert_eq!(connected, disconnected, "every session got exactly one on_disconnected");
+    assert_eq!(stats.disconnected as usize, disconnected, "{stats:?}");
+    // A session connects once its handshake is done: the two endings of five that never
+    // finish a handshake never connect, the three others connect (but a reset right after
+    // the client's Finished may beat it).
+    let connections = CYCLES + WARM_UP + sentinels;
+    let handshakes = (CYCLES + WARM_UP) * 3 / 5 + sentinels;
+    assert!(
+        connected > handshakes * 2 / 3 && connected <= handshakes,
+        "{connected} sessions connected for {handshakes} completed client handshakes"
+    );
+    assert!(stats.accepted as usize <= connections, "{stats:?}");
+    assert!(stats.accepted as usize >= connected, "{stats:?}");
+    // Every orderly TLS close is seen as one.
+    let peer_closed = reasons.get("peer_closed").copied().unwrap_or(0);
+    assert!(
+        peer_closed >= (CYCLES + WARM_UP) / 5 + sentinels,
+        "{peer_closed} peer_closed for {} orderly TLS closes: {reasons:?}",
+        (CYCLES + WARM_UP) / 5 + sentinels
+    );
+    let unexpected: Vec<_> = reasons
+        .iter()
+        .filter(|(l, _)| !matches!(**l, "peer_closed" | "reset" | "tls_truncated" | "os_error"))
+        .collect();
+    assert!(unexpected.is_empty(), "unexpected reasons: {unexpected:?}");
+    assert!(
+        rss_end <= rss_start + RSS_SLACK,
+        "RSS grew from {rss_start} B to {rss_end} B over {CYCLES} cycles (allowed +{RSS_SLACK} B)"
+    );
+    server.shutdown(Duration::from_secs(5)).unwrap();
+}
+
+/// A shutdown with TLS sessions established (each with bytes queued) and others in the
+/// middle of their handshake (silent, half a `ClientHello`, a `ClientHello` and no answer):
+/// it ends well within its deadline (the handshakes do not hold it for their 10 s
+/// timeout); each established client reads every queued byte, then `close_notify`, then
+/// the FIN; the handshaking ones never connected.
+#[test]
+fn shutdown_with_tls_sessions_handshaking_and_established_ends_in_time() {
+    const ESTABLISHED: usize = 4;
+    const DEADLINE: Duration = Duration::from_secs(5);
+    let _exclusive = EXCLUSIVE.lock().unwrap_or_else(|p| p.into_inner());
+    let fd_start = open_fd_count();
+    let counters = Arc::new(Counters::default());
+    let server = tls_server(&counters);
+    let addr = server.local_addr();
+
+    let mut readers = Vec::new();
+    for _ in 0..ESTABLISHED {
+        let mut s = tls_connect(addr);
+        tls_roundtrip(&mut s, b"ping");
+        s.write_all(b"flood").unwrap();
+        s.flush().unwrap();
+        readers.push(std::thread::spawn(move || {
+            let (got, end) = tls_read_to_end(&mut s);
+            let (rest, raw_end, _) = raw_read_to_end(&mut s.sock, Instant::now());
+            (got, end, rest.len(), raw_end)
+        }));
+    }
+    let hello = client_hello();
+    let mut handshaking = Vec::new();
+    for bytes in [&[][..], &hello[..hello.len() / 2], &hello[..]] {
+        let mut s = connect(addr);
+        s.write_all(bytes).unwrap();
+        handshaking.push(s);
+    }
+    wait_until("every session open and every flood queued", || {
+        let (sessions, flooded) = (server.session_count(), counters.flooded.load(Ordering::SeqCst));
+        if sessions == ESTABLISHED + handshaking.len() && flooded == ESTABLISHED {
+            Ok(())
+        } else {
+            Err(format!("{sessions} sessions, {flooded} floods queued"))
+        }
+    });
+
+    let started = Instant::now();
+    server.shutdown(DEADLINE).expect("a clean shutdown");
+    let took = started.elapsed();
+    eprintln!("shutdown with TLS sessions open took {took:?}");
+    assert!(took < DEADLINE, "the shutdown took {took:?}, its deadline is {DEADLINE:?}");
+
+    let expected: Vec<u8> = (0..FLOOD / 1024).flat_map(|i| vec![i as u8; 1024]).collect();
+    for (k, r) in readers.into_iter().enumerate() {
+        let (got, end, raw_rest, raw_end) = r.join().expect("reader thread");
+        // The round trip's echo was read; what follows is the flood.
+        assert_eq!(got.len(), FLOOD, "established client {k}: every queued byte ({end:?})");
+        assert!(got == expected, "established client {k}: the queued bytes intact, in order");
+        assert!(matches!(end, TlsEnd::CloseNotify), "established client {k}: {end:?}");
+        assert_eq!((raw_rest, raw_end), (0, common::tls::RawEnd::Eof), "client {k}: the FIN");
+    }
+    for (k, mut s) in handshaking.into_iter().enumerate() {
+        let (_, end, took) = raw_read_to_end(&mut s, started);
+        eprintln!("handshaking client {k}: {end:?} {took:?} after the shutdown began");
+        assert!(took < DEADLINE, "handshaking client {k}: its end came after {took:?}");
+    }
+    assert_eq!(counters.connected.load(Ordering::SeqCst), ESTABLISHED, "no handshake finished");
+    assert_eq!(counters.disconnected.load(Ordering::SeqCst), ESTABLISHED);
+    let reasons = counters.reasons.lock().unwrap().clone();
+    assert_eq!(reasons, HashMap::from([("shutdown", ESTABLISHED)]), "{reasons:?}");
+    if let Some(start) = fd_start {
+        wait_until("the fd count to return to its start", || {
+            let now = open_fd_count().unwrap();
+            if now == start {
+                Ok(())
+            } else {
+                Err(format!("{now} open fds, started with {start}"))
+            }
+        });
+    }
+}
