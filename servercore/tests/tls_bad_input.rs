@@ -4,18 +4,22 @@
 //! the same server keeps echoing.
 //!
 //! A failed handshake calls no session callback, so those cases are observed through the
-//! server's `stats()` (a session that never connected: `accepted` goes up, `disconnected`
-//! does not, the session count comes back; `aborted` counts the resets) and through what
-//! the peer sees: a reset (not TLS, handshake timeout), a TLS alert (rustls refused a
-//! record), and when it comes. Failures after the handshake are seen by the session's
-//! `on_disconnected` (the event log of `common::Recorder`).
+//! server's `stats()` (a session that never connected: `accepted` and
+//! `tls_handshake_failures` go up, `disconnected` does not, the session count comes back;
+//! `aborted` counts the resets), through the `servercore_disconnects_total` metric (which
+//! counts each failed handshake under its `tls_*` reason: a recorder installed by
+//! `common::tls::reason_counts`), and through what the peer sees: a reset (not TLS,
+//! handshake timeout), a TLS alert then an orderly close (rustls refused a record), and
+//! when it comes. Failures after the handshake are seen by the session's `on_disconnected`
+//! (the event log of `common::Recorder`).
 //!
-//! Nothing here forces a backend: `SERVERCORE_BACKEND=io_uring|poll` picks it.
+//! The metric is process-wide, so the tests of this binary take a lock and run one at a
+//! time. Nothing here forces a backend: `SERVERCORE_BACKEND=io_uring|poll` picks it.
 
 mod common;
 
 use common::tls::{
-    client_connection, client_hello, feed_client, pki, raw_read_to_end, tls_connect,
+    client_connection, client_hello, feed_client, pki, raw_read_to_end, reason_counts, tls_connect,
     tls_read_to_end, tls_roundtrip, RawEnd, TlsClient, TlsEnd,
 };
 use common::{any_port, connect, recorder, wait_until, Ev, EventLog, Hooks};
@@ -23,9 +27,14 @@ use servercore::tls::rustls;
 use servercore::{
     DisconnectReason, ServerService, ServiceStats, SessionConfig, SessionId, TlsError,
 };
+use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::net::Shutdown;
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
+
+/// The tests of this binary one at a time: the reason counts are process-wide.
+static EXCLUSIVE: Mutex<()> = Mutex::new(());
 
 /// "At once": far below the default 10 s handshake timeout, so a close seen within it is
 /// not the timeout's.
@@ -38,10 +47,15 @@ struct Bench {
     healthy: TlsClient,
     healthy_id: SessionId,
     round: usize,
+    /// The reason counts when the last [`Bench::mark`] was made.
+    reasons: HashMap<String, u64>,
+    _exclusive: MutexGuard<'static, ()>,
 }
 
 impl Bench {
     fn new(config: SessionConfig) -> Self {
+        let exclusive = EXCLUSIVE.lock().unwrap_or_else(|p| p.into_inner());
+        reason_counts(); // the recorder is installed before the service starts
         let (factory, mut log) = recorder(Hooks::echo());
         let server = ServerService::builder(any_port())
             .workers(2)
@@ -52,9 +66,37 @@ impl Bench {
         let mut healthy = tls_connect(server.local_addr());
         let (healthy_id, _) = log.next_connected();
         tls_roundtrip(&mut healthy, b"healthy hello");
-        let mut bench = Bench { server, log, healthy, healthy_id, round: 0 };
+        let mut bench = Bench {
+            server,
+            log,
+            healthy,
+            healthy_id,
+            round: 0,
+            reasons: HashMap::new(),
+            _exclusive: exclusive,
+        };
         bench.wait_stats("the healthy session alone", |s| s.sessions == 1);
+        bench.mark();
         bench
+    }
+
+    /// Takes the reason counts now, for [`Bench::reasons_since_mark`].
+    fn mark(&mut self) {
+        self.reasons = reason_counts().snapshot();
+    }
+
+    /// The disconnect reasons counted (sessions that connected and handshakes that failed)
+    /// since the last mark, by label.
+    fn reasons_since_mark(&self) -> BTreeMap<String, u64> {
+        reason_counts().since(&self.reasons)
+    }
+
+    /// Checks the reasons counted since the last mark, then marks again.
+    #[track_caller]
+    fn assert_reasons(&mut self, what: &str, want: &[(&str, u64)]) {
+        let want: BTreeMap<String, u64> = want.iter().map(|(k, v)| (k.to_string(), *v)).collect();
+        assert_eq!(self.reasons_since_mark(), want, "{what}: disconnect reasons counted");
+        self.mark();
     }
 
     /// The healthy session still echoes.
@@ -144,6 +186,13 @@ fn bytes_that_are_not_tls_are_reset_at_once() {
         let after = bench.stats();
         assert_eq!(after.accepted, before.accepted + 1, "{what:?}: {after:?}");
         assert_eq!(after.disconnected, before.disconnected, "{what:?}: no on_disconnected");
+        assert_eq!(after.tls_handshakes, before.tls_handshakes, "{what:?}: {after:?}");
+        assert_eq!(
+            after.tls_handshake_failures,
+            before.tls_handshake_failures + 1,
+            "{what:?}: {after:?}"
+        );
+        bench.assert_reasons(&format!("{what:?}"), &[("tls_not_tls", 1)]);
         bench.healthy_echoes();
     }
     bench.finish(&[]);
@@ -207,6 +256,9 @@ fn slow_loris_handshakes_time_out() {
     });
     let after = bench.stats();
     assert_eq!(after.disconnected, before.disconnected, "no on_disconnected: {after:?}");
+    assert_eq!(after.tls_handshake_failures, before.tls_handshake_failures + 3, "{after:?}");
+    assert_eq!(after.tls_handshakes, before.tls_handshakes, "{after:?}");
+    bench.assert_reasons("slow-loris handshakes", &[("tls_handshake_timeout", 3)]);
     // The healthy session lived past the handshake timeout.
     bench.healthy_echoes();
     bench.finish(&[]);
@@ -233,6 +285,7 @@ fn records_refused_during_the_handshake_get_an_alert() {
             "{what}: a fatal alert first, got {got:?} then {end:?}"
         );
         assert!(took < QUICK, "{what}: the connection ended after {took:?}");
+        assert_eq!(end, RawEnd::Eof, "{what}: an orderly close after the alert");
         eprintln!("{what}: alert {alert:?}, then {end:?}");
         bench.healthy_echoes();
     }
@@ -255,12 +308,16 @@ fn records_refused_during_the_handshake_get_an_alert() {
         got.len()
     );
     assert!(took < QUICK, "garbage after a ClientHello: ended after {took:?}");
+    assert_eq!(end, RawEnd::Eof, "garbage after a ClientHello: an orderly close after the alert");
     eprintln!("garbage after a ClientHello: {error:?}, then {end:?}");
 
     bench.wait_stats("the refused sessions gone", |s| s.sessions == 1);
     let after = bench.stats();
     assert_eq!(after.accepted, before.accepted + 3, "{after:?}");
     assert_eq!(after.disconnected, before.disconnected, "no on_disconnected: {after:?}");
+    assert_eq!(after.tls_handshake_failures, before.tls_handshake_failures + 3, "{after:?}");
+    assert_eq!(after.aborted, before.aborted, "the alerts were not cut by a reset: {after:?}");
+    bench.assert_reasons("records refused in the handshake", &[("tls_protocol_error", 3)]);
     bench.healthy_echoes();
     bench.finish(&[]);
 }
@@ -332,6 +389,9 @@ fn records_refused_after_the_handshake_end_the_session_with_protocol() {
     let after = bench.stats();
     assert_eq!(after.disconnected, before.disconnected + 2, "{after:?}");
     assert_eq!(after.disconnected_with_error, before.disconnected_with_error + 2, "{after:?}");
+    assert_eq!(after.tls_handshakes, before.tls_handshakes + 2, "{after:?}");
+    assert_eq!(after.tls_handshake_failures, before.tls_handshake_failures, "{after:?}");
+    bench.assert_reasons("records refused after the handshake", &[("tls_protocol_error", 2)]);
     bench.finish(&ended);
 }
 
@@ -385,6 +445,9 @@ fn truncated_closes_cost_only_their_session() {
     let after = bench.stats();
     assert_eq!(after.accepted, before.accepted + 3, "{after:?}");
     assert_eq!(after.disconnected, before.disconnected + 2, "{after:?}");
+    assert_eq!(after.tls_handshake_failures, before.tls_handshake_failures + 1, "{after:?}");
+    // Two sessions that connected and one handshake, all ended without close_notify.
+    bench.assert_reasons("truncated closes", &[("tls_truncated", 3)]);
     bench.finish(&ended);
 }
 
@@ -431,7 +494,12 @@ fn bad_clients_at_once_leave_the_healthy_session_alone() {
     });
     let after = bench.stats();
     assert_eq!(after.disconnected, before.disconnected, "{after:?}");
+    assert_eq!(after.tls_handshake_failures, before.tls_handshake_failures + 5 * n as u64);
     let connected = bench.log.count(|e| matches!(e.ev, Ev::Connected(_)));
     assert_eq!(connected, 1, "only the healthy session connected");
+    bench.assert_reasons(
+        "bad clients at once",
+        &[("tls_not_tls", 5), ("tls_handshake_timeout", 10), ("tls_protocol_error", 5)],
+    );
     bench.finish(&[]);
 }

@@ -25,7 +25,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// Members from the `ClientService`.
-const SESSIONS: usize = 40;
+const SESSIONS: usize = 100;
 /// Of those, how many speak.
 const SERVICE_SENDERS: usize = 4;
 /// Blocking rustls clients that speak (and listen).
@@ -33,7 +33,7 @@ const BLOCKING_SENDERS: usize = 2;
 /// Blocking rustls clients that only listen.
 const BLOCKING_LISTENERS: usize = 1;
 const SENDERS: usize = SERVICE_SENDERS + BLOCKING_SENDERS;
-const MESSAGES: u32 = 200;
+const MESSAGES: u32 = 500;
 const MEMBERS: usize = SESSIONS + BLOCKING_SENDERS + BLOCKING_LISTENERS;
 
 /// Each sender's messages in order, each once.

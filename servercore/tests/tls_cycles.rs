@@ -43,8 +43,8 @@ struct Counters {
 /// Bytes a session queues on "flood" (the shutdown test).
 const FLOOD: usize = 200 * 1024;
 
-/// Echoes; "?" asks which worker serves it; "flood" queues `FLOOD` bytes. Counts its
-/// lifecycle.
+/// Echoes; "?" asks which worker serves it; "flood" queues `FLOOD` bytes; "bye" is
+/// answered and disconnected. Counts its lifecycle.
 struct Cycle {
     counters: Arc<Counters>,
     done: bool,
@@ -63,6 +63,9 @@ impl Session for Cycle {
                 let _ = ctx.send(vec![i as u8; 1024]);
             }
             self.counters.flooded.fetch_add(1, Ordering::SeqCst);
+        } else if data == b"bye" {
+            let _ = ctx.send(&b"bye"[..]);
+            ctx.disconnect("bye");
         } else {
             let _ = ctx.send(data.to_vec());
         }
@@ -97,12 +100,18 @@ fn rss() -> usize {
     line.split_whitespace().nth(1).unwrap().parse::<usize>().unwrap() * 1024
 }
 
-/// One cycle, ending one of five ways: a round trip and an orderly TLS close
+/// Ways a cycle ends.
+const ENDINGS: usize = 6;
+/// Of those, the ones whose client finishes its handshake.
+const HANDSHAKING_ENDINGS: [usize; 4] = [0, 1, 2, 5];
+
+/// One cycle, ending one of six ways: a round trip and an orderly TLS close
 /// (`close_notify`, FIN); a round trip and a close without `close_notify` (with a resumed
 /// handshake once the client has a ticket); the handshake and a reset at once; a TCP
-/// connect closed before any byte; half a `ClientHello`, then a reset.
+/// connect closed before any byte; half a `ClientHello`, then a reset; the server's
+/// disconnect (its answer, `close_notify`, FIN).
 fn cycle(addr: SocketAddr, i: usize, hello: &[u8]) {
-    match i % 5 {
+    match i % ENDINGS {
         0 => {
             let mut s = tls_connect_with(addr, &pki().client_no_resumption);
             tls_roundtrip(&mut s, b"ping");
@@ -119,12 +128,30 @@ fn cycle(addr: SocketAddr, i: usize, hello: &[u8]) {
             set_linger_zero(&s.sock).unwrap();
         }
         3 => drop(std::net::TcpStream::connect(addr).unwrap()),
-        _ => {
+        4 => {
             let mut s = std::net::TcpStream::connect(addr).unwrap();
             s.write_all(&hello[..hello.len() / 2]).unwrap();
             set_linger_zero(&s).unwrap();
         }
+        _ => {
+            let mut s = tls_connect_with(addr, &pki().client_no_resumption);
+            s.write_all(b"bye").unwrap();
+            s.flush().unwrap();
+            let (got, end) = tls_read_to_end(&mut s);
+            assert_eq!(got, b"bye", "cycle {i}: the answer before the server's close");
+            assert!(matches!(end, TlsEnd::CloseNotify), "cycle {i}: the server's close: {end:?}");
+        }
     }
+}
+
+/// The cycle indices run: the warm-up's, then each client thread's.
+fn cycle_indices() -> impl Iterator<Item = usize> {
+    (0..WARM_UP).chain((0..THREADS).flat_map(|t| (0..CYCLES / THREADS).map(move |i| t + i)))
+}
+
+/// How many cycles end in way `ending`.
+fn cycles_ending(ending: usize) -> usize {
+    cycle_indices().filter(|i| i % ENDINGS == ending).count()
 }
 
 /// Waits until the server has accepted every connection the clients made (see
@@ -211,27 +238,33 @@ fn two_thousand_tls_cycles_leave_no_session_fd_or_memory_behind() {
     assert_eq!(counters.double_disconnects.load(Ordering::SeqCst), 0, "on_disconnected twice");
     assert_eq!(connected, disconnected, "every session got exactly one on_disconnected");
     assert_eq!(stats.disconnected as usize, disconnected, "{stats:?}");
-    // A session connects once its handshake is done: the two endings of five that never
-    // finish a handshake never connect, the three others connect (but a reset right after
-    // the client's Finished may beat it).
+    // A session connects once its handshake is done: the endings that never finish a
+    // handshake never connect, the others connect (but a reset right after the client's
+    // Finished may beat it).
     let connections = CYCLES + WARM_UP + sentinels;
-    let handshakes = (CYCLES + WARM_UP) * 3 / 5 + sentinels;
+    let handshakes = HANDSHAKING_ENDINGS.map(cycles_ending).iter().sum::<usize>() + sentinels;
     assert!(
         connected > handshakes * 2 / 3 && connected <= handshakes,
         "{connected} sessions connected for {handshakes} completed client handshakes"
     );
     assert!(stats.accepted as usize <= connections, "{stats:?}");
-    assert!(stats.accepted as usize >= connected, "{stats:?}");
-    // Every orderly TLS close is seen as one.
+    // Every accepted connection either finished its handshake (and connected) or failed it.
+    assert_eq!(stats.tls_handshakes as usize, connected, "{stats:?}");
+    assert_eq!(stats.tls_handshakes + stats.tls_handshake_failures, stats.accepted, "{stats:?}");
+    // Every orderly TLS close is seen as one, from either side.
     let peer_closed = reasons.get("peer_closed").copied().unwrap_or(0);
+    let orderly = cycles_ending(0) + sentinels;
     assert!(
-        peer_closed >= (CYCLES + WARM_UP) / 5 + sentinels,
-        "{peer_closed} peer_closed for {} orderly TLS closes: {reasons:?}",
-        (CYCLES + WARM_UP) / 5 + sentinels
+        peer_closed >= orderly,
+        "{peer_closed} peer_closed for {orderly} orderly TLS closes: {reasons:?}"
     );
+    let local = reasons.get("local").copied().unwrap_or(0);
+    assert_eq!(local, cycles_ending(5), "server-side closes: {reasons:?}");
     let unexpected: Vec<_> = reasons
         .iter()
-        .filter(|(l, _)| !matches!(**l, "peer_closed" | "reset" | "tls_truncated" | "os_error"))
+        .filter(|(l, _)| {
+            !matches!(**l, "peer_closed" | "local" | "reset" | "tls_truncated" | "os_error")
+        })
         .collect();
     assert!(unexpected.is_empty(), "unexpected reasons: {unexpected:?}");
     assert!(

@@ -321,3 +321,98 @@ fn a_local_disconnect_flushes_queued_data_then_close_notify_then_fin() {
     log.drain();
     log.check_lifecycle(id);
 }
+
+/// RFC 8446 §6.1: each party sends `close_notify` before closing its write side (unless
+/// it sent an error alert). A client that sent `close_notify` and FIN and goes on reading
+/// must see the server's `close_notify` before the end of the stream, not a truncation.
+#[test]
+fn the_server_answers_a_close_notify_with_its_own() {
+    let (server, mut log) = tls_echo_server(1);
+    let mut client = tls_connect(server.local_addr());
+    let (id, _) = log.next_connected();
+    tls_roundtrip(&mut client, b"hello");
+    send_close_notify(&mut client);
+    client.sock.shutdown(Shutdown::Write).unwrap();
+    assert_eq!(log.disconnected(id), DisconnectReason::PeerClosed);
+    let (rest, end) = tls_read_to_end(&mut client);
+    assert!(rest.is_empty(), "{} bytes after the echo", rest.len());
+    assert!(
+        matches!(end, TlsEnd::CloseNotify),
+        "after the client's close_notify and FIN, the server must send close_notify before its \
+         FIN; the client saw {end:?}"
+    );
+    server.shutdown(Duration::from_secs(5)).unwrap();
+}
+
+/// A server session's local disconnect (`close_notify`, then FIN) is an orderly close for
+/// a TLS `ClientService` session: `PeerClosed`, after every byte queued before it.
+#[test]
+fn a_tls_client_service_session_sees_the_servers_disconnect_as_peer_closed() {
+    let (factory, mut server_log) = recorder(Hooks::on_recv(|ctx, data| {
+        if !data.ends_with(b"!") {
+            return 0;
+        }
+        let _ = ctx.send(&b"goodbye"[..]);
+        ctx.disconnect("asked to");
+        data.len()
+    }));
+    let server = ServerService::builder(any_port())
+        .workers(1)
+        .tls(pki().server.clone())
+        .start(factory)
+        .unwrap();
+    let (factory, mut client_log) =
+        recorder(Hooks::on_recv(|_, data| data.len()).with_connected(|ctx| {
+            let _ = ctx.send(&b"bye!"[..]);
+        }));
+    let client = ClientService::builder(server.local_addr())
+        .workers(1)
+        .tls(pki().client.clone(), server_name())
+        .start(factory)
+        .unwrap();
+    let (client_id, _) = client_log.next_connected();
+    let (server_id, _) = server_log.next_connected();
+    assert_eq!(client_log.disconnected(client_id), DisconnectReason::PeerClosed);
+    assert_eq!(server_log.disconnected(server_id), DisconnectReason::Local("asked to".into()));
+    client.shutdown(Duration::from_secs(5)).unwrap();
+    server.shutdown(Duration::from_secs(5)).unwrap();
+    client_log.drain();
+    let (recvs, _) = client_log.check_lifecycle(client_id);
+    assert_eq!(recvs.concat(), b"goodbye", "every byte queued before the disconnect");
+}
+
+/// A `ClientService` that does not accept the server's certificate (made for another name)
+/// fails the handshake: no callback on either side, a handshake failure counted on both,
+/// and the server's session (refused by the client's alert) ends with `tls_protocol_error`.
+#[test]
+fn a_tls_client_service_refuses_a_certificate_for_another_name() {
+    let (factory, mut server_log) = recorder(Hooks::echo());
+    let server = ServerService::builder(any_port())
+        .workers(1)
+        .tls(pki().server.clone())
+        .start(factory)
+        .unwrap();
+    let (factory, mut client_log) = recorder(Hooks::echo());
+    let client = ClientService::builder(server.local_addr())
+        .workers(1)
+        .tls(pki().client.clone(), servercore::tls::server_name("elsewhere.example").unwrap())
+        .start(factory)
+        .unwrap();
+    common::wait_until("both sides to count the failed handshake", || {
+        let (c, s) = (client.stats(), server.stats());
+        if c.tls_handshake_failures == 1 && s.tls_handshake_failures == 1 && s.sessions == 0 {
+            Ok(())
+        } else {
+            Err(format!("client {c:?}; server {s:?}"))
+        }
+    });
+    let (c, s) = (client.stats(), server.stats());
+    assert_eq!((c.tls_handshakes, s.tls_handshakes), (0, 0), "client {c:?}; server {s:?}");
+    assert_eq!((c.disconnected, s.disconnected), (0, 0), "client {c:?}; server {s:?}");
+    client.shutdown(Duration::from_secs(5)).unwrap();
+    server.shutdown(Duration::from_secs(5)).unwrap();
+    client_log.drain();
+    server_log.drain();
+    assert!(client_log.seen.is_empty(), "client callbacks: {:?}", client_log.seen);
+    assert!(server_log.seen.is_empty(), "server callbacks: {:?}", server_log.seen);
+}

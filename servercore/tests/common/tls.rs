@@ -182,3 +182,109 @@ pub fn feed_client(conn: &mut ClientConnection, mut bytes: &[u8]) -> Option<rust
     }
     None
 }
+
+// ----- disconnect reasons of failed handshakes, from the metrics ---------------------------
+
+/// Counts of `servercore_disconnects_total` by `reason` label, process-wide (every service
+/// of the process adds to them), read from a `metrics` recorder that this installs.
+///
+/// A failed handshake calls no session callback; the library counts it under its `tls_*`
+/// reason in that metric, which is how a test sees *which* failure it was. Counts are
+/// process-wide: a test that compares them must not run beside another test that
+/// disconnects sessions (take a lock).
+pub struct ReasonCounts(std::sync::Mutex<std::collections::HashMap<String, u64>>);
+
+struct ReasonCounter {
+    reason: String,
+}
+
+impl metrics::CounterFn for ReasonCounter {
+    fn increment(&self, value: u64) {
+        let mut map = reason_counts().0.lock().unwrap_or_else(|p| p.into_inner());
+        *map.entry(self.reason.clone()).or_default() += value;
+    }
+
+    fn absolute(&self, value: u64) {
+        let mut map = reason_counts().0.lock().unwrap_or_else(|p| p.into_inner());
+        let n = map.entry(self.reason.clone()).or_default();
+        *n = (*n).max(value);
+    }
+}
+
+struct ReasonRecorder;
+
+impl metrics::Recorder for ReasonRecorder {
+    fn describe_counter(
+        &self,
+        _: metrics::KeyName,
+        _: Option<metrics::Unit>,
+        _: metrics::SharedString,
+    ) {
+    }
+    fn describe_gauge(
+        &self,
+        _: metrics::KeyName,
+        _: Option<metrics::Unit>,
+        _: metrics::SharedString,
+    ) {
+    }
+    fn describe_histogram(
+        &self,
+        _: metrics::KeyName,
+        _: Option<metrics::Unit>,
+        _: metrics::SharedString,
+    ) {
+    }
+    fn register_counter(&self, key: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Counter {
+        if key.name() != "servercore_disconnects_total" {
+            return metrics::Counter::noop();
+        }
+        let reason = key.labels().find(|l| l.key() == "reason").map(|l| l.value().to_string());
+        metrics::Counter::from_arc(Arc::new(ReasonCounter {
+            reason: reason.unwrap_or_else(|| "<no reason label>".into()),
+        }))
+    }
+    fn register_gauge(&self, _: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Gauge {
+        metrics::Gauge::noop()
+    }
+    fn register_histogram(
+        &self,
+        _: &metrics::Key,
+        _: &metrics::Metadata<'_>,
+    ) -> metrics::Histogram {
+        metrics::Histogram::noop()
+    }
+}
+
+/// The process's reason counts; the first call installs the recorder (before any service
+/// of the test starts: call it first).
+pub fn reason_counts() -> &'static ReasonCounts {
+    static COUNTS: OnceLock<ReasonCounts> = OnceLock::new();
+    static INSTALLED: std::sync::Once = std::sync::Once::new();
+    let counts = COUNTS.get_or_init(|| ReasonCounts(Default::default()));
+    INSTALLED.call_once(|| {
+        metrics::set_global_recorder(ReasonRecorder).expect("no other metrics recorder");
+    });
+    counts
+}
+
+impl ReasonCounts {
+    /// A copy of the counts now.
+    pub fn snapshot(&self) -> std::collections::HashMap<String, u64> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// What each reason gained since `before` (reasons that did not change are left out).
+    pub fn since(
+        &self,
+        before: &std::collections::HashMap<String, u64>,
+    ) -> std::collections::BTreeMap<String, u64> {
+        self.snapshot()
+            .into_iter()
+            .filter_map(|(k, v)| {
+                let d = v - before.get(&k).copied().unwrap_or(0);
+                (d > 0).then_some((k, d))
+            })
+            .collect()
+    }
+}
