@@ -141,8 +141,22 @@ fn echo_over_tls(backend: &str) {
     let f = dummy(
         backend,
         &[
-            "--addr", &addr, "--mode", "echo", "--sessions", "8", "--size", "512", "--depth",
-            "2", "--secs", "1", "--json", "--tls", "--tls-ca", certs.cert(),
+            "--addr",
+            &addr,
+            "--mode",
+            "echo",
+            "--sessions",
+            "8",
+            "--size",
+            "512",
+            "--depth",
+            "2",
+            "--secs",
+            "1",
+            "--json",
+            "--tls",
+            "--tls-ca",
+            certs.cert(),
         ],
     );
     assert_no_panic(&f);
@@ -316,7 +330,11 @@ fn bad_tls_files_and_flags_are_clear_errors() {
             vec![certs.cert(), other.key()],
         ),
         (vec!["echo-server", "--tls-key", certs.key()], 2, vec!["--tls-cert"]),
-        (vec!["dummy-client", "--addr", "127.0.0.1:9", "--tls"], 1, vec!["--tls-ca", "--tls-insecure"]),
+        (
+            vec!["dummy-client", "--addr", "127.0.0.1:9", "--tls"],
+            1,
+            vec!["--tls-ca", "--tls-insecure"],
+        ),
         (vec!["dummy-client", "--addr", "127.0.0.1:9", "--tls-insecure"], 2, vec!["--tls"]),
         (
             vec!["dummy-client", "--addr", "127.0.0.1:9", "--tls", "--tls-ca", missing],
