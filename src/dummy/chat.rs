@@ -485,7 +485,6 @@ impl Session for ChatClient {
     }
 
     fn on_connect_failed(&mut self, addr: SocketAddr, error: &io::Error) {
-        self.1.connect_failed();
         self.0.on_connect_failed(addr, error);
     }
 }

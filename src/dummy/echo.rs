@@ -144,7 +144,6 @@ impl Session for EchoLoad {
     }
 
     fn on_connect_failed(&mut self, addr: SocketAddr, error: &io::Error) {
-        self.watch.connect_failed();
         self.stats.connect_failures.fetch_add(1, Ordering::Relaxed);
         self.stats.error(format!("connect to {addr} failed: {error}"));
     }

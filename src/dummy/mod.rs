@@ -13,7 +13,7 @@ pub use stats::LoadStats;
 pub use tls::{TlsPlan, Trust};
 
 use clap::{Args, ValueEnum};
-use servercore::{BackendChoice, ClientService};
+use servercore::{BackendChoice, ClientService, ServiceStats};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -246,10 +246,10 @@ pub fn run_load(plan: &LoadPlan) -> Result<Report, String> {
     if let Some(t) = &plan.tls {
         builder = builder.tls(tls::client_config(t, stats.clone())?, t.server_name.clone());
     }
-    let (addr, size, depth) = (plan.addr, plan.size, plan.depth);
+    let (size, depth) = (plan.size, plan.depth);
     let watch = {
         let stats = stats.clone();
-        move || tls::HandshakeWatch::new(stats.clone(), addr, tls_on)
+        move || tls::HandshakeWatch::new(stats.clone(), tls_on)
     };
     let clients = match plan.mode {
         Mode::Echo => {
@@ -281,23 +281,17 @@ pub fn run_load(plan: &LoadPlan) -> Result<Report, String> {
         }
     }
     // Wait until every session has connected or failed (bounded by the connect timeout and,
-    // with TLS, the handshake timeout). With TLS a session is connected once its handshake
-    // is done, which only the sessions themselves see.
-    let connect_deadline = Instant::now() + Duration::from_secs(15);
-    let connected_now = || {
-        if tls_on {
-            LoadStats::load(&stats.handshakes.done)
-        } else {
-            clients.stats().connected
-        }
-    };
+    // with TLS, the handshake timeout that follows it). With TLS a session is connected
+    // once its handshake is done, and a failed handshake is not a connect failure.
+    let mut wait = Duration::from_secs(15);
+    if tls_on {
+        wait += servercore::SessionConfig::default().tls_handshake_timeout;
+    }
+    let connect_deadline = Instant::now() + wait;
+    let (connected_of, failed_of) = (connected_of(tls_on), failed_of(tls_on));
     loop {
-        let failed = if tls_on {
-            LoadStats::load(&stats.connect_failures) + LoadStats::load(&stats.handshakes.failures)
-        } else {
-            clients.stats().connect_failures
-        };
-        if connected_now() + failed >= plan.sessions as u64 {
+        let s = clients.stats();
+        if connected_of(&s) + failed_of(&s) >= plan.sessions as u64 {
             break;
         }
         if Instant::now() > connect_deadline {
@@ -305,7 +299,10 @@ pub fn run_load(plan: &LoadPlan) -> Result<Report, String> {
         }
         std::thread::sleep(Duration::from_millis(5));
     }
-    let connected = connected_now();
+    let connected = connected_of(&clients.stats());
+    if tls_on {
+        note_handshake_failures(&stats, &clients.stats(), plan.addr);
+    }
     if connected == 0 {
         let why = stats.first_error().unwrap_or_else(|| "no session connected".into());
         let _ = clients.shutdown(Duration::from_millis(100));
@@ -328,7 +325,10 @@ pub fn run_load(plan: &LoadPlan) -> Result<Report, String> {
     let in_flight_at_end = stats.in_flight.load(Ordering::Relaxed).max(0) as u64;
     let final_stats = clients.stats();
     clients.shutdown(Duration::from_secs(2)).map_err(|e| format!("client shutdown failed: {e}"))?;
-    let tls_report = tls_on.then(|| report::TlsReport::new(&stats.handshakes, connect_start));
+    let tls_report = tls_on.then(|| {
+        note_handshake_failures(&stats, &final_stats, plan.addr);
+        report::TlsReport::new(&stats.handshakes, &final_stats, connect_start)
+    });
     Ok(Report::new(
         plan,
         backend,
@@ -339,4 +339,34 @@ pub fn run_load(plan: &LoadPlan) -> Result<Report, String> {
         in_flight_at_end,
         tls_report,
     ))
+}
+
+/// Sessions connected: with TLS, those whose handshake is done (`connected` counts TCP
+/// connects).
+fn connected_of(tls: bool) -> fn(&ServiceStats) -> u64 {
+    if tls {
+        |s| s.tls_handshakes
+    } else {
+        |s| s.connected
+    }
+}
+
+/// Sessions that will never connect: failed connects and, with TLS, failed handshakes.
+fn failed_of(tls: bool) -> fn(&ServiceStats) -> u64 {
+    if tls {
+        |s| s.connect_failures + s.tls_handshake_failures
+    } else {
+        |s| s.connect_failures
+    }
+}
+
+/// Failed handshakes reach no session callback: records an error for them, unless the
+/// certificate verifier already recorded a more precise one.
+fn note_handshake_failures(stats: &LoadStats, service: &ServiceStats, addr: SocketAddr) {
+    if service.tls_handshake_failures > 0 {
+        stats.error(format!(
+            "TLS handshakes with {addr} failed: {} (is it a TLS server? RUST_LOG=debug shows why)",
+            service.tls_handshake_failures
+        ));
+    }
 }

@@ -138,13 +138,17 @@ pub struct TlsReport {
 
 impl TlsReport {
     /// The handshakes of a run whose connects started at `connect_start`.
-    pub fn new(stats: &HandshakeStats, connect_start: Instant) -> TlsReport {
+    pub fn new(
+        stats: &HandshakeStats,
+        service: &ServiceStats,
+        connect_start: Instant,
+    ) -> TlsReport {
         let (h, last) = stats.times();
-        let handshakes = LoadStats::load(&stats.done);
+        let handshakes = service.tls_handshakes;
         let window = last.map_or(0.0, |t| t.saturating_duration_since(connect_start).as_secs_f64());
         TlsReport {
             handshakes,
-            failures: LoadStats::load(&stats.failures),
+            failures: service.tls_handshake_failures,
             per_sec: if window > 0.0 { handshakes as f64 / window } else { 0.0 },
             p50_us: h.value_at_quantile(0.50),
             p99_us: h.value_at_quantile(0.99),

@@ -2,10 +2,10 @@
 //! handshake bookkeeping of each session.
 //!
 //! The library calls no session callback when a TLS handshake fails (the session never
-//! connected, and it did not fail to connect either), so the client learns of a failure in
-//! two other ways: the certificate verifier below records why it refused a certificate (the
-//! usual failure: wrong CA, wrong name), and [`HandshakeWatch`], owned by every session,
-//! counts a session dropped before `on_connected` as a failed handshake.
+//! connected, and it did not fail to connect either); it counts the failure in its
+//! `ServiceStats` and logs the reason at debug level. So that the report can say why, the
+//! certificate verifier below records its refusals (the usual failure: wrong CA, wrong
+//! name).
 
 use super::stats::LoadStats;
 use servercore::tls::rustls;
@@ -21,8 +21,6 @@ use servercore::tls::rustls::{
     ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
 };
 use std::fmt;
-use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -152,49 +150,24 @@ impl ServerCertVerifier for RecordingVerifier {
     }
 }
 
-/// Per-session handshake bookkeeping: the connect start (the session is made when its
-/// connect starts), the time to `on_connected`, and a failed handshake noticed on drop.
+/// Times one session's handshake: the session is made when its connect starts, and
+/// `on_connected` comes once the handshake is done.
 pub struct HandshakeWatch {
     stats: Arc<LoadStats>,
-    /// Where the session connects, for the failure message.
-    addr: SocketAddr,
     started: Instant,
-    /// `on_connected` or `on_connect_failed` ran: the session's fate is known.
-    settled: bool,
-    /// Count a drop before `on_connected` as a failed handshake (TLS runs only: a plain
-    /// session always gets one of the two callbacks).
+    /// Record anything (TLS runs only).
     tls: bool,
 }
 
 impl HandshakeWatch {
-    pub fn new(stats: Arc<LoadStats>, addr: SocketAddr, tls: bool) -> Self {
-        HandshakeWatch { stats, addr, started: Instant::now(), settled: false, tls }
+    pub fn new(stats: Arc<LoadStats>, tls: bool) -> Self {
+        HandshakeWatch { stats, started: Instant::now(), tls }
     }
 
     /// From `on_connected`: records the time since the connect started.
-    pub fn connected(&mut self) {
-        self.settled = true;
+    pub fn connected(&self) {
         if self.tls {
             self.stats.handshakes.record(self.started, Instant::now());
         }
-    }
-
-    /// From `on_connect_failed` (counted there as a connect failure).
-    pub fn connect_failed(&mut self) {
-        self.settled = true;
-    }
-}
-
-impl Drop for HandshakeWatch {
-    fn drop(&mut self) {
-        // Sessions still handshaking when the run stops are not failures.
-        if self.settled || !self.tls || self.stats.is_stopping() {
-            return;
-        }
-        self.stats.handshakes.failures.fetch_add(1, Ordering::Relaxed);
-        self.stats.error(format!(
-            "TLS handshake with {} failed (is it a TLS server? RUST_LOG=debug shows the reason)",
-            self.addr
-        ));
     }
 }
