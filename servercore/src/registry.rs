@@ -147,6 +147,7 @@ impl ServiceShared {
             rejected: self.rejected.load(Ordering::Relaxed),
             connect_failures: self.connect_failures.load(Ordering::Relaxed),
             sessions: self.sessions.load(Ordering::Relaxed),
+            tls_handshakes: self.tls_handshakes.load(Ordering::Relaxed),
         }
     }
 
