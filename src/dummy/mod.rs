@@ -288,10 +288,9 @@ pub fn run_load(plan: &LoadPlan) -> Result<Report, String> {
         wait += servercore::SessionConfig::default().tls_handshake_timeout;
     }
     let connect_deadline = Instant::now() + wait;
-    let (connected_of, failed_of) = (connected_of(tls_on), failed_of(tls_on));
     loop {
         let s = clients.stats();
-        if connected_of(&s) + failed_of(&s) >= plan.sessions as u64 {
+        if connected_of(&s, tls_on) + failed_of(&s, tls_on) >= plan.sessions as u64 {
             break;
         }
         if Instant::now() > connect_deadline {
@@ -299,11 +298,11 @@ pub fn run_load(plan: &LoadPlan) -> Result<Report, String> {
         }
         std::thread::sleep(Duration::from_millis(5));
     }
-    let connected = connected_of(&clients.stats());
-    if tls_on {
-        note_handshake_failures(&stats, &clients.stats(), plan.addr);
-    }
+    let connected = connected_of(&clients.stats(), tls_on);
     if connected == 0 {
+        if tls_on {
+            note_handshake_failures(&stats, &clients.stats(), plan.addr);
+        }
         let why = stats.first_error().unwrap_or_else(|| "no session connected".into());
         let _ = clients.shutdown(Duration::from_millis(100));
         return Err(if tls_on {
@@ -343,20 +342,20 @@ pub fn run_load(plan: &LoadPlan) -> Result<Report, String> {
 
 /// Sessions connected: with TLS, those whose handshake is done (`connected` counts TCP
 /// connects).
-fn connected_of(tls: bool) -> fn(&ServiceStats) -> u64 {
+fn connected_of(s: &ServiceStats, tls: bool) -> u64 {
     if tls {
-        |s| s.tls_handshakes
+        s.tls_handshakes
     } else {
-        |s| s.connected
+        s.connected
     }
 }
 
 /// Sessions that will never connect: failed connects and, with TLS, failed handshakes.
-fn failed_of(tls: bool) -> fn(&ServiceStats) -> u64 {
+fn failed_of(s: &ServiceStats, tls: bool) -> u64 {
     if tls {
-        |s| s.connect_failures + s.tls_handshake_failures
+        s.connect_failures + s.tls_handshake_failures
     } else {
-        |s| s.connect_failures
+        s.connect_failures
     }
 }
 

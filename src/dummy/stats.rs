@@ -48,7 +48,7 @@ pub struct LoadStats {
     pub latency: Mutex<Histogram<u64>>,
     /// Samples since the progress line last read (and reset) it.
     pub recent: Mutex<Histogram<u64>>,
-    /// TLS runs: handshakes done and failed, and how long they took.
+    /// TLS runs: how long the handshakes took.
     pub handshakes: HandshakeStats,
     first_error: Mutex<Option<String>>,
 }
