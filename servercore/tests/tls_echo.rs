@@ -416,3 +416,94 @@ fn a_tls_client_service_refuses_a_certificate_for_another_name() {
     assert!(client_log.seen.is_empty(), "client callbacks: {:?}", client_log.seen);
     assert!(server_log.seen.is_empty(), "server callbacks: {:?}", server_log.seen);
 }
+
+/// How the rustls server of [`rustls_server_once`] ends its connection.
+#[derive(Debug, Clone, Copy)]
+enum ServerEnd {
+    /// `close_notify`, then FIN.
+    CloseNotify,
+    /// FIN alone.
+    Fin,
+    /// Accepts and never speaks (the client's handshake cannot finish).
+    Silent,
+}
+
+/// A plain rustls server (std listener, one connection): completes the handshake, sends
+/// "hi", then ends as told; returns the listener's address and the thread.
+fn rustls_server_once(end: ServerEnd) -> (std::net::SocketAddr, std::thread::JoinHandle<()>) {
+    let listener = std::net::TcpListener::bind(any_port()).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let t = std::thread::spawn(move || {
+        let (sock, _) = listener.accept().unwrap();
+        sock.set_read_timeout(Some(common::TIMEOUT)).unwrap();
+        if let ServerEnd::Silent = end {
+            // Hold the connection until the client gives up.
+            let _ = raw_read_to_end(&mut { sock }, Instant::now());
+            return;
+        }
+        let conn = servercore::tls::rustls::ServerConnection::new(pki().server.clone()).unwrap();
+        let mut s = servercore::tls::rustls::StreamOwned::new(conn, sock);
+        while s.conn.is_handshaking() {
+            s.conn.complete_io(&mut s.sock).expect("the server's handshake");
+        }
+        s.write_all(b"hi").unwrap();
+        s.flush().unwrap();
+        if let ServerEnd::CloseNotify = end {
+            s.conn.send_close_notify();
+            s.flush().unwrap();
+        }
+        s.sock.shutdown(Shutdown::Write).unwrap();
+        let _ = raw_read_to_end(&mut s.sock, Instant::now());
+    });
+    (addr, t)
+}
+
+/// The client side of the close semantics: a TLS `ClientService` session whose server
+/// sends `close_notify` then FIN ends with `PeerClosed`; with a FIN alone, `Truncated`;
+/// a server that never answers the handshake fails it at `tls_handshake_timeout`, with no
+/// callback.
+#[test]
+fn a_tls_client_service_session_tells_close_notify_from_truncation() {
+    for (end, want) in [
+        (ServerEnd::CloseNotify, Some(DisconnectReason::PeerClosed)),
+        (ServerEnd::Fin, Some(DisconnectReason::Tls(TlsError::Truncated))),
+        (ServerEnd::Silent, None),
+    ] {
+        let (addr, server) = rustls_server_once(end);
+        let (factory, mut log) = recorder(Hooks::on_recv(|_, data| data.len()));
+        let client = ClientService::builder(addr)
+            .workers(1)
+            .session_config(servercore::SessionConfig {
+                tls_handshake_timeout: Duration::from_millis(300),
+                ..Default::default()
+            })
+            .tls(pki().client.clone(), server_name())
+            .start(factory)
+            .unwrap();
+        match want {
+            Some(reason) => {
+                let (id, _) = log.next_connected();
+                assert_eq!(log.disconnected(id), reason, "{end:?}");
+                log.wait_recv_len(id, 2);
+                client.shutdown(Duration::from_secs(5)).unwrap();
+                log.drain();
+                let (recvs, _) = log.check_lifecycle(id);
+                assert_eq!(recvs.concat(), b"hi", "{end:?}");
+            }
+            None => {
+                common::wait_until("the client's handshake to time out", || {
+                    let s = client.stats();
+                    if s.tls_handshake_failures == 1 && s.sessions == 0 {
+                        Ok(())
+                    } else {
+                        Err(format!("{s:?}"))
+                    }
+                });
+                client.shutdown(Duration::from_secs(5)).unwrap();
+                log.drain();
+                assert!(log.seen.is_empty(), "{end:?}: no callback: {:?}", log.seen);
+            }
+        }
+        server.join().expect("the rustls server");
+    }
+}
