@@ -227,6 +227,7 @@ pub mod sys;
 pub mod telemetry;
 mod timer;
 pub mod tls;
+mod transport;
 mod worker;
 pub mod ws;
 

@@ -34,8 +34,9 @@ pub(crate) enum Command {
     Broadcast(Bytes),
     /// Open `count` outgoing sessions (client services).
     Connect { count: usize },
-    /// Take over a connection accepted by another worker.
-    Adopt(TcpStream),
+    /// Take over a connection accepted by another worker (true: on the WebSocket
+    /// listener).
+    Adopt(TcpStream, bool),
     /// Stop accepting, flush, disconnect every session, and end the thread.
     Shutdown { deadline: Instant },
     /// Run a closure on this worker.

@@ -11,6 +11,7 @@ use crate::error::SendError;
 use crate::mailbox::{Command, WorkerRemote, INBOX_ENTRY};
 use crate::reason::DisconnectReason;
 use crate::tls::TlsSetup;
+use crate::ws::WsSetup;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -44,6 +45,9 @@ pub(crate) struct ServiceShared {
     /// TLS handshakes finished, and TLS sessions that ended before finishing theirs.
     pub(crate) tls_handshakes: AtomicU64,
     pub(crate) tls_handshake_failures: AtomicU64,
+    /// WebSocket upgrades finished, and WebSocket connections that ended before theirs.
+    pub(crate) ws_upgrades: AtomicU64,
+    pub(crate) ws_upgrade_failures: AtomicU64,
     /// Optional cap of sessions per peer IP address, with the current counts.
     pub(crate) per_ip_limit: Option<usize>,
     pub(crate) per_ip: Mutex<HashMap<IpAddr, usize>>,
@@ -53,6 +57,9 @@ pub(crate) struct ServiceShared {
     pub(crate) reconnect: Option<Reconnect>,
     /// Every session of the service speaks TLS (this side of it).
     pub(crate) tls: Option<TlsSetup>,
+    /// Sessions of the WebSocket listener (server), or every session (client), speak
+    /// WebSocket.
+    pub(crate) ws: Option<WsSetup>,
 }
 
 impl ServiceShared {
@@ -81,11 +88,14 @@ impl ServiceShared {
             aborted: AtomicU64::new(0),
             tls_handshakes: AtomicU64::new(0),
             tls_handshake_failures: AtomicU64::new(0),
+            ws_upgrades: AtomicU64::new(0),
+            ws_upgrade_failures: AtomicU64::new(0),
             per_ip_limit: None,
             per_ip: Mutex::new(HashMap::new()),
             accept_rate: None,
             reconnect: None,
             tls: None,
+            ws: None,
         }
     }
 
@@ -163,6 +173,8 @@ impl ServiceShared {
             aborted: self.aborted.load(Ordering::Relaxed),
             tls_handshakes: self.tls_handshakes.load(Ordering::Relaxed),
             tls_handshake_failures: self.tls_handshake_failures.load(Ordering::Relaxed),
+            ws_upgrades: self.ws_upgrades.load(Ordering::Relaxed),
+            ws_upgrade_failures: self.ws_upgrade_failures.load(Ordering::Relaxed),
         }
     }
 }
@@ -230,6 +242,11 @@ pub struct ServiceStats {
     /// slow, refused by either side, closed by the peer, or the service shut down). They
     /// never got a callback; the reason is logged at debug level.
     pub tls_handshake_failures: u64,
+    /// WebSocket sessions: upgrades finished (each session's `on_connected` follows one).
+    pub ws_upgrades: u64,
+    /// WebSocket connections that ended before their upgrade finished (a bad or slow
+    /// request, a refused one). Plain HTTP requests answered with a page are not counted.
+    pub ws_upgrade_failures: u64,
 }
 
 #[cfg(test)]

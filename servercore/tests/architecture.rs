@@ -14,8 +14,8 @@ use std::path::Path;
 const LAYERS: &[&[&str]] = &[
     &["sys"],
     &["buffer", "error", "reason", "timer"],
-    &["driver", "telemetry", "tls"],
-    &["config"],
+    &["driver", "telemetry", "tls", "ws"],
+    &["config", "transport"],
     &["mailbox"],
     &["registry"],
     &["session"],

@@ -9,6 +9,7 @@ use crate::mailbox::Command;
 use crate::session::Session;
 use crate::tls::{rustls, TlsSetup};
 use crate::worker::WorkerDuties;
+use crate::ws::{WsConfig, WsSetup};
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -26,6 +27,7 @@ pub struct ClientBuilder {
     overrides: Overrides,
     reconnect: Option<super::Reconnect>,
     tls: Option<TlsSetup>,
+    websocket: Option<WsConfig>,
 }
 
 impl ClientBuilder {
@@ -72,6 +74,14 @@ impl ClientBuilder {
         server_name: rustls::pki_types::ServerName<'static>,
     ) -> Self {
         self.tls = Some(TlsSetup::Client(config, server_name));
+        self
+    }
+
+    /// Speak WebSocket on every session (after TLS, if any: wss): the upgrade request with
+    /// the config's `host` and `path`, then binary messages, each send buffer one message
+    /// (see [`crate::ws`]). `on_connected` runs once the upgrade is done.
+    pub fn websocket(mut self, config: WsConfig) -> Self {
+        self.websocket = Some(config);
         self
     }
 
@@ -128,6 +138,8 @@ impl ClientBuilder {
         let mut shared = ServiceShared::new("client", config, backend, usize::MAX);
         shared.reconnect = self.reconnect;
         shared.tls = self.tls;
+        shared.ws =
+            self.websocket.map(|config| WsSetup { config: Arc::new(config), server: false });
         let workers = Workers::spawn(shared, roles, factory, "sc-client")?;
         let client = ClientService {
             running: Running { workers, backend, worker_count: self.workers },
@@ -198,6 +210,7 @@ impl ClientService {
             overrides: Overrides::default(),
             reconnect: None,
             tls: None,
+            websocket: None,
         }
     }
 

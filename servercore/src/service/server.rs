@@ -8,8 +8,9 @@ use crate::session::Session;
 use crate::sys;
 use crate::tls::{rustls, TlsSetup};
 use crate::worker::WorkerDuties;
+use crate::ws::{WsConfig, WsSetup};
 use std::io;
-use std::net::SocketAddr;
+use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 
 /// Configures and starts a [`ServerService`].
@@ -25,6 +26,7 @@ pub struct ServerBuilder {
     per_ip: Option<usize>,
     accept_rate: Option<u32>,
     tls: Option<Arc<rustls::ServerConfig>>,
+    websocket: Option<(SocketAddr, WsConfig)>,
 }
 
 impl ServerBuilder {
@@ -106,6 +108,15 @@ impl ServerBuilder {
         self
     }
 
+    /// A second listener, on `addr`, whose connections speak WebSocket (RFC 6455, binary
+    /// messages; see [`crate::ws`]): the same workers, session factory and rooms serve both,
+    /// so native and browser clients meet in one room. With [`tls`](Self::tls) it is wss.
+    /// Plain `GET`s of a [page](WsConfig::page)'s path get that page.
+    pub fn websocket(mut self, addr: SocketAddr, config: WsConfig) -> Self {
+        self.websocket = Some((addr, config));
+        self
+    }
+
     /// Techniques to do without (added to those of the session config): see
     /// [`Diagnostics`].
     #[doc(hidden)]
@@ -123,15 +134,27 @@ impl ServerBuilder {
     {
         let (config, backend) = self.overrides.resolve(self.config, self.backend)?;
         let per_worker = self.reuse_port && sys::REUSE_PORT_BALANCES && self.workers > 1;
-        let listeners = sys::listen_group(self.addr, if per_worker { self.workers } else { 1 })?;
+        let group = if per_worker { self.workers } else { 1 };
+        let listeners = sys::listen_group(self.addr, group)?;
         let local_addr = listeners[0].local_addr()?;
-        for l in &listeners {
+        let ws_listeners = match &self.websocket {
+            Some((addr, _)) => sys::listen_group(*addr, group)?,
+            None => Vec::new(),
+        };
+        let ws_addr = ws_listeners.first().map(TcpListener::local_addr).transpose()?;
+        for l in listeners.iter().chain(&ws_listeners) {
             sys::configure_listener(l, config.nodelay)?;
         }
         let mut listeners = listeners.into_iter();
+        let mut ws_listeners = ws_listeners.into_iter();
         let roles = (0..self.workers)
             .map(|_| WorkerDuties {
-                listeners: listeners.next().into_iter().collect(),
+                listeners: listeners
+                    .next()
+                    .map(|l| (l, false))
+                    .into_iter()
+                    .chain(ws_listeners.next().map(|l| (l, true)))
+                    .collect(),
                 connect_to: None,
             })
             .collect();
@@ -141,14 +164,22 @@ impl ServerBuilder {
         shared.accept_rate = self.accept_rate;
         let tls = self.tls.is_some();
         shared.tls = self.tls.map(TlsSetup::Server);
+        shared.ws =
+            self.websocket.map(|(_, config)| WsSetup { config: Arc::new(config), server: true });
         let workers = Workers::spawn(shared, roles, factory, "sc-server")?;
         let tls = if tls { ", tls" } else { "" };
         tracing::info!(
             "listening on {local_addr} (backend: {backend}, workers: {}{tls})",
             self.workers
         );
+        if let Some(addr) = ws_addr {
+            tracing::info!(
+                "listening on {addr} (backend: {backend}, workers: {}{tls}, websocket)",
+                self.workers
+            );
+        }
         let running = Running { workers, backend, worker_count: self.workers };
-        Ok(ServerService { running, local_addr })
+        Ok(ServerService { running, local_addr, ws_addr })
     }
 }
 
@@ -185,6 +216,7 @@ impl ServerBuilder {
 pub struct ServerService {
     running: Running,
     local_addr: SocketAddr,
+    ws_addr: Option<SocketAddr>,
 }
 
 impl ServerService {
@@ -201,12 +233,19 @@ impl ServerService {
             per_ip: None,
             accept_rate: None,
             tls: None,
+            websocket: None,
         }
     }
 
     /// The address the server listens on (with the real port when 0 was asked for).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The WebSocket listener's address, when the server has one
+    /// ([`ServerBuilder::websocket`]).
+    pub fn websocket_addr(&self) -> Option<SocketAddr> {
+        self.ws_addr
     }
 
     running_methods!();

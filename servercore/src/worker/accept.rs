@@ -19,7 +19,8 @@ impl<S: Session> Worker<S> {
         match result {
             Ok(stream) => {
                 self.accept_error_logged = false;
-                self.route_accepted(stream);
+                let websocket = self.listeners[i].websocket;
+                self.route_accepted(stream, websocket);
             }
             Err(e) => {
                 if self.shutdown.is_none() && !armed {
@@ -47,23 +48,24 @@ impl<S: Session> Worker<S> {
     }
 
     /// With one shared listener, spread accepted connections over the workers.
-    pub(super) fn route_accepted(&mut self, stream: TcpStream) {
+    /// `websocket`: the connection came in on the WebSocket listener.
+    pub(super) fn route_accepted(&mut self, stream: TcpStream, websocket: bool) {
         if self.shared.single_acceptor {
             if let Some(workers) = self.shared.workers.get() {
                 let target = self.next_adopt % workers.len();
                 self.next_adopt = self.next_adopt.wrapping_add(1);
                 if target != self.local.remote.index {
-                    if workers[target].post(Command::Adopt(stream)).is_err() {
+                    if workers[target].post(Command::Adopt(stream, websocket)).is_err() {
                         tracing::warn!("worker {target} has ended; dropped a connection");
                     }
                     return;
                 }
             }
         }
-        self.open_accepted(stream);
+        self.open_accepted(stream, websocket);
     }
 
-    pub(super) fn open_accepted(&mut self, stream: TcpStream) {
+    pub(super) fn open_accepted(&mut self, stream: TcpStream, websocket: bool) {
         if self.shutdown.is_some() {
             return;
         }
@@ -113,7 +115,7 @@ impl<S: Session> Worker<S> {
         if let Some(conn) = self.conn(key) {
             conn.core.ip_counted = shared.per_ip_limit.is_some();
         }
-        self.open_session(key);
+        self.open_session(key, websocket);
     }
 
     /// Token bucket for the accept-rate limit (this worker's share of the service rate).

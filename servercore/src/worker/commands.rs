@@ -92,7 +92,7 @@ impl<S: Session> Worker<S> {
                     self.start_connect();
                 }
             }
-            Command::Adopt(stream) => self.open_accepted(stream),
+            Command::Adopt(stream, websocket) => self.open_accepted(stream, websocket),
             Command::Shutdown { deadline } => self.begin_shutdown(deadline),
             Command::Job(job) => run_job(job),
             Command::TimedJob { delay, period, cancelled, job } => {

@@ -81,7 +81,8 @@ impl<S: Session> Worker<S> {
                 let conn = self.conn(key).expect("checked above");
                 conn.core.state = Phase::Open;
                 conn.core.flags.alive.store(true, Ordering::Release);
-                self.open_session(key);
+                let websocket = self.shared.ws.is_some();
+                self.open_session(key, websocket);
             }
             Err(e) => {
                 self.shared.connect_failures.fetch_add(1, Ordering::Relaxed);

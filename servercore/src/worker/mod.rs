@@ -17,7 +17,7 @@ mod session_io;
 mod shutdown;
 mod slots;
 mod timers;
-mod tls_io;
+mod transport_io;
 
 use slots::{check_writable, conn_of, Conn, Slot};
 
@@ -60,6 +60,8 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
 struct ListenerState {
     sock: SockId,
+    /// Its connections speak WebSocket.
+    websocket: bool,
     op: Option<OpId>,
     rearm: Option<TimerId>,
     closed: bool,
@@ -67,7 +69,8 @@ struct ListenerState {
 
 /// What a worker does besides serving its sessions.
 pub(crate) struct WorkerDuties {
-    pub(crate) listeners: Vec<TcpListener>,
+    /// Listeners, each with whether its connections speak WebSocket.
+    pub(crate) listeners: Vec<(TcpListener, bool)>,
     pub(crate) connect_to: Option<SocketAddr>,
 }
 
@@ -101,6 +104,8 @@ pub(crate) struct Worker<S: Session> {
     /// Consecutive failed or lost client sessions, for the reconnect backoff.
     reconnect_failures: u32,
     rng: u32,
+    /// TLS plaintext on its way to the WebSocket layer (wss), reused.
+    scratch: Vec<u8>,
 }
 
 fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
@@ -138,9 +143,9 @@ impl<S: Session> Worker<S> {
         let remote_index = remote.index;
         let burst = f64::from(shared.accept_rate.unwrap_or(0));
         let mut listeners = Vec::new();
-        for l in role.listeners {
+        for (l, websocket) in role.listeners {
             let sock = driver.add_listener(l)?;
-            listeners.push(ListenerState { sock, op: None, rearm: None, closed: false });
+            listeners.push(ListenerState { sock, websocket, op: None, rearm: None, closed: false });
         }
         let config = shared.config.clone();
         let w = Worker {
@@ -173,6 +178,7 @@ impl<S: Session> Worker<S> {
             accept_bucket: (burst, Instant::now()),
             reconnect_failures: 0,
             rng: 0x9E37_79B9 ^ (std::process::id() << 8) ^ (remote_index as u32),
+            scratch: Vec::new(),
         };
         Ok(w)
     }
@@ -335,7 +341,7 @@ impl<S: Session> Worker<S> {
             timer: None,
             connect_error: None,
             rooms: Vec::new(),
-            tls: None,
+            transport: None,
             recv_paused: false,
             peer_eof: false,
             recv_cancelled: false,

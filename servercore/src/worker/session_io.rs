@@ -4,10 +4,10 @@ use super::*;
 use crate::reason::TlsError;
 
 impl<S: Session> Worker<S> {
-    /// A new connection: the TLS handshake first (TLS services), or at once
-    /// [`Self::connected`].
-    pub(super) fn open_session(&mut self, key: u64) {
-        if !self.start_tls(key) {
+    /// A new connection: the transport's handshakes first (TLS, WebSocket), or at once
+    /// [`Self::connected`]. `websocket`: it speaks WebSocket.
+    pub(super) fn open_session(&mut self, key: u64, websocket: bool) {
+        if !self.start_transport(key, websocket) {
             self.connected(key);
         }
     }
@@ -57,7 +57,7 @@ impl<S: Session> Worker<S> {
                 return;
             }
             Ok(None) => {
-                let reason = tls_io::eof_reason(&conn.core);
+                let reason = transport_io::eof_reason(&conn.core);
                 local.request_close(&mut conn.core, reason);
                 self.try_finalize(key);
                 return;
@@ -76,8 +76,8 @@ impl<S: Session> Worker<S> {
             self.try_finalize(key);
             return;
         }
-        if conn.core.tls.is_some() {
-            self.on_tls_recv(key, lease, armed);
+        if conn.core.transport.is_some() {
+            self.on_transport_recv(key, lease, armed);
             return;
         }
         local.metrics.bytes_in += u64::from(lease.len);
@@ -148,7 +148,7 @@ impl<S: Session> Worker<S> {
         }
         // (Paused again inside that `on_recv`: the close waits for the next resume.)
         if conn.core.peer_eof && conn.core.is_open() && !conn.core.recv_paused {
-            let reason = tls_io::eof_reason(&conn.core);
+            let reason = transport_io::eof_reason(&conn.core);
             local.request_close(&mut conn.core, reason);
         }
     }
@@ -163,8 +163,8 @@ impl<S: Session> Worker<S> {
         if !may_send || core.send_op.is_some() {
             return;
         }
-        if core.tls.is_some() {
-            self.start_tls_send(key);
+        if core.transport.is_some() {
+            self.start_transport_send(key);
             return;
         }
         if core.queue.is_empty() {
@@ -204,18 +204,18 @@ impl<S: Session> Worker<S> {
                     bufs.pop_front();
                 }
                 let mut reported = n;
-                if let Some(tls) = core.tls.as_mut() {
-                    // Records not written yet go back in front of the next ones.
-                    reported = tls_io::plaintext_written(tls, n);
+                if let Some(t) = core.transport.as_mut() {
+                    // Bytes not written yet go back in front of the next ones.
+                    reported = t.written(n);
                     if !bufs.is_empty() {
-                        bufs.append(&mut tls.out);
-                        tls.out = bufs;
+                        bufs.append(&mut t.out);
+                        t.out = bufs;
                     }
                     if core.state == Phase::Closing && core.flushing {
-                        tls_io::pump(core); // the rest of the queue, then close_notify
+                        transport_io::pump(core); // the rest of the queue, then the end
                     }
-                    let tls = core.tls.as_ref().expect("checked above");
-                    if !tls.out.is_empty() || !core.queue.is_empty() {
+                    let t = core.transport.as_ref().expect("checked above");
+                    if !t.out.is_empty() || !core.queue.is_empty() {
                         local.mark_dirty(core);
                     }
                 } else if bufs.is_empty() {
@@ -230,7 +230,7 @@ impl<S: Session> Worker<S> {
                     local.mark_dirty(core);
                 }
                 if core.is_open() {
-                    if reported > 0 || core.tls.is_none() {
+                    if reported > 0 || core.transport.is_none() {
                         call(conn, local, |s, ctx| s.on_send(ctx, reported));
                     }
                     check_writable(conn, local);
@@ -320,21 +320,39 @@ impl<S: Session> Worker<S> {
             call(conn, local, |s, ctx| s.on_disconnected(ctx, &reason));
         } else if was == Phase::Handshaking {
             // Never connected, so no callback: counted and logged only.
-            tracing::debug!("{} TLS handshake failed: {reason}", core.id);
-            self.shared.tls_handshake_failures.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!("{} handshake ended: {reason}", core.id);
+            if let Some(t) = core.transport.as_ref() {
+                if t.tls_handshaking() {
+                    self.shared.tls_handshake_failures.fetch_add(1, Ordering::Relaxed);
+                } else if !matches!(reason, DisconnectReason::Local(_)) {
+                    self.shared.ws_upgrade_failures.fetch_add(1, Ordering::Relaxed);
+                }
+            }
             local.metrics.disconnect(&reason);
         }
         let core = &mut conn.core;
-        if let (Some(tls), DisconnectReason::Tls(TlsError::Protocol(_))) = (&core.tls, &reason) {
-            // The TLS layer refused the peer's bytes: its alert (queued already) is sent,
-            // nothing else, and the close is orderly so that the alert arrives.
-            if !tls.out.is_empty() {
+        if let Some(t) = core.transport.as_mut() {
+            let answers = matches!(
+                reason,
+                DisconnectReason::Tls(TlsError::Protocol(_))
+                    | DisconnectReason::WebSocket(_)
+                    | DisconnectReason::Local(_)
+                    | DisconnectReason::PeerClosed
+            );
+            if answers && (!t.out.is_empty() || reason == DisconnectReason::PeerClosed) {
+                // A layer refused the peer's bytes (or answered an HTTP request): its answer
+                // (a TLS alert, a close frame with its status, an HTTP response) is sent,
+                // and the close is orderly so that it arrives. A peer that ended its stream
+                // in order gets this side's end too (`close_notify`: RFC 8446 6.1).
                 core.graceful = true;
             }
+            if reason == DisconnectReason::Shutdown {
+                t.close_status = (1001, "going away");
+            }
         }
-        if core.graceful && core.tls.is_some() {
-            // The rest of the queue is encrypted as it goes; `close_notify` follows it.
-            tls_io::pump(core);
+        if core.graceful && core.transport.is_some() {
+            // The rest of the queue is framed and encrypted as it goes; the end follows it.
+            transport_io::pump(core);
         }
         core.close_request = None;
         core.notify_full = false;
@@ -387,8 +405,8 @@ impl<S: Session> Worker<S> {
             core.abort = true;
         }
         core.queue.clear();
-        if let Some(tls) = core.tls.as_mut() {
-            tls.out.clear();
+        if let Some(t) = core.transport.as_mut() {
+            t.clear();
         }
         core.set_queued(0);
         if let Some(op) = core.send_op {

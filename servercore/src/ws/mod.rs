@@ -20,7 +20,7 @@ mod handshake;
 mod layer;
 
 pub use handshake::Page;
-pub(crate) use layer::{WsLayer, WsReceived};
+pub(crate) use layer::WsLayer;
 
 pub use crate::reason::WsError;
 use std::sync::Arc;
