@@ -904,7 +904,8 @@ fn dummy_round(
     cores.apply(&mut cmd);
     let mut client = cmd.spawn().map_err(|e| format!("cannot start dummy-client: {e}"))?;
 
-    // Wait until every session is established on the server's port.
+    // Wait until every session is established on the server's port (over TLS: and has
+    // received data segments past its handshake).
     let poll = if sessions > 2000 { 50 } else { 5 };
     let connect_deadline = Instant::now() + Duration::from_secs(30);
     let t_conn = loop {
