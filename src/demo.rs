@@ -1,10 +1,12 @@
 //! `servercore demo`: the chat server and dummy chat clients in one process on loopback,
 //! with a live progress line, a summary table and (on a terminal) a latency sketch.
 
-use crate::dummy::{self, LoadPlan, Mode, ProgressOut, Report};
+use crate::dummy::{self, LoadPlan, Mode, ProgressOut, Report, TlsPlan, Trust};
 use crate::samples::chat::ChatSession;
 use clap::Args;
 use servercore::packet::{DEFAULT_MAX_PACKET_SIZE, HEADER_LEN};
+use servercore::tls::rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use servercore::tls::rustls::ServerConfig;
 use servercore::{BackendChoice, ServerService, ServiceStats};
 use std::io::IsTerminal;
 use std::process::ExitCode;
@@ -25,12 +27,33 @@ pub struct DemoArgs {
     /// Server worker threads (default: available cores).
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub workers: Option<u16>,
+    /// Speak TLS, with a self-signed certificate for `localhost` made at start and trusted
+    /// by the clients (nothing is written to disk).
+    #[arg(long)]
+    pub tls: bool,
 }
 
 impl Default for DemoArgs {
     fn default() -> Self {
-        DemoArgs { secs: 10.0, sessions: 200, size: 64, workers: None }
+        DemoArgs { secs: 10.0, sessions: 200, size: 64, workers: None, tls: false }
     }
+}
+
+/// The name the demo's certificate is made for, and the clients expect.
+const DEMO_HOST: &str = "localhost";
+
+/// A fresh self-signed certificate for [`DEMO_HOST`]: the server's configuration, and the
+/// clients' plan trusting exactly that certificate (no `--tls-insecure` shortcut, so the demo
+/// shows the full verification a real client does).
+fn self_signed_tls() -> Result<(std::sync::Arc<ServerConfig>, TlsPlan), String> {
+    let made = rcgen::generate_simple_self_signed(vec![DEMO_HOST.to_string()])
+        .map_err(|e| format!("cannot make the demo's self-signed certificate: {e}"))?;
+    let cert: CertificateDer<'static> = made.cert.der().clone();
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(made.signing_key.serialize_der()));
+    let config = servercore::tls::server_config(vec![cert.clone()], key)
+        .map_err(|e| format!("cannot use the demo's self-signed certificate: {e}"))?;
+    let server_name = servercore::tls::server_name(DEMO_HOST).map_err(|e| e.to_string())?;
+    Ok((config, TlsPlan { trust: Trust::Roots(vec![cert]), server_name }))
 }
 
 pub fn run(args: DemoArgs) -> Result<ExitCode, String> {
@@ -40,6 +63,7 @@ pub fn run(args: DemoArgs) -> Result<ExitCode, String> {
     let size = args.size as usize;
     dummy::check_chat_size(size)?;
     let tty = std::io::stdout().is_terminal();
+    let tls = if args.tls { Some(self_signed_tls()?) } else { None };
     let mut b = ServerService::builder("127.0.0.1:0".parse().expect("valid address"))
         .max_sessions(args.sessions as usize + 16)
         .backend(BackendChoice::Auto)
@@ -47,15 +71,20 @@ pub fn run(args: DemoArgs) -> Result<ExitCode, String> {
     if let Some(w) = args.workers {
         b = b.workers(w.into());
     }
+    let (server_tls, client_tls) = tls.unzip();
+    if let Some(config) = server_tls {
+        b = b.tls(config);
+    }
     let max_packet = DEFAULT_MAX_PACKET_SIZE.max(size + HEADER_LEN);
     let server = b
         .start(ChatSession::factory(max_packet))
         .map_err(|e| format!("demo server failed to start: {e}"))?;
     dummy::out(&format!(
-        "servercore demo: chat server on {} (backend: {}, workers: {}); {} client sessions for {} s, {} B messages\n",
+        "servercore demo: chat server on {} (backend: {}, workers: {}{}); {} client sessions for {} s, {} B messages\n",
         server.local_addr(),
         server.backend(),
         server.workers(),
+        if client_tls.is_some() { ", tls" } else { "" },
         args.sessions,
         args.secs,
         size
@@ -75,6 +104,7 @@ pub fn run(args: DemoArgs) -> Result<ExitCode, String> {
         progress: if tty { ProgressOut::Stdout } else { ProgressOut::Lines },
         rate: None,
         ramp: Duration::ZERO,
+        tls: client_tls,
     };
     let report = dummy::run_load(&plan);
     let stats = server.stats();
@@ -93,7 +123,7 @@ pub fn run(args: DemoArgs) -> Result<ExitCode, String> {
 /// The summary table: one row per aspect, aligned.
 fn summary(r: &Report, server: &ServiceStats, workers: usize) -> String {
     use std::fmt::Write as _;
-    let rows: Vec<(&str, String)> = vec![
+    let mut rows: Vec<(&str, String)> = vec![
         (
             "clients",
             format!(
@@ -125,14 +155,19 @@ fn summary(r: &Report, server: &ServiceStats, workers: usize) -> String {
             ),
         ),
         ("order", format!("gaps {}, duplicates {}", r.gaps, r.duplicates)),
-        (
-            "server",
-            format!(
-                "{} sessions accepted, {} disconnected with an error, {} workers",
-                server.accepted, server.disconnected_with_error, workers
-            ),
-        ),
     ];
+    if let Some(t) = &r.tls {
+        let [count, latency] = t.text_lines();
+        rows.push(("tls", count));
+        rows.push(("handshake", latency));
+    }
+    rows.push((
+        "server",
+        format!(
+            "{} sessions accepted, {} disconnected with an error, {} workers",
+            server.accepted, server.disconnected_with_error, workers
+        ),
+    ));
     let mut s = String::from("\nsummary\n");
     for (k, v) in rows {
         let _ = writeln!(s, "  {k:<10}{v}");

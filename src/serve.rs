@@ -4,9 +4,12 @@ use crate::samples::chat::ChatSession;
 use crate::samples::echo::EchoSession;
 use clap::Args;
 use servercore::sys::TerminationSignals;
+use servercore::tls::rustls::ServerConfig;
 use servercore::{BackendChoice, ServerService};
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Options shared by the sample servers; `PORT` is the default port.
@@ -27,6 +30,27 @@ pub struct ServerArgs<const PORT: u16> {
     /// Serve metrics in Prometheus text format on this address (e.g. 127.0.0.1:9100).
     #[arg(long, value_parser = crate::parse_addr)]
     pub metrics: Option<SocketAddr>,
+    /// PEM certificate chain, leaf first. With it `--addr` speaks TLS only (PROTOCOL.md
+    /// section 5); needs `--tls-key`.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of `--tls-cert` (PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+}
+
+/// The TLS configuration of `--tls-cert`/`--tls-key`, if given. Loaded before anything
+/// starts, so that a bad file stops the server with an error naming it.
+fn tls_config<const P: u16>(args: &ServerArgs<P>) -> Result<Option<Arc<ServerConfig>>, String> {
+    let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) else {
+        return Ok(None); // clap makes the two flags go together
+    };
+    let certs = servercore::tls::load_certs(cert).map_err(|e| format!("--tls-cert: {e}"))?;
+    let key_der = servercore::tls::load_private_key(key).map_err(|e| format!("--tls-key: {e}"))?;
+    let config = servercore::tls::server_config(certs, key_der).map_err(|e| {
+        format!("--tls-cert {} with --tls-key {}: {e}", cert.display(), key.display())
+    })?;
+    Ok(Some(config))
 }
 
 /// Starts the metrics endpoint if asked for (before the server, so its workers register).
@@ -38,7 +62,11 @@ fn start_metrics<const P: u16>(args: &ServerArgs<P>) -> Result<(), String> {
     Ok(())
 }
 
-pub fn builder<const P: u16>(args: &ServerArgs<P>) -> servercore::service::ServerBuilder {
+/// The server's builder, and whether it speaks TLS.
+pub fn builder<const P: u16>(
+    args: &ServerArgs<P>,
+) -> Result<(servercore::service::ServerBuilder, bool), String> {
+    let tls = tls_config(args)?;
     let mut b = ServerService::builder(args.addr)
         .max_sessions(args.max_sessions)
         .backend(BackendChoice::Auto)
@@ -46,17 +74,22 @@ pub fn builder<const P: u16>(args: &ServerArgs<P>) -> servercore::service::Serve
     if let Some(w) = args.workers {
         b = b.workers(w.into());
     }
-    b
+    let with_tls = tls.is_some();
+    if let Some(config) = tls {
+        b = b.tls(config);
+    }
+    Ok((b, with_tls))
 }
 
 /// Prints the readiness line of PROTOCOL.md section 4 and flushes it.
-pub fn print_ready(server: &ServerService) {
+pub fn print_ready(server: &ServerService, tls: bool) {
     use std::io::Write;
     println!(
-        "listening on {} (backend: {}, workers: {})",
+        "listening on {} (backend: {}, workers: {}{})",
         server.local_addr(),
         server.backend(),
-        server.workers()
+        server.workers(),
+        if tls { ", tls" } else { "" }
     );
     let _ = std::io::stdout().flush();
 }
@@ -78,11 +111,12 @@ pub fn serve_until_signal(
 }
 
 pub fn run_echo(args: ServerArgs<7000>, signals: TerminationSignals) -> Result<ExitCode, String> {
+    let (builder, tls) = builder(&args)?;
     start_metrics(&args)?;
-    let server = builder(&args)
+    let server = builder
         .start(EchoSession::default)
         .map_err(|e| format!("echo server failed to start: {e}"))?;
-    print_ready(&server);
+    print_ready(&server, tls);
     serve_until_signal(server, signals, args.shutdown_secs)
 }
 
@@ -106,15 +140,16 @@ fn default_gather_ms() -> u64 {
 }
 
 pub fn run_chat(args: ChatArgs, signals: TerminationSignals) -> Result<ExitCode, String> {
+    let (builder, tls) = builder(&args.server)?;
     start_metrics(&args.server)?;
     let config = servercore::SessionConfig {
         broadcast_gather_max: Duration::from_millis(args.broadcast_gather_ms),
         ..Default::default()
     };
-    let server = builder(&args.server)
+    let server = builder
         .session_config(config)
         .start(ChatSession::factory(args.max_packet as usize))
         .map_err(|e| format!("chat server failed to start: {e}"))?;
-    print_ready(&server);
+    print_ready(&server, tls);
     serve_until_signal(server, signals, args.server.shutdown_secs)
 }

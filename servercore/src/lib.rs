@@ -228,6 +228,7 @@ pub mod telemetry;
 mod timer;
 pub mod tls;
 mod worker;
+pub mod ws;
 
 pub use buffer::SendBuffer;
 #[doc(hidden)]

@@ -50,6 +50,8 @@ pub enum DisconnectReason {
     Panic(String),
     /// The TLS layer ended the session (sessions of a service with TLS only).
     Tls(TlsError),
+    /// The WebSocket layer ended the session (WebSocket sessions only).
+    WebSocket(WsError),
 }
 
 /// What went wrong in a TLS session's layer (see [`DisconnectReason::Tls`]).
@@ -133,6 +135,7 @@ impl DisconnectReason {
                 | DisconnectReason::IdleTimeout
                 | DisconnectReason::Panic(_)
                 | DisconnectReason::Tls(TlsError::NotTls | TlsError::HandshakeTimeout)
+                | DisconnectReason::WebSocket(WsError::HandshakeTimeout)
         )
     }
 
@@ -153,6 +156,12 @@ impl DisconnectReason {
             DisconnectReason::Tls(TlsError::HandshakeTimeout) => "tls_handshake_timeout",
             DisconnectReason::Tls(TlsError::Truncated) => "tls_truncated",
             DisconnectReason::Tls(TlsError::Protocol(_)) => "tls_protocol_error",
+            DisconnectReason::WebSocket(WsError::PeerClosed { .. }) => "ws_peer_closed",
+            DisconnectReason::WebSocket(WsError::HandshakeTimeout) => "ws_handshake_timeout",
+            DisconnectReason::WebSocket(
+                WsError::NotAnUpgrade(_) | WsError::BadRequest(_) | WsError::RequestTooLarge,
+            ) => "ws_bad_upgrade",
+            DisconnectReason::WebSocket(_) => "ws_protocol_error",
         }
     }
 }
@@ -175,6 +184,113 @@ impl fmt::Display for DisconnectReason {
             DisconnectReason::Os { message, .. } => write!(f, "socket error: {message}"),
             DisconnectReason::Panic(msg) => write!(f, "session callback panicked: {msg}"),
             DisconnectReason::Tls(e) => write!(f, "TLS: {e}"),
+            DisconnectReason::WebSocket(e) => write!(f, "WebSocket: {e}"),
+        }
+    }
+}
+
+/// What went wrong in a WebSocket session's layer (see
+/// [`DisconnectReason::WebSocket`](crate::DisconnectReason::WebSocket)); each names the
+/// status code the layer closed with ([`close_code`](Self::close_code)).
+///
+/// ```
+/// use servercore::ws::WsError;
+/// assert_eq!(WsError::TextFrame.close_code(), Some(1003));
+/// assert_eq!(WsError::MessageTooBig { limit: 10 }.to_string(), "message over the 10-byte limit");
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum WsError {
+    /// The request was not a WebSocket upgrade; the HTTP status it got.
+    NotAnUpgrade(u16),
+    /// A malformed or unacceptable upgrade request (or, client side, response).
+    BadRequest(String),
+    /// The request head passed [`WsConfig::max_request_head`](crate::ws::WsConfig::max_request_head) (HTTP 431).
+    RequestTooLarge,
+    /// The upgrade did not finish within [`WsConfig::handshake_timeout`](crate::ws::WsConfig::handshake_timeout).
+    HandshakeTimeout,
+    /// A client frame without a mask (1002).
+    Unmasked,
+    /// A server frame with a mask (1002).
+    Masked,
+    /// An opcode RFC 6455 does not define (1002).
+    UnknownOpcode(u8),
+    /// Reserved bits set with no extension agreed (1002).
+    ReservedBits,
+    /// A 64-bit length with its top bit set (1002).
+    BadLength,
+    /// A control frame with more than 125 bytes (1002).
+    ControlTooLong(u64),
+    /// A fragmented control frame (1002).
+    FragmentedControl,
+    /// A continuation frame with no message to continue (1002).
+    UnexpectedContinuation,
+    /// A new message inside a fragmented one (1002).
+    ExpectedContinuation,
+    /// A text frame: the protocol is binary (1003).
+    TextFrame,
+    /// A message over [`WsConfig::max_message`](crate::ws::WsConfig::max_message) (1009).
+    MessageTooBig {
+        /// The configured limit.
+        limit: usize,
+    },
+    /// A close frame whose reason is not UTF-8 (1007).
+    InvalidUtf8,
+    /// A malformed close frame (1002).
+    BadClose(String),
+    /// Bytes after the peer's close frame (1002).
+    DataAfterClose,
+    /// The peer closed with a status other than 1000 (normal) or 1001 (going away).
+    PeerClosed {
+        /// The peer's status code.
+        code: u16,
+        /// The peer's reason text.
+        reason: String,
+    },
+}
+
+impl WsError {
+    /// The status code this side's close frame carries for it (`None`: no close frame, the
+    /// connection was not upgraded or is already closed).
+    pub fn close_code(&self) -> Option<u16> {
+        Some(match self {
+            WsError::NotAnUpgrade(_)
+            | WsError::BadRequest(_)
+            | WsError::RequestTooLarge
+            | WsError::HandshakeTimeout
+            | WsError::PeerClosed { .. } => return None,
+            WsError::TextFrame => 1003,
+            WsError::MessageTooBig { .. } => 1009,
+            WsError::InvalidUtf8 => 1007,
+            _ => 1002,
+        })
+    }
+}
+
+impl fmt::Display for WsError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            WsError::NotAnUpgrade(status) => write!(f, "not a WebSocket upgrade (HTTP {status})"),
+            WsError::BadRequest(why) => write!(f, "bad upgrade: {why}"),
+            WsError::RequestTooLarge => f.write_str("upgrade request head too large"),
+            WsError::HandshakeTimeout => f.write_str("the upgrade did not finish in time"),
+            WsError::Unmasked => f.write_str("unmasked client frame"),
+            WsError::Masked => f.write_str("masked server frame"),
+            WsError::UnknownOpcode(op) => write!(f, "unknown opcode {op:#x}"),
+            WsError::ReservedBits => f.write_str("reserved bits set"),
+            WsError::BadLength => f.write_str("frame length over 2^63"),
+            WsError::ControlTooLong(n) => write!(f, "control frame of {n} bytes (max 125)"),
+            WsError::FragmentedControl => f.write_str("fragmented control frame"),
+            WsError::UnexpectedContinuation => f.write_str("continuation frame with no message"),
+            WsError::ExpectedContinuation => f.write_str("new message inside a fragmented one"),
+            WsError::TextFrame => f.write_str("text frame (the protocol is binary)"),
+            WsError::MessageTooBig { limit } => write!(f, "message over the {limit}-byte limit"),
+            WsError::InvalidUtf8 => f.write_str("close reason is not UTF-8"),
+            WsError::BadClose(why) => write!(f, "bad close frame: {why}"),
+            WsError::DataAfterClose => f.write_str("data after the close frame"),
+            WsError::PeerClosed { code, reason } => {
+                write!(f, "peer closed with status {code}: {reason:?}")
+            }
         }
     }
 }

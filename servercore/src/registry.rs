@@ -41,6 +41,9 @@ pub(crate) struct ServiceShared {
     pub(crate) disconnected: AtomicU64,
     pub(crate) disconnected_with_error: AtomicU64,
     pub(crate) aborted: AtomicU64,
+    /// TLS handshakes finished, and TLS sessions that ended before finishing theirs.
+    pub(crate) tls_handshakes: AtomicU64,
+    pub(crate) tls_handshake_failures: AtomicU64,
     /// Optional cap of sessions per peer IP address, with the current counts.
     pub(crate) per_ip_limit: Option<usize>,
     pub(crate) per_ip: Mutex<HashMap<IpAddr, usize>>,
@@ -76,6 +79,8 @@ impl ServiceShared {
             disconnected: AtomicU64::new(0),
             disconnected_with_error: AtomicU64::new(0),
             aborted: AtomicU64::new(0),
+            tls_handshakes: AtomicU64::new(0),
+            tls_handshake_failures: AtomicU64::new(0),
             per_ip_limit: None,
             per_ip: Mutex::new(HashMap::new()),
             accept_rate: None,
@@ -142,6 +147,7 @@ impl ServiceShared {
             rejected: self.rejected.load(Ordering::Relaxed),
             connect_failures: self.connect_failures.load(Ordering::Relaxed),
             sessions: self.sessions.load(Ordering::Relaxed),
+            tls_handshakes: self.tls_handshakes.load(Ordering::Relaxed),
         }
     }
 
@@ -155,6 +161,8 @@ impl ServiceShared {
             disconnected: self.disconnected.load(Ordering::Relaxed),
             disconnected_with_error: self.disconnected_with_error.load(Ordering::Relaxed),
             aborted: self.aborted.load(Ordering::Relaxed),
+            tls_handshakes: self.tls_handshakes.load(Ordering::Relaxed),
+            tls_handshake_failures: self.tls_handshake_failures.load(Ordering::Relaxed),
         }
     }
 }
@@ -216,6 +224,12 @@ pub struct ServiceStats {
     /// Sessions closed abortively (TCP reset): the server gave up on the peer or dropped
     /// bytes it had accepted to send (see [`DisconnectReason::is_abortive`]).
     pub aborted: u64,
+    /// TLS services: handshakes finished (each session's `on_connected` follows one).
+    pub tls_handshakes: u64,
+    /// TLS services: sessions that ended before their handshake finished (not TLS, too
+    /// slow, refused by either side, closed by the peer, or the service shut down). They
+    /// never got a callback; the reason is logged at debug level.
+    pub tls_handshake_failures: u64,
 }
 
 #[cfg(test)]

@@ -11,7 +11,8 @@
 //! | `servercore_sessions_accepted_total` | counter | `service` |
 //! | `servercore_sessions_rejected_total` | counter | `service` |
 //! | `servercore_connect_failures_total` | counter | `service` |
-//! | `servercore_disconnects_total` | counter | `service`, `reason` (see [`DisconnectReason::label`](crate::DisconnectReason::label)) |
+//! | `servercore_disconnects_total` | counter | `service`, `reason` (see [`DisconnectReason::label`](crate::DisconnectReason::label); a failed TLS handshake counts here too, with a `tls_*` reason) |
+//! | `servercore_tls_handshakes_total` | counter | `service` (TLS services: handshakes finished) |
 //! | `servercore_bytes_in_total`, `servercore_bytes_out_total` | counter | `service` |
 //! | `servercore_packets_in_total` | counter | `service` (packets decoded by [`Framed`](crate::packet::Framed)) |
 //! | `servercore_buffers_out_total` | counter | `service` (buffers queued on sessions: packets out, for packet sessions) |
@@ -31,6 +32,7 @@ pub(crate) struct ServiceCounts {
     pub(crate) rejected: u64,
     pub(crate) connect_failures: u64,
     pub(crate) sessions: usize,
+    pub(crate) tls_handshakes: u64,
 }
 
 /// A worker's local counts and its metric handles.
@@ -52,6 +54,7 @@ struct Handles {
     accepted: Counter,
     rejected: Counter,
     connect_failures: Counter,
+    tls_handshakes: Counter,
     sessions: Gauge,
     send_queue: Gauge,
 }
@@ -68,6 +71,7 @@ impl WorkerMetrics {
             accepted: metrics::counter!("servercore_sessions_accepted_total", "service" => service),
             rejected: metrics::counter!("servercore_sessions_rejected_total", "service" => service),
             connect_failures: metrics::counter!("servercore_connect_failures_total", "service" => service),
+            tls_handshakes: metrics::counter!("servercore_tls_handshakes_total", "service" => service),
             sessions: metrics::gauge!("servercore_sessions", "service" => service),
             send_queue: metrics::gauge!(
                 "servercore_send_queue_bytes", "service" => service, "worker" => worker.to_string()
@@ -100,6 +104,7 @@ impl WorkerMetrics {
         self.h.accepted.absolute(shared.accepted);
         self.h.rejected.absolute(shared.rejected);
         self.h.connect_failures.absolute(shared.connect_failures);
+        self.h.tls_handshakes.absolute(shared.tls_handshakes);
         self.h.sessions.set(shared.sessions as f64);
         self.h.send_queue.set(queued_bytes as f64);
     }

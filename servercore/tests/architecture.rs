@@ -14,7 +14,7 @@ use std::path::Path;
 const LAYERS: &[&[&str]] = &[
     &["sys"],
     &["buffer", "error", "reason", "timer"],
-    &["driver", "telemetry"],
+    &["driver", "telemetry", "tls"],
     &["config"],
     &["mailbox"],
     &["registry"],

@@ -29,6 +29,7 @@
 
 use super::pace::{Pace, RATE_TOKEN};
 use super::stats::{flush_latency, record_latency, LoadStats};
+use super::tls::HandshakeWatch;
 use crate::samples::chat::{C_CHAT, S_CHAT};
 use bytes::BufMut;
 use servercore::packet::{Framed, Packet, PacketSession, PacketWriter, MAX_PACKET_SIZE_LIMIT};
@@ -435,8 +436,8 @@ impl PacketSession for ChatLoad {
 }
 
 /// The [`Session`] the client service runs: the library's [`Framed`] around [`ChatLoad`],
-/// adding the per-read flush of the counters.
-pub struct ChatClient(Framed<ChatLoad>);
+/// adding the per-read flush of the counters and the handshake bookkeeping.
+pub struct ChatClient(Framed<ChatLoad>, HandshakeWatch);
 
 impl ChatClient {
     /// A session sending `size`-byte payloads (`HEADER..=MAX_PAYLOAD`), `depth` in flight;
@@ -447,17 +448,22 @@ impl ChatClient {
         depth: usize,
         lag_limit: u64,
         pace: Option<Pace>,
+        watch: HandshakeWatch,
     ) -> Self {
         // Accept any packet the wire allows, so a wrong length is reported as such.
-        ChatClient(Framed::with_max_packet_size(
-            ChatLoad::new(stats, size, depth, lag_limit, pace),
-            MAX_PACKET_SIZE_LIMIT,
-        ))
+        ChatClient(
+            Framed::with_max_packet_size(
+                ChatLoad::new(stats, size, depth, lag_limit, pace),
+                MAX_PACKET_SIZE_LIMIT,
+            ),
+            watch,
+        )
     }
 }
 
 impl Session for ChatClient {
     fn on_connected(&mut self, ctx: &mut Ctx<'_>) {
+        self.1.connected();
         self.0.on_connected(ctx);
         self.0.inner_mut().flush();
     }

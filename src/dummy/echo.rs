@@ -2,6 +2,7 @@
 
 use super::pace::{Pace, RATE_TOKEN};
 use super::stats::{flush_latency, record_latency, LoadStats};
+use super::tls::HandshakeWatch;
 use servercore::{Ctx, DisconnectReason, SendBuffer, Session};
 use std::collections::VecDeque;
 use std::io;
@@ -28,10 +29,17 @@ pub struct EchoLoad {
     scratch: Vec<u8>,
     /// Open loop: send on this pace (at most `depth` in flight); closed loop when `None`.
     pace: Option<Pace>,
+    watch: HandshakeWatch,
 }
 
 impl EchoLoad {
-    pub fn new(stats: Arc<LoadStats>, size: usize, depth: usize, pace: Option<Pace>) -> Self {
+    pub fn new(
+        stats: Arc<LoadStats>,
+        size: usize,
+        depth: usize,
+        pace: Option<Pace>,
+        watch: HandshakeWatch,
+    ) -> Self {
         EchoLoad {
             stats,
             size,
@@ -43,6 +51,7 @@ impl EchoLoad {
             sent_at: VecDeque::with_capacity(depth),
             scratch: Vec::new(),
             pace,
+            watch,
         }
     }
 
@@ -58,6 +67,7 @@ impl EchoLoad {
 
 impl Session for EchoLoad {
     fn on_connected(&mut self, ctx: &mut Ctx<'_>) {
+        self.watch.connected();
         self.salt = ctx.id().get().wrapping_mul(0x2545_F491_4F6C_DD1D);
         match self.pace {
             Some(p) => {

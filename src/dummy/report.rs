@@ -1,5 +1,6 @@
 //! Live progress and the final report of a load run.
 
+use super::stats::HandshakeStats;
 use super::{LoadPlan, LoadStats, Mode};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use servercore::{Backend, ClientService, ServiceStats};
@@ -120,6 +121,58 @@ impl Progress {
     }
 }
 
+/// The TLS part of a report: how many handshakes, how fast, how long each took.
+pub struct TlsReport {
+    pub handshakes: u64,
+    /// Sessions that ended before their handshake completed.
+    pub failures: u64,
+    /// Handshakes per second between the start of the connects and the last handshake:
+    /// the rate the server sustained while every session was connecting (with
+    /// `--ramp-secs`, the ramp sets it).
+    pub per_sec: f64,
+    /// From connect start to `on_connected` (TCP connect + TLS handshake), microseconds.
+    pub p50_us: u64,
+    pub p99_us: u64,
+    pub max_us: u64,
+}
+
+impl TlsReport {
+    /// The handshakes of a run whose connects started at `connect_start`.
+    pub fn new(
+        stats: &HandshakeStats,
+        service: &ServiceStats,
+        connect_start: Instant,
+    ) -> TlsReport {
+        let (h, last) = stats.times();
+        let handshakes = service.tls_handshakes;
+        let window = last.map_or(0.0, |t| t.saturating_duration_since(connect_start).as_secs_f64());
+        TlsReport {
+            handshakes,
+            failures: service.tls_handshake_failures,
+            per_sec: if window > 0.0 { handshakes as f64 / window } else { 0.0 },
+            p50_us: h.value_at_quantile(0.50),
+            p99_us: h.value_at_quantile(0.99),
+            max_us: h.max(),
+        }
+    }
+
+    /// The two lines of the text report (and of the demo summary), without indent or label.
+    pub fn text_lines(&self) -> [String; 2] {
+        [
+            format!(
+                "{} handshakes ({:.0}/s while connecting), {} failed",
+                self.handshakes, self.per_sec, self.failures
+            ),
+            format!(
+                "p50 {}, p99 {}, max {} (TCP connect + TLS handshake, connect start to on_connected)",
+                fmt_us(self.p50_us),
+                fmt_us(self.p99_us),
+                fmt_us(self.max_us)
+            ),
+        ]
+    }
+}
+
 /// The result of a load run.
 pub struct Report {
     pub mode: Mode,
@@ -151,9 +204,12 @@ pub struct Report {
     /// Chat: times sending paused because a receiver fell too far behind (not an error).
     pub lag_pauses: u64,
     pub first_error: Option<String>,
+    /// TLS runs only.
+    pub tls: Option<TlsReport>,
 }
 
 impl Report {
+    #[allow(clippy::too_many_arguments)] // one call site, each argument a different source
     pub fn new(
         plan: &LoadPlan,
         backend: Backend,
@@ -162,6 +218,7 @@ impl Report {
         elapsed: Duration,
         counted: Counted,
         in_flight_at_end: u64,
+        tls: Option<TlsReport>,
     ) -> Report {
         let h = stats.latency.lock().unwrap_or_else(|p| p.into_inner());
         let percentiles = if h.is_empty() {
@@ -177,7 +234,8 @@ impl Report {
             mode: plan.mode,
             backend,
             sessions: plan.sessions,
-            connected: service.connected,
+            // With TLS a session counts as connected once its handshake is done.
+            connected: tls.as_ref().map_or(service.connected, |t| t.handshakes),
             size: plan.size,
             depth: plan.depth,
             rate: plan.rate,
@@ -197,20 +255,23 @@ impl Report {
             in_flight_at_end,
             lag_pauses: stats.lag_pauses.load(Ordering::Relaxed),
             first_error: stats.first_error(),
+            tls,
         }
     }
 
     /// Everything that went wrong: gaps and duplicates (chat), corrupt messages, dropped
-    /// sessions, failed connects.
+    /// sessions, failed connects, failed TLS handshakes.
     pub fn errors(&self) -> u64 {
         self.gaps
             + self.duplicates
             + self.corrupt
             + self.unexpected_disconnects
             + self.connect_failures
+            + self.tls.as_ref().map_or(0, |t| t.failures)
     }
 
-    /// No gap, no duplicate, no wrong byte, no dropped session, no failed connect.
+    /// No gap, no duplicate, no wrong byte, no dropped session, no failed connect or
+    /// handshake.
     pub fn ok(&self) -> bool {
         self.errors() == 0
     }
@@ -247,9 +308,13 @@ impl Report {
         }
         let _ = write!(
             s,
-            "corrupt {}, unexpected disconnects {}, connect failures {})",
+            "corrupt {}, unexpected disconnects {}, connect failures {}",
             self.corrupt, self.unexpected_disconnects, self.connect_failures
         );
+        if let Some(t) = &self.tls {
+            let _ = write!(s, ", TLS handshake failures {}", t.failures);
+        }
+        s.push(')');
         s
     }
 
@@ -269,6 +334,11 @@ impl Report {
             self.secs,
             self.backend
         );
+        if let Some(t) = &self.tls {
+            let [count, latency] = t.text_lines();
+            let _ = writeln!(s, "  tls       {count}");
+            let _ = writeln!(s, "  handshake {latency}");
+        }
         match self.mode {
             Mode::Echo => {
                 let _ = writeln!(
@@ -384,6 +454,17 @@ impl Report {
                 self.duplicates,
                 self.in_flight_at_end,
                 self.lag_pauses
+            );
+        }
+        if let Some(t) = &self.tls {
+            let _ = write!(
+                s,
+                concat!(
+                    ",\"tls\":{{\"handshakes\":{},\"handshake_failures\":{},",
+                    "\"handshakes_per_s\":{:.1},\"handshake_us\":{{\"p50\":{},\"p99\":{},",
+                    "\"max\":{}}}}}"
+                ),
+                t.handshakes, t.failures, t.per_sec, t.p50_us, t.p99_us, t.max_us
             );
         }
         s.push('}');

@@ -48,7 +48,40 @@ pub struct LoadStats {
     pub latency: Mutex<Histogram<u64>>,
     /// Samples since the progress line last read (and reset) it.
     pub recent: Mutex<Histogram<u64>>,
+    /// TLS runs: how long the handshakes took.
+    pub handshakes: HandshakeStats,
     first_error: Mutex<Option<String>>,
+}
+
+/// How long the TLS handshakes of a run took (the client service counts them, and the
+/// failures). A handshake is timed from the start of its session's connect to
+/// `on_connected`, so TCP connect and TLS handshake together: the library opens the session
+/// only once both are done, and that is the wait a player would see.
+pub struct HandshakeStats {
+    /// Latency in microseconds, and when the last handshake finished.
+    times: Mutex<(Histogram<u64>, Option<Instant>)>,
+}
+
+impl Default for HandshakeStats {
+    fn default() -> Self {
+        HandshakeStats { times: Mutex::new((new_histogram(), None)) }
+    }
+}
+
+impl HandshakeStats {
+    /// One handshake, from the connect start `started` to `on_connected` at `now`. Once per
+    /// session, so a lock is cheap enough here (unlike the per-message latency samples).
+    pub fn record(&self, started: Instant, now: Instant) {
+        let us = now.saturating_duration_since(started).as_micros() as u64;
+        let mut t = self.times.lock().unwrap_or_else(|p| p.into_inner());
+        let _ = t.0.record(us.clamp(1, MAX_LATENCY_US));
+        t.1 = Some(t.1.map_or(now, |last| last.max(now)));
+    }
+
+    /// A copy of the latency histogram and the instant of the last handshake.
+    pub fn times(&self) -> (Histogram<u64>, Option<Instant>) {
+        self.times.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
 }
 
 impl Default for LoadStats {
@@ -68,6 +101,7 @@ impl Default for LoadStats {
             stopping: AtomicBool::new(false),
             latency: Mutex::new(new_histogram()),
             recent: Mutex::new(new_histogram()),
+            handshakes: HandshakeStats::default(),
             first_error: Mutex::new(None),
         }
     }

@@ -12,6 +12,7 @@ use crate::reason::DisconnectReason;
 use crate::registry::ServiceShared;
 use crate::telemetry::WorkerMetrics;
 use crate::timer::{TimerId, Timers};
+use crate::tls::TlsLayer;
 use bytes::Bytes;
 use std::collections::VecDeque;
 use std::io;
@@ -34,6 +35,8 @@ pub(crate) enum TimerAction {
         period: Option<Duration>,
     },
     Idle(u64),
+    /// A TLS session's handshake deadline.
+    TlsHandshake(u64),
     Reconnect,
     Job {
         period: Option<Duration>,
@@ -45,8 +48,38 @@ pub(crate) enum TimerAction {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Phase {
     Connecting,
+    /// Connected, running the TLS handshake: receives and sends TLS, no callback yet.
+    Handshaking,
     Open,
     Closing,
+}
+
+/// A TLS session's layer and the ciphertext waiting to be written.
+pub(crate) struct TlsSession {
+    pub(crate) layer: TlsLayer,
+    /// Records (handshake flights, data, alerts) in order; counted in `queued`.
+    pub(crate) out: SendBatch,
+    /// The handshake deadline, cancelled when the handshake is done.
+    pub(crate) timer: Option<TimerId>,
+    /// Ciphertext bytes put in `out` and written, since the start.
+    pub(crate) enqueued: u64,
+    pub(crate) written: u64,
+    /// Per encrypted batch: where its records end (in `enqueued` bytes) and how much
+    /// plaintext they carry, so `on_send` reports plaintext bytes.
+    pub(crate) marks: VecDeque<(u64, usize)>,
+}
+
+impl TlsSession {
+    pub(crate) fn new(layer: TlsLayer, timer: TimerId) -> Self {
+        TlsSession {
+            layer,
+            out: SendBatch::new(),
+            timer: Some(timer),
+            enqueued: 0,
+            written: 0,
+            marks: VecDeque::new(),
+        }
+    }
 }
 
 /// The engine's state of one session (what the seed's `Session` base class held).
@@ -88,6 +121,8 @@ pub(crate) struct SessionState {
     pub(crate) connect_error: Option<io::Error>,
     /// Rooms this session is in (ids), so it leaves them when it closes.
     pub(crate) rooms: Vec<u64>,
+    /// The TLS layer of a session of a TLS service (boxed: plain sessions pay 8 bytes).
+    pub(crate) tls: Option<Box<TlsSession>>,
     pub(crate) recv_paused: bool,
     /// The peer's end of stream arrived while paused: reported after the kept bytes, at
     /// `resume_recv`, so the close never overtakes data (and never reaches a paused session).
@@ -119,6 +154,11 @@ impl SessionState {
 
     pub(crate) fn is_open(&self) -> bool {
         self.state == Phase::Open && self.close_request.is_none()
+    }
+
+    /// Open or in its TLS handshake, and no close asked for: its standing receive runs.
+    pub(crate) fn receives(&self) -> bool {
+        matches!(self.state, Phase::Open | Phase::Handshaking) && self.close_request.is_none()
     }
 }
 
@@ -206,7 +246,8 @@ impl WorkerState {
         check_limit: bool,
     ) -> Result<(), SendError> {
         let accepting = match core.state {
-            Phase::Open => core.close_request.is_none(),
+            // In the TLS handshake, bytes wait in the queue until it is done.
+            Phase::Open | Phase::Handshaking => core.close_request.is_none(),
             // Closing gracefully: during `on_disconnected` (no deadline yet) or while the
             // queue is being flushed; after that nothing would send it.
             Phase::Closing => core.graceful && (core.flushing || core.close_deadline.is_none()),

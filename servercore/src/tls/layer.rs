@@ -158,14 +158,18 @@ impl TlsLayer {
     /// ciphertext bytes. Only when [`can_send`](Self::can_send).
     pub(crate) fn encrypt(&mut self, plain: &[Bytes], out: &mut VecDeque<Bytes>) -> usize {
         debug_assert!(self.can_send());
-        let mut slices: Vec<IoSlice<'_>> = plain.iter().map(|b| IoSlice::new(b)).collect();
-        let mut rest: &mut [IoSlice<'_>] = &mut slices;
+        let slices: Vec<IoSlice<'_>> = plain.iter().map(|b| IoSlice::new(b)).collect();
         let mut writer = self.conn.writer();
-        while !rest.is_empty() {
-            match writer.write_vectored(rest) {
-                Ok(0) | Err(_) => break, // with no buffer limit rustls takes everything
-                Ok(n) => IoSlice::advance_slices(&mut rest, n),
+        // With no buffer limit rustls takes everything at once; should it not, the rest
+        // follows buffer by buffer (records then split at those buffers).
+        let mut skip = writer.write_vectored(&slices).unwrap_or(0);
+        for b in plain {
+            if skip >= b.len() {
+                skip -= b.len();
+                continue;
             }
+            let _ = writer.write_all(&b[skip..]);
+            skip = 0;
         }
         self.take_output(out)
     }

@@ -56,7 +56,7 @@
 
 mod layer;
 
-pub(crate) use layer::{Received, RecvFailure, TlsLayer};
+pub(crate) use layer::{RecvFailure, TlsLayer};
 
 pub use rustls;
 

@@ -17,6 +17,7 @@ mod session_io;
 mod shutdown;
 mod slots;
 mod timers;
+mod tls_io;
 
 use slots::{check_writable, conn_of, Conn, Slot};
 
@@ -334,6 +335,7 @@ impl<S: Session> Worker<S> {
             timer: None,
             connect_error: None,
             rooms: Vec::new(),
+            tls: None,
             recv_paused: false,
             peer_eof: false,
             recv_cancelled: false,

@@ -1,10 +1,19 @@
 //! A session's life on its worker: receive, send, the close sequence, and freeing the slot.
 
 use super::*;
+use crate::reason::TlsError;
 
 impl<S: Session> Worker<S> {
-    /// `on_connected`, then the first receive.
+    /// A new connection: the TLS handshake first (TLS services), or at once
+    /// [`Self::connected`].
     pub(super) fn open_session(&mut self, key: u64) {
+        if !self.start_tls(key) {
+            self.connected(key);
+        }
+    }
+
+    /// `on_connected`, then the first receive.
+    pub(super) fn connected(&mut self, key: u64) {
         let local = &mut self.local;
         let Some(conn) = conn_of(&mut self.slots, key) else { return };
         conn.core.last_recv = local.now;
@@ -19,7 +28,7 @@ impl<S: Session> Worker<S> {
     pub(super) fn arm_recv(&mut self, key: u64) {
         let Some(conn) = conn_of(&mut self.slots, key) else { return };
         let core = &mut conn.core;
-        if !core.is_open() || core.recv_op.is_some() || core.recv_paused || core.peer_eof {
+        if !core.receives() || core.recv_op.is_some() || core.recv_paused || core.peer_eof {
             return;
         }
         core.recv_op = Some(self.driver.recv(core.sock, key));
@@ -42,28 +51,33 @@ impl<S: Session> Worker<S> {
         }
         let lease = match result {
             Ok(Some(lease)) => lease,
-            Ok(None) if conn.core.recv_paused && conn.core.is_open() => {
+            Ok(None) if conn.core.recv_paused && conn.core.receives() => {
                 // The end of stream raced the pause's cancel: kept for `resume_recv`.
                 conn.core.peer_eof = true;
                 return;
             }
             Ok(None) => {
-                local.request_close(&mut conn.core, DisconnectReason::PeerClosed);
+                let reason = tls_io::eof_reason(&conn.core);
+                local.request_close(&mut conn.core, reason);
                 self.try_finalize(key);
                 return;
             }
             Err(e) => {
                 let paused = conn.core.recv_paused && e.raw_os_error() == Some(ECANCELED);
-                if conn.core.is_open() && !paused {
+                if conn.core.receives() && !paused {
                     local.request_close(&mut conn.core, DisconnectReason::from_io(&e));
                 }
                 self.try_finalize(key);
                 return;
             }
         };
-        if !conn.core.is_open() {
+        if !conn.core.receives() {
             driver.release(lease);
             self.try_finalize(key);
+            return;
+        }
+        if conn.core.tls.is_some() {
+            self.on_tls_recv(key, lease, armed);
             return;
         }
         local.metrics.bytes_in += u64::from(lease.len);
@@ -104,26 +118,39 @@ impl<S: Session> Worker<S> {
 
     /// After `resume_recv`: presents bytes kept during the pause, then receives again.
     pub(super) fn resume_recv(&mut self, key: u64) {
+        let Some(conn) = conn_of(&mut self.slots, key) else { return };
+        if !conn.core.receives() || conn.core.recv_paused {
+            return;
+        }
+        if conn.core.recv_op.is_none() {
+            self.present_rbuf(key);
+        }
+        self.arm_recv(key);
+    }
+
+    /// Presents the bytes the session holds unconsumed (kept during a pause, decrypted by
+    /// TLS) to an open, unpaused session; after the peer's end of stream, closes.
+    pub(super) fn present_rbuf(&mut self, key: u64) {
         let local = &mut self.local;
         let Some(conn) = conn_of(&mut self.slots, key) else { return };
         if !conn.core.is_open() || conn.core.recv_paused {
             return;
         }
-        if !conn.core.rbuf.is_empty() && conn.core.recv_op.is_none() {
+        if !conn.core.rbuf.is_empty() {
             let mut pending = std::mem::take(&mut conn.core.rbuf);
             if let Some(n) = call(conn, local, |s, ctx| s.on_recv(ctx, &pending)) {
                 pending.drain(..n.min(pending.len()));
             }
+            if pending.is_empty() && pending.capacity() > local.config.recv_buffer_size {
+                pending = Vec::new(); // an idle session holds no receive memory
+            }
             conn.core.rbuf = pending;
         }
-        if conn.core.peer_eof {
-            // Paused again inside that `on_recv`: the close waits for the next resume.
-            if conn.core.is_open() && !conn.core.recv_paused {
-                local.request_close(&mut conn.core, DisconnectReason::PeerClosed);
-            }
-            return;
+        // (Paused again inside that `on_recv`: the close waits for the next resume.)
+        if conn.core.peer_eof && conn.core.is_open() && !conn.core.recv_paused {
+            let reason = tls_io::eof_reason(&conn.core);
+            local.request_close(&mut conn.core, reason);
         }
-        self.arm_recv(key);
     }
 
     /// Starts the gather write of a session's queue if none is in flight.
@@ -132,8 +159,15 @@ impl<S: Session> Worker<S> {
             return;
         };
         let core = &mut conn.core;
-        let may_send = core.state == Phase::Open || core.flushing;
-        if !may_send || core.send_op.is_some() || core.queue.is_empty() {
+        let may_send = matches!(core.state, Phase::Open | Phase::Handshaking) || core.flushing;
+        if !may_send || core.send_op.is_some() {
+            return;
+        }
+        if core.tls.is_some() {
+            self.start_tls_send(key);
+            return;
+        }
+        if core.queue.is_empty() {
             return;
         }
         // The queue itself goes to the driver (no copy per buffer); new sends go into the
@@ -169,7 +203,22 @@ impl<S: Session> Worker<S> {
                     left -= front.len();
                     bufs.pop_front();
                 }
-                if bufs.is_empty() {
+                let mut reported = n;
+                if let Some(tls) = core.tls.as_mut() {
+                    // Records not written yet go back in front of the next ones.
+                    reported = tls_io::plaintext_written(tls, n);
+                    if !bufs.is_empty() {
+                        bufs.append(&mut tls.out);
+                        tls.out = bufs;
+                    }
+                    if core.state == Phase::Closing && core.flushing {
+                        tls_io::pump(core); // the rest of the queue, then close_notify
+                    }
+                    let tls = core.tls.as_ref().expect("checked above");
+                    if !tls.out.is_empty() || !core.queue.is_empty() {
+                        local.mark_dirty(core);
+                    }
+                } else if bufs.is_empty() {
                     if bufs.capacity() > core.recycled.capacity() {
                         core.recycled = bufs;
                     }
@@ -181,7 +230,9 @@ impl<S: Session> Worker<S> {
                     local.mark_dirty(core);
                 }
                 if core.is_open() {
-                    call(conn, local, |s, ctx| s.on_send(ctx, n));
+                    if reported > 0 || core.tls.is_none() {
+                        call(conn, local, |s, ctx| s.on_send(ctx, reported));
+                    }
                     check_writable(conn, local);
                 } else {
                     self.try_finalize(key);
@@ -267,8 +318,24 @@ impl<S: Session> Worker<S> {
             self.shared.count_disconnect(&reason);
             local.metrics.disconnect(&reason);
             call(conn, local, |s, ctx| s.on_disconnected(ctx, &reason));
+        } else if was == Phase::Handshaking {
+            // Never connected, so no callback: counted and logged only.
+            tracing::debug!("{} TLS handshake failed: {reason}", core.id);
+            self.shared.tls_handshake_failures.fetch_add(1, Ordering::Relaxed);
+            local.metrics.disconnect(&reason);
         }
         let core = &mut conn.core;
+        if let (Some(tls), DisconnectReason::Tls(TlsError::Protocol(_))) = (&core.tls, &reason) {
+            // The TLS layer refused the peer's bytes: its alert (queued already) is sent,
+            // nothing else, and the close is orderly so that the alert arrives.
+            if !tls.out.is_empty() {
+                core.graceful = true;
+            }
+        }
+        if core.graceful && core.tls.is_some() {
+            // The rest of the queue is encrypted as it goes; `close_notify` follows it.
+            tls_io::pump(core);
+        }
         core.close_request = None;
         core.notify_full = false;
         // Bytes accepted and not yet written are dropped unless the close flushes them: the
@@ -298,7 +365,7 @@ impl<S: Session> Worker<S> {
             self.local.remove_member(room, key);
         }
         self.try_finalize(key);
-        if lost && was == Phase::Open {
+        if lost && matches!(was, Phase::Open | Phase::Handshaking) {
             self.schedule_reconnect();
         }
     }
@@ -320,6 +387,9 @@ impl<S: Session> Worker<S> {
             core.abort = true;
         }
         core.queue.clear();
+        if let Some(tls) = core.tls.as_mut() {
+            tls.out.clear();
+        }
         core.set_queued(0);
         if let Some(op) = core.send_op {
             self.driver.cancel(op);

@@ -39,6 +39,7 @@ impl<S: Session> Worker<S> {
                     local.timers.reschedule(id, due, TimerAction::Idle(key));
                 }
             }
+            TimerAction::TlsHandshake(key) => self.tls_handshake_timeout(key),
             TimerAction::Reconnect => self.start_connect(),
             TimerAction::Job { period, cancelled, mut job } => {
                 if cancelled.load(Ordering::Acquire) {
