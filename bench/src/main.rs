@@ -4,12 +4,15 @@
 //! cargo run --release -p servercore-bench            # the full run (builds servercore first)
 //! cargo run --release -p servercore-bench -- --quick # a smoke run: 1 round of 1 s each
 //! ```
-//! The same binary also is the tokio reference servers (`tokio-echo`, `tokio-chat`, and over
-//! tokio-rustls `tokio-tls-echo`, `tokio-tls-chat`) and the churn loads (`churn-client`,
-//! `tls-churn-client`), which the driver starts as separate, pinned processes.
+//! The same binary also is the tokio reference servers (`tokio-echo`, `tokio-chat`, over
+//! tokio-rustls `tokio-tls-echo`, `tokio-tls-chat`, over tokio-tungstenite `tokio-ws-echo`,
+//! `tokio-ws-chat`), the churn loads (`churn-client`, `tls-churn-client`) and the cluster
+//! row's latency probe (`cluster-probe`), which the driver starts as separate, pinned
+//! processes.
 
 mod churn;
 mod json;
+mod probe;
 mod procfs;
 mod report;
 mod run;
@@ -68,6 +71,35 @@ enum Command {
         max_packet: usize,
         #[command(flatten)]
         tls: TlsFiles,
+    },
+    /// tokio-tungstenite reference echo server: each binary message sent back as a binary
+    /// message (PROTOCOL.md section 6).
+    TokioWsEcho {
+        #[arg(long, default_value = "127.0.0.1:7001")]
+        addr: SocketAddr,
+    },
+    /// tokio-tungstenite reference chat server: `tokio-chat` with its packets inside binary
+    /// messages (PROTOCOL.md section 6).
+    TokioWsChat {
+        #[arg(long, default_value = "127.0.0.1:7101")]
+        addr: SocketAddr,
+        /// Largest packet accepted, header included.
+        #[arg(long, default_value_t = 4096)]
+        max_packet: usize,
+    },
+    /// Chat latency probe: one session per --addr (one per node of a cluster), taking turns
+    /// to send text C_CHATs at --rate; times every delivery, local (to the sender's node) or
+    /// cross-node; prints JSON.
+    ClusterProbe {
+        /// A chat server (repeat: one per node).
+        #[arg(long, required = true)]
+        addr: Vec<SocketAddr>,
+        /// Probe messages per second, all sessions together.
+        #[arg(long, default_value_t = 200.0)]
+        rate: f64,
+        /// Seconds to keep sending.
+        #[arg(long, default_value_t = 5.0)]
+        secs: f64,
     },
     /// TLS handshake load: waves of connections that connect, run a full TLS 1.3 handshake,
     /// echo one byte, send close_notify and close; prints JSON.
@@ -132,6 +164,15 @@ fn main() -> ExitCode {
                     tokio_servers::run_tls_chat(addr, max_packet, a).map_err(|e| e.to_string())
                 })
                 .map_err(|e| format!("tokio-tls-chat: {e}"))
+        }
+        Some(Command::TokioWsEcho { addr }) => {
+            tokio_servers::run_ws_echo(addr).map_err(|e| format!("tokio-ws-echo: {e}"))
+        }
+        Some(Command::TokioWsChat { addr, max_packet }) => {
+            tokio_servers::run_ws_chat(addr, max_packet).map_err(|e| format!("tokio-ws-chat: {e}"))
+        }
+        Some(Command::ClusterProbe { addr, rate, secs }) => {
+            probe::run(&addr, rate, secs).map(|r| println!("{}", r.to_json()))
         }
         Some(Command::TlsChurnClient { addr, wave, secs, tls_ca, tls_server_name }) => {
             tls_churn::run(addr, wave.max(1), secs, tls_ca.as_deref(), &tls_server_name)

@@ -15,8 +15,18 @@
 //! servercore's `tls::server_config`: the *ring* provider, TLS 1.3 and 1.2, no client
 //! authentication, one certificate, rustls' defaults otherwise (two TLS 1.3 session tickets
 //! per connection, an in-memory session cache).
+//!
+//! The WebSocket variants (issue 14) are the same servers over tokio-tungstenite with its
+//! default configuration (`accept_async`): echo sends each binary message back as a binary
+//! message (`send`: one write each); chat reads the messages' bytes as one stream of
+//! packets (PROTOCOL.md section 6) and relays each C_CHAT as above, the session's writer
+//! task feeding every queued S_CHAT to the sink as its own binary message and flushing once
+//! per batch (tungstenite gathers the frames of a batch into one write). A text message is
+//! refused (close 1003); pings are answered by tungstenite.
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
+use futures_util::stream::SplitSink;
+use futures_util::{SinkExt, StreamExt};
 use std::collections::HashMap;
 use std::io::{self, IoSlice, Write};
 use std::net::SocketAddr;
@@ -29,6 +39,10 @@ use tokio_rustls::rustls;
 use tokio_rustls::rustls::pki_types::pem::PemObject;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_rustls::TlsAcceptor;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
 
 /// Same backlog as servercore's listeners.
 const BACKLOG: u32 = 4096;
@@ -126,39 +140,51 @@ pub fn run_chat(addr: SocketAddr, max_packet: usize) -> io::Result<()> {
 
 async fn chat_reader<R: AsyncRead + Unpin>(mut reader: R, id: u64, room: Room, max_packet: usize) {
     let mut buf = BytesMut::with_capacity(8 * 1024);
-    'session: loop {
+    loop {
         match reader.read_buf(&mut buf).await {
             Ok(0) | Err(_) => break,
             Ok(_) => {}
         }
-        while buf.len() >= HEADER {
-            let size = u16::from_le_bytes([buf[0], buf[1]]) as usize;
-            if !(HEADER..=max_packet).contains(&size) {
-                break 'session; // protocol error: bad size
-            }
-            if buf.len() < size {
-                buf.reserve(size - buf.len());
-                break;
-            }
-            let packet = buf.split_to(size);
-            let packet_id = u16::from_le_bytes([packet[2], packet[3]]);
-            if packet_id != C_CHAT {
-                break 'session; // protocol error: unknown id
-            }
-            // Encode the S_CHAT once; every receiver gets a clone of the same `Bytes`.
-            let mut out = BytesMut::with_capacity(size);
-            out.put_u16_le(size as u16);
-            out.put_u16_le(S_CHAT);
-            out.put_slice(&packet[HEADER..]);
-            let out = out.freeze();
-            let sessions = room.lock().unwrap_or_else(|p| p.into_inner());
-            for tx in sessions.values() {
-                let _ = tx.send(out.clone());
-            }
+        if relay_packets(&mut buf, &room, max_packet).is_err() {
+            break;
         }
     }
     // Dropping the sender ends the writer once it has flushed what is queued.
     room.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+}
+
+/// A protocol error (PROTOCOL.md section 2 or 3): the session ends.
+struct ProtocolError;
+
+/// Relays every whole C_CHAT packet at the front of `buf` to the room as an S_CHAT, leaving
+/// a partial packet in `buf` (with room reserved for the rest of it).
+fn relay_packets(buf: &mut BytesMut, room: &Room, max_packet: usize) -> Result<(), ProtocolError> {
+    while buf.len() >= HEADER {
+        let size = u16::from_le_bytes([buf[0], buf[1]]) as usize;
+        if !(HEADER..=max_packet).contains(&size) {
+            return Err(ProtocolError); // bad size
+        }
+        if buf.len() < size {
+            buf.reserve(size - buf.len());
+            break;
+        }
+        let packet = buf.split_to(size);
+        let packet_id = u16::from_le_bytes([packet[2], packet[3]]);
+        if packet_id != C_CHAT {
+            return Err(ProtocolError); // unknown id
+        }
+        // Encode the S_CHAT once; every receiver gets a clone of the same `Bytes`.
+        let mut out = BytesMut::with_capacity(size);
+        out.put_u16_le(size as u16);
+        out.put_u16_le(S_CHAT);
+        out.put_slice(&packet[HEADER..]);
+        let out = out.freeze();
+        let sessions = room.lock().unwrap_or_else(|p| p.into_inner());
+        for tx in sessions.values() {
+            let _ = tx.send(out.clone());
+        }
+    }
+    Ok(())
 }
 
 async fn chat_writer(
@@ -309,4 +335,111 @@ async fn tls_chat_writer<W: AsyncWrite + Unpin>(
             return;
         }
     }
+}
+
+/// The close code for a text message (PROTOCOL.md section 6: binary messages only).
+fn unsupported_data() -> Message {
+    Message::Close(Some(CloseFrame {
+        code: CloseCode::Unsupported,
+        reason: "binary messages only".into(),
+    }))
+}
+
+/// Upgrades an accepted connection with tokio-tungstenite's defaults (any path, no
+/// subprotocol, 64 MiB message limit).
+async fn ws_accept(stream: TcpStream) -> Option<WebSocketStream<TcpStream>> {
+    let _ = stream.set_nodelay(true);
+    tokio_tungstenite::accept_async(stream).await.ok()
+}
+
+pub fn run_ws_echo(addr: SocketAddr) -> io::Result<()> {
+    run_until_signal(addr, ", websocket", |listener| async move {
+        loop {
+            let (stream, _) = listener.accept().await?;
+            tokio::spawn(ws_echo_session(stream));
+        }
+    })
+}
+
+/// Each binary message back as a binary message of the same bytes; pings are answered by
+/// tungstenite itself, a close is answered and ends the stream.
+async fn ws_echo_session(stream: TcpStream) {
+    let Some(mut ws) = ws_accept(stream).await else { return };
+    while let Some(Ok(msg)) = ws.next().await {
+        let reply = match msg {
+            Message::Binary(bytes) => Message::Binary(bytes),
+            Message::Text(_) => {
+                let _ = ws.send(unsupported_data()).await;
+                return;
+            }
+            _ => continue,
+        };
+        if ws.send(reply).await.is_err() {
+            return;
+        }
+    }
+}
+
+pub fn run_ws_chat(addr: SocketAddr, max_packet: usize) -> io::Result<()> {
+    let max_packet = max_packet.clamp(HEADER, u16::MAX as usize);
+    run_until_signal(addr, ", websocket", move |listener| async move {
+        let room: Room = Arc::default();
+        let mut next_id = 0u64;
+        loop {
+            let (stream, _) = listener.accept().await?;
+            next_id += 1;
+            tokio::spawn(ws_chat_session(stream, next_id, room.clone(), max_packet));
+        }
+    })
+}
+
+/// Upgrade, then join the room and run as the reader (the stream split with
+/// `StreamExt::split`), with a writer task as in the plain server. The messages' bytes are
+/// read as one stream of packets (PROTOCOL.md section 6), each S_CHAT goes out as its own
+/// binary message.
+async fn ws_chat_session(stream: TcpStream, id: u64, room: Room, max_packet: usize) {
+    let Some(ws) = ws_accept(stream).await else { return };
+    let (tx, rx) = mpsc::unbounded_channel();
+    room.lock().unwrap_or_else(|p| p.into_inner()).insert(id, tx);
+    let (sink, mut messages) = ws.split();
+    tokio::spawn(ws_chat_writer(sink, rx));
+    let mut buf = BytesMut::with_capacity(8 * 1024);
+    while let Some(Ok(msg)) = messages.next().await {
+        match msg {
+            Message::Binary(bytes) => {
+                buf.extend_from_slice(&bytes);
+                if relay_packets(&mut buf, &room, max_packet).is_err() {
+                    break;
+                }
+            }
+            Message::Text(_) => break,
+            _ => {}
+        }
+    }
+    // Dropping the sender ends the writer once it has flushed what is queued.
+    room.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+}
+
+/// [`chat_writer`] over WebSocket: the same gathering, each queued S_CHAT fed to the sink
+/// as a binary message (tungstenite buffers the frames) and one flush per batch, so that a
+/// batch goes out in one write as on TCP.
+async fn ws_chat_writer(
+    mut sink: SplitSink<WebSocketStream<TcpStream>, Message>,
+    mut rx: mpsc::UnboundedReceiver<Bytes>,
+) {
+    while let Some(first) = rx.recv().await {
+        if sink.feed(Message::Binary(first)).await.is_err() {
+            return;
+        }
+        for _ in 1..MAX_GATHER {
+            let Ok(b) = rx.try_recv() else { break };
+            if sink.feed(Message::Binary(b)).await.is_err() {
+                return;
+            }
+        }
+        if sink.flush().await.is_err() {
+            return;
+        }
+    }
+    let _ = sink.close().await;
 }
