@@ -1,6 +1,6 @@
 //! Rounds' samples, their medians, and the markdown report: header, table, targets.
 
-use crate::run::{Load, Server, Workload, IO_URING, IO_URING_2, POLL};
+use crate::run::{Load, Server, Workload, IO_URING, IO_URING_2, POLL, PROBE_RATE};
 use std::fmt::Write as _;
 use std::path::Path;
 use std::process::Command;
@@ -18,6 +18,9 @@ pub struct Sample {
     pub cpu_per_unit_us: f64,
     /// Server CPU seconds per wall second during the measurement.
     pub server_cpu_util: f64,
+    /// The same per server process, when there are several (the cluster: node a, node b,
+    /// nats-server); empty otherwise.
+    pub server_cpu_parts: Vec<f64>,
     /// Load client CPU seconds per wall second.
     pub load_cpu_util: f64,
     /// Server `VmHWM` at the end of the round.
@@ -29,6 +32,20 @@ pub struct Sample {
     pub client_backend: Option<String>,
     /// CPU used during the measurement besides the server's.
     pub besides: Besides,
+    /// The cluster workload's latency probe.
+    pub probe: Option<ProbeLatency>,
+}
+
+/// Delivery latency measured by the cluster workload's probe, in us (NaN when there was no
+/// such delivery: no cross-node one with a single server).
+#[derive(Debug, Clone, Copy)]
+pub struct ProbeLatency {
+    /// To sessions on the sender's node.
+    pub local_p50_us: f64,
+    pub local_p99_us: f64,
+    /// To sessions on another node.
+    pub cross_p50_us: f64,
+    pub cross_p99_us: f64,
 }
 
 /// CPU (in cores) used over a measurement window besides the server's.
@@ -58,6 +75,21 @@ impl Sample {
         );
         if let Some(r) = self.rss_per_session_kib {
             let _ = write!(s, ", {r:.2} KiB/session");
+        }
+        if self.server_cpu_parts.len() > 1 {
+            let parts: Vec<String> =
+                self.server_cpu_parts.iter().map(|u| format!("{:.0}%", u * 100.0)).collect();
+            let _ = write!(s, ", per process {}", parts.join(" + "));
+        }
+        if let Some(p) = self.probe {
+            let _ = write!(
+                s,
+                ", probe local p50 {} / p99 {} us, cross-node p50 {} / p99 {} us",
+                num(p.local_p50_us),
+                num(p.local_p99_us),
+                num(p.cross_p50_us),
+                num(p.cross_p99_us)
+            );
         }
         let b = self.besides;
         let _ = write!(
@@ -104,6 +136,10 @@ pub struct Summary {
     /// Median CPU (cores) of kernel threads and of hypervisor steal.
     pub kernel_cores: f64,
     pub steal_cores: f64,
+    /// Median CPU (cores) of each server process, when there are several.
+    pub cpu_parts: Vec<f64>,
+    /// Medians of the probe's figures (cluster workload).
+    pub probe: Option<ProbeLatency>,
 }
 
 impl Summary {
@@ -153,6 +189,18 @@ fn summarize(samples: &[Result<Sample, String>]) -> Summary {
         foreign_cores: good.iter().map(|s| s.besides.foreign).fold(0.0, f64::max),
         kernel_cores: med(&|s| s.besides.kernel),
         steal_cores: med(&|s| s.besides.steal),
+        cpu_parts: (0..good.iter().map(|s| s.server_cpu_parts.len()).min().unwrap_or(0))
+            .map(|i| med(&|s| s.server_cpu_parts[i]))
+            .collect(),
+        probe: (!good.is_empty() && good.iter().all(|s| s.probe.is_some())).then(|| {
+            let p = |f: fn(&ProbeLatency) -> f64| med(&|s| s.probe.as_ref().map_or(f64::NAN, f));
+            ProbeLatency {
+                local_p50_us: p(|p| p.local_p50_us),
+                local_p99_us: p(|p| p.local_p99_us),
+                cross_p50_us: p(|p| p.cross_p50_us),
+                cross_p99_us: p(|p| p.cross_p99_us),
+            }
+        }),
     }
 }
 
@@ -331,7 +379,7 @@ pub fn group(v: f64) -> String {
 fn rate_unit(load: Load) -> &'static str {
     match load {
         Load::Echo { .. } | Load::Memory { .. } => "msg/s",
-        Load::Chat { .. } => "deliveries/s",
+        Load::Chat { .. } | Load::Cluster { .. } => "deliveries/s",
         Load::Churn { .. } => "conn/s",
         Load::Handshake { .. } => "handshakes/s",
     }
@@ -343,7 +391,7 @@ fn cpu_cell(load: Load, us: f64) -> String {
     }
     match load {
         Load::Echo { .. } | Load::Memory { .. } => format!("{us:.2} us/msg"),
-        Load::Chat { .. } => format!("{:.0} ns/delivery", us * 1000.0),
+        Load::Chat { .. } | Load::Cluster { .. } => format!("{:.0} ns/delivery", us * 1000.0),
         Load::Churn { .. } => format!("{us:.1} us/conn"),
         Load::Handshake { .. } => format!("{us:.1} us/handshake"),
     }
@@ -391,6 +439,9 @@ pub fn render(header: &Header, outcomes: &[Outcome]) -> String {
     let mut client_backend: Option<String> = None;
     for o in outcomes {
         let w = &o.workload;
+        if matches!(w.load, Load::Cluster { .. }) {
+            continue; // its own table, below
+        }
         let rows = match &o.rows {
             Err(why) => {
                 let _ = writeln!(s, "| {} | {why} | - | - | - | - | - | - | - | - |", w.label);
@@ -498,6 +549,19 @@ pub fn render(header: &Header, outcomes: &[Outcome]) -> String {
              covers the TCP accept and close too."
         );
     }
+    if outcomes.iter().any(|o| o.workload.ws) {
+        let _ = writeln!(
+            s,
+            "\nWebSocket rows (issue 14): servercore serves the load on its `--ws-addr` \
+             listener (the same workers as its TCP listener, which stays idle); the reference \
+             is tokio + tokio-tungstenite (default configuration, a task per connection: echo \
+             sends each binary message back; chat relays each S_CHAT as its own binary \
+             message, a writer task per session feeding its queue to the sink and flushing \
+             once per batch); the dummy-client runs with `--ws` (one binary message per \
+             packet; its window starts once every session is past its upgrade)."
+        );
+    }
+    s.push_str(&render_cluster(outcomes, &mut notes));
     if !notes.is_empty() {
         let _ = writeln!(s, "\nNotes:");
         for n in &notes {
@@ -507,6 +571,101 @@ pub fn render(header: &Header, outcomes: &[Outcome]) -> String {
     s.push_str(&render_techniques(outcomes));
     s.push_str(&render_baseline(outcomes));
     s.push_str(&render_targets(outcomes));
+    s
+}
+
+/// The cluster workload's table (issue 15): one node against two nodes on NATS, with the
+/// probe's local and cross-node latency; its notes go to `notes`.
+fn render_cluster(outcomes: &[Outcome], notes: &mut Vec<String>) -> String {
+    let mut s = String::new();
+    for o in outcomes {
+        let w = &o.workload;
+        let Load::Cluster { sessions, .. } = w.load else { continue };
+        if s.is_empty() {
+            let _ = writeln!(
+                s,
+                "\nCluster (issue 15): the same chat load on one chat server, then on two chat \
+                 servers attached to one nats-server (`chat-server --cluster nats://.. --node \
+                 a|b`; the dummy-client gets both addresses and alternates its {sessions} \
+                 sessions between them). With 2 cores, both nodes and nats-server are pinned \
+                 to core 0 and share it; the load (dummy-client and probe) is on core 1. \
+                 Server CPU = utime + stime of all three processes, summed (per process: node \
+                 a + node b + nats-server). p50/p99: the dummy-client's own round trips (a \
+                 sender's message comes back through its own node). Probe: \
+                 `servercore-bench cluster-probe`, one session per node (two on the single \
+                 server), sending {PROBE_RATE} text messages per second in turns through \
+                 the loaded room and timing every delivery of them: local = to a session on \
+                 the sender's node, cross-node = to a session on the other node. Deliveries \
+                 count the probe's too (under 1%).\n"
+            );
+            let _ = writeln!(
+                s,
+                "| workload | server | deliveries/s | p50 us | p99 us | probe local p50 / p99 us | probe cross-node p50 / p99 us | server CPU per delivery | ratio vs 1 node | server CPU (per process) | load core busy |"
+            );
+            let _ = writeln!(s, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+        }
+        let rows = match &o.rows {
+            Err(why) => {
+                let _ = writeln!(s, "| {} | {why} | - | - | - | - | - | - | - | - | - |", w.label);
+                continue;
+            }
+            Ok(rows) => rows,
+        };
+        let one = o.get(crate::run::IO_URING);
+        for (server, m) in rows {
+            let label = server.label_in(w);
+            if let Some(p) = &m.problem {
+                notes.push(format!(
+                    "{} / {label}: {} of {} rounds used; {p}",
+                    w.label, m.good_rounds, m.rounds
+                ));
+            }
+            if !m.valid() {
+                let _ = writeln!(
+                    s,
+                    "| {} | {label} | failed | - | - | - | - | - | - | - | - |",
+                    w.label
+                );
+                continue;
+            }
+            let pair = |a: f64, b: f64| {
+                if a.is_finite() || b.is_finite() {
+                    format!("{} / {}", num(a), num(b))
+                } else {
+                    "-".into()
+                }
+            };
+            let (local, cross) = match m.probe {
+                Some(p) => {
+                    (pair(p.local_p50_us, p.local_p99_us), pair(p.cross_p50_us, p.cross_p99_us))
+                }
+                None => ("-".into(), "-".into()),
+            };
+            let r = if *server == crate::run::IO_URING {
+                "ref".to_string()
+            } else {
+                one.and_then(|u| ratio(m.cpu_per_unit_us, u.cpu_per_unit_us))
+                    .map_or("-".into(), |r| format!("{r:.2}"))
+            };
+            let cpu = if m.cpu_parts.len() > 1 {
+                let parts: Vec<String> =
+                    m.cpu_parts.iter().map(|u| format!("{:.0}%", u * 100.0)).collect();
+                format!("{:.0}% ({})", m.util * 100.0, parts.join(" + "))
+            } else {
+                format!("{:.0}%", m.util * 100.0)
+            };
+            let _ = writeln!(
+                s,
+                "| {} | {label} | {} | {} | {} | {local} | {cross} | {} | {r} | {cpu} | {:.0}% |",
+                w.label,
+                group(m.rate),
+                num(m.p50_us),
+                num(m.p99_us),
+                cpu_cell(w.load, m.cpu_per_unit_us),
+                m.load_util * 100.0
+            );
+        }
+    }
     s
 }
 
@@ -603,35 +762,38 @@ fn render_techniques(outcomes: &[Outcome]) -> String {
     s
 }
 
-/// The targets of issue 13 for a TLS workload: servercore io_uring against tokio-rustls.
-fn tls_targets(
+/// The targets of issue 13 for a TLS workload (servercore io_uring against tokio-rustls)
+/// and of issue 14 for a WebSocket one (against tokio-tungstenite): the same figures.
+fn transport_targets(
     w: &Workload,
     uring: Option<&Summary>,
     tokio: Option<&Summary>,
 ) -> Vec<(String, String, Option<bool>)> {
     let (Some(u), Some(t)) = (uring, tokio) else { return Vec::new() };
+    let reference = Server::Tokio.label_in(w);
+    let reference = reference.as_str();
     let row = |what: &str, r: Option<f64>, met: fn(f64) -> bool| {
         r.map(|r| (format!("{}: {what}", w.label), format!("{r:.3} x"), Some(met(r))))
     };
     let r = match w.load {
         Load::Echo { .. } => row(
-            "io_uring CPU/msg <= 0.90 x tokio-rustls",
+            &format!("io_uring CPU/msg <= 0.90 x {reference}"),
             ratio(u.cpu_per_unit_us, t.cpu_per_unit_us),
             |r| r <= 0.90,
         ),
-        Load::Chat { .. } => row(
-            "io_uring CPU/delivery <= 0.50 x tokio-rustls",
+        Load::Chat { .. } | Load::Cluster { .. } => row(
+            &format!("io_uring CPU/delivery <= 0.50 x {reference}"),
             ratio(u.cpu_per_unit_us, t.cpu_per_unit_us),
             |r| r <= 0.50,
         ),
         // Handshakes per second of server CPU: the inverse of CPU per handshake.
         Load::Handshake { .. } | Load::Churn { .. } => row(
-            "io_uring handshakes per server CPU second >= tokio-rustls",
+            &format!("io_uring handshakes per server CPU second >= {reference}"),
             ratio(t.cpu_per_unit_us, u.cpu_per_unit_us),
             |r| r >= 1.0,
         ),
         Load::Memory { .. } => row(
-            "io_uring RSS per session <= 0.25 x tokio-rustls",
+            &format!("io_uring RSS per session <= 0.25 x {reference}"),
             ratio(
                 u.rss_per_session_kib.unwrap_or(f64::NAN),
                 t.rss_per_session_kib.unwrap_or(f64::NAN),
@@ -651,8 +813,21 @@ fn render_targets(outcomes: &[Outcome]) -> String {
         let uring = o.get(IO_URING);
         let poll = o.get(POLL);
         let two = o.get(IO_URING_2);
-        if w.tls {
-            rows.extend(tls_targets(w, uring, tokio));
+        if w.tls || w.ws {
+            rows.extend(transport_targets(w, uring, tokio));
+            continue;
+        }
+        if matches!(w.load, Load::Cluster { .. }) {
+            let two = o.get(Server::Cluster);
+            if let Some(r) =
+                uring.zip(two).and_then(|(u, c)| ratio(c.cpu_per_unit_us, u.cpu_per_unit_us))
+            {
+                rows.push((
+                    format!("{}: 2 nodes + NATS CPU/delivery <= 1.5 x 1 node", w.label),
+                    format!("{r:.3} x"),
+                    Some(r <= 1.5),
+                ));
+            }
             continue;
         }
         match w.load {
@@ -696,6 +871,7 @@ fn render_targets(outcomes: &[Outcome]) -> String {
                     }
                 }
             }
+            Load::Cluster { .. } => {}
             Load::Churn { .. } | Load::Handshake { .. } => {
                 if let (Some(u), Some(t)) = (uring, tokio) {
                     if let Some(r) = ratio(u.rate, t.rate) {
@@ -732,14 +908,27 @@ fn render_targets(outcomes: &[Outcome]) -> String {
     if rows.is_empty() {
         return String::new();
     }
-    let issues = if outcomes.iter().any(|o| o.workload.tls) {
-        if outcomes.iter().all(|o| o.workload.tls) {
-            "issue 13"
+    let mut issues: Vec<&str> = Vec::new();
+    for o in outcomes {
+        let w = &o.workload;
+        let issue = if w.tls {
+            "13"
+        } else if w.ws {
+            "14"
+        } else if matches!(w.load, Load::Cluster { .. }) {
+            "15"
         } else {
-            "issues 5 and 13"
+            "5"
+        };
+        if !issues.contains(&issue) {
+            issues.push(issue);
         }
-    } else {
-        "issue 5"
+    }
+    issues.sort_by_key(|i| i.parse::<u32>().unwrap_or(0));
+    let issues = match issues.split_last() {
+        Some((last, [])) => format!("issue {last}"),
+        Some((last, rest)) => format!("issues {} and {last}", rest.join(", ")),
+        None => String::new(),
     };
     let mut s = format!(
         "\nTargets ({issues}), judged on the medians above:\n\n| target | measured | met |\n|---|---:|---|\n"

@@ -1,7 +1,7 @@
 //! The driver: builds servercore, then for every workload starts each server in turn (A B A B
 //! ..) pinned to its core, loads it from another core, measures, and prints the table.
 
-use crate::report::{self, Besides, Outcome, Sample};
+use crate::report::{self, Besides, Outcome, ProbeLatency, Sample};
 use crate::sys::CoreSet;
 use crate::{json, procfs, sys};
 use clap::Args;
@@ -31,12 +31,19 @@ pub struct RunArgs {
     pub markdown_out: Option<PathBuf>,
     /// Only these workloads (comma-separated keys: echo-64-d1, echo-64-d16, echo-1k, chat-100,
     /// chat-1000, memory, churn; TLS: tls-echo-64-d1, tls-echo-1k, tls-chat-100,
-    /// tls-chat-1000, tls-handshake, tls-memory).
+    /// tls-chat-1000, tls-handshake, tls-memory; WebSocket: ws-echo-64-d1, ws-chat-100,
+    /// ws-chat-1000, ws-memory; cluster: cluster-chat).
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
     /// Leave out the TLS workloads (issue 13).
     #[arg(long)]
     pub no_tls: bool,
+    /// Leave out the WebSocket workloads (issue 14).
+    #[arg(long)]
+    pub no_ws: bool,
+    /// Leave out the cluster workload (issue 15).
+    #[arg(long)]
+    pub no_cluster: bool,
     /// Leave out the servercore rows with 2 workers (the scale target).
     #[arg(long)]
     pub no_scale: bool,
@@ -87,11 +94,17 @@ pub enum Load {
     Handshake {
         wave: u32,
     },
+    /// Chat over a cluster (issue 15): the sessions spread over two chat servers on one
+    /// NATS, against one chat server with all of them; with the latency probe.
+    Cluster {
+        sessions: u32,
+        size: u32,
+    },
 }
 
 impl Load {
     pub fn is_chat(self) -> bool {
-        matches!(self, Load::Chat { .. })
+        matches!(self, Load::Chat { .. } | Load::Cluster { .. })
     }
 }
 
@@ -107,6 +120,9 @@ pub struct Workload {
     /// Over TLS (issue 13): the servers get the bench's certificate, the load speaks TLS,
     /// and tokio means tokio-rustls.
     pub tls: bool,
+    /// Over WebSocket (issue 14): servercore serves on its `--ws-addr` listener, the load
+    /// speaks WebSocket (`dummy-client --ws`), and tokio means tokio-tungstenite.
+    pub ws: bool,
 }
 
 pub fn workloads() -> Vec<Workload> {
@@ -118,6 +134,7 @@ pub fn workloads() -> Vec<Workload> {
             scale: true,
             ablations: &[Ablation::DeferTaskrun, Ablation::BufRing],
             tls: false,
+            ws: false,
         },
         Workload {
             key: "echo-64-d16",
@@ -126,6 +143,7 @@ pub fn workloads() -> Vec<Workload> {
             scale: true,
             ablations: &[],
             tls: false,
+            ws: false,
         },
         Workload {
             key: "echo-1k",
@@ -134,6 +152,7 @@ pub fn workloads() -> Vec<Workload> {
             scale: true,
             ablations: &[],
             tls: false,
+            ws: false,
         },
         Workload {
             key: "chat-100",
@@ -142,6 +161,7 @@ pub fn workloads() -> Vec<Workload> {
             scale: true,
             ablations: &[Ablation::Gather, Ablation::GatherAndCoalesce, Ablation::DeferTaskrun],
             tls: false,
+            ws: false,
         },
         Workload {
             key: "chat-1000",
@@ -150,6 +170,7 @@ pub fn workloads() -> Vec<Workload> {
             scale: true,
             ablations: &[Ablation::Gather, Ablation::GatherAndCoalesce],
             tls: false,
+            ws: false,
         },
         Workload {
             key: "memory",
@@ -158,6 +179,7 @@ pub fn workloads() -> Vec<Workload> {
             scale: false,
             ablations: &[Ablation::BufRing],
             tls: false,
+            ws: false,
         },
         Workload {
             key: "churn",
@@ -166,6 +188,7 @@ pub fn workloads() -> Vec<Workload> {
             scale: false,
             ablations: &[],
             tls: false,
+            ws: false,
         },
         // TLS (issue 13): the same loads over TLS, servercore against tokio-rustls.
         Workload {
@@ -175,6 +198,7 @@ pub fn workloads() -> Vec<Workload> {
             scale: false,
             ablations: &[],
             tls: true,
+            ws: false,
         },
         Workload {
             key: "tls-echo-1k",
@@ -183,6 +207,7 @@ pub fn workloads() -> Vec<Workload> {
             scale: false,
             ablations: &[],
             tls: true,
+            ws: false,
         },
         Workload {
             key: "tls-chat-100",
@@ -191,6 +216,7 @@ pub fn workloads() -> Vec<Workload> {
             scale: false,
             ablations: &[],
             tls: true,
+            ws: false,
         },
         Workload {
             key: "tls-chat-1000",
@@ -199,6 +225,7 @@ pub fn workloads() -> Vec<Workload> {
             scale: false,
             ablations: &[],
             tls: true,
+            ws: false,
         },
         Workload {
             key: "tls-handshake",
@@ -207,6 +234,7 @@ pub fn workloads() -> Vec<Workload> {
             scale: false,
             ablations: &[],
             tls: true,
+            ws: false,
         },
         Workload {
             key: "tls-memory",
@@ -215,6 +243,54 @@ pub fn workloads() -> Vec<Workload> {
             scale: false,
             ablations: &[],
             tls: true,
+            ws: false,
+        },
+        // WebSocket (issue 14): servercore's WebSocket listener against tokio-tungstenite.
+        Workload {
+            key: "ws-echo-64-d1",
+            label: "WebSocket echo 64 B, 100 sessions, depth 1",
+            load: Load::Echo { sessions: 100, size: 64, depth: 1 },
+            scale: false,
+            ablations: &[],
+            tls: false,
+            ws: true,
+        },
+        Workload {
+            key: "ws-chat-100",
+            label: "WebSocket chat 64 B, 100 sessions",
+            load: Load::Chat { sessions: 100, size: 64 },
+            scale: false,
+            ablations: &[],
+            tls: false,
+            ws: true,
+        },
+        Workload {
+            key: "ws-chat-1000",
+            label: "WebSocket chat 64 B, 1,000 sessions",
+            load: Load::Chat { sessions: 1000, size: 64 },
+            scale: false,
+            ablations: &[],
+            tls: false,
+            ws: true,
+        },
+        Workload {
+            key: "ws-memory",
+            label: "WebSocket memory: 10,000 echo sessions, 64 B",
+            load: Load::Memory { sessions: 10_000, size: 64 },
+            scale: false,
+            ablations: &[],
+            tls: false,
+            ws: true,
+        },
+        // Cluster (issue 15): servercore against itself, 1 node against 2 nodes + NATS.
+        Workload {
+            key: "cluster-chat",
+            label: "cluster chat 64 B, 100 sessions",
+            load: Load::Cluster { sessions: 100, size: 64 },
+            scale: false,
+            ablations: &[],
+            tls: false,
+            ws: false,
         },
     ]
 }
@@ -275,6 +351,9 @@ pub enum Server {
     /// The `--baseline-bin` build, io_uring, one worker.
     Baseline,
     Tokio,
+    /// Two io_uring chat servers of one worker each on one nats-server (`--cluster`), the
+    /// load's sessions alternating between them (the cluster workload).
+    Cluster,
 }
 
 impl Server {
@@ -291,21 +370,29 @@ impl Server {
             }
             Server::Baseline => "servercore io_uring, baseline build".into(),
             Server::Tokio => "tokio".into(),
+            Server::Cluster => "servercore io_uring, 2 nodes + NATS".into(),
         }
     }
 
-    /// The label in a workload's rows: the tokio server of a TLS workload is tokio-rustls.
+    /// The label in a workload's rows: the tokio server of a TLS workload is tokio-rustls,
+    /// of a WebSocket workload tokio-tungstenite; the cluster workload's single server is
+    /// its 1-node row.
     pub fn label_in(self, w: &Workload) -> String {
         match self {
             Server::Tokio if w.tls => "tokio-rustls".into(),
+            Server::Tokio if w.ws => "tokio-tungstenite".into(),
+            IO_URING if matches!(w.load, Load::Cluster { .. }) => {
+                "servercore io_uring, 1 node".into()
+            }
             _ => self.label(),
         }
     }
 
+    /// Cores of the server's own core set (a cluster's three processes share one).
     pub fn workers(self) -> u16 {
         match self {
             Server::Servercore { workers, .. } => workers,
-            Server::Baseline | Server::Tokio => 1,
+            Server::Baseline | Server::Tokio | Server::Cluster => 1,
         }
     }
 }
@@ -316,12 +403,17 @@ pub const IO_URING_2: Server =
     Server::Servercore { backend: "io_uring", workers: 2, without: None };
 
 pub fn servers_for(w: &Workload, scale: bool, ablation: bool, baseline: bool) -> Vec<Server> {
+    if matches!(w.load, Load::Cluster { .. }) {
+        // servercore against itself: one node, then two on NATS.
+        return vec![IO_URING, Server::Cluster];
+    }
     let mut v = vec![IO_URING, POLL, Server::Tokio];
     if baseline {
         v.push(Server::Baseline);
     }
-    if w.tls {
-        // TLS rows: no scale or technique rows (none of those switches concerns TLS).
+    if w.tls || w.ws {
+        // TLS and WebSocket rows: no scale or technique rows (none of those switches
+        // concerns TLS or WebSocket).
         return v;
     }
     if w.scale && scale {
@@ -466,9 +558,15 @@ pub fn run(args: RunArgs) -> Result<(), String> {
         }
         all.into_iter().filter(|w| args.only.iter().any(|k| k == w.key)).collect()
     };
-    // --no-tls leaves out the TLS workloads, unless --only names them.
-    let selected: Vec<Workload> = if args.no_tls && args.only.is_empty() {
-        selected.into_iter().filter(|w| !w.tls).collect()
+    // --no-tls, --no-ws and --no-cluster leave out those workloads, unless --only names
+    // them.
+    let selected: Vec<Workload> = if args.only.is_empty() {
+        selected
+            .into_iter()
+            .filter(|w| !(args.no_tls && w.tls))
+            .filter(|w| !(args.no_ws && w.ws))
+            .filter(|w| !(args.no_cluster && matches!(w.load, Load::Cluster { .. })))
+            .collect()
     } else {
         selected
     };
@@ -476,6 +574,8 @@ pub fn run(args: RunArgs) -> Result<(), String> {
     let env = Env { servercore, baseline, me, logs, cores, secs, quiet_wait, busy_cores, tls };
     let chat_missing = chat_unavailable(&env.servercore);
     let tls_missing = tls_unavailable(&env.servercore);
+    let ws_missing = ws_unavailable(&env.servercore);
+    let cluster_missing = cluster_unavailable(&env.servercore);
     if nofile < 10_000 + 100 && selected.iter().any(|w| matches!(w.load, Load::Memory { .. })) {
         eprintln!("warning: open-file limit is {nofile}; the memory workload needs ~10,100");
     }
@@ -505,6 +605,19 @@ pub fn run(args: RunArgs) -> Result<(), String> {
                 // The handshake load is the bench's own: tokio-rustls can still be measured.
                 eprintln!("[{}] {why}; measuring tokio-rustls alone", w.key);
                 servers.retain(|&s| s == Server::Tokio);
+            }
+        }
+        if w.ws {
+            if let Some(why) = &ws_missing {
+                // The reference alone still tells what the row will compare against.
+                eprintln!("[{}] {why}; measuring tokio-tungstenite alone", w.key);
+                servers.retain(|&s| s == Server::Tokio);
+            }
+        }
+        if matches!(w.load, Load::Cluster { .. }) {
+            if let Some(why) = &cluster_missing {
+                outcomes.push(Outcome::unavailable(w.clone(), why.clone()));
+                continue;
             }
         }
         let mut samples: Vec<Vec<Result<Sample, String>>> = vec![Vec::new(); servers.len()];
@@ -603,6 +716,46 @@ fn tls_unavailable(bin: &Path) -> Option<String> {
     None
 }
 
+/// Why servercore cannot take part in the WebSocket workloads, if it cannot: the servers'
+/// `--ws-addr` and the dummy-client's `--ws` (issue 14).
+fn ws_unavailable(bin: &Path) -> Option<String> {
+    if !help_of(bin, &["echo-server", "--help"]).contains("--ws-addr") {
+        return Some("n/a: this servercore has no echo-server --ws-addr".into());
+    }
+    if !help_of(bin, &["dummy-client", "--help"]).contains("--ws") {
+        return Some("n/a: this servercore has no dummy-client --ws".into());
+    }
+    None
+}
+
+/// Why the cluster workload cannot run, if it cannot: chat-server's `--cluster` and a
+/// `nats-server` on the PATH (issue 15).
+fn cluster_unavailable(bin: &Path) -> Option<String> {
+    if !help_of(bin, &["chat-server", "--help"]).contains("--cluster") {
+        return Some("n/a: this servercore has no chat-server --cluster".into());
+    }
+    let nats = Command::new(NATS_SERVER).arg("--version").stdin(Stdio::null()).output();
+    if !nats.is_ok_and(|o| o.status.success()) {
+        return Some(format!("n/a: {NATS_SERVER} not found on the PATH"));
+    }
+    None
+}
+
+/// The standard output of `bin args` (`--help`), empty when it fails.
+fn help_of(bin: &Path, args: &[&str]) -> String {
+    Command::new(bin)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default()
+}
+
+/// The NATS server of the cluster workload.
+const NATS_SERVER: &str = "nats-server";
+
 /// The servercore switches that turn a technique off: never inherited by a full row.
 const SWITCHES: [&str; 3] = [
     "SERVERCORE_NO_ROOM_COALESCE",
@@ -617,19 +770,31 @@ fn tls_server_args(cmd: &mut Command, tls: Option<&TlsCert>) {
     }
 }
 
-/// A server process; killed when dropped.
+/// A server process; killed when dropped. The cluster workload's server is three: the
+/// first node is this one, the second node and nats-server are its `others`.
 struct RunningServer {
     child: Child,
     pid: u32,
+    /// Where the load connects: the WebSocket listener in a WebSocket workload.
     addr: SocketAddr,
+    /// Every address the load connects to, `addr` first (a cluster: one per node).
+    load_addrs: Vec<SocketAddr>,
     log: PathBuf,
+    /// Processes whose CPU and memory count as the server's too; stopped after this one,
+    /// in order.
+    others: Vec<RunningServer>,
 }
 
 impl RunningServer {
     fn start(env: &Env, w: &Workload, server: Server, cores: &CoreSet) -> Result<Self, String> {
         let chat = w.load.is_chat();
         let tls = if w.tls { Some(env.tls.as_ref().ok_or("no TLS certificate")?) } else { None };
-        let mut cmd = match server {
+        let ws_args = |c: &mut Command| {
+            if w.ws {
+                c.args(["--ws-addr", "127.0.0.1:0"]);
+            }
+        };
+        let cmd = match server {
             Server::Baseline => {
                 let bin = env.baseline.as_ref().ok_or("no baseline binary")?;
                 let mut c = Command::new(bin);
@@ -640,6 +805,7 @@ impl RunningServer {
                     c.env_remove(name);
                 }
                 tls_server_args(&mut c, tls);
+                ws_args(&mut c);
                 c
             }
             Server::Servercore { backend, workers, without } => {
@@ -654,72 +820,224 @@ impl RunningServer {
                     c.args(a.args(chat)).envs(a.env().iter().copied());
                 }
                 tls_server_args(&mut c, tls);
+                ws_args(&mut c);
                 c
             }
             Server::Tokio => {
                 let mut c = Command::new(&env.me);
-                let name = match (chat, tls.is_some()) {
-                    (false, false) => "tokio-echo",
-                    (true, false) => "tokio-chat",
-                    (false, true) => "tokio-tls-echo",
-                    (true, true) => "tokio-tls-chat",
+                let name = match (chat, tls.is_some(), w.ws) {
+                    (false, false, false) => "tokio-echo",
+                    (true, false, false) => "tokio-chat",
+                    (false, true, _) => "tokio-tls-echo",
+                    (true, true, _) => "tokio-tls-chat",
+                    (false, false, true) => "tokio-ws-echo",
+                    (true, false, true) => "tokio-ws-chat",
                 };
                 c.arg0("servercore-bench").arg(name).args(["--addr", "127.0.0.1:0"]);
                 tls_server_args(&mut c, tls);
                 c
             }
+            Server::Cluster => return Self::start_cluster(env, cores),
         };
-        let log = env.logs.join("server.log");
-        let log_file =
-            File::create(&log).map_err(|e| format!("cannot create {}: {e}", log.display()))?;
-        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(log_file);
-        cores.apply(&mut cmd);
-        let mut child =
-            cmd.spawn().map_err(|e| format!("cannot start {}: {e}", server.label_in(w)))?;
-        let pid = child.id();
-        let stdout = child.stdout.take().ok_or("no server stdout")?;
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let mut tx = Some(tx);
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if line.starts_with("listening on ") {
-                    if let Some(tx) = tx.take() {
-                        let _ = tx.send(line);
-                    }
-                }
-            }
-        });
-        let mut running = RunningServer { child, pid, addr: "0.0.0.0:0".parse().unwrap(), log };
-        let line = match rx.recv_timeout(Duration::from_secs(15)) {
-            Ok(line) => line,
-            Err(_) => {
-                return Err(format!(
-                    "{} printed no readiness line; its log: {}",
-                    server.label_in(w),
-                    running.log_tail()
-                ))
-            }
-        };
-        // "listening on 127.0.0.1:PORT (backend: B, workers: N)"
-        let addr_text = line["listening on ".len()..].split_whitespace().next().unwrap_or("");
-        running.addr = addr_text
-            .parse()
-            .map_err(|e| format!("bad address in readiness line {line:?}: {e}"))?;
+        let started = Self::spawn(env, cmd, &server.label_in(w), "server.log", w.ws, cores)?;
         if let Server::Servercore { backend, .. } = server {
+            let line = &started.ready_line;
             if !line.contains(&format!("backend: {backend}")) {
                 return Err(format!("asked for backend {backend}, server says: {line}"));
             }
         }
         // "listening on ADDR (backend: B, workers: N, tls)"
-        if w.tls && !line.trim_end().ends_with(", tls)") {
-            return Err(format!("asked for TLS, server says: {line}"));
+        if w.tls && !started.ready_line.contains(", tls") {
+            return Err(format!("asked for TLS, server says: {}", started.ready_line));
         }
+        Ok(started.running)
+    }
+
+    /// nats-server, then two 1-worker io_uring chat servers attached to it (`--cluster
+    /// nats://.. --node a|b`), all on `cores`; returns once both nodes' links to NATS are
+    /// connected.
+    fn start_cluster(env: &Env, cores: &CoreSet) -> Result<Self, String> {
+        let nats = Self::spawn_nats(env, cores)?;
+        let url = format!("nats://{}", nats.addr);
+        let mut nodes = Vec::new();
+        for (node, log) in [("a", "server.log"), ("b", "server-b.log")] {
+            let mut c = Command::new(&env.servercore);
+            c.args(["chat-server", "--addr", "127.0.0.1:0", "--workers", "1"])
+                .args(["--cluster", &url, "--node", node])
+                .env("SERVERCORE_BACKEND", "io_uring");
+            for name in SWITCHES {
+                c.env_remove(name);
+            }
+            let label = format!("cluster node {node}");
+            let started = Self::spawn(env, c, &label, log, false, cores)?;
+            if !started.ready_line.contains("backend: io_uring") {
+                return Err(format!("asked for io_uring, {label} says: {}", started.ready_line));
+            }
+            nodes.push(started.running);
+        }
+        // Both nodes' links to NATS connected (a node's readiness line is about its
+        // listener; its link may come up just after).
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let links = procfs::established_on_port(nats.addr.port())
+                .map_err(|e| format!("reading TCP socket information: {e}"))?;
+            if links >= 2 {
+                break;
+            }
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "only {links} of 2 nodes connected to nats-server after 10 s; node a: {}; \
+                     node b: {}",
+                    nodes[0].log_tail(),
+                    nodes[1].log_tail()
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let b = nodes.pop().ok_or("no node b")?;
+        let mut a = nodes.pop().ok_or("no node a")?;
+        a.load_addrs = vec![a.addr, b.addr];
+        a.others = vec![b, nats];
+        Ok(a)
+    }
+
+    /// `nats-server -a 127.0.0.1 -p -1` (a free port), pinned to `cores`; its log (standard
+    /// error) goes to `nats.log`; returns once it says it is ready.
+    fn spawn_nats(env: &Env, cores: &CoreSet) -> Result<Self, String> {
+        let log = env.logs.join("nats.log");
+        let mut log_file =
+            File::create(&log).map_err(|e| format!("cannot create {}: {e}", log.display()))?;
+        let mut cmd = Command::new(NATS_SERVER);
+        cmd.args(["-a", "127.0.0.1", "-p", "-1"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        cores.apply(&mut cmd);
+        let mut child = cmd.spawn().map_err(|e| format!("cannot start {NATS_SERVER}: {e}"))?;
+        let pid = child.id();
+        let stderr = child.stderr.take().ok_or("no nats-server stderr")?;
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::Write as _;
+            let mut addr = None;
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                let _ = writeln!(log_file, "{line}");
+                if addr.is_none() {
+                    addr = nats_client_addr(&line);
+                }
+                if line.contains("Server is ready") {
+                    if let Some(a) = addr.take() {
+                        let _ = tx.send(a);
+                    }
+                }
+            }
+        });
+        let mut running = RunningServer {
+            child,
+            pid,
+            addr: "0.0.0.0:0".parse().unwrap(),
+            load_addrs: Vec::new(),
+            log,
+            others: Vec::new(),
+        };
+        running.addr = rx.recv_timeout(Duration::from_secs(15)).map_err(|_| {
+            format!("{NATS_SERVER} did not say it is ready; its log: {}", running.log_tail())
+        })?;
         Ok(running)
     }
 
+    /// Starts `cmd` (pinned to `cores`, standard error to `log_name`) and waits for its
+    /// readiness line: the WebSocket listener's with `ws`, else the first.
+    fn spawn(
+        env: &Env,
+        mut cmd: Command,
+        label: &str,
+        log_name: &str,
+        ws: bool,
+        cores: &CoreSet,
+    ) -> Result<Started, String> {
+        let log = env.logs.join(log_name);
+        let log_file =
+            File::create(&log).map_err(|e| format!("cannot create {}: {e}", log.display()))?;
+        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(log_file);
+        cores.apply(&mut cmd);
+        let mut child = cmd.spawn().map_err(|e| format!("cannot start {label}: {e}"))?;
+        let pid = child.id();
+        let stdout = child.stdout.take().ok_or("no server stdout")?;
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            // Every readiness line (one per listener), then nothing: the rest is drained.
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if line.starts_with("listening on ") {
+                    let _ = tx.send(line);
+                }
+            }
+        });
+        let mut running = RunningServer {
+            child,
+            pid,
+            addr: "0.0.0.0:0".parse().unwrap(),
+            load_addrs: Vec::new(),
+            log,
+            others: Vec::new(),
+        };
+        // "listening on 127.0.0.1:PORT (backend: B, workers: N[, tls][, websocket])"
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let line = loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let Ok(line) = rx.recv_timeout(left) else {
+                return Err(format!(
+                    "{label} printed no {}readiness line; its log: {}",
+                    if ws { "WebSocket " } else { "" },
+                    running.log_tail()
+                ));
+            };
+            if line.trim_end().ends_with("websocket)") == ws {
+                break line;
+            }
+        };
+        let addr_text = line["listening on ".len()..].split_whitespace().next().unwrap_or("");
+        running.addr = addr_text
+            .parse()
+            .map_err(|e| format!("bad address in readiness line {line:?}: {e}"))?;
+        running.load_addrs = vec![running.addr];
+        Ok(Started { running, ready_line: line })
+    }
+
+    /// CPU seconds so far of each process: this one first, then `others`.
+    fn cpu_secs_each(&self) -> Result<Vec<f64>, String> {
+        let mut v = vec![cpu_secs(self.pid)?];
+        for o in &self.others {
+            v.push(cpu_secs(o.pid)?);
+        }
+        Ok(v)
+    }
+
+    /// CPU seconds so far, all processes together.
+    fn cpu_secs(&self) -> Result<f64, String> {
+        Ok(self.cpu_secs_each()?.iter().sum())
+    }
+
+    /// Memory of all processes together.
+    fn memory(&self) -> Result<procfs::Memory, String> {
+        let mut m = memory(self.pid)?;
+        for o in &self.others {
+            let n = memory(o.pid)?;
+            m.rss_kib += n.rss_kib;
+            m.hwm_kib += n.hwm_kib;
+        }
+        Ok(m)
+    }
+
     fn log_tail(&self) -> String {
-        tail(&self.log)
+        let mut t = tail(&self.log);
+        for o in &self.others {
+            let name = o.log.file_name().map(|n| n.to_string_lossy()).unwrap_or_default();
+            t = format!("{t}; {name}: {}", tail(&o.log));
+        }
+        t
     }
 
     fn stop(mut self) {
@@ -741,6 +1059,20 @@ impl RunningServer {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A server just started, with its readiness line.
+struct Started {
+    running: RunningServer,
+    ready_line: String,
+}
+
+/// The client address in nats-server's line "Listening for client connections on
+/// 127.0.0.1:PORT".
+fn nats_client_addr(line: &str) -> Option<SocketAddr> {
+    const SAYS: &str = "Listening for client connections on ";
+    let at = line.find(SAYS)? + SAYS.len();
+    line[at..].split_whitespace().next()?.parse().ok()
 }
 
 impl Drop for RunningServer {
@@ -852,11 +1184,17 @@ fn run_round_once(env: &Env, w: &Workload, server: Server) -> Result<Sample, Str
     result
 }
 
-/// Seconds a TLS round's dummy-client runs beyond `secs`: the driver sees the sessions done
-/// with their handshakes a little after the client starts its window (see `dummy_round`).
+/// Seconds a TLS or WebSocket round's dummy-client runs beyond `secs`: the driver sees the
+/// sessions done with their handshakes a little after the client starts its window (see
+/// `dummy_round`).
 const TLS_EXTRA_SECS: f64 = 1.0;
 
-/// Echo, chat and memory rounds: `servercore dummy-client` is the load.
+/// Probe messages per second in the cluster workload's rounds (all probe sessions
+/// together): some hundred samples per second, while adding well under 1% to the
+/// deliveries.
+pub const PROBE_RATE: f64 = 200.0;
+
+/// Echo, chat, memory and cluster rounds: `servercore dummy-client` is the load.
 ///
 /// The server's CPU time is sampled inside the client's measurement window (which starts
 /// once every session is connected and lasts `secs`), leaving a margin at both ends, so that
@@ -866,7 +1204,12 @@ const TLS_EXTRA_SECS: f64 = 1.0;
 /// sessions takes a while after their TCP connections are established; the window then
 /// starts once every session on the server's port has received data segments past its
 /// handshake (`procfs::established_and_past_segs_on_port`), and the client runs
-/// `TLS_EXTRA_SECS` longer so that its own window still covers the driver's.
+/// `TLS_EXTRA_SECS` longer so that its own window still covers the driver's. The same for
+/// WebSocket, whose upgrade request is the first data segment.
+///
+/// Cluster workload: the dummy-client gets every node's address (sessions alternate
+/// between them), the server's CPU is that of all its processes, and the latency probe
+/// (`servercore-bench cluster-probe`, on the load's core) runs through the window.
 fn dummy_round(
     env: &Env,
     srv: &RunningServer,
@@ -874,18 +1217,24 @@ fn dummy_round(
     cores: &CoreSet,
 ) -> Result<Sample, String> {
     let load = w.load;
-    let base = memory(srv.pid)?;
+    let base = srv.memory()?;
     let (mode, sessions, size, depth) = match load {
         Load::Echo { sessions, size, depth } => ("echo", sessions, size, depth),
-        Load::Chat { sessions, size } => ("chat", sessions, size, 1),
+        Load::Chat { sessions, size } | Load::Cluster { sessions, size } => {
+            ("chat", sessions, size, 1)
+        }
         Load::Memory { sessions, size } => ("echo", sessions, size, 1),
         Load::Churn { .. } | Load::Handshake { .. } => unreachable!("churn has its own round"),
     };
     let tls = if w.tls { Some(env.tls.as_ref().ok_or("no TLS certificate")?) } else { None };
-    let client_secs = if tls.is_some() { env.secs + TLS_EXTRA_SECS } else { env.secs };
+    let handshakes = tls.is_some() || w.ws;
+    let client_secs = if handshakes { env.secs + TLS_EXTRA_SECS } else { env.secs };
     let mut cmd = Command::new(&env.servercore);
-    cmd.arg("dummy-client")
-        .args(["--addr", &srv.addr.to_string(), "--mode", mode])
+    cmd.arg("dummy-client");
+    for addr in &srv.load_addrs {
+        cmd.args(["--addr", &addr.to_string()]);
+    }
+    cmd.args(["--mode", mode])
         .args(["--sessions", &sessions.to_string(), "--size", &size.to_string()])
         .args(["--secs", &client_secs.to_string(), "--json", "--workers", "1"])
         .args(["--depth", &depth.to_string()])
@@ -893,6 +1242,9 @@ fn dummy_round(
     if let Some(t) = tls {
         cmd.arg("--tls").arg("--tls-ca").arg(&t.cert);
         cmd.args(["--tls-server-name", TlsCert::NAME]);
+    }
+    if w.ws {
+        cmd.arg("--ws");
     }
     for name in SWITCHES {
         cmd.env_remove(name);
@@ -904,45 +1256,66 @@ fn dummy_round(
     cores.apply(&mut cmd);
     let mut client = cmd.spawn().map_err(|e| format!("cannot start dummy-client: {e}"))?;
 
-    // Wait until every session is established on the server's port (over TLS: and has
-    // received data segments past its handshake).
+    // Wait until every session is established on the server's ports (over TLS: and has
+    // received data segments past its handshake; over WebSocket: past its upgrade request).
+    let mut ports: Vec<u16> = srv.load_addrs.iter().map(|a| a.port()).collect();
+    ports.dedup();
+    let past_segs = if tls.is_some() { 3 } else { 2 };
     let poll = if sessions > 2000 { 50 } else { 5 };
     let connect_deadline = Instant::now() + Duration::from_secs(30);
     let t_conn = loop {
         if let Ok(Some(status)) = client.try_wait() {
             return Err(format!("dummy-client exited early ({status}): {}", tail(&log)));
         }
-        let n = if tls.is_some() {
-            procfs::established_and_past_segs_on_port(srv.addr.port(), 3)
-                .map_err(|e| format!("reading TCP socket information (sock_diag): {e}"))?
-                .1
-        } else {
-            procfs::established_on_port(srv.addr.port())
-                .map_err(|e| format!("reading /proc/net/tcp: {e}"))?
-        };
+        let mut n = 0;
+        for &port in &ports {
+            n += if handshakes {
+                procfs::established_and_past_segs_on_port(port, past_segs)
+                    .map_err(|e| format!("reading TCP socket information (sock_diag): {e}"))?
+                    .1
+            } else {
+                procfs::established_on_port(port)
+                    .map_err(|e| format!("reading /proc/net/tcp: {e}"))?
+            };
+        }
         if n >= sessions as usize {
             break Instant::now();
         }
         if Instant::now() > connect_deadline {
             let _ = client.kill();
             let _ = client.wait();
-            let what = if tls.is_some() { "past their TLS handshake" } else { "connected" };
+            let what = match (tls.is_some(), w.ws) {
+                (true, _) => "past their TLS handshake",
+                (false, true) => "past their WebSocket upgrade",
+                (false, false) => "connected",
+            };
             return Err(format!("only {n} of {sessions} sessions {what} after 30 s"));
         }
         std::thread::sleep(Duration::from_millis(poll));
     };
+    let probe = match load {
+        Load::Cluster { .. } => Some(start_probe(env, srv, cores)?),
+        _ => None,
+    };
     let margin = Duration::from_secs_f64((env.secs * 0.1).clamp(0.05, 0.5));
     let window_end = t_conn + Duration::from_secs_f64(env.secs) - margin;
     let client_pid = client.id();
+    let probe_pid = probe.as_ref().map(|p| p.child.id());
+    // The load's CPU: the dummy-client's, and the probe's.
+    let load_cpu = || process_cpu_secs(client_pid) + probe_pid.map_or(0.0, process_cpu_secs);
     sleep_until(t_conn + margin);
-    let (c0, w0) = (cpu_secs(srv.pid)?, Instant::now());
-    let others0 = Others::sample(process_cpu_secs(client_pid));
+    let (c0, w0) = (srv.cpu_secs_each()?, Instant::now());
+    let others0 = Others::sample(load_cpu());
     sleep_until(window_end);
-    let (c1, w1) = (cpu_secs(srv.pid)?, Instant::now());
-    let others1 = Others::sample(process_cpu_secs(client_pid));
-    let loaded = memory(srv.pid)?;
+    let (c1, w1) = (srv.cpu_secs_each()?, Instant::now());
+    let others1 = Others::sample(load_cpu());
+    let loaded = srv.memory()?;
+    let probe = match probe {
+        Some(p) => Some(finish_probe(p)?),
+        None => None,
+    };
     let out = client.wait_with_output().map_err(|e| format!("waiting for dummy-client: {e}"))?;
-    let peak = memory(srv.pid)?;
+    let peak = srv.memory()?;
     let stdout = String::from_utf8_lossy(&out.stdout);
     let Some(line) = stdout.lines().rev().find(|l| l.trim_start().starts_with('{')) else {
         return Err(format!("dummy-client ({}) printed no JSON: {}", out.status, tail(&log)));
@@ -950,28 +1323,106 @@ fn dummy_round(
     if tls.is_some() && json::object(line, "tls").is_none() {
         return Err(format!("dummy-client reported no \"tls\" object: {line}"));
     }
+    if w.ws && json::object(line, "websocket").is_none() {
+        return Err(format!("dummy-client reported no \"websocket\" object: {line}"));
+    }
     let num = |k: &str| json::number(line, k);
     // A chat client's messages are deliveries (every S_CHAT received); prefer the explicit
     // field if the client has one.
-    let rate = num("deliveries_per_sec")
+    let mut rate = num("deliveries_per_sec")
         .or_else(|| num("msgs_per_sec"))
         .ok_or_else(|| format!("no msgs_per_sec in {line}"))?;
-    let server_cpu_rate = (c1 - c0) / (w1 - w0).as_secs_f64().max(1e-9);
+    let wall = (w1 - w0).as_secs_f64().max(1e-9);
+    let parts: Vec<f64> = c1.iter().zip(&c0).map(|(b, a)| (b - a) / wall).collect();
+    let server_cpu_rate: f64 = parts.iter().sum();
     let rss_per_session = matches!(load, Load::Memory { .. })
         .then(|| loaded.rss_kib.saturating_sub(base.rss_kib) as f64 / sessions as f64);
+    let mut errors = num("errors").unwrap_or(0.0) as u64;
+    let mut first_error = json::string(line, "first_error");
+    if let Some(p) = &probe {
+        // The server's deliveries besides the dummy-client's: what the probe's sessions
+        // received, and the probe's messages to every dummy session (which the dummy-client
+        // counts as foreign, not as deliveries).
+        rate += p.received_per_sec + p.sent_per_sec * f64::from(sessions);
+        if p.errors > 0 {
+            errors += p.errors;
+            if first_error.is_none() {
+                first_error = Some(format!("probe: {}", p.first_error.as_deref().unwrap_or("?")));
+            }
+        }
+    }
     Ok(Sample {
         rate,
         p50_us: num("p50_us").unwrap_or(f64::NAN),
         p99_us: num("p99_us").unwrap_or(f64::NAN),
         cpu_per_unit_us: if rate > 0.0 { server_cpu_rate / rate * 1e6 } else { f64::NAN },
         server_cpu_util: server_cpu_rate,
-        load_cpu_util: (others1.client - others0.client) / (w1 - w0).as_secs_f64().max(1e-9),
+        server_cpu_parts: parts,
+        load_cpu_util: (others1.client - others0.client) / wall,
         peak_rss_kib: peak.hwm_kib,
         rss_per_session_kib: rss_per_session,
+        errors,
+        first_error,
+        client_backend: json::string(line, "backend"),
+        besides: others1.since(&others0, c1.iter().sum::<f64>() - c0.iter().sum::<f64>(), wall),
+        probe: probe.map(|p| p.latency),
+    })
+}
+
+/// The latency probe of a cluster round, running.
+struct RunningProbe {
+    child: Child,
+    log: PathBuf,
+}
+
+/// What a cluster round's probe measured.
+struct ProbeOutcome {
+    latency: ProbeLatency,
+    sent_per_sec: f64,
+    received_per_sec: f64,
+    errors: u64,
+    first_error: Option<String>,
+}
+
+/// `servercore-bench cluster-probe` with one session per node (the single server's
+/// address twice), on the load's core, for the round's `secs`.
+fn start_probe(env: &Env, srv: &RunningServer, cores: &CoreSet) -> Result<RunningProbe, String> {
+    let mut cmd = Command::new(&env.me);
+    cmd.arg0("servercore-bench").arg("cluster-probe");
+    let addrs =
+        if srv.load_addrs.len() >= 2 { srv.load_addrs.clone() } else { vec![srv.addr, srv.addr] };
+    for a in &addrs {
+        cmd.args(["--addr", &a.to_string()]);
+    }
+    cmd.args(["--rate", &PROBE_RATE.to_string(), "--secs", &env.secs.to_string()]);
+    let log = env.logs.join("probe.log");
+    let log_file =
+        File::create(&log).map_err(|e| format!("cannot create {}: {e}", log.display()))?;
+    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(log_file);
+    cores.apply(&mut cmd);
+    let child = cmd.spawn().map_err(|e| format!("cannot start cluster-probe: {e}"))?;
+    Ok(RunningProbe { child, log })
+}
+
+fn finish_probe(p: RunningProbe) -> Result<ProbeOutcome, String> {
+    let out = p.child.wait_with_output().map_err(|e| format!("waiting for cluster-probe: {e}"))?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let Some(line) = stdout.lines().rev().find(|l| l.trim_start().starts_with('{')) else {
+        return Err(format!("cluster-probe ({}) printed no JSON: {}", out.status, tail(&p.log)));
+    };
+    let num = |k: &str| json::number(line, k);
+    let part = |k: &str, q: &str| json::object(line, k).and_then(|o| json::number(o, q));
+    Ok(ProbeOutcome {
+        latency: ProbeLatency {
+            local_p50_us: part("local", "p50_us").unwrap_or(f64::NAN),
+            local_p99_us: part("local", "p99_us").unwrap_or(f64::NAN),
+            cross_p50_us: part("cross", "p50_us").unwrap_or(f64::NAN),
+            cross_p99_us: part("cross", "p99_us").unwrap_or(f64::NAN),
+        },
+        sent_per_sec: num("sent_per_sec").unwrap_or(0.0),
+        received_per_sec: num("received_per_sec").unwrap_or(0.0),
         errors: num("errors").unwrap_or(0.0) as u64,
         first_error: json::string(line, "first_error"),
-        client_backend: json::string(line, "backend"),
-        besides: others1.since(&others0, c1 - c0, (w1 - w0).as_secs_f64()),
     })
 }
 
@@ -1043,12 +1494,12 @@ fn churn_round(
     cores.apply(&mut cmd);
     // The client's CPU: what this process's reaped children used, before and after it.
     let others0 = Others::sample(sys::reaped_children_cpu_secs());
-    let (c0, w0) = (cpu_secs(srv.pid)?, Instant::now());
+    let (c0, w0) = (srv.cpu_secs()?, Instant::now());
     let out = cmd.output().map_err(|e| format!("cannot run churn-client: {e}"))?;
-    let (c1, w1) = (cpu_secs(srv.pid)?, Instant::now());
+    let (c1, w1) = (srv.cpu_secs()?, Instant::now());
     let others1 = Others::sample(sys::reaped_children_cpu_secs());
     let besides = others1.since(&others0, c1 - c0, (w1 - w0).as_secs_f64());
-    let peak = memory(srv.pid)?;
+    let peak = srv.memory()?;
     let stdout = String::from_utf8_lossy(&out.stdout);
     let Some(line) = stdout.lines().rev().find(|l| l.trim_start().starts_with('{')) else {
         return Err(format!("churn-client ({}) printed no JSON: {}", out.status, tail(&log)));
@@ -1062,6 +1513,7 @@ fn churn_round(
         p99_us: num("p99_us").unwrap_or(f64::NAN),
         cpu_per_unit_us: if cycles > 0.0 { (c1 - c0) / cycles * 1e6 } else { f64::NAN },
         server_cpu_util: (c1 - c0) / (w1 - w0).as_secs_f64().max(1e-9),
+        server_cpu_parts: Vec::new(),
         load_cpu_util: (others1.client - others0.client) / (w1 - w0).as_secs_f64().max(1e-9),
         peak_rss_kib: peak.hwm_kib,
         rss_per_session_kib: None,
@@ -1069,5 +1521,6 @@ fn churn_round(
         first_error: json::string(line, "first_error"),
         client_backend: None,
         besides,
+        probe: None,
     })
 }
