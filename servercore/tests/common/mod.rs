@@ -11,6 +11,7 @@
 pub mod rooms;
 pub mod tls;
 pub mod workers;
+pub mod ws;
 
 use servercore::{Ctx, DisconnectReason, ServerService, Session, SessionHandle, SessionId};
 use std::collections::HashMap;
