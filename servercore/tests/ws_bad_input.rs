@@ -18,9 +18,9 @@ mod common;
 
 use common::tls::{pki, reason_counts};
 use common::ws::{
-    binary, client_frame, close_frame, frame, http_status, read_until_end, tls_stream,
-    upgrade_request, ws_roundtrip, Frame, RawWs, WireEnd, OP_BINARY, OP_CLOSE, OP_CONTINUATION,
-    OP_PING, OP_TEXT,
+    binary, client_frame, client_stream, close_frame, frame, http_status, read_until_end,
+    tls_stream, upgrade_request, ws_client, ws_roundtrip, Frame, RawWs, Stream, WireEnd, OP_BINARY,
+    OP_CLOSE, OP_CONTINUATION, OP_PING, OP_TEXT,
 };
 use common::{any_port, connect, recorder, wait_until, Ev, EventLog, Hooks};
 use servercore::ws::{WsConfig, WsError};
@@ -41,10 +41,6 @@ const QUICK: Duration = Duration::from_secs(5);
 const MAX_MESSAGE: usize = 64 << 10;
 
 const PAGE: &[u8] = b"<p>the game</p>";
-
-/// A stream a test client talks through: TCP or TLS.
-trait Stream: Read + Write + Send {}
-impl<T: Read + Write + Send> Stream for T {}
 
 /// A WebSocket echo server (and its plain TCP listener, unused but for one case) with one
 /// healthy tungstenite client connected over ws, or over wss when the server has TLS.
@@ -81,14 +77,7 @@ impl Bench {
         }
         let server = builder.start(factory).unwrap();
         let ws_addr = server.websocket_addr().expect("a WebSocket listener");
-        let stream: Box<dyn Stream> =
-            if tls { Box::new(tls_stream(ws_addr)) } else { Box::new(connect(ws_addr)) };
-        let scheme = if tls { "wss" } else { "ws" };
-        let (mut healthy, _) = tungstenite::client::client(
-            format!("{scheme}://localhost:{}/", ws_addr.port()),
-            stream,
-        )
-        .expect("the healthy client's upgrade");
+        let mut healthy = ws_client(ws_addr, tls);
         let (healthy_id, _) = log.next_connected();
         ws_roundtrip(&mut healthy, b"healthy hello");
         let mut bench = Bench {
@@ -145,11 +134,7 @@ impl Bench {
 
     /// A new client stream to the WebSocket listener (TLS done, when the server has TLS).
     fn stream(&self) -> Box<dyn Stream> {
-        if self.tls {
-            Box::new(tls_stream(self.ws_addr))
-        } else {
-            Box::new(connect(self.ws_addr))
-        }
+        client_stream(self.ws_addr, self.tls)
     }
 
     /// A client upgraded by hand whose session is open (and has echoed once); its id.

@@ -266,6 +266,30 @@ impl<S: Read + Write> RawWs<S> {
     }
 }
 
+/// A stream a test client talks through: TCP or TLS.
+pub trait Stream: Read + Write + Send {}
+impl<T: Read + Write + Send> Stream for T {}
+
+/// A client stream to `addr`: TCP, or TLS with the handshake done.
+pub fn client_stream(addr: SocketAddr, tls: bool) -> Box<dyn Stream> {
+    if tls {
+        Box::new(tls_stream(addr))
+    } else {
+        Box::new(super::connect(addr))
+    }
+}
+
+/// A third-party WebSocket client (tungstenite) over TCP or TLS, upgraded.
+pub fn ws_client(addr: SocketAddr, tls: bool) -> tungstenite::WebSocket<Box<dyn Stream>> {
+    let scheme = if tls { "wss" } else { "ws" };
+    tungstenite::client::client(
+        format!("{scheme}://localhost:{}/", addr.port()),
+        client_stream(addr, tls),
+    )
+    .map(|(ws, _)| ws)
+    .unwrap_or_else(|e| panic!("{scheme} upgrade with {addr}: {e}"))
+}
+
 /// A blocking TLS client stream (`common::tls`'s, with the `TIMEOUT` safety net).
 pub type TlsStream = StreamOwned<ClientConnection, TcpStream>;
 
