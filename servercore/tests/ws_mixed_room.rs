@@ -394,7 +394,7 @@ impl PacketSession for ChatClient {
 /// A member on a thread of its own: sends (if it is a sender), then listens.
 enum Member {
     Tcp(TcpMember),
-    Ws(WsMember),
+    Ws(Box<WsMember>),
     Raw(RawMember),
 }
 
@@ -481,7 +481,11 @@ fn run_room(tls: bool) {
     }
     for k in 0..=WS_SENDERS {
         let s = (k < WS_SENDERS).then(|| ws_sender(k));
-        members.push((format!("ws member {k}"), Member::Ws(WsMember::join(ws_addr, tls)), s));
+        members.push((
+            format!("ws member {k}"),
+            Member::Ws(Box::new(WsMember::join(ws_addr, tls))),
+            s,
+        ));
     }
     members.push((
         "hand-made ws member".into(),
