@@ -18,16 +18,16 @@ mod common;
 
 use common::tls::{pki, reason_counts};
 use common::ws::{
-    binary, client_frame, client_stream, close_frame, frame, http_status, read_until_end,
+    binary, client_frame, client_stream, close_frame, frame, http_status, read_until_end, tcp,
     tls_stream, upgrade_request, ws_client, ws_roundtrip, Frame, RawWs, Stream, WireEnd, OP_BINARY,
     OP_CLOSE, OP_CONTINUATION, OP_PING, OP_TEXT,
 };
-use common::{any_port, connect, recorder, wait_until, Ev, EventLog, Hooks};
+use common::{any_port, recorder, wait_until, Ev, EventLog, Hooks};
 use servercore::ws::{WsConfig, WsError};
 use servercore::{DisconnectReason, ServerService, ServiceStats, SessionConfig, SessionId};
 use std::collections::{BTreeMap, HashMap};
 use std::io::{Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::net::{Shutdown, SocketAddr};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -264,13 +264,13 @@ fn requests_that_are_not_upgrades_get_an_http_error_then_close() {
     bench.healthy_echoes();
 
     // The plain TCP listener is not WebSocket: an upgrade request there is bytes to echo.
-    let mut tcp = connect(bench.server.local_addr());
-    tcp.write_all(upgrade.as_bytes()).unwrap();
+    let mut plain = tcp(bench.server.local_addr());
+    plain.write_all(upgrade.as_bytes()).unwrap();
     let mut back = vec![0u8; upgrade.len()];
-    tcp.read_exact(&mut back).unwrap();
+    plain.read_exact(&mut back).unwrap();
     assert_eq!(back, upgrade.as_bytes(), "the TCP listener echoes the request as bytes");
     let (tcp_id, _) = bench.log.next_connected();
-    drop(tcp);
+    drop(plain);
     assert_eq!(bench.log.disconnected(tcp_id), DisconnectReason::PeerClosed);
     bench.assert_reasons("the TCP session", &[("peer_closed", 1)]);
     bench.finish(&[tcp_id]);
@@ -330,7 +330,7 @@ fn slow_loris_upgrades_are_reset_at_the_handshake_timeout() {
         .into_iter()
         .map(|(what, bytes)| {
             std::thread::spawn(move || {
-                let mut s = connect(addr);
+                let mut s = tcp(addr);
                 let t0 = Instant::now();
                 s.write_all(&bytes).unwrap();
                 let (got, end) = read_until_end(&mut s);
@@ -340,7 +340,7 @@ fn slow_loris_upgrades_are_reset_at_the_handshake_timeout() {
         .collect();
     // A byte every 50 ms: never enough to finish, always something new.
     lorises.push(std::thread::spawn(move || {
-        let mut s = connect(addr);
+        let mut s = tcp(addr);
         let t0 = Instant::now();
         let mut writer = s.try_clone().unwrap();
         let request = request.clone();
@@ -566,8 +566,23 @@ fn the_peers_close_frame_is_answered_and_reported() {
         ended.push(id);
         bench.healthy_echoes();
     }
+    // Data after a finished close handshake: the session already ended in order, and
+    // nothing more happens to it (no second reason, no callback).
+    let (mut c, id) = bench.upgraded();
+    c.send(&close_frame(1000, b""));
+    let f = c.read_frame().expect("the answer to the close");
+    assert_eq!(f.close_code(), Some(1000), "the answer to the close: {f:?}");
+    assert_eq!(bench.log.disconnected(id), DisconnectReason::PeerClosed);
+    let late = c.stream.write_all(&binary(b"too late")).and_then(|()| c.stream.flush());
+    let (frames, end) = c.read_to_end();
+    assert!(frames.is_empty(), "after the close handshake: {frames:?}");
+    eprintln!("data after the close handshake: written {late:?}, then {end:?}");
+    ended.push(id);
+    bench.assert_reasons("data after the close handshake", &[("peer_closed", 1)]);
+    bench.healthy_echoes();
+
     // A FIN with no close frame is the end of the stream as on TCP.
-    let mut c = RawWs::upgrade(connect(bench.ws_addr));
+    let mut c = RawWs::upgrade(tcp(bench.ws_addr));
     let (id, _) = bench.log.next_connected();
     c.roundtrip(b"before the FIN");
     c.stream.shutdown(Shutdown::Write).unwrap();
@@ -662,13 +677,13 @@ fn bad_clients_at_once_leave_the_healthy_session_alone() {
             std::thread::spawn(move || {
                 for _ in 0..EACH {
                     if upgrade {
-                        let mut c = RawWs::upgrade(connect(addr));
+                        let mut c = RawWs::upgrade(tcp(addr));
                         let _ = c.stream.write_all(&bytes); // "too big" may be cut short
                         let (frames, _) = c.read_to_end();
                         let close = final_close(what, &frames);
                         assert!(close.close_code().is_some(), "{what}: {close:?}");
                     } else {
-                        let mut s: TcpStream = connect(addr);
+                        let mut s = tcp(addr);
                         s.write_all(&bytes).unwrap();
                         read_until_end(&mut s);
                     }

@@ -13,10 +13,10 @@ mod common;
 
 use common::tls::pki;
 use common::ws::{
-    binary, client_frame, client_stream, close_frame, http_status, read_until_end, ws_connect,
+    binary, client_frame, client_stream, close_frame, http_status, read_until_end, tcp, ws_connect,
     RawWs, WireEnd, OP_BINARY, OP_CLOSE, OP_TEXT,
 };
-use common::{any_port, connect, open_fd_count, set_linger_zero, wait_until};
+use common::{any_port, open_fd_count, set_linger_zero, wait_until};
 use servercore::ws::WsConfig;
 use servercore::{Ctx, DisconnectReason, ServerService, Session};
 use std::collections::HashMap;
@@ -139,27 +139,27 @@ fn cycle(addr: SocketAddr, i: usize) {
             }
         }
         1 => {
-            let mut c = RawWs::upgrade(connect(addr));
+            let mut c = RawWs::upgrade(tcp(addr));
             c.roundtrip(b"ping");
         }
         2 => {
-            let c = RawWs::upgrade(connect(addr));
-            set_linger_zero(&c.stream).unwrap();
+            let c = RawWs::upgrade(tcp(addr));
+            set_linger_zero(&c.stream.0).unwrap();
         }
         3 => {
-            let mut s = connect(addr);
+            let mut s = tcp(addr);
             s.write_all(b"GET /x HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
             let (got, end) = read_until_end(&mut s);
             assert_eq!(http_status(&got), Some(426), "cycle {i}: refused ({end:?})");
         }
         4 => drop(std::net::TcpStream::connect(addr).unwrap()),
         5 => {
-            let mut s = connect(addr);
+            let mut s = tcp(addr);
             s.write_all(b"GET / HTTP/1.1\r\nUpgrade: webs").unwrap();
-            set_linger_zero(&s).unwrap();
+            set_linger_zero(&s.0).unwrap();
         }
         6 => {
-            let mut c = RawWs::upgrade(connect(addr));
+            let mut c = RawWs::upgrade(tcp(addr));
             c.send(&binary(b"bye"));
             let (frames, end) = c.read_to_end();
             assert_eq!(frames.len(), 2, "cycle {i}: the answer and the close: {frames:?}");
@@ -168,14 +168,14 @@ fn cycle(addr: SocketAddr, i: usize) {
             assert_eq!(end, WireEnd::Eof, "cycle {i}: the server's FIN");
         }
         7 => {
-            let mut s = connect(addr);
+            let mut s = tcp(addr);
             s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
             let (got, end) = read_until_end(&mut s);
             assert_eq!(http_status(&got), Some(200), "cycle {i}: the page ({end:?})");
             assert!(got.ends_with(PAGE), "cycle {i}: the page's body");
         }
         _ => {
-            let mut c = RawWs::upgrade(connect(addr));
+            let mut c = RawWs::upgrade(tcp(addr));
             c.send(&client_frame(true, OP_TEXT, b"text"));
             let (frames, _) = c.read_to_end();
             let close = frames.last().expect("a close frame");
@@ -204,7 +204,7 @@ fn settle(addr: SocketAddr, workers: usize) -> usize {
     while served.contains(&false) {
         sentinels += 1;
         assert!(sentinels <= 1000, "sentinels never reached every worker: {served:?}");
-        let mut c = RawWs::upgrade(connect(addr));
+        let mut c = RawWs::upgrade(tcp(addr));
         c.send(&binary(b"?"));
         let f = c.read_frame().expect("a sentinel's answer");
         assert_eq!((f.opcode, f.payload.len()), (OP_BINARY, 1), "{f:?}");

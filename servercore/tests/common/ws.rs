@@ -202,7 +202,10 @@ impl<S: Read + Write> RawWs<S> {
             if let Some(n) = head_len(&pending) {
                 break n;
             }
-            let n = stream.read(&mut buf).expect("reading the upgrade answer");
+            let n = match stream.read(&mut buf) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                r => r.expect("reading the upgrade answer"),
+            };
             assert!(n > 0, "the server closed during the upgrade: {pending:?}");
             pending.extend_from_slice(&buf[..n]);
         };
@@ -266,6 +269,51 @@ impl<S: Read + Write> RawWs<S> {
     }
 }
 
+/// A client socket whose reads and writes are retried when a blocking call returns EINTR
+/// (`Interrupted`). A read with a timeout (`SO_RCVTIMEO`, the `TIMEOUT` safety net) is
+/// not restarted by the kernel after an interruption, and tungstenite and rustls hand the
+/// error up rather than retry: std's `read_exact` retries, these clients retry here.
+#[derive(Debug)]
+pub struct Retry<S>(pub S);
+
+impl<S: Read> Read for Retry<S> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            match self.0.read(buf) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                r => return r,
+            }
+        }
+    }
+}
+
+impl<S: Write> Write for Retry<S> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        loop {
+            match self.0.write(buf) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                r => return r,
+            }
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.0.flush()
+    }
+}
+
+impl<S> std::ops::Deref for Retry<S> {
+    type Target = S;
+    fn deref(&self) -> &S {
+        &self.0
+    }
+}
+
+/// A TCP connection to `addr` (`common::connect`), reads and writes retried on EINTR.
+pub fn tcp(addr: SocketAddr) -> Retry<TcpStream> {
+    Retry(super::connect(addr))
+}
+
 /// A stream a test client talks through: TCP or TLS.
 pub trait Stream: Read + Write + Send {}
 impl<T: Read + Write + Send> Stream for T {}
@@ -275,7 +323,7 @@ pub fn client_stream(addr: SocketAddr, tls: bool) -> Box<dyn Stream> {
     if tls {
         Box::new(tls_stream(addr))
     } else {
-        Box::new(super::connect(addr))
+        Box::new(tcp(addr))
     }
 }
 
@@ -290,32 +338,26 @@ pub fn ws_client(addr: SocketAddr, tls: bool) -> tungstenite::WebSocket<Box<dyn 
     .unwrap_or_else(|e| panic!("{scheme} upgrade with {addr}: {e}"))
 }
 
-/// A blocking TLS client stream (`common::tls`'s, with the `TIMEOUT` safety net).
-pub type TlsStream = StreamOwned<ClientConnection, TcpStream>;
+/// A blocking TLS client stream over [`tcp`].
+pub type TlsStream = StreamOwned<ClientConnection, Retry<TcpStream>>;
 
 /// A TLS connection to `addr` with the handshake done.
 pub fn tls_stream(addr: SocketAddr) -> TlsStream {
-    super::tls::tls_connect(addr)
+    let conn = ClientConnection::new(pki().client.clone(), server_name()).expect("a connection");
+    let mut s = StreamOwned::new(conn, tcp(addr));
+    while s.conn.is_handshaking() {
+        if let Err(e) = s.conn.complete_io(&mut s.sock) {
+            panic!("TLS handshake with {addr}: {e}");
+        }
+    }
+    s
 }
 
 /// A third-party WebSocket client (tungstenite) over plain TCP, upgraded.
-pub fn ws_connect(addr: SocketAddr) -> tungstenite::WebSocket<TcpStream> {
-    let s = super::connect(addr);
-    tungstenite::client::client(format!("ws://{addr}/"), s)
+pub fn ws_connect(addr: SocketAddr) -> tungstenite::WebSocket<Retry<TcpStream>> {
+    tungstenite::client::client(format!("ws://{addr}/"), tcp(addr))
         .map(|(ws, _)| ws)
         .unwrap_or_else(|e| panic!("ws upgrade with {addr}: {e}"))
-}
-
-/// A third-party WebSocket client (tungstenite) over TLS (wss), upgraded.
-pub fn wss_connect(addr: SocketAddr) -> tungstenite::WebSocket<TlsStream> {
-    let s = super::connect(addr);
-    let conn = ClientConnection::new(pki().client.clone(), server_name()).expect("a connection");
-    tungstenite::client::client(
-        format!("wss://localhost:{}/", addr.port()),
-        StreamOwned::new(conn, s),
-    )
-    .map(|(ws, _)| ws)
-    .unwrap_or_else(|e| panic!("wss upgrade with {addr}: {e}"))
 }
 
 /// The next binary message a tungstenite client reads (pings and pongs skipped).
