@@ -129,15 +129,15 @@ pub fn run(args: DemoArgs) -> Result<ExitCode, String> {
         if client_tls.is_some() { " (wss)" } else { "" }
     ));
     // With TLS the certificate is for `localhost` and self-signed: the browser warns first.
-    let page = match client_tls {
-        Some(_) => format!(
-            "https://{}/ (self-signed certificate: accept the browser's warning)",
-            dummy::host_header(DEMO_HOST, ws_addr.port())
+    let (page, warning) = match client_tls {
+        Some(_) => (
+            format!("https://{}/", dummy::host_header(DEMO_HOST, ws_addr.port())),
+            "; the certificate is self-signed: accept the browser's warning",
         ),
-        None => format!("http://{ws_addr}/"),
+        None => (format!("http://{ws_addr}/"), ""),
     };
     dummy::out(&format!(
-        "  open {page} in a browser to join the chat (for {} s; --secs for longer)\n",
+        "  open {page} in a browser to join the chat (for {} s, --secs for longer{warning})\n",
         args.secs
     ));
     let plan = LoadPlan {
