@@ -262,7 +262,7 @@ fn write_packet(s: &mut TcpStream, id: u16, payload: &[u8]) -> std::io::Result<(
 fn mixed_room_tcp_text_and_ws_dummy_clients() {
     for backend in ["io_uring", "poll"] {
         let Some(server) = start_ws_server("chat-server", backend, None) else { continue };
-        let mut tcp = TcpStream::connect(server.tcp).expect("connect to the TCP listener");
+        let tcp = TcpStream::connect(server.tcp).expect("connect to the TCP listener");
         tcp.set_read_timeout(Some(Duration::from_millis(200))).expect("set a read timeout");
         let stop_flag = Arc::new(AtomicBool::new(false));
         let sender = {

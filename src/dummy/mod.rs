@@ -304,7 +304,7 @@ impl Fleet {
         self.groups.iter().map(|g| failed_of(&g.clients.stats(), self.tls, g.ws)).sum()
     }
 
-    /// Opens more sessions until `fraction` (0..=1) of each group's are open.
+    /// Opens more sessions until `step / steps` of each group's are open.
     fn open_up_to(&mut self, step: usize, steps: usize) {
         for g in &mut self.groups {
             let due = g.sessions * step / steps;
