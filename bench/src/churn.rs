@@ -13,6 +13,8 @@ use std::time::{Duration, Instant};
 
 #[derive(Debug, Default)]
 pub struct ChurnReport {
+    /// `churn`, or `tls-churn` for the TLS variant.
+    pub mode: &'static str,
     /// Completed connect + echo + close cycles.
     pub cycles: u64,
     pub failures: u64,
@@ -29,8 +31,9 @@ impl ChurnReport {
             None => "null".into(),
         };
         format!(
-            "{{\"mode\":\"churn\",\"cycles\":{},\"failures\":{},\"secs\":{:.3},\
+            "{{\"mode\":\"{}\",\"cycles\":{},\"failures\":{},\"secs\":{:.3},\
              \"cycles_per_sec\":{:.1},\"p50_us\":{},\"p99_us\":{},\"errors\":{},\"first_error\":{}}}",
+            self.mode,
             self.cycles,
             self.failures,
             self.secs,
@@ -55,11 +58,11 @@ struct Conn {
     started: Instant,
 }
 
-fn last_error(what: &str) -> String {
+pub(crate) fn last_error(what: &str) -> String {
     format!("{what}: {}", io::Error::last_os_error())
 }
 
-fn sockaddr_in(addr: SocketAddrV4) -> libc::sockaddr_in {
+pub(crate) fn sockaddr_in(addr: SocketAddrV4) -> libc::sockaddr_in {
     // SAFETY: sockaddr_in is plain data; all-zero is a valid (unspecified) address.
     let mut sa: libc::sockaddr_in = unsafe { mem::zeroed() };
     sa.sin_family = libc::AF_INET as libc::sa_family_t;
@@ -68,13 +71,16 @@ fn sockaddr_in(addr: SocketAddrV4) -> libc::sockaddr_in {
     sa
 }
 
-fn close(fd: libc::c_int) {
+pub(crate) fn close(fd: libc::c_int) {
     // SAFETY: `fd` is a socket this module opened and closes exactly once.
     unsafe { libc::close(fd) };
 }
 
 /// Opens a nonblocking socket and starts connecting it to `to`, from `from` when given.
-fn start_connect(to: &libc::sockaddr_in, from: Option<Ipv4Addr>) -> Result<libc::c_int, String> {
+pub(crate) fn start_connect(
+    to: &libc::sockaddr_in,
+    from: Option<Ipv4Addr>,
+) -> Result<libc::c_int, String> {
     // SAFETY: plain socket(2) call.
     let fd = unsafe {
         libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC, 0)
@@ -120,14 +126,14 @@ fn start_connect(to: &libc::sockaddr_in, from: Option<Ipv4Addr>) -> Result<libc:
     Ok(fd)
 }
 
-fn fail(report: &mut ChurnReport, msg: String) {
+pub(crate) fn fail(report: &mut ChurnReport, msg: String) {
     report.failures += 1;
     if report.first_error.is_none() {
         report.first_error = Some(msg);
     }
 }
 
-fn socket_error(fd: libc::c_int) -> Option<io::Error> {
+pub(crate) fn socket_error(fd: libc::c_int) -> Option<io::Error> {
     let mut err: libc::c_int = 0;
     let mut len = mem::size_of::<libc::c_int>() as libc::socklen_t;
     // SAFETY: `err` and `len` are valid and writable for the sizes given.
@@ -149,6 +155,14 @@ fn socket_error(fd: libc::c_int) -> Option<io::Error> {
     }
 }
 
+/// The next source address of the spread (127.0.0.1 ..= 127.0.0.250), when it applies.
+pub(crate) fn next_source(spread: bool, next: &mut u32) -> Option<Ipv4Addr> {
+    spread.then(|| {
+        *next = (*next + 1) % 250;
+        Ipv4Addr::new(127, 0, 0, 1 + *next as u8)
+    })
+}
+
 /// Runs waves of `wave` connections until `secs` have passed (the last wave is finished).
 pub fn run(addr: SocketAddr, wave: usize, secs: f64) -> Result<ChurnReport, String> {
     let SocketAddr::V4(addr) = addr else {
@@ -158,18 +172,15 @@ pub fn run(addr: SocketAddr, wave: usize, secs: f64) -> Result<ChurnReport, Stri
     let spread = addr.ip().is_loopback();
     let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)
         .map_err(|e| format!("histogram: {e}"))?;
-    let mut report = ChurnReport::default();
-    let mut next_source = 0u32;
+    let mut report = ChurnReport { mode: "churn", ..ChurnReport::default() };
+    let mut next_source_ix = 0u32;
     let start = Instant::now();
     let deadline = start + Duration::from_secs_f64(secs);
     let mut conns: Vec<Conn> = Vec::with_capacity(wave);
     let mut pfds: Vec<libc::pollfd> = Vec::with_capacity(wave);
     while Instant::now() < deadline {
         for _ in 0..wave {
-            let from = spread.then(|| {
-                next_source = (next_source + 1) % 250;
-                Ipv4Addr::new(127, 0, 0, 1 + next_source as u8)
-            });
+            let from = next_source(spread, &mut next_source_ix);
             let started = Instant::now();
             match start_connect(&to, from) {
                 Ok(fd) => conns.push(Conn { fd, state: State::Connecting, started }),

@@ -4,8 +4,9 @@
 //! cargo run --release -p servercore-bench            # the full run (builds servercore first)
 //! cargo run --release -p servercore-bench -- --quick # a smoke run: 1 round of 1 s each
 //! ```
-//! The same binary also is the tokio reference servers (`tokio-echo`, `tokio-chat`) and the
-//! churn load (`churn-client`), which the driver starts as separate, pinned processes.
+//! The same binary also is the tokio reference servers (`tokio-echo`, `tokio-chat`, and over
+//! tokio-rustls `tokio-tls-echo`, `tokio-tls-chat`) and the churn loads (`churn-client`,
+//! `tls-churn-client`), which the driver starts as separate, pinned processes.
 
 mod churn;
 mod json;
@@ -13,10 +14,12 @@ mod procfs;
 mod report;
 mod run;
 mod sys;
+mod tls_churn;
 mod tokio_servers;
 
 use clap::{Parser, Subcommand};
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Parser)]
@@ -49,6 +52,42 @@ enum Command {
         #[arg(long, default_value_t = 4096)]
         max_packet: usize,
     },
+    /// tokio-rustls reference echo server: `tokio-echo` with a TLS handshake first.
+    TokioTlsEcho {
+        #[arg(long, default_value = "127.0.0.1:7000")]
+        addr: SocketAddr,
+        #[command(flatten)]
+        tls: TlsFiles,
+    },
+    /// tokio-rustls reference chat server: `tokio-chat` with a TLS handshake first.
+    TokioTlsChat {
+        #[arg(long, default_value = "127.0.0.1:7100")]
+        addr: SocketAddr,
+        /// Largest packet accepted, header included.
+        #[arg(long, default_value_t = 4096)]
+        max_packet: usize,
+        #[command(flatten)]
+        tls: TlsFiles,
+    },
+    /// TLS handshake load: waves of connections that connect, run a full TLS 1.3 handshake,
+    /// echo one byte, send close_notify and close; prints JSON.
+    TlsChurnClient {
+        #[arg(long)]
+        addr: SocketAddr,
+        /// Connections per wave.
+        #[arg(long, default_value_t = 1000)]
+        wave: usize,
+        /// Seconds to keep starting waves.
+        #[arg(long, default_value_t = 5.0)]
+        secs: f64,
+        /// Verify the server against the certificates of this PEM file (default: accept any
+        /// certificate, the lightest load).
+        #[arg(long)]
+        tls_ca: Option<PathBuf>,
+        /// Name sent in SNI (and verified with --tls-ca).
+        #[arg(long, default_value = "localhost")]
+        tls_server_name: String,
+    },
     /// Churn load: waves of connections that connect, echo one byte and close; prints JSON.
     ChurnClient {
         #[arg(long)]
@@ -62,6 +101,15 @@ enum Command {
     },
 }
 
+/// The server's certificate chain and private key, PEM.
+#[derive(clap::Args)]
+struct TlsFiles {
+    #[arg(long)]
+    tls_cert: PathBuf,
+    #[arg(long)]
+    tls_key: PathBuf,
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
@@ -72,6 +120,22 @@ fn main() -> ExitCode {
         }
         Some(Command::TokioChat { addr, max_packet }) => {
             tokio_servers::run_chat(addr, max_packet).map_err(|e| format!("tokio-chat: {e}"))
+        }
+        Some(Command::TokioTlsEcho { addr, tls }) => {
+            tokio_servers::tls_acceptor(&tls.tls_cert, &tls.tls_key)
+                .and_then(|a| tokio_servers::run_tls_echo(addr, a).map_err(|e| e.to_string()))
+                .map_err(|e| format!("tokio-tls-echo: {e}"))
+        }
+        Some(Command::TokioTlsChat { addr, max_packet, tls }) => {
+            tokio_servers::tls_acceptor(&tls.tls_cert, &tls.tls_key)
+                .and_then(|a| {
+                    tokio_servers::run_tls_chat(addr, max_packet, a).map_err(|e| e.to_string())
+                })
+                .map_err(|e| format!("tokio-tls-chat: {e}"))
+        }
+        Some(Command::TlsChurnClient { addr, wave, secs, tls_ca, tls_server_name }) => {
+            tls_churn::run(addr, wave.max(1), secs, tls_ca.as_deref(), &tls_server_name)
+                .map(|r| println!("{}", r.to_json()))
         }
         Some(Command::ChurnClient { addr, wave, secs }) => {
             churn::run(addr, wave.max(1), secs).map(|r| println!("{}", r.to_json()))

@@ -147,6 +147,44 @@ impl Drop for Fd {
 }
 
 fn sock_diag_established(port: u16) -> io::Result<usize> {
+    let mut count = 0;
+    sock_diag_dump(port, false, |_| count += 1)?;
+    Ok(count)
+}
+
+/// Offset and size of `tcpi_data_segs_in` (u32) in `struct tcp_info` (Linux 4.6 and later).
+const TCPI_DATA_SEGS_IN: usize = 152;
+/// `INET_DIAG_INFO`: the attribute carrying a `struct tcp_info`.
+const INET_DIAG_INFO: u16 = 2;
+
+/// Of the established TCP sockets with local port `port` (the server side of every
+/// connection to a server on that port), how many there are, and how many have received at
+/// least `min_segs` segments carrying data (`tcpi_data_segs_in`).
+///
+/// A TLS session has received at least three once it is past its handshake: the client
+/// sends its ClientHello, then its Finished (after the server's first flight), then
+/// application data, which the load clients only send once the handshake is done (the
+/// Finished and the first message may share a segment: then the second message, sent after
+/// the first echo, makes the third). Counting those tells, without the load client's help,
+/// when every session is connected *and* done with its handshake.
+pub fn established_and_past_segs_on_port(port: u16, min_segs: u32) -> io::Result<(usize, usize)> {
+    let (mut all, mut past) = (0, 0);
+    sock_diag_dump(port, true, |info| {
+        all += 1;
+        let segs = info
+            .and_then(|i| i.get(TCPI_DATA_SEGS_IN..TCPI_DATA_SEGS_IN + 4))
+            .map(|b| u32::from_ne_bytes(b.try_into().unwrap()));
+        if segs.is_some_and(|n| n >= min_segs) {
+            past += 1;
+        }
+    })?;
+    Ok((all, past))
+}
+
+/// Calls `each` for every established IPv4 TCP socket with local port `port`, with its
+/// `struct tcp_info` (as the kernel sent it, maybe shorter than today's) when `info` asks
+/// for it.
+fn sock_diag_dump(port: u16, info: bool, mut each: impl FnMut(Option<&[u8]>)) -> io::Result<()> {
     const SOCK_DIAG_BY_FAMILY: u16 = 20;
     const NLMSG_ERROR: u16 = 2;
     const NLMSG_DONE: u16 = 3;
@@ -172,6 +210,9 @@ fn sock_diag_established(port: u16) -> io::Result<usize> {
     req[8..12].copy_from_slice(&1u32.to_ne_bytes()); // sequence number
     req[16] = libc::AF_INET as u8;
     req[17] = libc::IPPROTO_TCP as u8;
+    if info {
+        req[18] = 1 << (INET_DIAG_INFO - 1); // idiag_ext
+    }
     req[20..24].copy_from_slice(&(1u32 << TCP_ESTABLISHED).to_ne_bytes());
     // SAFETY: an all-zero sockaddr_nl (pid 0, groups 0) addresses the kernel.
     let mut kernel: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
@@ -190,8 +231,7 @@ fn sock_diag_established(port: u16) -> io::Result<usize> {
     if sent != req.len() as isize {
         return Err(io::Error::last_os_error());
     }
-    let mut buf = vec![0u8; 64 * 1024];
-    let mut count = 0;
+    let mut buf = vec![0u8; if info { 256 * 1024 } else { 64 * 1024 }];
     loop {
         // SAFETY: `buf` is valid and writable for its length.
         let n = unsafe { libc::recv(fd.0, buf.as_mut_ptr().cast(), buf.len(), 0) };
@@ -207,7 +247,7 @@ fn sock_diag_established(port: u16) -> io::Result<usize> {
                 return Err(io::Error::new(io::ErrorKind::InvalidData, "bad netlink message"));
             }
             match kind {
-                NLMSG_DONE => return Ok(count),
+                NLMSG_DONE => return Ok(()),
                 NLMSG_ERROR => {
                     let errno = i32::from_ne_bytes(data[at + 16..at + 20].try_into().unwrap());
                     return Err(io::Error::from_raw_os_error(-errno));
@@ -217,13 +257,30 @@ fn sock_diag_established(port: u16) -> io::Result<usize> {
                     // whose first field is the source port, big-endian.
                     let msg = &data[at + 16..at + len];
                     if msg.len() >= 8 && u16::from_be_bytes([msg[4], msg[5]]) == port {
-                        count += 1;
+                        each(if info { attribute(msg, INET_DIAG_INFO) } else { None });
                     }
                 }
             }
             at += (len + 3) & !3;
         }
     }
+}
+
+/// The payload of the first attribute of type `kind` after the 72-byte `inet_diag_msg`.
+fn attribute(msg: &[u8], kind: u16) -> Option<&[u8]> {
+    let mut at = 72;
+    while at + 4 <= msg.len() {
+        let len = u16::from_ne_bytes([msg[at], msg[at + 1]]) as usize;
+        let ty = u16::from_ne_bytes([msg[at + 2], msg[at + 3]]);
+        if len < 4 || at + len > msg.len() {
+            return None;
+        }
+        if ty == kind {
+            return Some(&msg[at + 4..at + len]);
+        }
+        at += (len + 3) & !3;
+    }
+    None
 }
 
 /// Counts the `/proc/net/tcp` lines with local port `port` and state `01` (ESTABLISHED).
@@ -301,6 +358,23 @@ mod tests {
         let _a = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
         let _b = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
         assert_eq!(sock_diag_established(port).unwrap(), 2);
+    }
+
+    #[test]
+    fn sock_diag_counts_data_segments_in() {
+        use std::io::Write;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let mut a = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let _b = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        a.set_nodelay(true).unwrap();
+        let (_sa, _) = listener.accept().unwrap();
+        for _ in 0..3 {
+            a.write_all(b"x").unwrap();
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let (all, past) = established_and_past_segs_on_port(port, 3).unwrap();
+        assert_eq!((all, past), (2, 1));
     }
 
     #[test]

@@ -333,6 +333,7 @@ fn rate_unit(load: Load) -> &'static str {
         Load::Echo { .. } | Load::Memory { .. } => "msg/s",
         Load::Chat { .. } => "deliveries/s",
         Load::Churn { .. } => "conn/s",
+        Load::Handshake { .. } => "handshakes/s",
     }
 }
 
@@ -344,6 +345,7 @@ fn cpu_cell(load: Load, us: f64) -> String {
         Load::Echo { .. } | Load::Memory { .. } => format!("{us:.2} us/msg"),
         Load::Chat { .. } => format!("{:.0} ns/delivery", us * 1000.0),
         Load::Churn { .. } => format!("{us:.1} us/conn"),
+        Load::Handshake { .. } => format!("{us:.1} us/handshake"),
     }
 }
 
@@ -406,7 +408,7 @@ pub fn render(header: &Header, outcomes: &[Outcome]) -> String {
                 notes.push(format!(
                     "{} / {}: {} of {} rounds used; {p}",
                     w.label,
-                    server.label(),
+                    server.label_in(w),
                     m.good_rounds,
                     m.rounds
                 ));
@@ -416,7 +418,7 @@ pub fn render(header: &Header, outcomes: &[Outcome]) -> String {
                     "{} / {}: other processes used up to {:.2} cores during a round kept after \
                      retries; its figures may be disturbed",
                     w.label,
-                    server.label(),
+                    server.label_in(w),
                     m.foreign_cores
                 ));
             }
@@ -426,7 +428,7 @@ pub fn render(header: &Header, outcomes: &[Outcome]) -> String {
                      charged to the server) used {:.2} cores and hypervisor steal took {:.2} cores \
                      (medians)",
                     w.label,
-                    server.label(),
+                    server.label_in(w),
                     m.kernel_cores,
                     m.steal_cores
                 ));
@@ -439,7 +441,7 @@ pub fn render(header: &Header, outcomes: &[Outcome]) -> String {
                     s,
                     "| {} | {} | failed | - | - | - | - | - | - | - |",
                     w.label,
-                    server.label()
+                    server.label_in(w)
                 );
                 continue;
             }
@@ -463,7 +465,7 @@ pub fn render(header: &Header, outcomes: &[Outcome]) -> String {
                 s,
                 "| {} | {} | {rate} | {} | {} | {} | {rss} | {r} | {:.0}% | {:.0}% |",
                 w.label,
-                server.label(),
+                server.label_in(w),
                 num(m.p50_us),
                 num(m.p99_us),
                 cpu_cell(w.load, m.cpu_per_unit_us),
@@ -482,6 +484,20 @@ pub fn render(header: &Header, outcomes: &[Outcome]) -> String {
          limits msg/s).",
         client_backend.map(|b| format!(", backend {b}")).unwrap_or_default()
     );
+    if outcomes.iter().any(|o| o.workload.tls) {
+        let _ = writeln!(
+            s,
+            "\nTLS rows (issue 13): every server uses the same self-signed ECDSA P-256 \
+             certificate, made at bench start (rcgen); servercore with `--tls-cert/--tls-key`, \
+             tokio-rustls with the same rustls configuration as servercore's (ring provider, \
+             TLS 1.3 and 1.2, rustls defaults); the dummy-client runs with `--tls --tls-ca` (its \
+             window starts once every session is past its handshake). Handshakes: \
+             `servercore-bench tls-churn-client`, waves of connections that each run a full \
+             TLS 1.3 handshake (X25519; no resumption; the client does not verify the \
+             certificate), echo one byte, send close_notify and close; server CPU per handshake \
+             covers the TCP accept and close too."
+        );
+    }
     if !notes.is_empty() {
         let _ = writeln!(s, "\nNotes:");
         for n in &notes {
@@ -587,7 +603,46 @@ fn render_techniques(outcomes: &[Outcome]) -> String {
     s
 }
 
-/// One line per target of issue 5 that this run can judge.
+/// The targets of issue 13 for a TLS workload: servercore io_uring against tokio-rustls.
+fn tls_targets(
+    w: &Workload,
+    uring: Option<&Summary>,
+    tokio: Option<&Summary>,
+) -> Vec<(String, String, Option<bool>)> {
+    let (Some(u), Some(t)) = (uring, tokio) else { return Vec::new() };
+    let row = |what: &str, r: Option<f64>, met: fn(f64) -> bool| {
+        r.map(|r| (format!("{}: {what}", w.label), format!("{r:.3} x"), Some(met(r))))
+    };
+    let r = match w.load {
+        Load::Echo { .. } => row(
+            "io_uring CPU/msg <= 0.90 x tokio-rustls",
+            ratio(u.cpu_per_unit_us, t.cpu_per_unit_us),
+            |r| r <= 0.90,
+        ),
+        Load::Chat { .. } => row(
+            "io_uring CPU/delivery <= 0.50 x tokio-rustls",
+            ratio(u.cpu_per_unit_us, t.cpu_per_unit_us),
+            |r| r <= 0.50,
+        ),
+        // Handshakes per second of server CPU: the inverse of CPU per handshake.
+        Load::Handshake { .. } | Load::Churn { .. } => row(
+            "io_uring handshakes per server CPU second >= tokio-rustls",
+            ratio(t.cpu_per_unit_us, u.cpu_per_unit_us),
+            |r| r >= 1.0,
+        ),
+        Load::Memory { .. } => row(
+            "io_uring RSS per session <= 0.25 x tokio-rustls",
+            ratio(
+                u.rss_per_session_kib.unwrap_or(f64::NAN),
+                t.rss_per_session_kib.unwrap_or(f64::NAN),
+            ),
+            |r| r <= 0.25,
+        ),
+    };
+    r.into_iter().collect()
+}
+
+/// One line per target of issue 5 (and 13, for the TLS rows) that this run can judge.
 fn render_targets(outcomes: &[Outcome]) -> String {
     let mut rows: Vec<(String, String, Option<bool>)> = Vec::new();
     for o in outcomes {
@@ -596,6 +651,10 @@ fn render_targets(outcomes: &[Outcome]) -> String {
         let uring = o.get(IO_URING);
         let poll = o.get(POLL);
         let two = o.get(IO_URING_2);
+        if w.tls {
+            rows.extend(tls_targets(w, uring, tokio));
+            continue;
+        }
         match w.load {
             Load::Echo { .. } => {
                 if let (Some(u), Some(t)) = (uring, tokio) {
@@ -630,14 +689,14 @@ fn render_targets(outcomes: &[Outcome]) -> String {
                 for (server, m) in [(IO_URING, uring), (POLL, poll)] {
                     if let Some(r) = m.and_then(|m| m.rss_per_session_kib) {
                         rows.push((
-                            format!("{}: {} <= 3 KiB RSS per session", w.label, server.label()),
+                            format!("{}: {} <= 3 KiB RSS per session", w.label, server.label_in(w)),
                             format!("{r:.2} KiB"),
                             Some(r <= 3.0),
                         ));
                     }
                 }
             }
-            Load::Churn { .. } => {
+            Load::Churn { .. } | Load::Handshake { .. } => {
                 if let (Some(u), Some(t)) = (uring, tokio) {
                     if let Some(r) = ratio(u.rate, t.rate) {
                         rows.push((
@@ -673,7 +732,18 @@ fn render_targets(outcomes: &[Outcome]) -> String {
     if rows.is_empty() {
         return String::new();
     }
-    let mut s = String::from("\nTargets (issue 5), judged on the medians above:\n\n| target | measured | met |\n|---|---:|---|\n");
+    let issues = if outcomes.iter().any(|o| o.workload.tls) {
+        if outcomes.iter().all(|o| o.workload.tls) {
+            "issue 13"
+        } else {
+            "issues 5 and 13"
+        }
+    } else {
+        "issue 5"
+    };
+    let mut s = format!(
+        "\nTargets ({issues}), judged on the medians above:\n\n| target | measured | met |\n|---|---:|---|\n"
+    );
     for (t, m, ok) in rows {
         let v = match ok {
             Some(true) => "yes",

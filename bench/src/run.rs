@@ -30,9 +30,13 @@ pub struct RunArgs {
     #[arg(long)]
     pub markdown_out: Option<PathBuf>,
     /// Only these workloads (comma-separated keys: echo-64-d1, echo-64-d16, echo-1k, chat-100,
-    /// chat-1000, memory, churn).
+    /// chat-1000, memory, churn; TLS: tls-echo-64-d1, tls-echo-1k, tls-chat-100,
+    /// tls-chat-1000, tls-handshake, tls-memory).
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
+    /// Leave out the TLS workloads (issue 13).
+    #[arg(long)]
+    pub no_tls: bool,
     /// Leave out the servercore rows with 2 workers (the scale target).
     #[arg(long)]
     pub no_scale: bool,
@@ -63,10 +67,26 @@ pub struct RunArgs {
 /// What the load does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Load {
-    Echo { sessions: u32, size: u32, depth: u32 },
-    Chat { sessions: u32, size: u32 },
-    Memory { sessions: u32, size: u32 },
-    Churn { wave: u32 },
+    Echo {
+        sessions: u32,
+        size: u32,
+        depth: u32,
+    },
+    Chat {
+        sessions: u32,
+        size: u32,
+    },
+    Memory {
+        sessions: u32,
+        size: u32,
+    },
+    Churn {
+        wave: u32,
+    },
+    /// Churn over TLS: every connection a full TLS 1.3 handshake (`tls-churn-client`).
+    Handshake {
+        wave: u32,
+    },
 }
 
 impl Load {
@@ -84,6 +104,9 @@ pub struct Workload {
     pub scale: bool,
     /// Also run the io_uring server with each of these techniques switched off.
     pub ablations: &'static [Ablation],
+    /// Over TLS (issue 13): the servers get the bench's certificate, the load speaks TLS,
+    /// and tokio means tokio-rustls.
+    pub tls: bool,
 }
 
 pub fn workloads() -> Vec<Workload> {
@@ -94,6 +117,7 @@ pub fn workloads() -> Vec<Workload> {
             load: Load::Echo { sessions: 100, size: 64, depth: 1 },
             scale: true,
             ablations: &[Ablation::DeferTaskrun, Ablation::BufRing],
+            tls: false,
         },
         Workload {
             key: "echo-64-d16",
@@ -101,6 +125,7 @@ pub fn workloads() -> Vec<Workload> {
             load: Load::Echo { sessions: 100, size: 64, depth: 16 },
             scale: true,
             ablations: &[],
+            tls: false,
         },
         Workload {
             key: "echo-1k",
@@ -108,6 +133,7 @@ pub fn workloads() -> Vec<Workload> {
             load: Load::Echo { sessions: 1000, size: 1024, depth: 1 },
             scale: true,
             ablations: &[],
+            tls: false,
         },
         Workload {
             key: "chat-100",
@@ -115,6 +141,7 @@ pub fn workloads() -> Vec<Workload> {
             load: Load::Chat { sessions: 100, size: 64 },
             scale: true,
             ablations: &[Ablation::Gather, Ablation::GatherAndCoalesce, Ablation::DeferTaskrun],
+            tls: false,
         },
         Workload {
             key: "chat-1000",
@@ -122,6 +149,7 @@ pub fn workloads() -> Vec<Workload> {
             load: Load::Chat { sessions: 1000, size: 64 },
             scale: true,
             ablations: &[Ablation::Gather, Ablation::GatherAndCoalesce],
+            tls: false,
         },
         Workload {
             key: "memory",
@@ -129,6 +157,7 @@ pub fn workloads() -> Vec<Workload> {
             load: Load::Memory { sessions: 10_000, size: 64 },
             scale: false,
             ablations: &[Ablation::BufRing],
+            tls: false,
         },
         Workload {
             key: "churn",
@@ -136,6 +165,56 @@ pub fn workloads() -> Vec<Workload> {
             load: Load::Churn { wave: 2000 },
             scale: false,
             ablations: &[],
+            tls: false,
+        },
+        // TLS (issue 13): the same loads over TLS, servercore against tokio-rustls.
+        Workload {
+            key: "tls-echo-64-d1",
+            label: "TLS echo 64 B, 100 sessions, depth 1",
+            load: Load::Echo { sessions: 100, size: 64, depth: 1 },
+            scale: false,
+            ablations: &[],
+            tls: true,
+        },
+        Workload {
+            key: "tls-echo-1k",
+            label: "TLS echo 1 KiB, 1,000 sessions, depth 1",
+            load: Load::Echo { sessions: 1000, size: 1024, depth: 1 },
+            scale: false,
+            ablations: &[],
+            tls: true,
+        },
+        Workload {
+            key: "tls-chat-100",
+            label: "TLS chat 64 B, 100 sessions",
+            load: Load::Chat { sessions: 100, size: 64 },
+            scale: false,
+            ablations: &[],
+            tls: true,
+        },
+        Workload {
+            key: "tls-chat-1000",
+            label: "TLS chat 64 B, 1,000 sessions",
+            load: Load::Chat { sessions: 1000, size: 64 },
+            scale: false,
+            ablations: &[],
+            tls: true,
+        },
+        Workload {
+            key: "tls-handshake",
+            label: "TLS 1.3 handshakes (ECDSA P-256): 1,000-connection waves",
+            load: Load::Handshake { wave: 1000 },
+            scale: false,
+            ablations: &[],
+            tls: true,
+        },
+        Workload {
+            key: "tls-memory",
+            label: "TLS memory: 10,000 echo sessions, 64 B",
+            load: Load::Memory { sessions: 10_000, size: 64 },
+            scale: false,
+            ablations: &[],
+            tls: true,
         },
     ]
 }
@@ -215,6 +294,14 @@ impl Server {
         }
     }
 
+    /// The label in a workload's rows: the tokio server of a TLS workload is tokio-rustls.
+    pub fn label_in(self, w: &Workload) -> String {
+        match self {
+            Server::Tokio if w.tls => "tokio-rustls".into(),
+            _ => self.label(),
+        }
+    }
+
     pub fn workers(self) -> u16 {
         match self {
             Server::Servercore { workers, .. } => workers,
@@ -232,6 +319,10 @@ pub fn servers_for(w: &Workload, scale: bool, ablation: bool, baseline: bool) ->
     let mut v = vec![IO_URING, POLL, Server::Tokio];
     if baseline {
         v.push(Server::Baseline);
+    }
+    if w.tls {
+        // TLS rows: no scale or technique rows (none of those switches concerns TLS).
+        return v;
     }
     if w.scale && scale {
         v.push(IO_URING_2);
@@ -256,6 +347,42 @@ struct Env {
     secs: f64,
     quiet_wait: Duration,
     busy_cores: f64,
+    /// The certificate of the TLS workloads, when any is selected.
+    tls: Option<TlsCert>,
+}
+
+/// A self-signed ECDSA P-256 certificate for `localhost` and 127.0.0.1, made at bench
+/// start (rcgen) into a temporary directory, removed when the run ends; every TLS server
+/// uses it, and the dummy-client trusts it (`--tls-ca`).
+pub struct TlsCert {
+    dir: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl TlsCert {
+    /// The server name the certificate is for.
+    pub const NAME: &'static str = "localhost";
+
+    fn generate() -> Result<TlsCert, String> {
+        let dir = std::env::temp_dir().join(format!("servercore-bench-tls-{}", std::process::id()));
+        fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        let cert = TlsCert { cert: dir.join("cert.pem"), key: dir.join("key.pem"), dir };
+        // rcgen's default key: ECDSA P-256 (SHA-256), made with ring.
+        let made =
+            rcgen::generate_simple_self_signed(vec![Self::NAME.to_string(), "127.0.0.1".into()])
+                .map_err(|e| format!("cannot generate a TLS certificate: {e}"))?;
+        fs::write(&cert.cert, made.cert.pem())
+            .and_then(|()| fs::write(&cert.key, made.signing_key.serialize_pem()))
+            .map_err(|e| format!("cannot write the TLS certificate: {e}"))?;
+        Ok(cert)
+    }
+}
+
+impl Drop for TlsCert {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.dir);
+    }
 }
 
 impl Env {
@@ -326,7 +453,6 @@ pub fn run(args: RunArgs) -> Result<(), String> {
         None => None,
     };
     let busy_cores = args.busy_cores;
-    let env = Env { servercore, baseline, me, logs, cores, secs, quiet_wait, busy_cores };
 
     let all = workloads();
     let selected: Vec<Workload> = if args.only.is_empty() {
@@ -340,7 +466,16 @@ pub fn run(args: RunArgs) -> Result<(), String> {
         }
         all.into_iter().filter(|w| args.only.iter().any(|k| k == w.key)).collect()
     };
+    // --no-tls leaves out the TLS workloads, unless --only names them.
+    let selected: Vec<Workload> = if args.no_tls && args.only.is_empty() {
+        selected.into_iter().filter(|w| !w.tls).collect()
+    } else {
+        selected
+    };
+    let tls = if selected.iter().any(|w| w.tls) { Some(TlsCert::generate()?) } else { None };
+    let env = Env { servercore, baseline, me, logs, cores, secs, quiet_wait, busy_cores, tls };
     let chat_missing = chat_unavailable(&env.servercore);
+    let tls_missing = tls_unavailable(&env.servercore);
     if nofile < 10_000 + 100 && selected.iter().any(|w| matches!(w.load, Load::Memory { .. })) {
         eprintln!("warning: open-file limit is {nofile}; the memory workload needs ~10,100");
     }
@@ -354,11 +489,22 @@ pub fn run(args: RunArgs) -> Result<(), String> {
     eprintln!("{}", header.render());
     let mut outcomes: Vec<Outcome> = Vec::new();
     for w in &selected {
-        let servers = servers_for(w, !args.no_scale, !args.no_ablation, env.baseline.is_some());
+        let mut servers = servers_for(w, !args.no_scale, !args.no_ablation, env.baseline.is_some());
         if w.load.is_chat() {
             if let Some(why) = &chat_missing {
                 outcomes.push(Outcome::unavailable(w.clone(), why.clone()));
                 continue;
+            }
+        }
+        if w.tls {
+            if let Some(why) = &tls_missing {
+                if !matches!(w.load, Load::Handshake { .. }) {
+                    outcomes.push(Outcome::unavailable(w.clone(), why.clone()));
+                    continue;
+                }
+                // The handshake load is the bench's own: tokio-rustls can still be measured.
+                eprintln!("[{}] {why}; measuring tokio-rustls alone", w.key);
+                servers.retain(|&s| s == Server::Tokio);
             }
         }
         let mut samples: Vec<Vec<Result<Sample, String>>> = vec![Vec::new(); servers.len()];
@@ -369,14 +515,14 @@ pub fn run(args: RunArgs) -> Result<(), String> {
                     Ok(s) => eprintln!(
                         "[{}] round {round}/{rounds} {}: {}",
                         w.key,
-                        server.label(),
+                        server.label_in(w),
                         s.brief(w.load)
                     ),
                     Err(e) => {
                         eprintln!(
                             "[{}] round {round}/{rounds} {}: FAILED: {e}",
                             w.key,
-                            server.label()
+                            server.label_in(w)
                         )
                     }
                 }
@@ -434,12 +580,42 @@ fn chat_unavailable(bin: &Path) -> Option<String> {
     }
 }
 
+/// Why the TLS workloads cannot run, if they cannot: the servers' `--tls-cert`/`--tls-key`
+/// and the dummy-client's `--tls`/`--tls-ca` (issue 13).
+fn tls_unavailable(bin: &Path) -> Option<String> {
+    let help = |args: &[&str]| -> String {
+        Command::new(bin)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default()
+    };
+    if !help(&["echo-server", "--help"]).contains("--tls-cert") {
+        return Some("n/a: this servercore has no echo-server --tls-cert".into());
+    }
+    let client = help(&["dummy-client", "--help"]);
+    if !(client.contains("--tls") && client.contains("--tls-ca")) {
+        return Some("n/a: this servercore has no dummy-client --tls --tls-ca".into());
+    }
+    None
+}
+
 /// The servercore switches that turn a technique off: never inherited by a full row.
 const SWITCHES: [&str; 3] = [
     "SERVERCORE_NO_ROOM_COALESCE",
     "SERVERCORE_URING_NO_DEFER_TASKRUN",
     "SERVERCORE_URING_NO_BUFRING",
 ];
+
+/// `--tls-cert FILE --tls-key FILE`, for a TLS workload's server.
+fn tls_server_args(cmd: &mut Command, tls: Option<&TlsCert>) {
+    if let Some(t) = tls {
+        cmd.arg("--tls-cert").arg(&t.cert).arg("--tls-key").arg(&t.key);
+    }
+}
 
 /// A server process; killed when dropped.
 struct RunningServer {
@@ -452,6 +628,7 @@ struct RunningServer {
 impl RunningServer {
     fn start(env: &Env, w: &Workload, server: Server, cores: &CoreSet) -> Result<Self, String> {
         let chat = w.load.is_chat();
+        let tls = if w.tls { Some(env.tls.as_ref().ok_or("no TLS certificate")?) } else { None };
         let mut cmd = match server {
             Server::Baseline => {
                 let bin = env.baseline.as_ref().ok_or("no baseline binary")?;
@@ -462,6 +639,7 @@ impl RunningServer {
                 for name in SWITCHES {
                     c.env_remove(name);
                 }
+                tls_server_args(&mut c, tls);
                 c
             }
             Server::Servercore { backend, workers, without } => {
@@ -475,13 +653,19 @@ impl RunningServer {
                 if let Some(a) = without {
                     c.args(a.args(chat)).envs(a.env().iter().copied());
                 }
+                tls_server_args(&mut c, tls);
                 c
             }
             Server::Tokio => {
                 let mut c = Command::new(&env.me);
-                c.arg0("servercore-bench")
-                    .arg(if chat { "tokio-chat" } else { "tokio-echo" })
-                    .args(["--addr", "127.0.0.1:0"]);
+                let name = match (chat, tls.is_some()) {
+                    (false, false) => "tokio-echo",
+                    (true, false) => "tokio-chat",
+                    (false, true) => "tokio-tls-echo",
+                    (true, true) => "tokio-tls-chat",
+                };
+                c.arg0("servercore-bench").arg(name).args(["--addr", "127.0.0.1:0"]);
+                tls_server_args(&mut c, tls);
                 c
             }
         };
@@ -490,7 +674,8 @@ impl RunningServer {
             File::create(&log).map_err(|e| format!("cannot create {}: {e}", log.display()))?;
         cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(log_file);
         cores.apply(&mut cmd);
-        let mut child = cmd.spawn().map_err(|e| format!("cannot start {}: {e}", server.label()))?;
+        let mut child =
+            cmd.spawn().map_err(|e| format!("cannot start {}: {e}", server.label_in(w)))?;
         let pid = child.id();
         let stdout = child.stdout.take().ok_or("no server stdout")?;
         let (tx, rx) = mpsc::channel();
@@ -511,7 +696,7 @@ impl RunningServer {
             Err(_) => {
                 return Err(format!(
                     "{} printed no readiness line; its log: {}",
-                    server.label(),
+                    server.label_in(w),
                     running.log_tail()
                 ))
             }
@@ -525,6 +710,10 @@ impl RunningServer {
             if !line.contains(&format!("backend: {backend}")) {
                 return Err(format!("asked for backend {backend}, server says: {line}"));
             }
+        }
+        // "listening on ADDR (backend: B, workers: N, tls)"
+        if w.tls && !line.trim_end().ends_with(", tls)") {
+            return Err(format!("asked for TLS, server says: {line}"));
         }
         Ok(running)
     }
@@ -639,7 +828,7 @@ fn run_round(env: &Env, w: &Workload, server: Server) -> Result<Sample, String> 
         attempt += 1;
         eprintln!(
             "  .. {} round disturbed: other processes used {:.2} cores; running it again",
-            server.label(),
+            server.label_in(w),
             sample.besides.foreign
         );
     }
@@ -651,39 +840,60 @@ fn run_round_once(env: &Env, w: &Workload, server: Server) -> Result<Sample, Str
     let srv = RunningServer::start(env, w, server, &server_cores)?;
     std::thread::sleep(Duration::from_millis(200));
     let result = match w.load {
-        Load::Churn { wave } => churn_round(env, &srv, wave, &load_cores),
-        _ => dummy_round(env, &srv, w.load, &load_cores),
+        Load::Churn { wave } => churn_round(env, &srv, wave, None, &load_cores),
+        Load::Handshake { wave } => {
+            let tls = env.tls.as_ref().ok_or("no TLS certificate")?;
+            churn_round(env, &srv, wave, Some(tls), &load_cores)
+        }
+        _ => dummy_round(env, &srv, w, &load_cores),
     };
     let result = result.map_err(|e| format!("{e}; server log: {}", srv.log_tail()));
     srv.stop();
     result
 }
 
+/// Seconds a TLS round's dummy-client runs beyond `secs`: the driver sees the sessions done
+/// with their handshakes a little after the client starts its window (see `dummy_round`).
+const TLS_EXTRA_SECS: f64 = 1.0;
+
 /// Echo, chat and memory rounds: `servercore dummy-client` is the load.
 ///
 /// The server's CPU time is sampled inside the client's measurement window (which starts
 /// once every session is connected and lasts `secs`), leaving a margin at both ends, so that
 /// connecting and closing the sessions is not charged to the messages.
+///
+/// Over TLS a session is connected once its handshake is done, which for thousands of
+/// sessions takes a while after their TCP connections are established; the window then
+/// starts once every session on the server's port has received data segments past its
+/// handshake (`procfs::established_and_past_segs_on_port`), and the client runs
+/// `TLS_EXTRA_SECS` longer so that its own window still covers the driver's.
 fn dummy_round(
     env: &Env,
     srv: &RunningServer,
-    load: Load,
+    w: &Workload,
     cores: &CoreSet,
 ) -> Result<Sample, String> {
+    let load = w.load;
     let base = memory(srv.pid)?;
     let (mode, sessions, size, depth) = match load {
         Load::Echo { sessions, size, depth } => ("echo", sessions, size, depth),
         Load::Chat { sessions, size } => ("chat", sessions, size, 1),
         Load::Memory { sessions, size } => ("echo", sessions, size, 1),
-        Load::Churn { .. } => unreachable!("churn has its own round"),
+        Load::Churn { .. } | Load::Handshake { .. } => unreachable!("churn has its own round"),
     };
+    let tls = if w.tls { Some(env.tls.as_ref().ok_or("no TLS certificate")?) } else { None };
+    let client_secs = if tls.is_some() { env.secs + TLS_EXTRA_SECS } else { env.secs };
     let mut cmd = Command::new(&env.servercore);
     cmd.arg("dummy-client")
         .args(["--addr", &srv.addr.to_string(), "--mode", mode])
         .args(["--sessions", &sessions.to_string(), "--size", &size.to_string()])
-        .args(["--secs", &env.secs.to_string(), "--json", "--workers", "1"])
+        .args(["--secs", &client_secs.to_string(), "--json", "--workers", "1"])
         .args(["--depth", &depth.to_string()])
         .env_remove("SERVERCORE_BACKEND");
+    if let Some(t) = tls {
+        cmd.arg("--tls").arg("--tls-ca").arg(&t.cert);
+        cmd.args(["--tls-server-name", TlsCert::NAME]);
+    }
     for name in SWITCHES {
         cmd.env_remove(name);
     }
@@ -694,22 +904,30 @@ fn dummy_round(
     cores.apply(&mut cmd);
     let mut client = cmd.spawn().map_err(|e| format!("cannot start dummy-client: {e}"))?;
 
-    // Wait until every session is established on the server's port.
+    // Wait until every session is established on the server's port (over TLS: and has
+    // received data segments past its handshake).
     let poll = if sessions > 2000 { 50 } else { 5 };
     let connect_deadline = Instant::now() + Duration::from_secs(30);
     let t_conn = loop {
         if let Ok(Some(status)) = client.try_wait() {
             return Err(format!("dummy-client exited early ({status}): {}", tail(&log)));
         }
-        let n = procfs::established_on_port(srv.addr.port())
-            .map_err(|e| format!("reading /proc/net/tcp: {e}"))?;
+        let n = if tls.is_some() {
+            procfs::established_and_past_segs_on_port(srv.addr.port(), 3)
+                .map_err(|e| format!("reading TCP socket information (sock_diag): {e}"))?
+                .1
+        } else {
+            procfs::established_on_port(srv.addr.port())
+                .map_err(|e| format!("reading /proc/net/tcp: {e}"))?
+        };
         if n >= sessions as usize {
             break Instant::now();
         }
         if Instant::now() > connect_deadline {
             let _ = client.kill();
             let _ = client.wait();
-            return Err(format!("only {n} of {sessions} sessions connected after 30 s"));
+            let what = if tls.is_some() { "past their TLS handshake" } else { "connected" };
+            return Err(format!("only {n} of {sessions} sessions {what} after 30 s"));
         }
         std::thread::sleep(Duration::from_millis(poll));
     };
@@ -729,6 +947,9 @@ fn dummy_round(
     let Some(line) = stdout.lines().rev().find(|l| l.trim_start().starts_with('{')) else {
         return Err(format!("dummy-client ({}) printed no JSON: {}", out.status, tail(&log)));
     };
+    if tls.is_some() && json::object(line, "tls").is_none() {
+        return Err(format!("dummy-client reported no \"tls\" object: {line}"));
+    }
     let num = |k: &str| json::number(line, k);
     // A chat client's messages are deliveries (every S_CHAT received); prefer the explicit
     // field if the client has one.
@@ -797,19 +1018,24 @@ fn process_cpu_secs(pid: u32) -> f64 {
     procfs::cpu_ticks(pid).unwrap_or(0) as f64 / procfs::clock_ticks_per_sec()
 }
 
-/// Churn: `servercore-bench churn-client` is the load; the server's CPU is sampled right
-/// before and right after it.
+/// Churn: `servercore-bench churn-client` (TLS handshakes: `tls-churn-client`) is the load;
+/// the server's CPU is sampled right before and right after it.
 fn churn_round(
     env: &Env,
     srv: &RunningServer,
     wave: u32,
+    tls: Option<&TlsCert>,
     cores: &CoreSet,
 ) -> Result<Sample, String> {
     let mut cmd = Command::new(&env.me);
     cmd.arg0("servercore-bench")
-        .arg("churn-client")
+        .arg(if tls.is_some() { "tls-churn-client" } else { "churn-client" })
         .args(["--addr", &srv.addr.to_string(), "--wave", &wave.to_string()])
         .args(["--secs", &env.secs.to_string()]);
+    if tls.is_some() {
+        // The client does not verify the certificate (the lightest load); SNI names it.
+        cmd.args(["--tls-server-name", TlsCert::NAME]);
+    }
     let log = env.logs.join("client.log");
     let log_file =
         File::create(&log).map_err(|e| format!("cannot create {}: {e}", log.display()))?;

@@ -7,15 +7,28 @@
 //! Both run on a current_thread runtime (the server is pinned to one core), listen with the
 //! same backlog as servercore (4096) and set `TCP_NODELAY` on accepted sockets as servercore
 //! does, print the readiness line of PROTOCOL.md section 4, and exit 0 on SIGINT/SIGTERM.
+//!
+//! The TLS variants (issue 13) are the same servers over tokio-rustls: the handshake runs in
+//! the session's task (`TlsAcceptor::accept`), then the echo loop or the chat reader/writer
+//! pair (the stream split with `tokio::io::split`) as above, each write followed by a flush
+//! so that no ciphertext stays in rustls. Their `rustls::ServerConfig` is built like
+//! servercore's `tls::server_config`: the *ring* provider, TLS 1.3 and 1.2, no client
+//! authentication, one certificate, rustls' defaults otherwise (two TLS 1.3 session tickets
+//! per connection, an in-memory session cache).
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use std::collections::HashMap;
 use std::io::{self, IoSlice, Write};
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::{Arc, Mutex};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::mpsc;
+use tokio_rustls::rustls;
+use tokio_rustls::rustls::pki_types::pem::PemObject;
+use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio_rustls::TlsAcceptor;
 
 /// Same backlog as servercore's listeners.
 const BACKLOG: u32 = 4096;
@@ -39,20 +52,25 @@ fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
     socket.listen(BACKLOG)
 }
 
-fn print_ready(listener: &TcpListener) -> io::Result<()> {
+/// `extra`: appended inside the parentheses (`", tls"` for the TLS servers).
+fn print_ready(listener: &TcpListener, extra: &str) -> io::Result<()> {
     let mut out = io::stdout().lock();
-    writeln!(out, "listening on {} (backend: tokio, workers: 1)", listener.local_addr()?)?;
+    writeln!(out, "listening on {} (backend: tokio, workers: 1{extra})", listener.local_addr()?)?;
     out.flush()
 }
 
 /// Runs `serve` until SIGINT or SIGTERM, then exits 0.
-fn run_until_signal<F>(addr: SocketAddr, serve: impl FnOnce(TcpListener) -> F) -> io::Result<()>
+fn run_until_signal<F>(
+    addr: SocketAddr,
+    extra: &str,
+    serve: impl FnOnce(TcpListener) -> F,
+) -> io::Result<()>
 where
     F: std::future::Future<Output = io::Result<()>>,
 {
     runtime()?.block_on(async move {
         let listener = bind(addr)?;
-        print_ready(&listener)?;
+        print_ready(&listener, extra)?;
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         tokio::select! {
             r = serve(listener) => r,
@@ -63,7 +81,7 @@ where
 }
 
 pub fn run_echo(addr: SocketAddr) -> io::Result<()> {
-    run_until_signal(addr, |listener| async move {
+    run_until_signal(addr, "", |listener| async move {
         loop {
             let (stream, _) = listener.accept().await?;
             tokio::spawn(echo_session(stream));
@@ -90,7 +108,7 @@ type Room = Arc<Mutex<HashMap<u64, mpsc::UnboundedSender<Bytes>>>>;
 
 pub fn run_chat(addr: SocketAddr, max_packet: usize) -> io::Result<()> {
     let max_packet = max_packet.clamp(HEADER, u16::MAX as usize);
-    run_until_signal(addr, move |listener| async move {
+    run_until_signal(addr, "", move |listener| async move {
         let room: Room = Arc::default();
         let mut next_id = 0u64;
         loop {
@@ -106,12 +124,7 @@ pub fn run_chat(addr: SocketAddr, max_packet: usize) -> io::Result<()> {
     })
 }
 
-async fn chat_reader(
-    mut reader: tokio::net::tcp::OwnedReadHalf,
-    id: u64,
-    room: Room,
-    max_packet: usize,
-) {
+async fn chat_reader<R: AsyncRead + Unpin>(mut reader: R, id: u64, room: Room, max_packet: usize) {
     let mut buf = BytesMut::with_capacity(8 * 1024);
     'session: loop {
         match reader.read_buf(&mut buf).await {
@@ -169,8 +182,8 @@ async fn chat_writer(
 
 /// Writes every buffer of `batch` with vectored writes, resuming short writes; leaves
 /// `batch` empty.
-async fn write_all_vectored(
-    writer: &mut tokio::net::tcp::OwnedWriteHalf,
+async fn write_all_vectored<W: AsyncWrite + Unpin>(
+    writer: &mut W,
     batch: &mut Vec<Bytes>,
 ) -> io::Result<()> {
     let mut first = 0;
@@ -194,4 +207,106 @@ async fn write_all_vectored(
     }
     batch.clear();
     Ok(())
+}
+
+/// The TLS acceptor of the tokio-rustls servers, from PEM files: the certificate chain (leaf
+/// first) and its private key.
+pub fn tls_acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, String> {
+    let certs = CertificateDer::pem_file_iter(cert)
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| format!("{}: {e}", cert.display()))?;
+    if certs.is_empty() {
+        return Err(format!("{}: no PEM certificate in the file", cert.display()));
+    }
+    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| format!("{}: {e}", key.display()))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .and_then(|b| b.with_no_client_auth().with_single_cert(certs, key))
+        .map_err(|e| format!("TLS configuration: {e}"))?;
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+pub fn run_tls_echo(addr: SocketAddr, acceptor: TlsAcceptor) -> io::Result<()> {
+    run_until_signal(addr, ", tls", |listener| async move {
+        loop {
+            let (stream, _) = listener.accept().await?;
+            tokio::spawn(tls_echo_session(acceptor.clone(), stream));
+        }
+    })
+}
+
+async fn tls_echo_session(acceptor: TlsAcceptor, stream: TcpStream) {
+    let _ = stream.set_nodelay(true);
+    let Ok(mut stream) = acceptor.accept(stream).await else { return };
+    let mut buf = vec![0u8; ECHO_BUF];
+    loop {
+        let n = match stream.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        if stream.write_all(&buf[..n]).await.is_err() || stream.flush().await.is_err() {
+            return;
+        }
+    }
+}
+
+pub fn run_tls_chat(addr: SocketAddr, max_packet: usize, acceptor: TlsAcceptor) -> io::Result<()> {
+    let max_packet = max_packet.clamp(HEADER, u16::MAX as usize);
+    run_until_signal(addr, ", tls", move |listener| async move {
+        let room: Room = Arc::default();
+        let mut next_id = 0u64;
+        loop {
+            let (stream, _) = listener.accept().await?;
+            let _ = stream.set_nodelay(true);
+            next_id += 1;
+            tokio::spawn(tls_chat_session(
+                acceptor.clone(),
+                stream,
+                next_id,
+                room.clone(),
+                max_packet,
+            ));
+        }
+    })
+}
+
+/// Handshake, then join the room (a session is a member once it can be written to) and run
+/// as the reader, with a writer task as in the plain server.
+async fn tls_chat_session(
+    acceptor: TlsAcceptor,
+    stream: TcpStream,
+    id: u64,
+    room: Room,
+    max_packet: usize,
+) {
+    let Ok(stream) = acceptor.accept(stream).await else { return };
+    let (tx, rx) = mpsc::unbounded_channel();
+    room.lock().unwrap_or_else(|p| p.into_inner()).insert(id, tx);
+    let (reader, writer) = tokio::io::split(stream);
+    tokio::spawn(tls_chat_writer(writer, rx));
+    chat_reader(reader, id, room, max_packet).await;
+}
+
+/// [`chat_writer`] over TLS: the same gathering, and a flush after each batch so that the
+/// records rustls could not write at once go out before the writer waits for more.
+async fn tls_chat_writer<W: AsyncWrite + Unpin>(
+    mut writer: W,
+    mut rx: mpsc::UnboundedReceiver<Bytes>,
+) {
+    let mut batch: Vec<Bytes> = Vec::with_capacity(64);
+    while let Some(first) = rx.recv().await {
+        batch.push(first);
+        while batch.len() < MAX_GATHER {
+            match rx.try_recv() {
+                Ok(b) => batch.push(b),
+                Err(_) => break,
+            }
+        }
+        if write_all_vectored(&mut writer, &mut batch).await.is_err()
+            || writer.flush().await.is_err()
+        {
+            return;
+        }
+    }
 }

@@ -212,6 +212,7 @@
 #![deny(missing_docs)]
 
 pub mod buffer;
+pub mod cluster;
 mod config;
 pub(crate) mod driver;
 mod error;

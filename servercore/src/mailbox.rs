@@ -171,7 +171,13 @@ pub(crate) struct RoomInner {
     pub(crate) id: u64,
     /// The service's workers and how many members live on each, set by the first member.
     binding: OnceLock<Binding>,
+    /// Called with every broadcast's buffer besides delivering it (a clustered room
+    /// publishes it to the other nodes).
+    relay: OnceLock<Relay>,
 }
+
+/// See [`RoomInner::set_relay`].
+pub(crate) type Relay = Box<dyn Fn(&Bytes) + Send + Sync>;
 
 struct Binding {
     workers: Vec<Arc<WorkerRemote>>,
@@ -183,7 +189,23 @@ struct Binding {
 impl RoomInner {
     /// A new room, bound to no service yet.
     pub(crate) fn new() -> Self {
-        RoomInner { id: NEXT_ROOM.fetch_add(1, Ordering::Relaxed), binding: OnceLock::new() }
+        RoomInner {
+            id: NEXT_ROOM.fetch_add(1, Ordering::Relaxed),
+            binding: OnceLock::new(),
+            relay: OnceLock::new(),
+        }
+    }
+
+    /// Sets the relay every broadcast is also handed to (once; later calls are ignored).
+    pub(crate) fn set_relay(&self, relay: Relay) {
+        let _ = self.relay.set(relay);
+    }
+
+    /// Hands a broadcast to the relay, if the room has one.
+    pub(crate) fn relay(&self, buf: &Bytes) {
+        if let Some(r) = self.relay.get() {
+            r(buf);
+        }
     }
 
     /// Binds the room on first use to the service `service` (its id) whose workers are

@@ -90,7 +90,10 @@ impl Room {
     /// [`max_worker_inbox`](crate::SessionConfig::max_worker_inbox) (it is not keeping
     /// up); then no member gets it.
     pub fn broadcast(&self, buf: impl Into<SendBuffer>) -> Result<(), SendError> {
-        self.inner.post_to_workers(None, &buf.into().into_bytes())
+        let bytes = buf.into().into_bytes();
+        self.inner.post_to_workers(None, &bytes)?;
+        self.inner.relay(&bytes);
+        Ok(())
     }
 
     /// Members now (a snapshot; enters and leaves in flight are not counted yet).

@@ -22,6 +22,7 @@ const LAYERS: &[&[&str]] = &[
     &["room", "worker"],
     &["packet", "service"],
     &["job"],
+    &["cluster"],
 ];
 
 fn layer_of(module: &str) -> Option<usize> {

@@ -149,6 +149,7 @@ impl WorkerState {
         buf: Bytes,
     ) -> Result<(), SendError> {
         room.post_to_workers(Some(self.remote.index), &buf)?;
+        room.relay(&buf);
         self.fanout.log.push(RoomOp::Broadcast(room.id, buf));
         Ok(())
     }

@@ -306,6 +306,43 @@ pub(crate) fn close_payload(code: u16, reason: &str) -> Vec<u8> {
     p
 }
 
+/// Decodes `stream` at once and in reads of varying size (from `seed`) and checks that
+/// both agree: the same bytes, the same control frames, the same error, and never a panic.
+/// Returns the message bytes, or the error.
+pub fn check_stream(
+    stream: &[u8],
+    expect_masked: bool,
+    max_message: usize,
+    seed: u8,
+) -> Result<Vec<u8>, WsError> {
+    let run = |step_of: &mut dyn FnMut() -> usize| {
+        let mut d = Decoder::new(expect_masked, max_message);
+        let (mut out, mut controls) = (Vec::new(), Vec::new());
+        let mut rest = stream;
+        while !rest.is_empty() {
+            let n = step_of().clamp(1, rest.len());
+            let r = d.feed(&rest[..n], &mut out, &mut controls);
+            rest = &rest[n..];
+            if let Err(e) = r {
+                return (out, controls, Err(e));
+            }
+        }
+        (out, controls, Ok(()))
+    };
+    let whole = run(&mut || usize::MAX);
+    let mut step = usize::from(seed) + 1;
+    let split = run(&mut || {
+        step = step * 7 % 251 + 1;
+        step
+    });
+    assert_eq!(whole.2, split.2, "the same outcome whatever the reads");
+    if whole.2.is_ok() {
+        assert_eq!(whole.0, split.0);
+        assert_eq!(whole.1, split.1);
+    }
+    whole.2.map(|()| whole.0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -431,5 +468,34 @@ mod tests {
         let mut d = Decoder::new(true, 10);
         let header = &frame(true, OP_BINARY, &[0; 11], M)[..6];
         assert_eq!(d.feed(header, &mut out, &mut c), Err(WsError::MessageTooBig { limit: 10 }));
+    }
+
+    proptest::proptest! {
+        /// Random frame streams (well-formed frames of every kind, then a few bytes
+        /// flipped): decoding at once and in pieces agrees, and never panics. (The fuzz
+        /// target `ws_frames` does the same from arbitrary bytes.)
+        #[test]
+        fn any_stream_decodes_the_same_in_any_pieces(
+            frames in proptest::collection::vec(
+                (proptest::bool::ANY, 0u8..16, proptest::collection::vec(proptest::num::u8::ANY, 0..300), proptest::bool::ANY),
+                0..8,
+            ),
+            flips in proptest::collection::vec((proptest::num::usize::ANY, proptest::num::u8::ANY), 0..3),
+            seed in proptest::num::u8::ANY,
+            max in 0usize..2000,
+        ) {
+            let mut stream = Vec::new();
+            for (fin, op, payload, masked) in &frames {
+                stream.extend(frame(*fin, *op, payload, masked.then_some([1, 2, 3, 4])));
+            }
+            if !stream.is_empty() {
+                for (at, x) in flips {
+                    let i = at % stream.len();
+                    stream[i] ^= x;
+                }
+            }
+            let _ = check_stream(&stream, true, max, seed);
+            let _ = check_stream(&stream, false, max, seed);
+        }
     }
 }

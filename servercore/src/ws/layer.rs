@@ -220,9 +220,7 @@ impl WsLayer {
             return;
         }
         if self.setup.server {
-            let mut h = [0u8; MAX_HEADER];
-            let n = frame::encode_header(&mut h, true, OP_BINARY, len, None);
-            out.push(Bytes::copy_from_slice(&h[..n]));
+            out.push(server_header(len));
             out.extend(bufs.iter().cloned());
         } else {
             let parts: Vec<&[u8]> = bufs.iter().map(|b| &b[..]).collect();
@@ -230,6 +228,26 @@ impl WsLayer {
             out.push(f);
         }
     }
+}
+
+thread_local! {
+    /// The last server header made on this thread: a room batch fanned out to many
+    /// members has the same length for each, so they share one header buffer too.
+    static LAST_HEADER: std::cell::RefCell<(usize, Bytes)> =
+        const { std::cell::RefCell::new((usize::MAX, Bytes::new())) };
+}
+
+/// The header of an unmasked binary message of `len` bytes.
+fn server_header(len: usize) -> Bytes {
+    LAST_HEADER.with(|last| {
+        let mut last = last.borrow_mut();
+        if last.0 != len {
+            let mut h = [0u8; MAX_HEADER];
+            let n = frame::encode_header(&mut h, true, OP_BINARY, len, None);
+            *last = (len, Bytes::copy_from_slice(&h[..n]));
+        }
+        last.1.clone()
+    })
 }
 
 #[cfg(test)]
@@ -270,6 +288,9 @@ mod tests {
         server.frame_message(&[payload.clone(), Bytes::from_static(b"xy")], &mut out);
         assert_eq!(out.len(), 3, "a header, then the same buffers");
         assert_eq!(out[1].as_ptr(), payload.as_ptr(), "no copy of the payload");
+        let mut again = Vec::new();
+        server.frame_message(&[payload.clone(), Bytes::from_static(b"xy")], &mut again);
+        assert_eq!(again[0].as_ptr(), out[0].as_ptr(), "members share the header too");
         let bytes = join(&mut out);
         let mut plain = Vec::new();
         client.receive(&bytes, &mut plain, 1 << 20, &mut out).unwrap();

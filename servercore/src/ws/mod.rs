@@ -20,6 +20,12 @@ mod handshake;
 mod layer;
 
 pub use handshake::Page;
+
+/// For the fuzz target (`fuzz/fuzz_targets/ws_frames.rs`), not API.
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use super::frame::check_stream;
+}
 pub(crate) use layer::WsLayer;
 
 pub use crate::reason::WsError;

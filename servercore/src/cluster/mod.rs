@@ -1,0 +1,350 @@
+//! Rooms that span servers, over NATS (core NATS: at-most-once, ordered per publisher).
+//!
+//! A [`Cluster`] is one NATS link per process: a [`ClientService`](crate::ClientService)
+//! session on a worker of its own (servercore's event loop, no other runtime) speaking the
+//! NATS client protocol, with the reconnect policy of any client service and a PING
+//! keep-alive. [`Cluster::room`] gives a [`Room`] whose broadcasts also go to NATS, once per
+//! message, on the subject `<prefix>.room.<name>`; what other nodes publish there is
+//! delivered to this node's members as one shared buffer, like a local broadcast. A node's
+//! own messages are not echoed back to it (`"echo": false`), so none is delivered twice.
+//!
+//! What it guarantees, and what it does not:
+//! - **Order per sender.** A session's broadcasts reach every member on every node in the
+//!   order it made them: locally as for any room, and across nodes because one node
+//!   publishes over one connection, which NATS keeps in order, and delivers what it
+//!   receives in that order. There is no order *between* senders on different nodes: two
+//!   members may see two nodes' messages interleaved differently.
+//! - **At most once.** While the link is down (NATS restarting, unreachable), broadcasts
+//!   still reach local members but are not published: they are counted as dropped
+//!   ([`ClusterStats::dropped`], `servercore_cluster_dropped_total`), never queued without
+//!   bound. The same holds for a NATS link too slow to take them (its send queue is bounded
+//!   by [`ClusterConfig::max_pending`]); a worker never waits for NATS.
+//! - The link reconnects with backoff and subscribes again; the state is logged and shown
+//!   as `servercore_cluster_link_up`.
+//!
+//! Direct sends across nodes: [`Cluster::address`] names a session (node + session id),
+//! and [`Cluster::send_to`] reaches it wherever it is.
+
+mod link;
+mod proto;
+
+use crate::buffer::SendBuffer;
+use crate::error::SendError;
+use crate::registry::Reconnect;
+use crate::room::Room;
+use crate::service::ClientService;
+use crate::session::{SessionHandle, SessionId};
+use bytes::Bytes;
+use std::collections::HashMap;
+use std::fmt;
+use std::io;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// How to reach NATS and who this node is.
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    /// `nats://HOST:PORT` (or `HOST:PORT`); resolved at start.
+    pub url: String,
+    /// This node's name: unique in the cluster, a NATS subject token (no `.`, `*`, `>`,
+    /// spaces).
+    pub node: String,
+    /// Subject prefix (default `sc`): rooms are `<prefix>.room.<name>`.
+    pub prefix: String,
+    /// Backoff between connection attempts.
+    pub reconnect: Reconnect,
+    /// How often the link sends PING; two unanswered PINGs drop the link (default 5 s).
+    pub ping_interval: Duration,
+    /// Most bytes waiting to go to NATS; beyond, publications are dropped and counted
+    /// (default 8 MiB).
+    pub max_pending: usize,
+}
+
+impl ClusterConfig {
+    /// A config for `url` and node `node`, with defaults for the rest.
+    pub fn new(url: &str, node: &str) -> Self {
+        ClusterConfig {
+            url: url.to_string(),
+            node: node.to_string(),
+            prefix: "sc".into(),
+            reconnect: Reconnect {
+                initial: Duration::from_millis(100),
+                max: Duration::from_secs(2),
+                jitter: true,
+            },
+            ping_interval: Duration::from_secs(5),
+            max_pending: 8 << 20,
+        }
+    }
+}
+
+/// A session's address anywhere in the cluster: its node and its id there.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ClusterAddr {
+    /// The node's name.
+    pub node: String,
+    /// The session's id on that node.
+    pub session: SessionId,
+}
+
+/// The cluster's counters (also published as `servercore_cluster_*` metrics).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ClusterStats {
+    /// The link is connected and NATS answered.
+    pub link_up: bool,
+    /// Room messages and direct sends published to NATS.
+    pub published: u64,
+    /// Messages received from NATS and delivered locally.
+    pub received: u64,
+    /// Publications dropped: the link was down or too slow (at-most-once).
+    pub dropped: u64,
+    /// Times the link came up (1 after the first connect).
+    pub connects: u64,
+}
+
+pub(crate) struct Inner {
+    pub(crate) node: String,
+    pub(crate) prefix: String,
+    pub(crate) ping_interval: Duration,
+    rooms: Mutex<HashMap<String, Room>>,
+    /// The link session, while connected.
+    link: Mutex<Option<SessionHandle>>,
+    /// Sessions named by [`Cluster::address`], by id.
+    directs: Mutex<Directs>,
+    pub(crate) up: AtomicBool,
+    published: AtomicU64,
+    pub(crate) received: AtomicU64,
+    dropped: AtomicU64,
+    pub(crate) connects: AtomicU64,
+    /// Connect failures since the link was last up.
+    pub(crate) failures: AtomicU64,
+    pub(crate) metrics: Metrics,
+}
+
+#[derive(Default)]
+struct Directs {
+    map: HashMap<u64, SessionHandle>,
+    /// Size after the last sweep of gone sessions.
+    swept: usize,
+}
+
+pub(crate) struct Metrics {
+    pub(crate) up: metrics::Gauge,
+    published: metrics::Counter,
+    pub(crate) received: metrics::Counter,
+    dropped: metrics::Counter,
+    pub(crate) connects: metrics::Counter,
+}
+
+/// A node's link to the cluster. Thread safety: `Send + Sync`; every method may be called
+/// from any thread (also from session callbacks).
+pub struct Cluster {
+    inner: Arc<Inner>,
+    service: ClientService,
+}
+
+impl fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Cluster({} {:?})", self.inner.node, self.stats())
+    }
+}
+
+impl Cluster {
+    /// Starts the link (on a worker of its own). Succeeds even when NATS is unreachable:
+    /// the link keeps trying in the background (logged), and local rooms work meanwhile.
+    /// Fails only on a bad config (an address that does not resolve, a node name that is
+    /// not a subject token).
+    pub fn start(config: ClusterConfig) -> io::Result<Cluster> {
+        let invalid = |why: String| io::Error::new(io::ErrorKind::InvalidInput, why);
+        if !proto::valid_token(&config.node) {
+            return Err(invalid(format!(
+                "node name {:?} is not a NATS subject token",
+                config.node
+            )));
+        }
+        if !config.prefix.split('.').all(proto::valid_token) {
+            return Err(invalid(format!("subject prefix {:?} is not valid", config.prefix)));
+        }
+        let addr = resolve(&config.url)?;
+        let metrics = Metrics {
+            up: metrics::gauge!("servercore_cluster_link_up", "node" => config.node.clone()),
+            published: metrics::counter!("servercore_cluster_published_total", "node" => config.node.clone()),
+            received: metrics::counter!("servercore_cluster_received_total", "node" => config.node.clone()),
+            dropped: metrics::counter!("servercore_cluster_dropped_total", "node" => config.node.clone()),
+            connects: metrics::counter!("servercore_cluster_connects_total", "node" => config.node.clone()),
+        };
+        let inner = Arc::new(Inner {
+            node: config.node.clone(),
+            prefix: config.prefix.clone(),
+            ping_interval: config.ping_interval,
+            rooms: Mutex::new(HashMap::new()),
+            link: Mutex::new(None),
+            directs: Mutex::new(Directs::default()),
+            up: AtomicBool::new(false),
+            published: AtomicU64::new(0),
+            received: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
+            connects: AtomicU64::new(0),
+            failures: AtomicU64::new(0),
+            metrics,
+        });
+        let session_config = crate::SessionConfig {
+            max_send_queue: config.max_pending,
+            send_queue_low_watermark: config.max_pending / 2,
+            send_queue_policy: crate::SendQueuePolicy::Notify,
+            max_recv_buffer: 4 << 20,
+            ..Default::default()
+        };
+        let link_inner = inner.clone();
+        let service = ClientService::builder(addr)
+            .workers(1)
+            .sessions(1)
+            .reconnect(config.reconnect)
+            .connect_timeout(Duration::from_secs(5))
+            .session_config(session_config)
+            .start(move || link::Link::new(link_inner.clone()))?;
+        tracing::info!("cluster node {} linking to NATS at {addr}", config.node);
+        Ok(Cluster { inner, service })
+    }
+
+    /// The room `name` spanning the cluster (the same `Room` for the same name). Its
+    /// broadcasts, from sessions ([`Ctx::broadcast_room`](crate::Ctx::broadcast_room)) or
+    /// from anywhere ([`Room::broadcast`]), reach every member on every node.
+    pub fn room(&self, name: &str) -> io::Result<Room> {
+        if !proto::valid_token(name) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("room name {name:?} is not a NATS subject token"),
+            ));
+        }
+        let mut rooms = self.inner.rooms.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(room) = rooms.get(name) {
+            return Ok(room.clone());
+        }
+        let room = Room::new();
+        let subject = format!("{}.room.{name}", self.inner.prefix);
+        let inner = Arc::downgrade(&self.inner);
+        room.inner.set_relay(Box::new(move |payload: &Bytes| {
+            if let Some(inner) = inner.upgrade() {
+                inner.publish(&subject, &[payload]);
+            }
+        }));
+        rooms.insert(name.to_string(), room.clone());
+        Ok(room)
+    }
+
+    /// This session's address in the cluster, for [`send_to`](Self::send_to) from any
+    /// node. (The cluster remembers the session until it is gone.)
+    pub fn address(&self, session: &SessionHandle) -> ClusterAddr {
+        let mut d = self.inner.directs.lock().unwrap_or_else(|e| e.into_inner());
+        d.map.insert(session.id().get(), session.clone());
+        if d.map.len() >= 2 * d.swept.max(64) {
+            d.map.retain(|_, h| h.is_connected());
+            d.swept = d.map.len();
+        }
+        ClusterAddr { node: self.inner.node.clone(), session: session.id() }
+    }
+
+    /// Sends `buf` to the session `to` names, on whichever node. Local: as
+    /// [`SessionHandle::send`]. Remote: published to that node (at most once, like room
+    /// messages: `Ok` means handed to the link, not delivered).
+    pub fn send_to(&self, to: &ClusterAddr, buf: impl Into<SendBuffer>) -> Result<(), SendError> {
+        let bytes = buf.into().into_bytes();
+        if to.node == self.inner.node {
+            return self.inner.deliver_direct(to.session.get(), bytes);
+        }
+        let subject = format!("{}.node.{}.direct", self.inner.prefix, to.node);
+        if self.inner.publish(&subject, &[&to.session.get().to_le_bytes(), &bytes]) {
+            Ok(())
+        } else {
+            Err(SendError::Disconnected)
+        }
+    }
+
+    /// The link's state and counters.
+    pub fn stats(&self) -> ClusterStats {
+        let i = &self.inner;
+        ClusterStats {
+            link_up: i.up.load(Ordering::Acquire),
+            published: i.published.load(Ordering::Relaxed),
+            received: i.received.load(Ordering::Relaxed),
+            dropped: i.dropped.load(Ordering::Relaxed),
+            connects: i.connects.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Whether the link is up (for a readiness probe).
+    pub fn is_up(&self) -> bool {
+        self.inner.up.load(Ordering::Acquire)
+    }
+
+    /// This node's name.
+    pub fn node(&self) -> &str {
+        &self.inner.node
+    }
+
+    /// Closes the link (in order: what was handed to it is flushed, within `timeout`).
+    pub fn shutdown(self, timeout: Duration) -> io::Result<()> {
+        self.service.shutdown(timeout)
+    }
+}
+
+impl Inner {
+    /// Hands one publication to the link; false (and counted as dropped) when the link is
+    /// down or its queue is full.
+    fn publish(&self, subject: &str, parts: &[&[u8]]) -> bool {
+        let sent = {
+            let link = self.link.lock().unwrap_or_else(|e| e.into_inner());
+            match link.as_ref() {
+                Some(h) if self.up.load(Ordering::Acquire) => {
+                    h.send(proto::publish(subject, parts)).is_ok()
+                }
+                _ => false,
+            }
+        };
+        if sent {
+            self.published.fetch_add(1, Ordering::Relaxed);
+            self.metrics.published.increment(1);
+        } else {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            self.metrics.dropped.increment(1);
+        }
+        sent
+    }
+
+    pub(crate) fn set_link(&self, link: Option<SessionHandle>) {
+        *self.link.lock().unwrap_or_else(|e| e.into_inner()) = link;
+    }
+
+    /// A room message from another node: to this node's members, one shared buffer.
+    pub(crate) fn deliver_room(&self, name: &str, payload: Bytes) {
+        let room = self.rooms.lock().unwrap_or_else(|e| e.into_inner()).get(name).cloned();
+        if let Some(room) = room {
+            if let Err(e) = room.inner.post_to_workers(None, &payload) {
+                tracing::debug!("cluster room {name}: a message from NATS not delivered: {e}");
+            }
+        }
+    }
+
+    /// A direct message: to the named session on this node.
+    pub(crate) fn deliver_direct(&self, id: u64, payload: Bytes) -> Result<(), SendError> {
+        let handle = self.directs.lock().unwrap_or_else(|e| e.into_inner()).map.get(&id).cloned();
+        match handle {
+            Some(h) => h.send(payload),
+            None => Err(SendError::Disconnected),
+        }
+    }
+}
+
+fn resolve(url: &str) -> io::Result<SocketAddr> {
+    let hostport = url.strip_prefix("nats://").unwrap_or(url);
+    let hostport = hostport.rsplit_once('@').map_or(hostport, |(_, h)| h).trim_end_matches('/');
+    let hostport =
+        if hostport.contains(':') { hostport.to_string() } else { format!("{hostport}:4222") };
+    hostport
+        .to_socket_addrs()?
+        .next()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, format!("{url}: no address")))
+}
