@@ -1,7 +1,7 @@
 //! `servercore demo`: the chat server and dummy chat clients in one process on loopback,
 //! with a live progress line, a summary table and (on a terminal) a latency sketch.
 
-use crate::dummy::{self, LoadPlan, Mode, ProgressOut, Report, TlsPlan, Trust};
+use crate::dummy::{self, LoadPlan, Mode, ProgressOut, Report, TlsPlan, Trust, WsPlan};
 use crate::samples::chat::ChatSession;
 use clap::Args;
 use servercore::packet::{DEFAULT_MAX_PACKET_SIZE, HEADER_LEN};
@@ -9,6 +9,7 @@ use servercore::tls::rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivateP
 use servercore::tls::rustls::ServerConfig;
 use servercore::{BackendChoice, ServerService, ServiceStats};
 use std::io::IsTerminal;
+use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -31,11 +32,31 @@ pub struct DemoArgs {
     /// by the clients (nothing is written to disk).
     #[arg(long)]
     pub tls: bool,
+    /// The chat server's WebSocket listener (wss with `--tls`): the browser page is at
+    /// `http://ADDR/` (printed at start; port 0 picks a free port).
+    #[arg(long, value_name = "ADDR", default_value_t = default_ws_addr(), value_parser = crate::parse_addr)]
+    pub ws_addr: SocketAddr,
+    /// Of the client sessions, how many connect over WebSocket (the others over TCP), so
+    /// that the room is mixed (default: a quarter).
+    #[arg(long, value_name = "N")]
+    pub ws_sessions: Option<u32>,
+}
+
+fn default_ws_addr() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 0))
 }
 
 impl Default for DemoArgs {
     fn default() -> Self {
-        DemoArgs { secs: 10.0, sessions: 200, size: 64, workers: None, tls: false }
+        DemoArgs {
+            secs: 10.0,
+            sessions: 200,
+            size: 64,
+            workers: None,
+            tls: false,
+            ws_addr: default_ws_addr(),
+            ws_sessions: None,
+        }
     }
 }
 
@@ -62,6 +83,13 @@ pub fn run(args: DemoArgs) -> Result<ExitCode, String> {
     }
     let size = args.size as usize;
     dummy::check_chat_size(size)?;
+    let ws_sessions = args.ws_sessions.unwrap_or(args.sessions / 4);
+    if ws_sessions > args.sessions {
+        return Err(format!(
+            "--ws-sessions {ws_sessions} is more than the {} sessions of --sessions",
+            args.sessions
+        ));
+    }
     let tty = std::io::stdout().is_terminal();
     let tls = if args.tls { Some(self_signed_tls()?) } else { None };
     let mut b = ServerService::builder("127.0.0.1:0".parse().expect("valid address"))
@@ -77,8 +105,10 @@ pub fn run(args: DemoArgs) -> Result<ExitCode, String> {
     }
     let max_packet = DEFAULT_MAX_PACKET_SIZE.max(size + HEADER_LEN);
     let server = b
+        .websocket(args.ws_addr, crate::page::ws_config())
         .start(ChatSession::factory(max_packet))
         .map_err(|e| format!("demo server failed to start: {e}"))?;
+    let ws_addr = server.websocket_addr().expect("the demo server has a WebSocket listener");
     dummy::out(&format!(
         "servercore demo: chat server on {} (backend: {}, workers: {}{}); {} client sessions for {} s, {} B messages\n",
         server.local_addr(),
@@ -93,6 +123,23 @@ pub fn run(args: DemoArgs) -> Result<ExitCode, String> {
         "  every session is in one room and keeps one message in flight; each message goes to all {} sessions\n",
         args.sessions
     ));
+    dummy::out(&format!(
+        "  {} of them over WebSocket{} on {ws_addr}\n",
+        ws_sessions,
+        if client_tls.is_some() { " (wss)" } else { "" }
+    ));
+    // With TLS the certificate is for `localhost` and self-signed: the browser warns first.
+    let (page, warning) = match client_tls {
+        Some(_) => (
+            format!("https://{}/", dummy::host_header(DEMO_HOST, ws_addr.port())),
+            "; the certificate is self-signed: accept the browser's warning",
+        ),
+        None => (format!("http://{ws_addr}/"), ""),
+    };
+    dummy::out(&format!(
+        "  open {page} in a browser to join the chat (for {} s, --secs for longer{warning})\n",
+        args.secs
+    ));
     let plan = LoadPlan {
         addr: server.local_addr(),
         mode: Mode::Chat,
@@ -104,6 +151,11 @@ pub fn run(args: DemoArgs) -> Result<ExitCode, String> {
         progress: if tty { ProgressOut::Stdout } else { ProgressOut::Lines },
         rate: None,
         ramp: Duration::ZERO,
+        ws: (ws_sessions > 0).then(|| WsPlan {
+            addr: ws_addr,
+            host: dummy::host_header(DEMO_HOST, ws_addr.port()),
+            sessions: ws_sessions as usize,
+        }),
         tls: client_tls,
     };
     let report = dummy::run_load(&plan);
@@ -160,6 +212,12 @@ fn summary(r: &Report, server: &ServiceStats, workers: usize) -> String {
         let [count, latency] = t.text_lines();
         rows.push(("tls", count));
         rows.push(("handshake", latency));
+    }
+    if let Some(w) = &r.ws {
+        rows.push(("websocket", w.text_line()));
+    }
+    if r.foreign > 0 {
+        rows.push(("foreign", format!("{} text messages from browsers (not checked)", r.foreign)));
     }
     rows.push((
         "server",

@@ -3,6 +3,7 @@
 mod demo;
 mod dummy;
 mod metrics_http;
+mod page;
 mod samples;
 mod serve;
 

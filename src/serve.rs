@@ -37,6 +37,11 @@ pub struct ServerArgs<const PORT: u16> {
     /// PEM private key of `--tls-cert` (PKCS#8, PKCS#1 or SEC1).
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+    /// Also listen for WebSocket connections here (PROTOCOL.md section 6; wss with
+    /// `--tls-cert`), served by the same workers and, for chat, the same room. `GET /` on
+    /// it returns the browser chat page.
+    #[arg(long, value_name = "ADDR", value_parser = crate::parse_addr)]
+    pub ws_addr: Option<SocketAddr>,
 }
 
 /// The TLS configuration of `--tls-cert`/`--tls-key`, if given. Loaded before anything
@@ -78,20 +83,34 @@ pub fn builder<const P: u16>(
     if let Some(config) = tls {
         b = b.tls(config);
     }
+    if let Some(ws_addr) = args.ws_addr {
+        b = b.websocket(ws_addr, crate::page::ws_config());
+    }
     Ok((b, with_tls))
 }
 
-/// Prints the readiness line of PROTOCOL.md section 4 and flushes it.
+/// Prints the readiness lines of PROTOCOL.md section 4 (the TCP listener's, then the
+/// WebSocket listener's, if any) and flushes them.
 pub fn print_ready(server: &ServerService, tls: bool) {
     use std::io::Write;
-    println!(
-        "listening on {} (backend: {}, workers: {}{})",
-        server.local_addr(),
-        server.backend(),
-        server.workers(),
-        if tls { ", tls" } else { "" }
-    );
-    let _ = std::io::stdout().flush();
+    let line = |addr: SocketAddr, websocket: bool| {
+        format!(
+            "listening on {addr} (backend: {}, workers: {}{}{})",
+            server.backend(),
+            server.workers(),
+            if tls { ", tls" } else { "" },
+            if websocket { ", websocket" } else { "" }
+        )
+    };
+    let mut text = line(server.local_addr(), false);
+    text.push('\n');
+    if let Some(ws) = server.websocket_addr() {
+        text.push_str(&line(ws, true));
+        text.push('\n');
+    }
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(text.as_bytes());
+    let _ = out.flush();
 }
 
 /// Waits for SIGINT/SIGTERM, then shuts the server down gracefully.

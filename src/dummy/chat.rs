@@ -11,7 +11,12 @@
 //! offset 24  ...  filler     derived from (sender, sequence): any corruption shows
 //! ```
 //!
-//! Checks on every S_CHAT: packet id 2, payload length `size`, filler intact (else
+//! Other clients may share the room: a payload that is UTF-8 text without control
+//! characters (the browser page's "name: text", PROTOCOL.md section 6) is foreign, counted
+//! and otherwise ignored. A dummy payload is never such text: the sender id's low 32 bits
+//! are a small counter and the sequence number's top byte is 0, so it holds zero bytes.
+//!
+//! Checks on every other S_CHAT: packet id 2, payload length `size`, filler intact (else
 //! `corrupt`), and per-sender order. A receiver keeps the next expected sequence number of
 //! every sender it has seen. Sessions join at different times, so the first message seen
 //! from a sender sets the baseline (its own messages must start at 0); from then on each
@@ -132,6 +137,14 @@ fn check_filler(filler: &[u8], seed: u64) -> Option<usize> {
     let base = filler.len() - tail.len();
     let want = filler_word(seed, base / 8).to_le_bytes();
     tail.iter().zip(want).position(|(a, b)| *a != b).map(|k| base + k)
+}
+
+/// A payload of another kind of client: UTF-8 text without ASCII control characters (tab
+/// allowed), the rule of the browser page. Never true of a dummy payload, which holds zero
+/// bytes (see the module doc).
+pub fn is_foreign_text(payload: &[u8]) -> bool {
+    std::str::from_utf8(payload)
+        .is_ok_and(|s| !s.bytes().any(|b| (b < b' ' && b != b'\t') || b == 0x7f))
 }
 
 fn read_u64(b: &[u8], at: usize) -> u64 {
@@ -322,6 +335,10 @@ impl PacketSession for ChatLoad {
     }
 
     fn on_packet(&mut self, ctx: &mut Ctx<'_>, packet: Packet<'_>) {
+        if packet.id == S_CHAT && is_foreign_text(packet.payload) {
+            self.stats.foreign.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
         self.received += 1;
         self.pending.deliveries += 1;
         self.pending.bytes += packet.wire_len() as u64;
@@ -510,6 +527,23 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn dummy_payloads_are_never_foreign_text() {
+        let me = next_sender_id();
+        for (seq, size) in [(0, HEADER), (1, 64), (1 << 40, 100), (u64::from(u32::MAX), 4000)] {
+            let mut p = Vec::new();
+            p.put_u64_le(me);
+            p.put_u64_le(seq);
+            p.put_u64_le(now_ns(Instant::now()));
+            put_filler(&mut p, filler_seed(me, seq), size - HEADER);
+            assert!(!is_foreign_text(&p), "seq {seq}, size {size}");
+        }
+        assert!(is_foreign_text(b"bot: hello"));
+        assert!(is_foreign_text("g\u{e4}st: caf\u{e9}\tok".as_bytes()));
+        assert!(!is_foreign_text(b"bot: \x00"));
+        assert!(!is_foreign_text(b"\xff\xfe"));
     }
 
     #[test]

@@ -84,6 +84,11 @@ pub struct DummyArgs {
     /// host of `--addr`; an IP address is a valid name).
     #[arg(long, value_name = "NAME", requires = "tls")]
     pub tls_server_name: Option<String>,
+    /// Speak WebSocket (PROTOCOL.md section 6) to a server's `--ws-addr`: binary messages,
+    /// each carrying whole packets (echo: each message one binary message). With `--tls`:
+    /// wss. The report adds the upgrades.
+    #[arg(long)]
+    pub ws: bool,
 }
 
 /// `--addr`: the address to connect to, and the host as written, the default TLS server
@@ -100,6 +105,22 @@ fn parse_target(s: &str) -> Result<Target, String> {
     let host = s.rsplit_once(':').map_or(s, |(host, _port)| host);
     let host = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
     Ok(Target { addr, host: host.to_string() })
+}
+
+impl Target {
+    /// The `Host` header of a WebSocket upgrade: the host as written, with the port.
+    pub fn host_header(&self) -> String {
+        host_header(&self.host, self.addr.port())
+    }
+}
+
+/// `host:port`, with an IPv6 address in brackets.
+pub fn host_header(host: &str, port: u16) -> String {
+    if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
 }
 
 /// The TLS options of `dummy-client`, checked and loaded.
@@ -143,6 +164,20 @@ pub struct LoadPlan {
     pub ramp: Duration,
     /// Speak TLS, and how.
     pub tls: Option<TlsPlan>,
+    /// Speak WebSocket, and how many of the sessions.
+    pub ws: Option<WsPlan>,
+}
+
+/// How many sessions of a load run speak WebSocket, and to which listener.
+#[derive(Debug, Clone)]
+pub struct WsPlan {
+    /// The WebSocket listener (the demo's differs from its TCP `addr`).
+    pub addr: SocketAddr,
+    /// The `Host` header of the upgrade requests.
+    pub host: String,
+    /// Sessions over WebSocket (at most all of the plan's); the others use plain TCP to
+    /// the plan's `addr`.
+    pub sessions: usize,
 }
 
 pub fn run(args: DummyArgs) -> Result<ExitCode, String> {
@@ -162,6 +197,11 @@ pub fn run(args: DummyArgs) -> Result<ExitCode, String> {
         rate: args.rate,
         ramp: Duration::from_secs_f64(args.ramp_secs.max(0.0)),
         tls,
+        ws: args.ws.then(|| WsPlan {
+            addr: args.addr.addr,
+            host: args.addr.host_header(),
+            sessions: args.sessions as usize,
+        }),
     };
     if let Some(r) = plan.rate {
         if !(r.is_finite() && r > 0.0) {
@@ -225,6 +265,83 @@ pub fn check_chat_size(size: usize) -> Result<(), String> {
 /// Longest wait, once the run stops, for own chat messages still in flight to come back.
 const DRAIN: Duration = Duration::from_secs(2);
 
+/// The client services of a load run: one per transport (plain or TLS TCP, WebSocket),
+/// all feeding the same [`LoadStats`].
+pub struct Fleet {
+    groups: Vec<Group>,
+    tls: bool,
+}
+
+struct Group {
+    clients: ClientService,
+    /// Sessions this group opens in all.
+    sessions: usize,
+    /// Sessions opened so far (ramp).
+    opened: usize,
+    ws: bool,
+    addr: SocketAddr,
+}
+
+impl Fleet {
+    /// Sessions holding a slot now, over all groups.
+    pub fn session_count(&self) -> usize {
+        self.groups.iter().map(|g| g.clients.session_count()).sum()
+    }
+
+    /// The groups' counters, summed.
+    pub fn stats(&self) -> ServiceStats {
+        self.groups.iter().map(|g| g.clients.stats()).fold(ServiceStats::default(), add_stats)
+    }
+
+    /// Sessions open: past their TCP connect, TLS handshake and WebSocket upgrade, as
+    /// the transport of each group has them.
+    fn connected(&self) -> u64 {
+        self.groups.iter().map(|g| connected_of(&g.clients.stats(), self.tls, g.ws)).sum()
+    }
+
+    /// Sessions that will never open.
+    fn failed(&self) -> u64 {
+        self.groups.iter().map(|g| failed_of(&g.clients.stats(), self.tls, g.ws)).sum()
+    }
+
+    /// Opens more sessions until `step / steps` of each group's are open.
+    fn open_up_to(&mut self, step: usize, steps: usize) {
+        for g in &mut self.groups {
+            let due = g.sessions * step / steps;
+            g.clients.connect(due - g.opened);
+            g.opened = due;
+        }
+    }
+
+    fn shutdown(self, timeout: Duration) -> std::io::Result<()> {
+        let mut result = Ok(());
+        for g in self.groups {
+            if let Err(e) = g.clients.shutdown(timeout) {
+                result = Err(e);
+            }
+        }
+        result
+    }
+}
+
+/// Counters of two services added up.
+fn add_stats(a: ServiceStats, b: ServiceStats) -> ServiceStats {
+    ServiceStats {
+        sessions: a.sessions + b.sessions,
+        accepted: a.accepted + b.accepted,
+        rejected: a.rejected + b.rejected,
+        connected: a.connected + b.connected,
+        connect_failures: a.connect_failures + b.connect_failures,
+        disconnected: a.disconnected + b.disconnected,
+        disconnected_with_error: a.disconnected_with_error + b.disconnected_with_error,
+        aborted: a.aborted + b.aborted,
+        tls_handshakes: a.tls_handshakes + b.tls_handshakes,
+        tls_handshake_failures: a.tls_handshake_failures + b.tls_handshake_failures,
+        ws_upgrades: a.ws_upgrades + b.ws_upgrades,
+        ws_upgrade_failures: a.ws_upgrade_failures + b.ws_upgrade_failures,
+    }
+}
+
 /// Connects the sessions, runs the workload for the planned time, and reports.
 pub fn run_load(plan: &LoadPlan) -> Result<Report, String> {
     if plan.mode == Mode::Chat {
@@ -232,11 +349,117 @@ pub fn run_load(plan: &LoadPlan) -> Result<Report, String> {
     }
     let stats = Arc::new(LoadStats::default());
     let ramping = !plan.ramp.is_zero();
-    let pace = plan.rate.map(pace::Pace::new);
     let tls_on = plan.tls.is_some();
     let connect_start = Instant::now();
-    let mut builder = ClientService::builder(plan.addr)
-        .sessions(if ramping { 0 } else { plan.sessions })
+    let ws_sessions = plan.ws.as_ref().map_or(0, |w| w.sessions.min(plan.sessions));
+    let mut fleet = Fleet { groups: Vec::new(), tls: tls_on };
+    for (sessions, ws) in [(plan.sessions - ws_sessions, None), (ws_sessions, plan.ws.as_ref())] {
+        if sessions == 0 {
+            continue;
+        }
+        match start_group(plan, &stats, sessions, ws, ramping) {
+            Ok(group) => fleet.groups.push(group),
+            Err(e) => {
+                let _ = fleet.shutdown(Duration::from_millis(100));
+                return Err(format!("dummy client failed to start: {e}"));
+            }
+        }
+    }
+    let backend = fleet.groups[0].clients.backend();
+
+    if ramping {
+        // Connect in steps of 10 ms spread over the ramp.
+        let steps = (plan.ramp.as_millis() / 10).max(1) as usize;
+        let start = Instant::now();
+        for step in 1..=steps {
+            fleet.open_up_to(step, steps);
+            let next = start + plan.ramp.mul_f64(step as f64 / steps as f64);
+            std::thread::sleep(next.saturating_duration_since(Instant::now()));
+        }
+    }
+    // Wait until every session has connected or failed (bounded by the connect timeout and
+    // the handshake timeouts that follow it). With TLS or WebSocket a session is connected
+    // once its handshakes are done, and a failed handshake is not a connect failure.
+    let mut wait = Duration::from_secs(15);
+    if tls_on {
+        wait += servercore::SessionConfig::default().tls_handshake_timeout;
+    }
+    if plan.ws.is_some() {
+        wait += servercore::ws::WsConfig::default().handshake_timeout;
+    }
+    let connect_deadline = Instant::now() + wait;
+    loop {
+        if fleet.connected() + fleet.failed() >= plan.sessions as u64 {
+            break;
+        }
+        if Instant::now() > connect_deadline {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let connected = fleet.connected();
+    if connected == 0 {
+        note_handshake_failures(&stats, &fleet);
+        let why = stats.first_error().unwrap_or_else(|| "no session connected".into());
+        let addrs: Vec<String> = fleet.groups.iter().map(|g| g.addr.to_string()).collect();
+        let addrs = addrs.join(" and ");
+        let _ = fleet.shutdown(Duration::from_millis(100));
+        return Err(match (tls_on, plan.ws.is_some()) {
+            (true, true) => {
+                format!("no wss (WebSocket over TLS) session could be opened with {addrs}: {why}")
+            }
+            (false, true) => format!("no WebSocket session could be opened with {addrs}: {why}"),
+            (true, false) => format!("no TLS session could be opened with {addrs}: {why}"),
+            (false, false) => format!("cannot reach the server at {addrs}: {why}"),
+        });
+    }
+
+    let run = report::Progress::run(plan, &stats, &fleet);
+    let elapsed = run.elapsed;
+    stats.stopping.store(true, Ordering::Release);
+    // No new messages from here. Let the ones in flight come back: they are not counted in
+    // the window but still checked; any that never return show as `in_flight_at_end`.
+    let drain_deadline = Instant::now() + DRAIN;
+    while stats.in_flight.load(Ordering::Relaxed) > 0 && Instant::now() < drain_deadline {
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let in_flight_at_end = stats.in_flight.load(Ordering::Relaxed).max(0) as u64;
+    let final_stats = fleet.stats();
+    let connected = fleet.connected();
+    note_handshake_failures(&stats, &fleet);
+    fleet.shutdown(Duration::from_secs(2)).map_err(|e| format!("client shutdown failed: {e}"))?;
+    let tls_report = tls_on.then(|| {
+        report::TlsReport::new(&stats.handshakes, &final_stats, connect_start, ws_sessions > 0)
+    });
+    let ws_report = plan.ws.as_ref().map(|_| report::WsReport {
+        sessions: ws_sessions,
+        upgrades: final_stats.ws_upgrades,
+        failures: final_stats.ws_upgrade_failures,
+    });
+    Ok(Report::new(
+        plan,
+        backend,
+        &stats,
+        connected,
+        elapsed,
+        run.counted,
+        in_flight_at_end,
+        tls_report,
+        ws_report,
+    ))
+}
+
+/// Starts the client service of `sessions` sessions, over WebSocket when `ws` is given.
+fn start_group(
+    plan: &LoadPlan,
+    stats: &Arc<LoadStats>,
+    sessions: usize,
+    ws: Option<&WsPlan>,
+    ramping: bool,
+) -> std::io::Result<Group> {
+    let addr = ws.map_or(plan.addr, |w| w.addr);
+    let mut builder = ClientService::builder(addr)
+        .sessions(if ramping { 0 } else { sessions })
         .backend(BackendChoice::Auto)
         .diagnostics(crate::diagnostics_from_env())
         .connect_timeout(Duration::from_secs(10));
@@ -244,9 +467,18 @@ pub fn run_load(plan: &LoadPlan) -> Result<Report, String> {
         builder = builder.workers(w);
     }
     if let Some(t) = &plan.tls {
-        builder = builder.tls(tls::client_config(t, stats.clone())?, t.server_name.clone());
+        let config = tls::client_config(t, stats.clone()).map_err(std::io::Error::other)?;
+        builder = builder.tls(config, t.server_name.clone());
     }
-    let (size, depth) = (plan.size, plan.depth);
+    if let Some(w) = ws {
+        builder = builder.websocket(servercore::ws::WsConfig {
+            host: w.host.clone(),
+            path: "/".into(),
+            ..Default::default()
+        });
+    }
+    let (size, depth, pace) = (plan.size, plan.depth, plan.rate.map(pace::Pace::new));
+    let tls_on = plan.tls.is_some();
     let watch = {
         let stats = stats.clone();
         move || tls::HandshakeWatch::new(stats.clone(), tls_on)
@@ -263,109 +495,57 @@ pub fn run_load(plan: &LoadPlan) -> Result<Report, String> {
                 chat::ChatClient::new(stats.clone(), size, depth, lag_limit, pace, watch())
             })
         }
-    }
-    .map_err(|e| format!("dummy client failed to start: {e}"))?;
-    let backend = clients.backend();
-
-    if ramping {
-        // Connect in steps of 10 ms spread over the ramp.
-        let steps = (plan.ramp.as_millis() / 10).max(1) as usize;
-        let start = Instant::now();
-        let mut opened = 0;
-        for step in 1..=steps {
-            let due = plan.sessions * step / steps;
-            clients.connect(due - opened);
-            opened = due;
-            let next = start + plan.ramp.mul_f64(step as f64 / steps as f64);
-            std::thread::sleep(next.saturating_duration_since(Instant::now()));
-        }
-    }
-    // Wait until every session has connected or failed (bounded by the connect timeout and,
-    // with TLS, the handshake timeout that follows it). With TLS a session is connected
-    // once its handshake is done, and a failed handshake is not a connect failure.
-    let mut wait = Duration::from_secs(15);
-    if tls_on {
-        wait += servercore::SessionConfig::default().tls_handshake_timeout;
-    }
-    let connect_deadline = Instant::now() + wait;
-    loop {
-        let s = clients.stats();
-        if connected_of(&s, tls_on) + failed_of(&s, tls_on) >= plan.sessions as u64 {
-            break;
-        }
-        if Instant::now() > connect_deadline {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    let connected = connected_of(&clients.stats(), tls_on);
-    if connected == 0 {
-        if tls_on {
-            note_handshake_failures(&stats, &clients.stats(), plan.addr);
-        }
-        let why = stats.first_error().unwrap_or_else(|| "no session connected".into());
-        let _ = clients.shutdown(Duration::from_millis(100));
-        return Err(if tls_on {
-            format!("no TLS session could be opened with {}: {why}", plan.addr)
-        } else {
-            format!("cannot reach the server at {}: {why}", plan.addr)
-        });
-    }
-
-    let run = report::Progress::run(plan, &stats, &clients);
-    let elapsed = run.elapsed;
-    stats.stopping.store(true, Ordering::Release);
-    // No new messages from here. Let the ones in flight come back: they are not counted in
-    // the window but still checked; any that never return show as `in_flight_at_end`.
-    let drain_deadline = Instant::now() + DRAIN;
-    while stats.in_flight.load(Ordering::Relaxed) > 0 && Instant::now() < drain_deadline {
-        std::thread::sleep(Duration::from_millis(2));
-    }
-    let in_flight_at_end = stats.in_flight.load(Ordering::Relaxed).max(0) as u64;
-    let final_stats = clients.stats();
-    clients.shutdown(Duration::from_secs(2)).map_err(|e| format!("client shutdown failed: {e}"))?;
-    let tls_report = tls_on.then(|| {
-        note_handshake_failures(&stats, &final_stats, plan.addr);
-        report::TlsReport::new(&stats.handshakes, &final_stats, connect_start)
-    });
-    Ok(Report::new(
-        plan,
-        backend,
-        &stats,
-        final_stats,
-        elapsed,
-        run.counted,
-        in_flight_at_end,
-        tls_report,
-    ))
+    }?;
+    Ok(Group {
+        clients,
+        sessions,
+        opened: if ramping { 0 } else { sessions },
+        ws: ws.is_some(),
+        addr,
+    })
 }
 
-/// Sessions connected: with TLS, those whose handshake is done (`connected` counts TCP
-/// connects).
-fn connected_of(s: &ServiceStats, tls: bool) -> u64 {
-    if tls {
+/// Sessions open: past every handshake of the transport (`connected` counts TCP
+/// connects; with WebSocket over TLS both counters count finished sessions).
+fn connected_of(s: &ServiceStats, tls: bool, ws: bool) -> u64 {
+    if ws {
+        s.ws_upgrades
+    } else if tls {
         s.tls_handshakes
     } else {
         s.connected
     }
 }
 
-/// Sessions that will never connect: failed connects and, with TLS, failed handshakes.
-fn failed_of(s: &ServiceStats, tls: bool) -> u64 {
+/// Sessions that will never open: failed connects, failed TLS handshakes, failed upgrades.
+fn failed_of(s: &ServiceStats, tls: bool, ws: bool) -> u64 {
+    let mut n = s.connect_failures;
     if tls {
-        s.connect_failures + s.tls_handshake_failures
-    } else {
-        s.connect_failures
+        n += s.tls_handshake_failures;
     }
+    if ws {
+        n += s.ws_upgrade_failures;
+    }
+    n
 }
 
-/// Failed handshakes reach no session callback: records an error for them, unless the
-/// certificate verifier already recorded a more precise one.
-fn note_handshake_failures(stats: &LoadStats, service: &ServiceStats, addr: SocketAddr) {
-    if service.tls_handshake_failures > 0 {
-        stats.error(format!(
-            "TLS handshakes with {addr} failed: {} (is it a TLS server? RUST_LOG=debug shows why)",
-            service.tls_handshake_failures
-        ));
+/// Failed handshakes and upgrades reach no session callback: records an error for them,
+/// unless the certificate verifier already recorded a more precise one.
+fn note_handshake_failures(stats: &LoadStats, fleet: &Fleet) {
+    for g in &fleet.groups {
+        let s = g.clients.stats();
+        if fleet.tls && s.tls_handshake_failures > 0 {
+            stats.error(format!(
+                "TLS handshakes with {} failed: {} (is it a TLS server? RUST_LOG=debug shows why)",
+                g.addr, s.tls_handshake_failures
+            ));
+        }
+        if g.ws && s.ws_upgrade_failures > 0 {
+            stats.error(format!(
+                "WebSocket upgrades with {} failed: {} (is it a WebSocket listener, --ws-addr? \
+                 RUST_LOG=debug shows why)",
+                g.addr, s.ws_upgrade_failures
+            ));
+        }
     }
 }

@@ -1,9 +1,9 @@
 //! Live progress and the final report of a load run.
 
 use super::stats::HandshakeStats;
-use super::{LoadPlan, LoadStats, Mode};
+use super::{Fleet, LoadPlan, LoadStats, Mode};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use servercore::{Backend, ClientService, ServiceStats};
+use servercore::{Backend, ServiceStats};
 use std::fmt::Write as _;
 use std::io::Write as _;
 use std::sync::atomic::Ordering;
@@ -59,7 +59,7 @@ fn fmt_rate(r: f64) -> String {
 impl Progress {
     /// Runs for the planned duration, showing sessions, msg/s, MB/s and the p99 latency of
     /// the last tick.
-    pub fn run(plan: &LoadPlan, stats: &LoadStats, clients: &ClientService) -> Progress {
+    pub fn run(plan: &LoadPlan, stats: &LoadStats, clients: &Fleet) -> Progress {
         let bar = match plan.progress {
             ProgressOut::Stderr | ProgressOut::Stdout => {
                 let target = if plan.progress == ProgressOut::Stdout {
@@ -130,10 +130,13 @@ pub struct TlsReport {
     /// the rate the server sustained while every session was connecting (with
     /// `--ramp-secs`, the ramp sets it).
     pub per_sec: f64,
-    /// From connect start to `on_connected` (TCP connect + TLS handshake), microseconds.
+    /// From connect start to `on_connected` (TCP connect + TLS handshake, + WebSocket
+    /// upgrade for wss sessions), microseconds.
     pub p50_us: u64,
     pub p99_us: u64,
     pub max_us: u64,
+    /// Some sessions are wss: their times include the upgrade.
+    pub wss: bool,
 }
 
 impl TlsReport {
@@ -142,6 +145,7 @@ impl TlsReport {
         stats: &HandshakeStats,
         service: &ServiceStats,
         connect_start: Instant,
+        wss: bool,
     ) -> TlsReport {
         let (h, last) = stats.times();
         let handshakes = service.tls_handshakes;
@@ -153,6 +157,7 @@ impl TlsReport {
             p50_us: h.value_at_quantile(0.50),
             p99_us: h.value_at_quantile(0.99),
             max_us: h.max(),
+            wss,
         }
     }
 
@@ -164,12 +169,33 @@ impl TlsReport {
                 self.handshakes, self.per_sec, self.failures
             ),
             format!(
-                "p50 {}, p99 {}, max {} (TCP connect + TLS handshake, connect start to on_connected)",
+                "p50 {}, p99 {}, max {} (TCP connect + TLS handshake{}, connect start to on_connected)",
                 fmt_us(self.p50_us),
                 fmt_us(self.p99_us),
-                fmt_us(self.max_us)
+                fmt_us(self.max_us),
+                if self.wss { " + WebSocket upgrade on wss sessions" } else { "" }
             ),
         ]
+    }
+}
+
+/// The WebSocket part of a report.
+pub struct WsReport {
+    /// Sessions that speak WebSocket (all of them, except in the demo's mixed room).
+    pub sessions: usize,
+    /// Upgrades done.
+    pub upgrades: u64,
+    /// Connections that ended before their upgrade was done.
+    pub failures: u64,
+}
+
+impl WsReport {
+    /// The line of the text report (and of the demo summary), without indent or label.
+    pub fn text_line(&self) -> String {
+        format!(
+            "{} upgrades of {} WebSocket sessions, {} failed",
+            self.upgrades, self.sessions, self.failures
+        )
     }
 }
 
@@ -206,6 +232,10 @@ pub struct Report {
     pub first_error: Option<String>,
     /// TLS runs only.
     pub tls: Option<TlsReport>,
+    /// WebSocket runs only.
+    pub ws: Option<WsReport>,
+    /// Chat: S_CHAT messages of other clients (text, e.g. the browser page), not checked.
+    pub foreign: u64,
 }
 
 impl Report {
@@ -214,11 +244,12 @@ impl Report {
         plan: &LoadPlan,
         backend: Backend,
         stats: &LoadStats,
-        service: ServiceStats,
+        connected: u64,
         elapsed: Duration,
         counted: Counted,
         in_flight_at_end: u64,
         tls: Option<TlsReport>,
+        ws: Option<WsReport>,
     ) -> Report {
         let h = stats.latency.lock().unwrap_or_else(|p| p.into_inner());
         let percentiles = if h.is_empty() {
@@ -234,8 +265,9 @@ impl Report {
             mode: plan.mode,
             backend,
             sessions: plan.sessions,
-            // With TLS a session counts as connected once its handshake is done.
-            connected: tls.as_ref().map_or(service.connected, |t| t.handshakes),
+            // With TLS or WebSocket a session counts as connected once its handshakes are
+            // done.
+            connected,
             size: plan.size,
             depth: plan.depth,
             rate: plan.rate,
@@ -256,11 +288,13 @@ impl Report {
             lag_pauses: stats.lag_pauses.load(Ordering::Relaxed),
             first_error: stats.first_error(),
             tls,
+            ws,
+            foreign: stats.foreign.load(Ordering::Relaxed),
         }
     }
 
     /// Everything that went wrong: gaps and duplicates (chat), corrupt messages, dropped
-    /// sessions, failed connects, failed TLS handshakes.
+    /// sessions, failed connects, failed TLS handshakes and WebSocket upgrades.
     pub fn errors(&self) -> u64 {
         self.gaps
             + self.duplicates
@@ -268,6 +302,7 @@ impl Report {
             + self.unexpected_disconnects
             + self.connect_failures
             + self.tls.as_ref().map_or(0, |t| t.failures)
+            + self.ws.as_ref().map_or(0, |w| w.failures)
     }
 
     /// No gap, no duplicate, no wrong byte, no dropped session, no failed connect or
@@ -314,6 +349,9 @@ impl Report {
         if let Some(t) = &self.tls {
             let _ = write!(s, ", TLS handshake failures {}", t.failures);
         }
+        if let Some(w) = &self.ws {
+            let _ = write!(s, ", WebSocket upgrade failures {}", w.failures);
+        }
         s.push(')');
         s
     }
@@ -338,6 +376,9 @@ impl Report {
             let [count, latency] = t.text_lines();
             let _ = writeln!(s, "  tls       {count}");
             let _ = writeln!(s, "  handshake {latency}");
+        }
+        if let Some(w) = &self.ws {
+            let _ = writeln!(s, "  websocket {}", w.text_line());
         }
         match self.mode {
             Mode::Echo => {
@@ -380,6 +421,13 @@ impl Report {
                     "  flow      {} own messages in flight at the end, {} pauses for a slow receiver",
                     self.in_flight_at_end, self.lag_pauses
                 );
+                if self.foreign > 0 {
+                    let _ = writeln!(
+                        s,
+                        "  foreign   {} text messages of other clients (not checked)",
+                        self.foreign
+                    );
+                }
             }
         }
         let _ = writeln!(s, "  {}", self.errors_line());
@@ -444,7 +492,7 @@ impl Report {
                 concat!(
                     ",\"deliveries\":{},\"deliveries_per_sec\":{:.1},\"sends\":{},",
                     "\"sends_per_sec\":{:.1},\"gaps\":{},\"duplicates\":{},\"in_flight_at_end\":{},",
-                    "\"lag_pauses\":{}"
+                    "\"lag_pauses\":{},\"foreign\":{}"
                 ),
                 self.messages,
                 self.msgs_per_sec(),
@@ -453,7 +501,8 @@ impl Report {
                 self.gaps,
                 self.duplicates,
                 self.in_flight_at_end,
-                self.lag_pauses
+                self.lag_pauses,
+                self.foreign
             );
         }
         if let Some(t) = &self.tls {
@@ -465,6 +514,13 @@ impl Report {
                     "\"max\":{}}}}}"
                 ),
                 t.handshakes, t.failures, t.per_sec, t.p50_us, t.p99_us, t.max_us
+            );
+        }
+        if let Some(w) = &self.ws {
+            let _ = write!(
+                s,
+                ",\"websocket\":{{\"sessions\":{},\"upgrades\":{},\"upgrade_failures\":{}}}",
+                w.sessions, w.upgrades, w.failures
             );
         }
         s.push('}');

@@ -41,6 +41,9 @@ pub struct LoadStats {
     pub lagging: AtomicUsize,
     /// Chat: how many times a receiver fell too far behind (and sending paused).
     pub lag_pauses: AtomicU64,
+    /// Chat: S_CHAT messages of other clients in the room (text, such as the browser
+    /// page's): received, not checked, not counted as deliveries.
+    pub foreign: AtomicU64,
     /// Set when the run is over: no new messages, and disconnects from then on are
     /// expected.
     pub stopping: AtomicBool,
@@ -98,6 +101,7 @@ impl Default for LoadStats {
             in_flight: AtomicI64::new(0),
             lagging: AtomicUsize::new(0),
             lag_pauses: AtomicU64::new(0),
+            foreign: AtomicU64::new(0),
             stopping: AtomicBool::new(false),
             latency: Mutex::new(new_histogram()),
             recent: Mutex::new(new_histogram()),

@@ -236,3 +236,37 @@ pub fn parse_ready(line: &str, workers: u32) -> (SocketAddr, String) {
     }
     (SocketAddr::from(([127, 0, 0, 1], port)), backend.to_string())
 }
+
+/// Checks the readiness line of a WebSocket listener (PROTOCOL.md section 4) exactly:
+/// `listening on 127.0.0.1:<port> (backend: <b>, workers: <n>[, tls], websocket)`.
+pub fn parse_ready_ws(line: &str, workers: u32, tls: bool) -> (SocketAddr, String) {
+    let suffix = if tls { ", tls, websocket)" } else { ", websocket)" };
+    let Some(plain) = line.strip_suffix(suffix) else {
+        panic!("WebSocket readiness line {line:?} does not end in `{suffix}`")
+    };
+    parse_ready(&format!("{plain})"), workers)
+}
+
+/// Reads the readiness lines of a server started with `--ws-addr`: the TCP listener's,
+/// then the WebSocket listener's. Returns both addresses and the backend they name.
+pub fn ready_tcp_and_ws(
+    server: &mut Proc,
+    workers: u32,
+    tls: bool,
+) -> (SocketAddr, SocketAddr, String) {
+    let first = server.next_line(LINE_TIMEOUT);
+    let tcp_line = if tls {
+        match first.strip_suffix(", tls)") {
+            Some(plain) => format!("{plain})"),
+            None => panic!("readiness line {first:?} does not end in `, tls)`"),
+        }
+    } else {
+        first
+    };
+    let (tcp, backend) = parse_ready(&tcp_line, workers);
+    let second = server.next_line(LINE_TIMEOUT);
+    let (ws, ws_backend) = parse_ready_ws(&second, workers, tls);
+    assert_eq!(backend, ws_backend, "the two readiness lines name different backends");
+    assert_ne!(tcp, ws, "the TCP and WebSocket listeners have one address");
+    (tcp, ws, backend)
+}

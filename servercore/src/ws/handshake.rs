@@ -74,7 +74,9 @@ pub(crate) fn server_read(buf: &[u8], max_head: usize, pages: &[Page]) -> Reques
     }
     let upgrade = has_token("upgrade", "websocket") && has_token("connection", "upgrade");
     if !upgrade {
+        // The page's path, whatever its query string (`/?name=x` is `/`).
         let path = req.path.unwrap_or("/");
+        let path = path.split_once('?').map_or(path, |(p, _)| p);
         if let Some(page) = pages.iter().find(|p| p.path == path) {
             return Request::Refuse { response: page_response(page), error: None };
         }
@@ -215,12 +217,14 @@ mod tests {
         };
         let pages = [page];
         let get = |path: &str| format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n");
-        match server_read(get("/").as_bytes(), 8192, &pages) {
-            Request::Refuse { response, error: None } => {
-                let text = String::from_utf8(response).unwrap();
-                assert!(text.starts_with("HTTP/1.1 200 OK\r\n") && text.ends_with("<p>hi</p>"));
+        for path in ["/", "/?name=x&say=hi"] {
+            match server_read(get(path).as_bytes(), 8192, &pages) {
+                Request::Refuse { response, error: None } => {
+                    let text = String::from_utf8(response).unwrap();
+                    assert!(text.starts_with("HTTP/1.1 200 OK\r\n") && text.ends_with("<p>hi</p>"));
+                }
+                r => panic!("{path}: {r:?}"),
             }
-            r => panic!("{r:?}"),
         }
         let cases = [
             (get("/other"), "426", WsError::NotAnUpgrade(426)),

@@ -8,10 +8,12 @@
 
 #![allow(dead_code)]
 
+pub mod cycles;
 pub mod nats;
 pub mod rooms;
 pub mod tls;
 pub mod workers;
+pub mod ws;
 
 use servercore::{Ctx, DisconnectReason, ServerService, Session, SessionHandle, SessionId};
 use std::collections::HashMap;
