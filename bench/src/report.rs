@@ -963,6 +963,56 @@ mod tests {
         assert_eq!(group(f64::NAN), "-");
     }
 
+    fn sample(rate: f64, cpu_us: f64, parts: Vec<f64>, probe: Option<ProbeLatency>) -> Sample {
+        Sample {
+            rate,
+            p50_us: 900.0,
+            p99_us: 1500.0,
+            cpu_per_unit_us: cpu_us,
+            server_cpu_util: parts.iter().sum::<f64>().max(0.5),
+            server_cpu_parts: parts,
+            load_cpu_util: 0.9,
+            peak_rss_kib: 10_000,
+            rss_per_session_kib: None,
+            errors: 0,
+            first_error: None,
+            client_backend: Some("io_uring".into()),
+            besides: Besides::default(),
+            probe,
+        }
+    }
+
+    #[test]
+    fn cluster_table_and_target() {
+        let w = crate::run::workloads().into_iter().find(|w| w.key == "cluster-chat").unwrap();
+        let local = ProbeLatency {
+            local_p50_us: 800.0,
+            local_p99_us: 1200.0,
+            cross_p50_us: f64::NAN,
+            cross_p99_us: f64::NAN,
+        };
+        let cluster = ProbeLatency { cross_p50_us: 1100.0, cross_p99_us: 2000.0, ..local };
+        let outcome = Outcome::measured(
+            w,
+            vec![IO_URING, Server::Cluster],
+            vec![
+                vec![Ok(sample(5e6, 0.1, vec![0.5], Some(local)))],
+                vec![Ok(sample(3e6, 0.14, vec![0.4, 0.4, 0.1], Some(cluster)))],
+            ],
+        );
+        let mut notes = Vec::new();
+        let t = render_cluster(std::slice::from_ref(&outcome), &mut notes);
+        assert!(notes.is_empty(), "{notes:?}");
+        assert!(t.contains("| servercore io_uring, 1 node | 5,000,000 | 900 | 1500 | 800 / 1200 | - | 100 ns/delivery | ref | 50% |"), "{t}");
+        assert!(t.contains("| servercore io_uring, 2 nodes + NATS | 3,000,000 | 900 | 1500 | 800 / 1200 | 1100 / 2000 | 140 ns/delivery | 1.40 | 90% (40% + 40% + 10%) |"), "{t}");
+        let targets = render_targets(std::slice::from_ref(&outcome));
+        assert!(targets.contains("Targets (issue 15)"), "{targets}");
+        assert!(
+            targets.contains("2 nodes + NATS CPU/delivery <= 1.5 x 1 node | 1.400 x | yes |"),
+            "{targets}"
+        );
+    }
+
     #[test]
     fn dates() {
         assert_eq!(format_utc(0), "1970-01-01 00:00 UTC");

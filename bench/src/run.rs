@@ -1524,3 +1524,39 @@ fn churn_round(
         probe: None,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nats_readiness() {
+        let line = "[4242] 2026/11/30 08:00:00.000000 [INF] Listening for client connections on \
+                    127.0.0.1:41234";
+        assert_eq!(nats_client_addr(line), Some("127.0.0.1:41234".parse().unwrap()));
+        assert_eq!(nats_client_addr("[4242] [INF] Server is ready"), None);
+    }
+
+    #[test]
+    fn new_workloads_and_their_servers() {
+        let all = workloads();
+        let get = |k: &str| all.iter().find(|w| w.key == k).unwrap();
+        for k in ["ws-echo-64-d1", "ws-chat-100", "ws-chat-1000", "ws-memory"] {
+            let w = get(k);
+            assert!(w.ws && !w.tls, "{k}");
+            assert_eq!(servers_for(w, true, true, false), vec![IO_URING, POLL, Server::Tokio]);
+            assert_eq!(Server::Tokio.label_in(w), "tokio-tungstenite");
+        }
+        let c = get("cluster-chat");
+        assert!(c.load.is_chat() && !c.ws && !c.tls);
+        assert_eq!(servers_for(c, true, true, true), vec![IO_URING, Server::Cluster]);
+        assert_eq!(IO_URING.label_in(c), "servercore io_uring, 1 node");
+        // The plain and TLS rows keep their servers.
+        assert_eq!(servers_for(get("tls-chat-100"), true, true, false).len(), 3);
+        assert_eq!(Server::Tokio.label_in(get("chat-100")), "tokio");
+        let mut keys: Vec<&str> = all.iter().map(|w| w.key).collect();
+        keys.sort_unstable();
+        keys.dedup();
+        assert_eq!(keys.len(), all.len(), "workload keys are unique");
+    }
+}
