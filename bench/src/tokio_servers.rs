@@ -22,7 +22,8 @@
 //! packets (PROTOCOL.md section 6) and relays each C_CHAT as above, the session's writer
 //! task feeding every queued S_CHAT to the sink as its own binary message and flushing once
 //! per batch (tungstenite gathers the frames of a batch into one write). A text message is
-//! refused (close 1003); pings are answered by tungstenite.
+//! refused (close 1003); pings are answered by tungstenite. (The defaults include a 128 KiB
+//! read buffer per connection, which tungstenite zero-fills before reading: it is resident.)
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use futures_util::stream::SplitSink;
