@@ -429,12 +429,16 @@ fn compared(load: Load, m: &Summary) -> f64 {
 
 pub fn render(header: &Header, outcomes: &[Outcome]) -> String {
     let mut s = String::new();
-    let _ = writeln!(s, "{}\n", header.render());
-    let _ = writeln!(
-        s,
-        "| workload | server | msg/s | p50 us | p99 us | server CPU per msg | peak RSS | ratio vs tokio | server core busy | load core busy |"
-    );
-    let _ = writeln!(s, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(s, "{}", header.render());
+    // The cluster workload has its own table; this one is for every other workload.
+    let main_table = outcomes.iter().any(|o| !matches!(o.workload.load, Load::Cluster { .. }));
+    if main_table {
+        let _ = writeln!(
+            s,
+            "\n| workload | server | msg/s | p50 us | p99 us | server CPU per msg | peak RSS | ratio vs tokio | server core busy | load core busy |"
+        );
+        let _ = writeln!(s, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    }
     let mut notes: Vec<String> = Vec::new();
     let mut client_backend: Option<String> = None;
     for o in outcomes {
@@ -525,16 +529,18 @@ pub fn render(header: &Header, outcomes: &[Outcome]) -> String {
             );
         }
     }
-    let _ = writeln!(
-        s,
-        "\nmsg/s, p50, p99: from the load client (`servercore dummy-client --workers 1{}`; churn: \
-         `servercore-bench churn-client`). Server CPU = utime + stime of the server process from \
-         /proc/PID/stat over the load window. Ratio vs tokio: server CPU per msg (memory row: RSS \
-         per session), servercore / tokio; <= 1.00 is better. Server / load core busy: CPU \
-         seconds per wall second of the server / of the load client (near 100%: that side \
-         limits msg/s).",
-        client_backend.map(|b| format!(", backend {b}")).unwrap_or_default()
-    );
+    if main_table {
+        let _ = writeln!(
+            s,
+            "\nmsg/s, p50, p99: from the load client (`servercore dummy-client --workers 1{}`; \
+             churn: `servercore-bench churn-client`). Server CPU = utime + stime of the server \
+             process from /proc/PID/stat over the load window. Ratio vs tokio: server CPU per \
+             msg (memory row: RSS per session), servercore / tokio; <= 1.00 is better. Server \
+             / load core busy: CPU seconds per wall second of the server / of the load client \
+             (near 100%: that side limits msg/s).",
+            client_backend.map(|b| format!(", backend {b}")).unwrap_or_default()
+        );
+    }
     if outcomes.iter().any(|o| o.workload.tls) {
         let _ = writeln!(
             s,
