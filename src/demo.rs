@@ -106,7 +106,7 @@ pub fn run(args: DemoArgs) -> Result<ExitCode, String> {
     let max_packet = DEFAULT_MAX_PACKET_SIZE.max(size + HEADER_LEN);
     let server = b
         .websocket(args.ws_addr, crate::page::ws_config())
-        .start(ChatSession::factory(max_packet))
+        .start(ChatSession::factory(servercore::Room::new(), max_packet))
         .map_err(|e| format!("demo server failed to start: {e}"))?;
     let ws_addr = server.websocket_addr().expect("the demo server has a WebSocket listener");
     dummy::out(&format!(
