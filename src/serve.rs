@@ -142,8 +142,9 @@ pub fn run_echo(args: ServerArgs<7000>, signals: TerminationSignals) -> Result<E
     let server = builder
         .start(EchoSession::default)
         .map_err(|e| format!("echo server failed to start: {e}"))?;
-    print_ready(&server, tls);
+    // Listening from here: ready before the readiness line tells anyone.
     health.serving(|| Ok(()));
+    print_ready(&server, tls);
     serve_until_signal(server, signals, args.shutdown_secs, &health)
 }
 
@@ -213,7 +214,7 @@ pub fn run_chat(args: ChatArgs, signals: TerminationSignals) -> Result<ExitCode,
             return Err(format!("chat server failed to start: {e}"));
         }
     };
-    print_ready(&server, tls);
+    // Listening from here: the probe knows before the readiness line tells anyone.
     match &cluster {
         Some(c) => {
             let (c, url) = (c.clone(), args.cluster.clone().unwrap_or_default());
@@ -227,6 +228,7 @@ pub fn run_chat(args: ChatArgs, signals: TerminationSignals) -> Result<ExitCode,
         }
         None => health.serving(|| Ok(())),
     }
+    print_ready(&server, tls);
     let result = serve_until_signal(server, signals, args.server.shutdown_secs, &health);
     // After the server: its last broadcasts still go out. `health.stopping()` drops the
     // readiness check's reference, so this one is the last.
