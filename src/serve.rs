@@ -65,7 +65,7 @@ fn tls_config<const P: u16>(args: &ServerArgs<P>) -> Result<Option<Arc<ServerCon
 fn start_metrics<const P: u16>(args: &ServerArgs<P>, health: &Arc<Health>) -> Result<(), String> {
     if let Some(addr) = args.metrics {
         let bound = crate::metrics_http::serve(addr, health.clone())?;
-        eprintln!("metrics on http://{bound}/metrics (probes: /health, /ready)");
+        eprintln!("metrics on http://{bound}/metrics");
     }
     Ok(())
 }
