@@ -501,7 +501,7 @@ pub fn run_load(plan: &LoadPlan) -> Result<Report, String> {
     let tls_report = tls_on.then(|| {
         report::TlsReport::new(&stats.handshakes, &final_stats, connect_start, ws_sessions > 0)
     });
-    let ws_report = any_ws.then(|| report::WsReport {
+    let ws_report = any_ws.then_some(report::WsReport {
         sessions: ws_sessions,
         upgrades: final_stats.ws_upgrades,
         failures: final_stats.ws_upgrade_failures,
