@@ -32,7 +32,9 @@ pub(crate) struct Got {
 
 /// One session's layers and the bytes they have to write, in order.
 pub(crate) struct Transport {
-    tls: Option<TlsLayer>,
+    /// Boxed: rustls' connection is over 1 KiB, which a WebSocket-only session should not
+    /// carry.
+    tls: Option<Box<TlsLayer>>,
     ws: Option<WsLayer>,
     /// Bytes for the socket, in order (records, frames, handshake answers).
     pub(crate) out: VecDeque<Bytes>,
@@ -63,7 +65,10 @@ impl Transport {
         ws: Option<&WsSetup>,
         seed: u64,
     ) -> Result<Self, DisconnectReason> {
-        let tls = tls.map(TlsLayer::new).transpose().map_err(DisconnectReason::Tls)?;
+        let tls = tls
+            .map(|setup| TlsLayer::new(setup).map(Box::new))
+            .transpose()
+            .map_err(DisconnectReason::Tls)?;
         let mut t = Transport {
             tls,
             ws: None,
@@ -92,18 +97,18 @@ impl Transport {
 
     /// A handshake (TLS, or the WebSocket upgrade) is still running.
     pub(crate) fn handshaking(&self) -> bool {
-        self.tls.as_ref().is_some_and(TlsLayer::is_handshaking)
+        self.tls.as_ref().is_some_and(|t| t.is_handshaking())
             || self.ws.as_ref().is_some_and(WsLayer::is_upgrading)
     }
 
     /// The TLS handshake is still running.
     pub(crate) fn tls_handshaking(&self) -> bool {
-        self.tls.as_ref().is_some_and(TlsLayer::is_handshaking)
+        self.tls.as_ref().is_some_and(|t| t.is_handshaking())
     }
 
     /// Which handshake a deadline interrupts.
     pub(crate) fn timeout_reason(&self) -> DisconnectReason {
-        if self.tls.as_ref().is_some_and(TlsLayer::is_handshaking) {
+        if self.tls.as_ref().is_some_and(|t| t.is_handshaking()) {
             DisconnectReason::Tls(TlsError::HandshakeTimeout)
         } else {
             DisconnectReason::WebSocket(WsError::HandshakeTimeout)
@@ -115,7 +120,7 @@ impl Transport {
     }
 
     fn can_send(&self) -> bool {
-        self.tls.as_ref().map_or(true, TlsLayer::can_send)
+        self.tls.as_ref().map_or(true, |t| t.can_send())
             && self.ws.as_ref().map_or(true, WsLayer::can_send)
     }
 
@@ -148,7 +153,7 @@ impl Transport {
         limit: usize,
         scratch: &mut Vec<u8>,
     ) -> (Result<Got, DisconnectReason>, usize) {
-        let before = (self.handshaking(), self.tls.as_ref().is_some_and(TlsLayer::is_handshaking));
+        let before = (self.handshaking(), self.tls.as_ref().is_some_and(|t| t.is_handshaking()));
         let start = self.enqueued;
         let r = self.receive_inner(data, rbuf, limit, scratch);
         // Whatever happened, the answers go out (an alert, a close frame, an HTTP error).
@@ -158,7 +163,7 @@ impl Transport {
         self.flush_ws_out();
         let r = r.map(|mut got| {
             got.established = before.0 && !self.handshaking();
-            got.tls_done = before.1 && !self.tls.as_ref().is_some_and(TlsLayer::is_handshaking);
+            got.tls_done = before.1 && !self.tls.as_ref().is_some_and(|t| t.is_handshaking());
             got
         });
         (r, (self.enqueued - start) as usize)

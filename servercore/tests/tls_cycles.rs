@@ -9,77 +9,20 @@
 
 mod common;
 
+use common::cycles::*;
+
 use common::tls::{
     client_hello, pki, raw_read_to_end, send_close_notify, tls_connect, tls_connect_with,
     tls_read_to_end, tls_roundtrip, TlsEnd,
 };
 use common::{any_port, connect, open_fd_count, set_linger_zero, wait_until};
-use servercore::{Ctx, DisconnectReason, ServerService, Session};
+use servercore::ServerService;
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-const CYCLES: usize = 2_000;
-const THREADS: usize = 4;
-const WARM_UP: usize = 100;
-const RSS_SLACK: usize = 16 * 1024 * 1024;
-const WORKERS: usize = 2;
-
-/// The tests of this binary one at a time (fd count and RSS are process-wide).
-static EXCLUSIVE: Mutex<()> = Mutex::new(());
-
-#[derive(Default)]
-struct Counters {
-    connected: AtomicUsize,
-    disconnected: AtomicUsize,
-    reasons: Mutex<HashMap<&'static str, usize>>,
-    double_disconnects: AtomicUsize,
-    flooded: AtomicUsize,
-}
-
-/// Bytes a session queues on "flood" (the shutdown test).
-const FLOOD: usize = 200 * 1024;
-
-/// Echoes; "?" asks which worker serves it; "flood" queues `FLOOD` bytes; "bye" is
-/// answered and disconnected. Counts its lifecycle.
-struct Cycle {
-    counters: Arc<Counters>,
-    done: bool,
-}
-
-impl Session for Cycle {
-    fn on_connected(&mut self, _ctx: &mut Ctx<'_>) {
-        self.counters.connected.fetch_add(1, Ordering::SeqCst);
-    }
-
-    fn on_recv(&mut self, ctx: &mut Ctx<'_>, data: &[u8]) -> usize {
-        if data == b"?" {
-            let _ = ctx.send(vec![ctx.worker_index() as u8]);
-        } else if data == b"flood" {
-            for i in 0..FLOOD / 1024 {
-                let _ = ctx.send(vec![i as u8; 1024]);
-            }
-            self.counters.flooded.fetch_add(1, Ordering::SeqCst);
-        } else if data == b"bye" {
-            let _ = ctx.send(&b"bye"[..]);
-            ctx.disconnect("bye");
-        } else {
-            let _ = ctx.send(data.to_vec());
-        }
-        data.len()
-    }
-
-    fn on_disconnected(&mut self, _ctx: &mut Ctx<'_>, reason: &DisconnectReason) {
-        if std::mem::replace(&mut self.done, true) {
-            self.counters.double_disconnects.fetch_add(1, Ordering::SeqCst);
-        }
-        self.counters.disconnected.fetch_add(1, Ordering::SeqCst);
-        *self.counters.reasons.lock().unwrap().entry(reason.label()).or_default() += 1;
-    }
-}
 
 fn tls_server(counters: &Arc<Counters>) -> ServerService {
     let c = counters.clone();
@@ -90,18 +33,13 @@ fn tls_server(counters: &Arc<Counters>) -> ServerService {
         .unwrap()
 }
 
-fn fds() -> usize {
-    open_fd_count().expect("open_fd_count is known on Linux")
-}
-
-fn rss() -> usize {
-    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
-    let line = status.lines().find(|l| l.starts_with("VmRSS:")).expect("VmRSS");
-    line.split_whitespace().nth(1).unwrap().parse::<usize>().unwrap() * 1024
-}
-
 /// Ways a cycle ends.
 const ENDINGS: usize = 6;
+
+/// How many cycles end in way `ending`.
+fn cycles_ending_of(ending: usize) -> usize {
+    cycles_ending(ending, ENDINGS)
+}
 /// Of those, the ones whose client finishes its handshake.
 const HANDSHAKING_ENDINGS: [usize; 4] = [0, 1, 2, 5];
 
@@ -145,15 +83,6 @@ fn cycle(addr: SocketAddr, i: usize, hello: &[u8]) {
 }
 
 /// The cycle indices run: the warm-up's, then each client thread's.
-fn cycle_indices() -> impl Iterator<Item = usize> {
-    (0..WARM_UP).chain((0..THREADS).flat_map(|t| (0..CYCLES / THREADS).map(move |i| t + i)))
-}
-
-/// How many cycles end in way `ending`.
-fn cycles_ending(ending: usize) -> usize {
-    cycle_indices().filter(|i| i % ENDINGS == ending).count()
-}
-
 /// Waits until the server has accepted every connection the clients made (see
 /// `reliability_cycles.rs`): TLS sentinels are connected until every worker has served
 /// one, and each worker accepts its listener's queue in order.
@@ -242,7 +171,7 @@ fn two_thousand_tls_cycles_leave_no_session_fd_or_memory_behind() {
     // handshake never connect, the others connect (but a reset right after the client's
     // Finished may beat it).
     let connections = CYCLES + WARM_UP + sentinels;
-    let handshakes = HANDSHAKING_ENDINGS.map(cycles_ending).iter().sum::<usize>() + sentinels;
+    let handshakes = HANDSHAKING_ENDINGS.map(cycles_ending_of).iter().sum::<usize>() + sentinels;
     assert!(
         connected > handshakes * 2 / 3 && connected <= handshakes,
         "{connected} sessions connected for {handshakes} completed client handshakes"
@@ -253,13 +182,13 @@ fn two_thousand_tls_cycles_leave_no_session_fd_or_memory_behind() {
     assert_eq!(stats.tls_handshakes + stats.tls_handshake_failures, stats.accepted, "{stats:?}");
     // Every orderly TLS close is seen as one, from either side.
     let peer_closed = reasons.get("peer_closed").copied().unwrap_or(0);
-    let orderly = cycles_ending(0) + sentinels;
+    let orderly = cycles_ending_of(0) + sentinels;
     assert!(
         peer_closed >= orderly,
         "{peer_closed} peer_closed for {orderly} orderly TLS closes: {reasons:?}"
     );
     let local = reasons.get("local").copied().unwrap_or(0);
-    assert_eq!(local, cycles_ending(5), "server-side closes: {reasons:?}");
+    assert_eq!(local, cycles_ending_of(5), "server-side closes: {reasons:?}");
     let unexpected: Vec<_> = reasons
         .iter()
         .filter(|(l, _)| {

@@ -11,6 +11,8 @@
 
 mod common;
 
+use common::cycles::*;
+
 use common::tls::pki;
 use common::ws::{
     binary, client_frame, client_stream, close_frame, http_status, read_until_end, tcp, ws_connect,
@@ -18,72 +20,13 @@ use common::ws::{
 };
 use common::{any_port, open_fd_count, set_linger_zero, wait_until};
 use servercore::ws::WsConfig;
-use servercore::{Ctx, DisconnectReason, ServerService, Session};
+use servercore::ServerService;
 use std::collections::HashMap;
 use std::io::Write;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-const CYCLES: usize = 2_000;
-const THREADS: usize = 4;
-const WARM_UP: usize = 100;
-const RSS_SLACK: usize = 16 * 1024 * 1024;
-const WORKERS: usize = 2;
-
-/// The tests of this binary one at a time (fd count and RSS are process-wide).
-static EXCLUSIVE: Mutex<()> = Mutex::new(());
-
-#[derive(Default)]
-struct Counters {
-    connected: AtomicUsize,
-    disconnected: AtomicUsize,
-    reasons: Mutex<HashMap<&'static str, usize>>,
-    double_disconnects: AtomicUsize,
-    flooded: AtomicUsize,
-}
-
-/// Bytes a session queues on "flood" (the shutdown test), in 1 KiB sends.
-const FLOOD: usize = 200 * 1024;
-
-/// Echoes; "?" asks which worker serves it; "flood" queues `FLOOD` bytes; "bye" is
-/// answered and disconnected. Counts its lifecycle.
-struct Cycle {
-    counters: Arc<Counters>,
-    done: bool,
-}
-
-impl Session for Cycle {
-    fn on_connected(&mut self, _ctx: &mut Ctx<'_>) {
-        self.counters.connected.fetch_add(1, Ordering::SeqCst);
-    }
-
-    fn on_recv(&mut self, ctx: &mut Ctx<'_>, data: &[u8]) -> usize {
-        if data == b"?" {
-            let _ = ctx.send(vec![ctx.worker_index() as u8]);
-        } else if data == b"flood" {
-            for i in 0..FLOOD / 1024 {
-                let _ = ctx.send(vec![i as u8; 1024]);
-            }
-            self.counters.flooded.fetch_add(1, Ordering::SeqCst);
-        } else if data == b"bye" {
-            let _ = ctx.send(&b"bye"[..]);
-            ctx.disconnect("bye");
-        } else {
-            let _ = ctx.send(data.to_vec());
-        }
-        data.len()
-    }
-
-    fn on_disconnected(&mut self, _ctx: &mut Ctx<'_>, reason: &DisconnectReason) {
-        if std::mem::replace(&mut self.done, true) {
-            self.counters.double_disconnects.fetch_add(1, Ordering::SeqCst);
-        }
-        self.counters.disconnected.fetch_add(1, Ordering::SeqCst);
-        *self.counters.reasons.lock().unwrap().entry(reason.label()).or_default() += 1;
-    }
-}
 
 const PAGE: &[u8] = b"<p>page</p>";
 
@@ -98,18 +41,13 @@ fn ws_server(counters: &Arc<Counters>, tls: bool) -> ServerService {
     b.start(move || Cycle { counters: c.clone(), done: false }).unwrap()
 }
 
-fn fds() -> usize {
-    open_fd_count().expect("open_fd_count is known on Linux")
-}
-
-fn rss() -> usize {
-    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
-    let line = status.lines().find(|l| l.starts_with("VmRSS:")).expect("VmRSS");
-    line.split_whitespace().nth(1).unwrap().parse::<usize>().unwrap() * 1024
-}
-
 /// Ways a cycle ends.
 const ENDINGS: usize = 9;
+
+/// How many cycles end in way `ending`.
+fn cycles_ending_of(ending: usize) -> usize {
+    cycles_ending(ending, ENDINGS)
+}
 /// Of those, the ones whose upgrade finishes (the session connects).
 const UPGRADED_ENDINGS: [usize; 5] = [0, 1, 2, 6, 8];
 /// The ones whose upgrade fails (refused, or the peer left before it).
@@ -185,15 +123,6 @@ fn cycle(addr: SocketAddr, i: usize) {
 }
 
 /// The cycle indices run: the warm-up's, then each client thread's.
-fn cycle_indices() -> impl Iterator<Item = usize> {
-    (0..WARM_UP).chain((0..THREADS).flat_map(|t| (0..CYCLES / THREADS).map(move |i| t + i)))
-}
-
-/// How many cycles end in way `ending`.
-fn cycles_ending(ending: usize) -> usize {
-    cycle_indices().filter(|i| i % ENDINGS == ending).count()
-}
-
 /// Waits until the server has accepted every connection the clients made (see
 /// `reliability_cycles.rs`): WebSocket sentinels are connected until every worker has
 /// served one, and each worker accepts its listener's queue in order. Each ends with a
@@ -280,26 +209,26 @@ fn two_thousand_websocket_cycles_leave_no_session_fd_or_memory_behind() {
     assert_eq!(connected, disconnected, "every session got exactly one on_disconnected");
     assert_eq!(stats.disconnected as usize, disconnected, "{stats:?}");
     // Every upgrade that finished connected its session, and only those.
-    let upgraded = UPGRADED_ENDINGS.map(cycles_ending).iter().sum::<usize>() + sentinels;
+    let upgraded = UPGRADED_ENDINGS.map(cycles_ending_of).iter().sum::<usize>() + sentinels;
     assert_eq!(connected, upgraded, "sessions connected for {upgraded} upgrades");
     assert_eq!(stats.ws_upgrades as usize, connected, "{stats:?}");
     // Every accepted connection upgraded, failed to, or got the page. (A connection reset
     // before the server took it from the listener's queue is dropped uncounted: ending 5
     // may never be accepted, so `accepted` may fall short of the connections made.)
-    let failed = FAILED_ENDINGS.map(cycles_ending).iter().sum::<usize>();
+    let failed = FAILED_ENDINGS.map(cycles_ending_of).iter().sum::<usize>();
     let failures = stats.ws_upgrade_failures as usize;
-    assert_eq!(stats.accepted as usize, upgraded + failures + cycles_ending(PAGE_ENDING));
+    assert_eq!(stats.accepted as usize, upgraded + failures + cycles_ending_of(PAGE_ENDING));
     assert!(stats.accepted as usize <= CYCLES + WARM_UP + sentinels, "{stats:?}");
     assert!(
-        (cycles_ending(3)..=failed).contains(&failures),
+        (cycles_ending_of(3)..=failed).contains(&failures),
         "{failures} failed upgrades: at least the {} refused, at most {failed}: {stats:?}",
-        cycles_ending(3)
+        cycles_ending_of(3)
     );
     // Every close handshake is seen as an orderly close, from either side.
     let count = |label: &str| reasons.get(label).copied().unwrap_or(0);
-    assert_eq!(count("local"), cycles_ending(6), "server-side closes: {reasons:?}");
-    assert_eq!(count("ws_protocol_error"), cycles_ending(8), "text frames: {reasons:?}");
-    let orderly = cycles_ending(0) + cycles_ending(1) + sentinels;
+    assert_eq!(count("local"), cycles_ending_of(6), "server-side closes: {reasons:?}");
+    assert_eq!(count("ws_protocol_error"), cycles_ending_of(8), "text frames: {reasons:?}");
+    let orderly = cycles_ending_of(0) + cycles_ending_of(1) + sentinels;
     assert!(count("peer_closed") >= orderly, "{orderly} orderly closes: {reasons:?}");
     let unexpected: Vec<_> = reasons
         .iter()

@@ -8,6 +8,7 @@
 
 #![allow(dead_code)]
 
+pub mod cycles;
 pub mod nats;
 pub mod rooms;
 pub mod tls;
