@@ -1,7 +1,7 @@
 //! `servercore demo`: the chat server and dummy chat clients in one process on loopback,
 //! with a live progress line, a summary table and (on a terminal) a latency sketch.
 
-use crate::dummy::{self, LoadPlan, Mode, ProgressOut, Report, TlsPlan, Trust, WsPlan};
+use crate::dummy::{self, Endpoint, LoadPlan, Mode, ProgressOut, Report, TlsPlan, Trust};
 use crate::samples::chat::ChatSession;
 use clap::Args;
 use servercore::packet::{DEFAULT_MAX_PACKET_SIZE, HEADER_LEN};
@@ -106,7 +106,7 @@ pub fn run(args: DemoArgs) -> Result<ExitCode, String> {
     let max_packet = DEFAULT_MAX_PACKET_SIZE.max(size + HEADER_LEN);
     let server = b
         .websocket(args.ws_addr, crate::page::ws_config())
-        .start(ChatSession::factory(max_packet))
+        .start(ChatSession::factory(servercore::Room::new(), max_packet))
         .map_err(|e| format!("demo server failed to start: {e}"))?;
     let ws_addr = server.websocket_addr().expect("the demo server has a WebSocket listener");
     dummy::out(&format!(
@@ -140,8 +140,24 @@ pub fn run(args: DemoArgs) -> Result<ExitCode, String> {
         "  open {page} in a browser to join the chat (for {} s, --secs for longer{warning})\n",
         args.secs
     ));
+    let ws_sessions = ws_sessions as usize;
     let plan = LoadPlan {
-        addr: server.local_addr(),
+        // One room, reached over TCP and over WebSocket.
+        endpoints: vec![
+            Endpoint {
+                addr: server.local_addr(),
+                sessions: args.sessions as usize - ws_sessions,
+                ws_host: None,
+                tls_name: None,
+            },
+            Endpoint {
+                addr: ws_addr,
+                sessions: ws_sessions,
+                ws_host: Some(dummy::host_header(DEMO_HOST, ws_addr.port())),
+                tls_name: None,
+            },
+        ],
+        check_complete: false,
         mode: Mode::Chat,
         sessions: args.sessions as usize,
         size,
@@ -151,11 +167,6 @@ pub fn run(args: DemoArgs) -> Result<ExitCode, String> {
         progress: if tty { ProgressOut::Stdout } else { ProgressOut::Lines },
         rate: None,
         ramp: Duration::ZERO,
-        ws: (ws_sessions > 0).then(|| WsPlan {
-            addr: ws_addr,
-            host: dummy::host_header(DEMO_HOST, ws_addr.port()),
-            sessions: ws_sessions as usize,
-        }),
         tls: client_tls,
     };
     let report = dummy::run_load(&plan);

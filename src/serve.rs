@@ -1,11 +1,13 @@
 //! The sample servers: start, print the readiness line, serve until SIGINT/SIGTERM.
 
+use crate::metrics_http::Health;
 use crate::samples::chat::ChatSession;
 use crate::samples::echo::EchoSession;
 use clap::Args;
+use servercore::cluster::{Cluster, ClusterConfig};
 use servercore::sys::TerminationSignals;
 use servercore::tls::rustls::ServerConfig;
-use servercore::{BackendChoice, ServerService};
+use servercore::{BackendChoice, Room, ServerService};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -58,10 +60,11 @@ fn tls_config<const P: u16>(args: &ServerArgs<P>) -> Result<Option<Arc<ServerCon
     Ok(Some(config))
 }
 
-/// Starts the metrics endpoint if asked for (before the server, so its workers register).
-fn start_metrics<const P: u16>(args: &ServerArgs<P>) -> Result<(), String> {
+/// Starts the metrics endpoint if asked for (before the server, so its workers register),
+/// with the probes of `health`.
+fn start_metrics<const P: u16>(args: &ServerArgs<P>, health: &Arc<Health>) -> Result<(), String> {
     if let Some(addr) = args.metrics {
-        let bound = crate::metrics_http::serve(addr)?;
+        let bound = crate::metrics_http::serve(addr, health.clone())?;
         eprintln!("metrics on http://{bound}/metrics");
     }
     Ok(())
@@ -113,14 +116,17 @@ pub fn print_ready(server: &ServerService, tls: bool) {
     let _ = out.flush();
 }
 
-/// Waits for SIGINT/SIGTERM, then shuts the server down gracefully.
+/// Waits for SIGINT/SIGTERM, then shuts the server down gracefully (not ready from the
+/// signal on).
 pub fn serve_until_signal(
     server: ServerService,
     signals: TerminationSignals,
     shutdown_secs: u64,
+    health: &Health,
 ) -> Result<ExitCode, String> {
     let sig = signals.wait().map_err(|e| format!("waiting for signals failed: {e}"))?;
     eprintln!("{sig} received: shutting down");
+    health.stopping();
     let stats = server.stats();
     server
         .shutdown(Duration::from_secs(shutdown_secs))
@@ -131,12 +137,15 @@ pub fn serve_until_signal(
 
 pub fn run_echo(args: ServerArgs<7000>, signals: TerminationSignals) -> Result<ExitCode, String> {
     let (builder, tls) = builder(&args)?;
-    start_metrics(&args)?;
+    let health = Arc::new(Health::default());
+    start_metrics(&args, &health)?;
     let server = builder
         .start(EchoSession::default)
         .map_err(|e| format!("echo server failed to start: {e}"))?;
+    // Listening from here: ready before the readiness line tells anyone.
+    health.serving(|| Ok(()));
     print_ready(&server, tls);
-    serve_until_signal(server, signals, args.shutdown_secs)
+    serve_until_signal(server, signals, args.shutdown_secs, &health)
 }
 
 /// `chat-server` options: the common ones plus the packet size limit.
@@ -152,23 +161,87 @@ pub struct ChatArgs {
     /// more messages share each send (0: never; see `SessionConfig::broadcast_gather_max`).
     #[arg(long, default_value_t = default_gather_ms())]
     pub broadcast_gather_ms: u64,
+    /// Share the chat room with every chat server on this NATS (`nats://HOST:PORT`): a
+    /// message reaches the members on every server (per-sender order, at most once). The
+    /// server starts and serves locally even while NATS is unreachable; needs `--node`.
+    #[arg(long, value_name = "URL", requires = "node")]
+    pub cluster: Option<String>,
+    /// This server's name in the cluster, unique among the servers on that NATS (letters,
+    /// digits, `-`, `_`; no `.`, `*`, `>` or spaces); needs `--cluster`.
+    #[arg(long, value_name = "NAME", requires = "cluster")]
+    pub node: Option<String>,
 }
 
 fn default_gather_ms() -> u64 {
     servercore::SessionConfig::default().broadcast_gather_max.as_millis() as u64
 }
 
+/// The cluster of `--cluster`/`--node`, started (it returns at once, NATS reachable or
+/// not: the link keeps trying in the background and logs it).
+fn start_cluster(args: &ChatArgs) -> Result<Option<Cluster>, String> {
+    let (Some(url), Some(node)) = (&args.cluster, &args.node) else {
+        return Ok(None); // clap makes the two flags go together
+    };
+    let cluster = Cluster::start(ClusterConfig::new(url, node))
+        .map_err(|e| format!("--cluster {url} --node {node}: {e}"))?;
+    eprintln!("cluster node {node}: the chat room spans every chat server on NATS at {url}");
+    Ok(Some(cluster))
+}
+
 pub fn run_chat(args: ChatArgs, signals: TerminationSignals) -> Result<ExitCode, String> {
     let (builder, tls) = builder(&args.server)?;
-    start_metrics(&args.server)?;
+    let health = Arc::new(Health::default());
+    // The metrics recorder first: the cluster registers its metrics when it starts.
+    start_metrics(&args.server, &health)?;
+    let cluster = start_cluster(&args)?.map(Arc::new);
+    let room = match &cluster {
+        Some(c) => c.room("chat").map_err(|e| format!("cluster room: {e}"))?,
+        None => Room::new(),
+    };
     let config = servercore::SessionConfig {
         broadcast_gather_max: Duration::from_millis(args.broadcast_gather_ms),
         ..Default::default()
     };
-    let server = builder
+    let server = match builder
         .session_config(config)
-        .start(ChatSession::factory(args.max_packet as usize))
-        .map_err(|e| format!("chat server failed to start: {e}"))?;
+        .start(ChatSession::factory(room, args.max_packet as usize))
+    {
+        Ok(server) => server,
+        Err(e) => {
+            if let Some(c) = cluster.and_then(Arc::into_inner) {
+                let _ = c.shutdown(Duration::from_secs(1));
+            }
+            return Err(format!("chat server failed to start: {e}"));
+        }
+    };
+    // Listening from here: the probe knows before the readiness line tells anyone.
+    match &cluster {
+        Some(c) => {
+            let (c, url) = (c.clone(), args.cluster.clone().unwrap_or_default());
+            health.serving(move || {
+                if c.is_up() {
+                    Ok(())
+                } else {
+                    Err(format!("cluster node {}: link to NATS at {url} is down", c.node()))
+                }
+            });
+        }
+        None => health.serving(|| Ok(())),
+    }
     print_ready(&server, tls);
-    serve_until_signal(server, signals, args.server.shutdown_secs)
+    let result = serve_until_signal(server, signals, args.server.shutdown_secs, &health);
+    // After the server: its last broadcasts still go out. `health.stopping()` drops the
+    // readiness check's reference, so this one is the last.
+    health.stopping();
+    if let Some(c) = cluster.and_then(Arc::into_inner) {
+        let (node, s) = (c.node().to_string(), c.stats());
+        c.shutdown(Duration::from_secs(args.server.shutdown_secs))
+            .map_err(|e| format!("cluster shutdown failed: {e}"))?;
+        eprintln!(
+            "cluster node {node}: published {}, received {}, dropped {} (link down or slow), \
+             {} connects to NATS",
+            s.published, s.received, s.dropped, s.connects
+        );
+    }
+    result
 }

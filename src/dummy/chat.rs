@@ -195,7 +195,7 @@ pub struct ChatLoad {
     /// Sequence number of the next own message.
     next_send: u64,
     /// Next expected sequence number per sender; own messages included (baseline 0).
-    expected: HashMap<u64, u64, BuildHasherDefault<IdHasher>>,
+    expected: SeqMap,
     pending: Pending,
     /// Process-wide sends when this session connected, and deliveries since.
     joined_at_sends: u64,
@@ -207,6 +207,70 @@ pub struct ChatLoad {
     retry_armed: bool,
     /// Open loop: send on this pace (at most `depth` in flight); closed loop when `None`.
     pace: Option<Pace>,
+    /// When this session connected ([`now_ns`]).
+    joined_ns: u64,
+    /// Send time of the last own message that came back (0: none yet).
+    last_echo_ns: u64,
+}
+
+type SeqMap = HashMap<u64, u64, BuildHasherDefault<IdHasher>>;
+
+/// What a session saw, left in `LoadStats::finals` when it ends (runs over several servers)
+/// for [`check_complete`].
+pub struct Final {
+    me: u64,
+    joined_ns: u64,
+    /// Own messages that came back (in order, or given up after a gap): the next own
+    /// sequence number it expected.
+    echoed: u64,
+    last_echo_ns: u64,
+    /// The session was dropped (already counted as an error).
+    dropped: bool,
+    /// The next expected sequence number of every sender it got messages from.
+    seen: SeqMap,
+}
+
+/// A session may miss every message of a sender whose last message came back to it less
+/// than this after the session connected: the server may not have put the session in the
+/// room yet when that message was relayed. (In a normal run every sender sends until the
+/// end, long after every session joined.)
+const JOIN_MARGIN_NS: u64 = 500_000_000;
+
+/// Runs over several servers: every session got every sender's messages up to the last one
+/// the sender got back itself, whichever server each is on. The per-message checks catch a
+/// hole in the middle of a sender's sequence; this catches what they cannot: a missing
+/// tail, or a sender never heard of (say, two servers whose room is not shared). Each such
+/// (session, sender) pair counts as a gap. Runs once every session has ended.
+pub fn check_complete(stats: &LoadStats) {
+    let finals = std::mem::take(&mut *stats.finals.lock().unwrap_or_else(|p| p.into_inner()));
+    let senders: Vec<&Final> = finals.iter().filter(|f| !f.dropped && f.echoed > 0).collect();
+    let mut missing = 0u64;
+    for r in finals.iter().filter(|f| !f.dropped) {
+        for s in senders.iter().filter(|s| s.me != r.me) {
+            let error = match r.seen.get(&s.me) {
+                Some(&next) if next >= s.echoed => continue,
+                Some(&next) => format!(
+                    "sender {:#x}'s messages {next}..{} never reached sender {:#x} (it got \
+                     them up to {next}, the sender got its own back up to {})",
+                    s.me,
+                    s.echoed,
+                    r.me,
+                    s.echoed - 1
+                ),
+                None if s.last_echo_ns < r.joined_ns.saturating_add(JOIN_MARGIN_NS) => continue,
+                None => format!(
+                    "no message of sender {:#x} ever reached sender {:#x} (the sender got its \
+                     own back up to seq {}); is the room shared by every server?",
+                    s.me,
+                    r.me,
+                    s.echoed - 1
+                ),
+            };
+            missing += 1;
+            stats.error(error);
+        }
+    }
+    stats.gaps.fetch_add(missing, Ordering::Relaxed);
 }
 
 impl ChatLoad {
@@ -231,6 +295,8 @@ impl ChatLoad {
             lag_limit,
             lagging: false,
             retry_armed: false,
+            joined_ns: 0,
+            last_echo_ns: 0,
         }
     }
 
@@ -322,6 +388,7 @@ impl ChatLoad {
 impl PacketSession for ChatLoad {
     fn on_connected(&mut self, ctx: &mut Ctx<'_>) {
         self.me = next_sender_id();
+        self.joined_ns = now_ns(Instant::now());
         self.joined_at_sends = self.stats.sends.load(Ordering::Relaxed);
         // The server puts a session in the room before it reads the session's first
         // packet, so every own message must come back, starting with 0.
@@ -402,6 +469,7 @@ impl PacketSession for ChatLoad {
             }
         };
         if own {
+            self.last_echo_ns = sent_ns;
             let now = Instant::now();
             let us = now_ns(now).saturating_sub(sent_ns) / 1000;
             record_latency(&self.stats, us, now);
@@ -433,6 +501,7 @@ impl PacketSession for ChatLoad {
     }
 
     fn on_disconnected(&mut self, ctx: &mut Ctx<'_>, reason: &DisconnectReason) {
+        let echoed = self.expected.get(&self.me).copied().unwrap_or(0);
         self.set_not_lagging();
         flush_latency(&self.stats);
         self.pending.in_flight -= self.in_flight() as i64;
@@ -443,6 +512,17 @@ impl PacketSession for ChatLoad {
         if !expected && !self.stats.is_stopping() {
             self.stats.unexpected_disconnects.fetch_add(1, Ordering::Relaxed);
             self.stats.error(format!("{} (sender {:#x}) dropped: {reason}", ctx.id(), self.me));
+        }
+        if self.me != 0 && self.stats.keep_finals.load(Ordering::Relaxed) {
+            let f = Final {
+                me: self.me,
+                joined_ns: self.joined_ns,
+                echoed,
+                last_echo_ns: self.last_echo_ns,
+                dropped: !expected,
+                seen: std::mem::take(&mut self.expected),
+            };
+            self.stats.finals.lock().unwrap_or_else(|p| p.into_inner()).push(f);
         }
     }
 

@@ -13,6 +13,7 @@ pub use stats::LoadStats;
 pub use tls::{TlsPlan, Trust};
 
 use clap::{Args, ValueEnum};
+use servercore::tls::rustls::pki_types::ServerName;
 use servercore::{BackendChoice, ClientService, ServiceStats};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -36,9 +37,11 @@ pub enum Mode {
 /// `servercore dummy-client` options.
 #[derive(Args, Debug, Clone)]
 pub struct DummyArgs {
-    /// Server address.
-    #[arg(long, value_parser = parse_target)]
-    pub addr: Target,
+    /// Server address. Give it more than once to spread the sessions over several servers,
+    /// round-robin (chat: servers sharing one room with `--cluster`; the run then also
+    /// checks that every session got every sender's messages, across the servers).
+    #[arg(long, value_parser = parse_target, required = true)]
+    pub addr: Vec<Target>,
     /// Workload.
     #[arg(long, value_enum, default_value_t = Mode::Echo)]
     pub mode: Mode,
@@ -81,7 +84,7 @@ pub struct DummyArgs {
     #[arg(long, requires = "tls")]
     pub tls_insecure: bool,
     /// The name the server's certificate must be valid for, also sent as SNI (default: the
-    /// host of `--addr`; an IP address is a valid name).
+    /// host of each `--addr`; an IP address is a valid name).
     #[arg(long, value_name = "NAME", requires = "tls")]
     pub tls_server_name: Option<String>,
     /// Speak WebSocket (PROTOCOL.md section 6) to a server's `--ws-addr`: binary messages,
@@ -123,7 +126,8 @@ pub fn host_header(host: &str, port: u16) -> String {
     }
 }
 
-/// The TLS options of `dummy-client`, checked and loaded.
+/// The TLS options of `dummy-client`, checked and loaded. The plan's server name is the
+/// first `--addr`'s (or `--tls-server-name`); see [`tls_names`] for the others.
 fn tls_plan(args: &DummyArgs) -> Result<TlsPlan, String> {
     let trust = match (&args.tls_ca, args.tls_insecure) {
         (Some(path), _) => {
@@ -140,17 +144,42 @@ fn tls_plan(args: &DummyArgs) -> Result<TlsPlan, String> {
         Some(name) => {
             servercore::tls::server_name(name).map_err(|e| format!("--tls-server-name: {e}"))?
         }
-        None => servercore::tls::server_name(&args.addr.host).map_err(|e| {
-            format!("the host of --addr is no valid TLS server name ({e}); give --tls-server-name")
-        })?,
+        None => target_tls_name(&args.addr[0])?,
     };
     Ok(TlsPlan { trust, server_name })
+}
+
+/// The TLS server name of a target: its host as written.
+fn target_tls_name(t: &Target) -> Result<ServerName<'static>, String> {
+    servercore::tls::server_name(&t.host).map_err(|e| {
+        format!(
+            "the host of --addr {} is no valid TLS server name ({e}); give --tls-server-name",
+            t.host
+        )
+    })
+}
+
+/// With TLS and no `--tls-server-name`, each address's own host is the name its server's
+/// certificate must be valid for.
+fn tls_names(args: &DummyArgs) -> Result<Vec<Option<ServerName<'static>>>, String> {
+    args.addr
+        .iter()
+        .map(|t| match args.tls && args.tls_server_name.is_none() {
+            true => target_tls_name(t).map(Some),
+            false => Ok(None),
+        })
+        .collect()
 }
 
 /// Options of one load run, for the CLI and the demo.
 #[derive(Debug, Clone)]
 pub struct LoadPlan {
-    pub addr: SocketAddr,
+    /// Where the sessions go: one client service per endpoint.
+    pub endpoints: Vec<Endpoint>,
+    /// Chat: at the end, check that every session got every sender's messages up to the
+    /// last one the sender got back itself (runs over several servers sharing a room, where
+    /// the delivery between the servers is what is tested; see `chat::check_complete`).
+    pub check_complete: bool,
     pub mode: Mode,
     pub sessions: usize,
     pub size: usize,
@@ -164,20 +193,30 @@ pub struct LoadPlan {
     pub ramp: Duration,
     /// Speak TLS, and how.
     pub tls: Option<TlsPlan>,
-    /// Speak WebSocket, and how many of the sessions.
-    pub ws: Option<WsPlan>,
 }
 
-/// How many sessions of a load run speak WebSocket, and to which listener.
+impl LoadPlan {
+    /// Sessions that speak WebSocket.
+    pub fn ws_sessions(&self) -> usize {
+        self.endpoints.iter().filter(|e| e.ws_host.is_some()).map(|e| e.sessions).sum()
+    }
+}
+
+/// A server address of a load run, and how many of the sessions go there, how.
 #[derive(Debug, Clone)]
-pub struct WsPlan {
-    /// The WebSocket listener (the demo's differs from its TCP `addr`).
+pub struct Endpoint {
     pub addr: SocketAddr,
-    /// The `Host` header of the upgrade requests.
-    pub host: String,
-    /// Sessions over WebSocket (at most all of the plan's); the others use plain TCP to
-    /// the plan's `addr`.
+    /// Sessions to this address (the plan's `sessions` is the sum over the endpoints).
     pub sessions: usize,
+    /// Speak WebSocket: the `Host` header of the upgrade requests.
+    pub ws_host: Option<String>,
+    /// With TLS: the name the certificate must be valid for (default: the plan's).
+    pub tls_name: Option<ServerName<'static>>,
+}
+
+/// `total` sessions over `n` addresses, round-robin: session `k` goes to address `k % n`.
+pub fn round_robin(total: usize, n: usize) -> Vec<usize> {
+    (0..n).map(|i| total / n + usize::from(i < total % n)).collect()
 }
 
 pub fn run(args: DummyArgs) -> Result<ExitCode, String> {
@@ -185,8 +224,28 @@ pub fn run(args: DummyArgs) -> Result<ExitCode, String> {
         return Err(format!("--secs must be a positive number of seconds, got {}", args.secs));
     }
     let tls = if args.tls { Some(tls_plan(&args)?) } else { None };
+    let sessions = args.sessions as usize;
+    if sessions < args.addr.len() {
+        return Err(format!(
+            "--sessions {sessions} is fewer than the {} addresses of --addr: each needs one",
+            args.addr.len()
+        ));
+    }
+    let endpoints = args
+        .addr
+        .iter()
+        .zip(round_robin(sessions, args.addr.len()))
+        .zip(tls_names(&args)?)
+        .map(|((t, sessions), tls_name)| Endpoint {
+            addr: t.addr,
+            sessions,
+            ws_host: args.ws.then(|| t.host_header()),
+            tls_name,
+        })
+        .collect();
     let plan = LoadPlan {
-        addr: args.addr.addr,
+        endpoints,
+        check_complete: args.addr.len() > 1,
         mode: args.mode,
         sessions: args.sessions as usize,
         size: args.size as usize,
@@ -197,11 +256,6 @@ pub fn run(args: DummyArgs) -> Result<ExitCode, String> {
         rate: args.rate,
         ramp: Duration::from_secs_f64(args.ramp_secs.max(0.0)),
         tls,
-        ws: args.ws.then(|| WsPlan {
-            addr: args.addr.addr,
-            host: args.addr.host_header(),
-            sessions: args.sessions as usize,
-        }),
     };
     if let Some(r) = plan.rate {
         if !(r.is_finite() && r > 0.0) {
@@ -265,8 +319,14 @@ pub fn check_chat_size(size: usize) -> Result<(), String> {
 /// Longest wait, once the run stops, for own chat messages still in flight to come back.
 const DRAIN: Duration = Duration::from_secs(2);
 
-/// The client services of a load run: one per transport (plain or TLS TCP, WebSocket),
-/// all feeding the same [`LoadStats`].
+/// Runs over several servers: once own messages are back, how long deliveries must have
+/// stopped coming before the sessions' views are compared (messages from other servers
+/// arrive after the sender's own copy), and the longest wait for that.
+const SETTLE_QUIET: Duration = Duration::from_millis(300);
+const SETTLE_MAX: Duration = Duration::from_secs(5);
+
+/// The client services of a load run: one per endpoint (a server address and its
+/// transport: plain or TLS TCP, WebSocket), all feeding the same [`LoadStats`].
 pub struct Fleet {
     groups: Vec<Group>,
     tls: bool,
@@ -348,16 +408,19 @@ pub fn run_load(plan: &LoadPlan) -> Result<Report, String> {
         check_chat_size(plan.size)?;
     }
     let stats = Arc::new(LoadStats::default());
+    let check_complete = plan.check_complete && plan.mode == Mode::Chat;
+    stats.keep_finals.store(check_complete, Ordering::Relaxed);
     let ramping = !plan.ramp.is_zero();
     let tls_on = plan.tls.is_some();
     let connect_start = Instant::now();
-    let ws_sessions = plan.ws.as_ref().map_or(0, |w| w.sessions.min(plan.sessions));
+    let ws_sessions = plan.ws_sessions();
+    let any_ws = ws_sessions > 0;
     let mut fleet = Fleet { groups: Vec::new(), tls: tls_on };
-    for (sessions, ws) in [(plan.sessions - ws_sessions, None), (ws_sessions, plan.ws.as_ref())] {
-        if sessions == 0 {
+    for endpoint in &plan.endpoints {
+        if endpoint.sessions == 0 {
             continue;
         }
-        match start_group(plan, &stats, sessions, ws, ramping) {
+        match start_group(plan, &stats, endpoint, ramping) {
             Ok(group) => fleet.groups.push(group),
             Err(e) => {
                 let _ = fleet.shutdown(Duration::from_millis(100));
@@ -384,7 +447,7 @@ pub fn run_load(plan: &LoadPlan) -> Result<Report, String> {
     if tls_on {
         wait += servercore::SessionConfig::default().tls_handshake_timeout;
     }
-    if plan.ws.is_some() {
+    if any_ws {
         wait += servercore::ws::WsConfig::default().handshake_timeout;
     }
     let connect_deadline = Instant::now() + wait;
@@ -404,7 +467,7 @@ pub fn run_load(plan: &LoadPlan) -> Result<Report, String> {
         let addrs: Vec<String> = fleet.groups.iter().map(|g| g.addr.to_string()).collect();
         let addrs = addrs.join(" and ");
         let _ = fleet.shutdown(Duration::from_millis(100));
-        return Err(match (tls_on, plan.ws.is_some()) {
+        return Err(match (tls_on, any_ws) {
             (true, true) => {
                 format!("no wss (WebSocket over TLS) session could be opened with {addrs}: {why}")
             }
@@ -424,14 +487,21 @@ pub fn run_load(plan: &LoadPlan) -> Result<Report, String> {
         std::thread::sleep(Duration::from_millis(2));
     }
     let in_flight_at_end = stats.in_flight.load(Ordering::Relaxed).max(0) as u64;
+    if check_complete {
+        settle(&stats);
+    }
     let final_stats = fleet.stats();
     let connected = fleet.connected();
     note_handshake_failures(&stats, &fleet);
     fleet.shutdown(Duration::from_secs(2)).map_err(|e| format!("client shutdown failed: {e}"))?;
+    if check_complete {
+        // Every session has ended and left its view in `stats.finals`.
+        chat::check_complete(&stats);
+    }
     let tls_report = tls_on.then(|| {
         report::TlsReport::new(&stats.handshakes, &final_stats, connect_start, ws_sessions > 0)
     });
-    let ws_report = plan.ws.as_ref().map(|_| report::WsReport {
+    let ws_report = any_ws.then_some(report::WsReport {
         sessions: ws_sessions,
         upgrades: final_stats.ws_upgrades,
         failures: final_stats.ws_upgrade_failures,
@@ -449,15 +519,30 @@ pub fn run_load(plan: &LoadPlan) -> Result<Report, String> {
     ))
 }
 
-/// Starts the client service of `sessions` sessions, over WebSocket when `ws` is given.
+/// Waits until no delivery has come for [`SETTLE_QUIET`] (at most [`SETTLE_MAX`]).
+fn settle(stats: &LoadStats) {
+    let deadline = Instant::now() + SETTLE_MAX;
+    let mut last = stats.messages.load(Ordering::Relaxed);
+    let mut quiet_since = Instant::now();
+    while Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+        let now = stats.messages.load(Ordering::Relaxed);
+        if now != last {
+            (last, quiet_since) = (now, Instant::now());
+        } else if quiet_since.elapsed() >= SETTLE_QUIET {
+            return;
+        }
+    }
+}
+
+/// Starts the client service of one endpoint.
 fn start_group(
     plan: &LoadPlan,
     stats: &Arc<LoadStats>,
-    sessions: usize,
-    ws: Option<&WsPlan>,
+    endpoint: &Endpoint,
     ramping: bool,
 ) -> std::io::Result<Group> {
-    let addr = ws.map_or(plan.addr, |w| w.addr);
+    let (addr, sessions) = (endpoint.addr, endpoint.sessions);
     let mut builder = ClientService::builder(addr)
         .sessions(if ramping { 0 } else { sessions })
         .backend(BackendChoice::Auto)
@@ -468,11 +553,12 @@ fn start_group(
     }
     if let Some(t) = &plan.tls {
         let config = tls::client_config(t, stats.clone()).map_err(std::io::Error::other)?;
-        builder = builder.tls(config, t.server_name.clone());
+        let name = endpoint.tls_name.clone().unwrap_or_else(|| t.server_name.clone());
+        builder = builder.tls(config, name);
     }
-    if let Some(w) = ws {
+    if let Some(host) = &endpoint.ws_host {
         builder = builder.websocket(servercore::ws::WsConfig {
-            host: w.host.clone(),
+            host: host.clone(),
             path: "/".into(),
             ..Default::default()
         });
@@ -500,7 +586,7 @@ fn start_group(
         clients,
         sessions,
         opened: if ramping { 0 } else { sessions },
-        ws: ws.is_some(),
+        ws: endpoint.ws_host.is_some(),
         addr,
     })
 }

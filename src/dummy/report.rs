@@ -236,6 +236,8 @@ pub struct Report {
     pub ws: Option<WsReport>,
     /// Chat: S_CHAT messages of other clients (text, e.g. the browser page), not checked.
     pub foreign: u64,
+    /// Runs over several servers (`--addr` more than once): each address and its sessions.
+    pub servers: Vec<(std::net::SocketAddr, usize)>,
 }
 
 impl Report {
@@ -290,6 +292,11 @@ impl Report {
             tls,
             ws,
             foreign: stats.foreign.load(Ordering::Relaxed),
+            servers: if plan.check_complete {
+                plan.endpoints.iter().map(|e| (e.addr, e.sessions)).collect()
+            } else {
+                Vec::new()
+            },
         }
     }
 
@@ -379,6 +386,11 @@ impl Report {
         }
         if let Some(w) = &self.ws {
             let _ = writeln!(s, "  websocket {}", w.text_line());
+        }
+        if !self.servers.is_empty() {
+            let list: Vec<String> =
+                self.servers.iter().map(|(a, n)| format!("{a} ({n} sessions)")).collect();
+            let _ = writeln!(s, "  servers   {}", list.join(", "));
         }
         match self.mode {
             Mode::Echo => {

@@ -53,6 +53,10 @@ pub struct LoadStats {
     pub recent: Mutex<Histogram<u64>>,
     /// TLS runs: how long the handshakes took.
     pub handshakes: HandshakeStats,
+    /// Chat runs over several servers: sessions leave what they saw in `finals` when they
+    /// end, for [`check_complete`](super::chat::check_complete).
+    pub keep_finals: AtomicBool,
+    pub finals: Mutex<Vec<super::chat::Final>>,
     first_error: Mutex<Option<String>>,
 }
 
@@ -106,6 +110,8 @@ impl Default for LoadStats {
             latency: Mutex::new(new_histogram()),
             recent: Mutex::new(new_histogram()),
             handshakes: HandshakeStats::default(),
+            keep_finals: AtomicBool::new(false),
+            finals: Mutex::new(Vec::new()),
             first_error: Mutex::new(None),
         }
     }

@@ -10,7 +10,8 @@ pub const C_CHAT: u16 = 1;
 /// Server to client: a relayed chat message.
 pub const S_CHAT: u16 = 2;
 
-/// One chat participant; all share the one room.
+/// One chat participant; all share the one room (with `--cluster`, a room spanning every
+/// chat server on that NATS).
 pub struct ChatSession {
     room: Room,
     handlers: &'static Handlers<ChatSession>,
@@ -22,9 +23,12 @@ fn handlers() -> &'static Handlers<ChatSession> {
 }
 
 impl ChatSession {
-    /// A session factory for the chat server: `max_packet` bounds every packet.
-    pub fn factory(max_packet: usize) -> impl Fn() -> Framed<ChatSession> + Send + Sync + 'static {
-        let room = Room::new();
+    /// A session factory for the chat server: every session joins `room` (a local
+    /// `Room::new()`, or a cluster's room); `max_packet` bounds every packet.
+    pub fn factory(
+        room: Room,
+        max_packet: usize,
+    ) -> impl Fn() -> Framed<ChatSession> + Send + Sync + 'static {
         let handlers = handlers();
         move || {
             Framed::with_max_packet_size(ChatSession { room: room.clone(), handlers }, max_packet)

@@ -2,6 +2,8 @@
 //! output read in the background, wait for lines and exits with deadlines, kill on drop.
 #![allow(dead_code)] // each test binary uses its own subset
 
+pub mod nats;
+
 use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
 use std::process::{Child, Command, ExitStatus, Stdio};

@@ -120,7 +120,11 @@ impl Session for Link {
         i.set_link(None);
         if i.up.swap(false, Ordering::AcqRel) {
             i.metrics.up.set(0.0);
-            tracing::warn!("cluster node {}: link to NATS down: {reason}; reconnecting", i.node);
+            if *reason == DisconnectReason::Shutdown {
+                tracing::info!("cluster node {}: link to NATS closed", i.node);
+            } else {
+                tracing::warn!("cluster node {}: link to NATS down: {reason}; reconnecting", i.node);
+            }
         }
     }
 

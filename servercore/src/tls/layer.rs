@@ -2,6 +2,7 @@
 //! it can be tested with plain slices.
 
 use super::TlsSetup;
+use crate::buffer::pool::pooled_concat;
 use crate::reason::TlsError;
 use bytes::Bytes;
 use rustls::Connection;
@@ -28,6 +29,32 @@ pub(crate) enum RecvFailure {
     Tls(TlsError),
     /// The decrypted bytes would pass the session's unconsumed-bytes limit.
     Full,
+}
+
+/// Takes rustls' output into pooled buffers, one per `write_vectored` (rustls hands all
+/// its pending records at once).
+struct PoolSink<'a> {
+    out: &'a mut VecDeque<Bytes>,
+    n: usize,
+}
+
+impl Write for PoolSink<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.write_vectored(&[IoSlice::new(buf)])
+    }
+
+    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> std::io::Result<usize> {
+        let total: usize = bufs.iter().map(|b| b.len()).sum();
+        if total > 0 {
+            self.out.push_back(pooled_concat(total, bufs.iter().map(|b| &**b)));
+            self.n += total;
+        }
+        Ok(total)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// A session's TLS connection, driven sans-IO.
@@ -133,24 +160,18 @@ impl TlsLayer {
         RecvFailure::Tls(TlsError::Protocol(why))
     }
 
-    /// Moves everything rustls has to send (handshake flights, alerts, records) to `out`, as
-    /// one buffer; returns its length.
+    /// Moves everything rustls has to send (handshake flights, alerts, records) to `out`;
+    /// returns its length. The bytes are copied into the thread's send-buffer pool (see
+    /// `buffer::pool`): steady sending allocates nothing here.
     pub(crate) fn take_output(&mut self, out: &mut VecDeque<Bytes>) -> usize {
-        if !self.conn.wants_write() {
-            return 0;
-        }
-        let mut buf = Vec::new();
+        let mut sink = PoolSink { out, n: 0 };
         while self.conn.wants_write() {
-            // Writing to a Vec cannot fail.
-            if self.conn.write_tls(&mut buf).is_err() {
+            // Writing to the pool cannot fail.
+            if self.conn.write_tls(&mut sink).is_err() {
                 break;
             }
         }
-        let n = buf.len();
-        if n > 0 {
-            out.push_back(Bytes::from(buf));
-        }
-        n
+        sink.n
     }
 
     /// Encrypts `plain` (all of it, as few records as its size allows: one record carries
