@@ -123,7 +123,10 @@ impl Session for Link {
             if *reason == DisconnectReason::Shutdown {
                 tracing::info!("cluster node {}: link to NATS closed", i.node);
             } else {
-                tracing::warn!("cluster node {}: link to NATS down: {reason}; reconnecting", i.node);
+                tracing::warn!(
+                    "cluster node {}: link to NATS down: {reason}; reconnecting",
+                    i.node
+                );
             }
         }
     }
