@@ -172,9 +172,10 @@ fn three_nodes_share_a_room_once_and_in_order() {
     for node in &nodes {
         let st = node.cluster.stats();
         assert!(st.link_up && st.dropped == 0, "{st:?}");
-        // Its sender's messages, each published once; the others' received once.
+        // Its sender's messages, each published once; the others' received (gathered into
+        // fewer NATS messages under load).
         assert_eq!(st.published, u64::from(n), "{st:?}");
-        assert_eq!(st.received, 2 * u64::from(n), "{st:?}");
+        assert!(st.received > 0 && st.received <= 2 * u64::from(n), "{st:?}");
     }
     nodes.into_iter().for_each(stop);
 }

@@ -32,6 +32,23 @@ impl Link {
     fn room_prefix(&self) -> String {
         format!("{}.room.", self.inner.prefix)
     }
+
+    /// Sends what the rooms gathered for NATS: one PUB per room (and per 64 KiB), each
+    /// one buffer, so that a refused send never leaves half a PUB on the wire.
+    pub(crate) fn flush_outbox(&mut self, ctx: &mut Ctx<'_>) {
+        let (rooms, n) = self.inner.take_outbox();
+        let mut lost = false;
+        for (subject, bytes) in rooms {
+            lost |= ctx.send(proto::publish(&subject, &[&bytes])).is_err();
+        }
+        // (A refused PUB, under a link too slow to take it, loses its batch: counted as
+        // dropped, in room messages, all of them to be safe.)
+        if lost {
+            self.inner.count_dropped(n);
+        } else {
+            self.inner.count_published(n);
+        }
+    }
 }
 
 impl Session for Link {
@@ -45,6 +62,7 @@ impl Session for Link {
         let _ = ctx.send(Bytes::from_static(proto::PING));
         self.pings_out = 1;
         self.since = Some(Instant::now());
+        i.drop_outbox(); // a flush posted to the last link may never have run
         i.set_link(Some(ctx.handle()));
         ctx.set_interval(i.ping_interval, PING_TIMER);
     }
@@ -118,6 +136,7 @@ impl Session for Link {
     fn on_disconnected(&mut self, _ctx: &mut Ctx<'_>, reason: &DisconnectReason) {
         let i = &self.inner;
         i.set_link(None);
+        i.drop_outbox();
         if i.up.swap(false, Ordering::AcqRel) {
             i.metrics.up.set(0.0);
             if *reason == DisconnectReason::Shutdown {

@@ -3,10 +3,15 @@
 //! A [`Cluster`] is one NATS link per process: a [`ClientService`](crate::ClientService)
 //! session on a worker of its own (servercore's event loop, no other runtime) speaking the
 //! NATS client protocol, with the reconnect policy of any client service and a PING
-//! keep-alive. [`Cluster::room`] gives a [`Room`] whose broadcasts also go to NATS, once per
-//! message, on the subject `<prefix>.room.<name>`; what other nodes publish there is
-//! delivered to this node's members as one shared buffer, like a local broadcast. A node's
-//! own messages are not echoed back to it (`"echo": false`), so none is delivered twice.
+//! keep-alive. [`Cluster::room`] gives a [`Room`] whose broadcasts also go to NATS, once,
+//! on the subject `<prefix>.room.<name>`; what other nodes publish there is delivered to
+//! this node's members as one shared buffer, like a local broadcast. A node's own messages
+//! are not echoed back to it (`"echo": false`), so none is delivered twice.
+//!
+//! Room messages bound for NATS are gathered per room while a flush is on its way to the
+//! link's worker, and go out as one NATS message (their bytes back to back, as a room's
+//! members receive consecutive broadcasts anyway): under load NATS, the link and the
+//! receiving nodes handle one message per gathered batch, not one per broadcast.
 //!
 //! What it guarantees, and what it does not:
 //! - **Order per sender.** A session's broadcasts reach every member on every node in the
@@ -94,9 +99,10 @@ pub struct ClusterAddr {
 pub struct ClusterStats {
     /// The link is connected and NATS answered.
     pub link_up: bool,
-    /// Room messages and direct sends published to NATS.
+    /// Room messages (broadcasts) and direct sends handed to NATS.
     pub published: u64,
-    /// Messages received from NATS and delivered locally.
+    /// NATS messages received and delivered locally (a room's may carry several
+    /// broadcasts of another node).
     pub received: u64,
     /// Publications dropped: the link was down or too slow (at-most-once).
     pub dropped: u64,
@@ -113,6 +119,9 @@ pub(crate) struct Inner {
     link: Mutex<Option<SessionHandle>>,
     /// Sessions named by [`Cluster::address`], by id.
     directs: Mutex<Directs>,
+    /// Room messages gathered for the link.
+    outbox: Mutex<Outbox>,
+    max_pending: usize,
     pub(crate) up: AtomicBool,
     published: AtomicU64,
     pub(crate) received: AtomicU64,
@@ -122,6 +131,22 @@ pub(crate) struct Inner {
     pub(crate) failures: AtomicU64,
     pub(crate) metrics: Metrics,
 }
+
+/// Room messages waiting for the link's next flush.
+#[derive(Default)]
+struct Outbox {
+    /// Per room subject, the gathered messages' bytes, in order (a room may have several
+    /// entries: one holds at most `BATCH_MAX` bytes).
+    rooms: Vec<(Arc<str>, Vec<u8>)>,
+    bytes: usize,
+    /// Room messages in `rooms`.
+    count: u64,
+    /// A flush is posted to the link and has not run yet.
+    scheduled: bool,
+}
+
+/// Most bytes of one gathered NATS message (well under NATS' default 1 MiB `max_payload`).
+const BATCH_MAX: usize = 64 << 10;
 
 #[derive(Default)]
 struct Directs {
@@ -182,6 +207,8 @@ impl Cluster {
             rooms: Mutex::new(HashMap::new()),
             link: Mutex::new(None),
             directs: Mutex::new(Directs::default()),
+            outbox: Mutex::new(Outbox::default()),
+            max_pending: config.max_pending,
             up: AtomicBool::new(false),
             published: AtomicU64::new(0),
             received: AtomicU64::new(0),
@@ -224,11 +251,11 @@ impl Cluster {
             return Ok(room.clone());
         }
         let room = Room::new();
-        let subject = format!("{}.room.{name}", self.inner.prefix);
+        let subject: Arc<str> = format!("{}.room.{name}", self.inner.prefix).into();
         let inner = Arc::downgrade(&self.inner);
         room.inner.set_relay(Box::new(move |payload: &Bytes| {
             if let Some(inner) = inner.upgrade() {
-                inner.publish(&subject, &[payload]);
+                inner.relay_room(&subject, payload);
             }
         }));
         rooms.insert(name.to_string(), room.clone());
@@ -292,6 +319,69 @@ impl Cluster {
 }
 
 impl Inner {
+    /// A room's broadcast, for the other nodes: gathered in the outbox, and a flush posted
+    /// to the link unless one is on its way. Dropped (and counted) while the link is down
+    /// or when the outbox holds `max_pending` bytes.
+    fn relay_room(self: &Arc<Self>, subject: &Arc<str>, payload: &Bytes) {
+        if !self.up.load(Ordering::Acquire) {
+            self.count_dropped(1);
+            return;
+        }
+        let schedule = {
+            let mut o = self.outbox.lock().unwrap_or_else(|e| e.into_inner());
+            if o.bytes + payload.len() > self.max_pending {
+                drop(o);
+                self.count_dropped(1);
+                return;
+            }
+            let last = o.rooms.iter().rposition(|(s, _)| Arc::ptr_eq(s, subject));
+            match last {
+                Some(i) if o.rooms[i].1.len() + payload.len() <= BATCH_MAX => {
+                    o.rooms[i].1.extend_from_slice(payload)
+                }
+                _ => o.rooms.push((subject.clone(), payload.to_vec())),
+            }
+            o.bytes += payload.len();
+            o.count += 1;
+            !std::mem::replace(&mut o.scheduled, true)
+        };
+        if schedule {
+            let link = self.link.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            let posted = link
+                .is_some_and(|h| h.run::<link::Link>(|link, ctx| link.flush_outbox(ctx)).is_ok());
+            if !posted {
+                self.drop_outbox();
+            }
+        }
+    }
+
+    /// What the outbox holds, emptied (a flush may be posted again), and how many room
+    /// messages that is.
+    pub(crate) fn take_outbox(&self) -> (Vec<(Arc<str>, Vec<u8>)>, u64) {
+        let mut o = self.outbox.lock().unwrap_or_else(|e| e.into_inner());
+        o.scheduled = false;
+        o.bytes = 0;
+        (std::mem::take(&mut o.rooms), std::mem::take(&mut o.count))
+    }
+
+    /// The link went away (or never took the flush): what was gathered is dropped.
+    pub(crate) fn drop_outbox(&self) {
+        let (_, n) = self.take_outbox();
+        self.count_dropped(n);
+    }
+
+    pub(crate) fn count_published(&self, n: u64) {
+        self.published.fetch_add(n, Ordering::Relaxed);
+        self.metrics.published.increment(n);
+    }
+
+    pub(crate) fn count_dropped(&self, n: u64) {
+        if n > 0 {
+            self.dropped.fetch_add(n, Ordering::Relaxed);
+            self.metrics.dropped.increment(n);
+        }
+    }
+
     /// Hands one publication to the link; false (and counted as dropped) when the link is
     /// down or its queue is full.
     fn publish(&self, subject: &str, parts: &[&[u8]]) -> bool {
@@ -305,11 +395,9 @@ impl Inner {
             }
         };
         if sent {
-            self.published.fetch_add(1, Ordering::Relaxed);
-            self.metrics.published.increment(1);
+            self.count_published(1);
         } else {
-            self.dropped.fetch_add(1, Ordering::Relaxed);
-            self.metrics.dropped.increment(1);
+            self.count_dropped(1);
         }
         sent
     }
