@@ -137,13 +137,16 @@ pub(crate) struct Inner {
 struct Outbox {
     /// Per room subject, the gathered messages' bytes, in order (a room may have several
     /// entries: one holds at most `BATCH_MAX` bytes).
-    rooms: Vec<(Arc<str>, Vec<u8>)>,
+    rooms: Batches,
     bytes: usize,
     /// Room messages in `rooms`.
     count: u64,
     /// A flush is posted to the link and has not run yet.
     scheduled: bool,
 }
+
+/// Gathered room messages: per room subject, their bytes back to back.
+pub(crate) type Batches = Vec<(Arc<str>, Vec<u8>)>;
 
 /// Most bytes of one gathered NATS message (well under NATS' default 1 MiB `max_payload`).
 const BATCH_MAX: usize = 64 << 10;
@@ -357,7 +360,7 @@ impl Inner {
 
     /// What the outbox holds, emptied (a flush may be posted again), and how many room
     /// messages that is.
-    pub(crate) fn take_outbox(&self) -> (Vec<(Arc<str>, Vec<u8>)>, u64) {
+    pub(crate) fn take_outbox(&self) -> (Batches, u64) {
         let mut o = self.outbox.lock().unwrap_or_else(|e| e.into_inner());
         o.scheduled = false;
         o.bytes = 0;
