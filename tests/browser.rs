@@ -26,12 +26,16 @@ use common::*;
 const BROWSER_TIMEOUT: Duration = Duration::from_secs(60);
 
 fn chromium_path() -> PathBuf {
-    let path = std::env::var_os("SERVERCORE_CHROMIUM")
-        .map_or_else(|| PathBuf::from("/usr/bin/chromium"), PathBuf::from);
+    let path = std::env::var_os("SERVERCORE_CHROMIUM").map_or_else(
+        || {
+            common::provision::ensure("/usr/bin/chromium", "chromium");
+            PathBuf::from("/usr/bin/chromium")
+        },
+        PathBuf::from,
+    );
     assert!(
         path.exists(),
-        "{} not found: this test needs headless Chromium (Debian: `apt-get install chromium`; \
-         .ci/run installs it), or SERVERCORE_CHROMIUM=/path/to/chromium",
+        "{} not found: this test needs headless Chromium (Debian's `chromium`, installed by the test when missing), or SERVERCORE_CHROMIUM=/path/to/chromium",
         path.display()
     );
     path

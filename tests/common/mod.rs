@@ -2,7 +2,12 @@
 //! output read in the background, wait for lines and exits with deadlines, kill on drop.
 #![allow(dead_code)] // each test binary uses its own subset
 
+/// A real nats-server, shared with the library's tests.
+#[path = "../../servercore/tests/common/nats.rs"]
 pub mod nats;
+/// Installs a missing Debian package a test needs (nats-server, chromium).
+#[path = "../../servercore/tests/common/provision.rs"]
+pub mod provision;
 
 use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;

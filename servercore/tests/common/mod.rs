@@ -10,6 +10,7 @@
 
 pub mod cycles;
 pub mod nats;
+pub mod provision;
 pub mod rooms;
 pub mod tls;
 pub mod workers;

@@ -13,13 +13,14 @@ pub struct Nats {
 impl Nats {
     /// Starts `nats-server` on a random port (or `port`), and waits until it is ready.
     pub fn start(port: Option<u16>) -> Nats {
+        super::provision::ensure("nats-server", "nats-server");
         let port_arg = port.map_or("-1".to_string(), |p| p.to_string());
         let mut child = Command::new("nats-server")
             .args(["-a", "127.0.0.1", "-p", &port_arg])
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
-            .expect("nats-server is installed (.ci/run installs the Debian package)");
+            .expect("nats-server starts (installed by `provision::ensure` when missing)");
         let err = child.stderr.take().unwrap();
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
