@@ -296,3 +296,31 @@ fn a_direct_send_reaches_a_session_on_another_node() {
     server.shutdown(Duration::from_secs(5)).unwrap();
     b.shutdown(Duration::from_secs(5)).unwrap();
 }
+
+#[test]
+fn a_nats_that_stops_answering_ping_is_left_and_tried_again() {
+    // A fake NATS: accepts, reads, never answers. The link sends PING every 100 ms; after
+    // two unanswered ones it drops the connection and reconnects.
+    let fake = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("nats://{}", fake.local_addr().unwrap());
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for conn in fake.incoming().flatten() {
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                let _ = tx.send(());
+                let mut conn = conn;
+                let mut sink = [0u8; 4096];
+                while matches!(conn.read(&mut sink), Ok(n) if n > 0) {}
+            });
+        }
+    });
+    let mut config = ClusterConfig::new(&url, "a");
+    config.ping_interval = Duration::from_millis(100);
+    let cluster = Cluster::start(config).unwrap();
+    for _ in 0..2 {
+        rx.recv_timeout(TIMEOUT).expect("the link connects (again)");
+    }
+    assert!(!cluster.is_up(), "never up: NATS never answered");
+    cluster.shutdown(Duration::from_secs(5)).unwrap();
+}

@@ -16,6 +16,8 @@ const PING_TIMER: u64 = 1;
 const MAX_PINGS_OUT: u32 = 2;
 const SID_ROOMS: u64 = 1;
 const SID_DIRECT: u64 = 2;
+/// The link's `max_recv_buffer`: a NATS message bigger than this could never be read.
+pub(crate) const LINK_RECV_BUFFER: usize = 4 << 20;
 
 pub(crate) struct Link {
     inner: Arc<Inner>,
@@ -84,7 +86,9 @@ impl Session for Link {
             match op {
                 ServerOp::Info(json) => {
                     if let Some(max) = proto::info_max_payload(json) {
-                        self.max_payload = max;
+                        // No more than the link's receive buffer holds (4 MiB).
+                        self.max_payload = max.min(LINK_RECV_BUFFER);
+                        self.inner.max_payload.store(self.max_payload, Ordering::Relaxed);
                     }
                 }
                 ServerOp::Ping => {
@@ -126,7 +130,9 @@ impl Session for Link {
 
     fn on_timer(&mut self, ctx: &mut Ctx<'_>, _token: u64) {
         if self.pings_out >= MAX_PINGS_OUT {
-            ctx.disconnect("NATS did not answer PING");
+            // Not a local disconnect (that one would not reconnect): the link is lost.
+            tracing::warn!("cluster node {}: NATS did not answer PING", self.inner.node);
+            ctx.disconnect_with(DisconnectReason::IdleTimeout);
             return;
         }
         self.pings_out += 1;

@@ -44,7 +44,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::io;
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -104,7 +104,8 @@ pub struct ClusterStats {
     /// NATS messages received and delivered locally (a room's may carry several
     /// broadcasts of another node).
     pub received: u64,
-    /// Publications dropped: the link was down or too slow (at-most-once).
+    /// Messages dropped (at most once): publications while the link was down or too slow
+    /// to take them, and messages from NATS a local worker was too far behind to take.
     pub dropped: u64,
     /// Times the link came up (1 after the first connect).
     pub connects: u64,
@@ -122,6 +123,9 @@ pub(crate) struct Inner {
     /// Room messages gathered for the link.
     outbox: Mutex<Outbox>,
     max_pending: usize,
+    /// The server's `max_payload` (its INFO; 1 MiB until known): a bigger publication would
+    /// make NATS close the link, so it is dropped and counted instead.
+    pub(crate) max_payload: AtomicUsize,
     pub(crate) up: AtomicBool,
     published: AtomicU64,
     pub(crate) received: AtomicU64,
@@ -212,6 +216,7 @@ impl Cluster {
             directs: Mutex::new(Directs::default()),
             outbox: Mutex::new(Outbox::default()),
             max_pending: config.max_pending,
+            max_payload: AtomicUsize::new(1 << 20),
             up: AtomicBool::new(false),
             published: AtomicU64::new(0),
             received: AtomicU64::new(0),
@@ -224,7 +229,7 @@ impl Cluster {
             max_send_queue: config.max_pending,
             send_queue_low_watermark: config.max_pending / 2,
             send_queue_policy: crate::SendQueuePolicy::Notify,
-            max_recv_buffer: 4 << 20,
+            max_recv_buffer: link::LINK_RECV_BUFFER,
             ..Default::default()
         };
         let link_inner = inner.clone();
@@ -285,6 +290,13 @@ impl Cluster {
         if to.node == self.inner.node {
             return self.inner.deliver_direct(to.session.get(), bytes);
         }
+        if !proto::valid_token(&to.node)
+            || bytes.len() + 8 > self.inner.max_payload.load(Ordering::Relaxed)
+        {
+            // No such node (a name that is not a subject token), or too big for NATS.
+            self.inner.count_dropped(1);
+            return Err(SendError::Disconnected);
+        }
         let subject = format!("{}.node.{}.direct", self.inner.prefix, to.node);
         if self.inner.publish(&subject, &[&to.session.get().to_le_bytes(), &bytes]) {
             Ok(())
@@ -326,7 +338,8 @@ impl Inner {
     /// to the link unless one is on its way. Dropped (and counted) while the link is down
     /// or when the outbox holds `max_pending` bytes.
     fn relay_room(self: &Arc<Self>, subject: &Arc<str>, payload: &Bytes) {
-        if !self.up.load(Ordering::Acquire) {
+        let max_payload = self.max_payload.load(Ordering::Relaxed);
+        if !self.up.load(Ordering::Acquire) || payload.len() > max_payload {
             self.count_dropped(1);
             return;
         }
@@ -337,10 +350,13 @@ impl Inner {
                 self.count_dropped(1);
                 return;
             }
-            let last = o.rooms.iter().rposition(|(s, _)| Arc::ptr_eq(s, subject));
-            match last {
-                Some(i) if o.rooms[i].1.len() + payload.len() <= BATCH_MAX => {
-                    o.rooms[i].1.extend_from_slice(payload)
+            // Only onto the last batch: a sender in two rooms keeps its order across them.
+            let cap = BATCH_MAX.min(max_payload);
+            match o.rooms.last_mut() {
+                Some((s, bytes))
+                    if Arc::ptr_eq(s, subject) && bytes.len() + payload.len() <= cap =>
+                {
+                    bytes.extend_from_slice(payload)
                 }
                 _ => o.rooms.push((subject.clone(), payload.to_vec())),
             }
@@ -414,7 +430,10 @@ impl Inner {
         let room = self.rooms.lock().unwrap_or_else(|e| e.into_inner()).get(name).cloned();
         if let Some(room) = room {
             if let Err(e) = room.inner.post_to_workers(None, &payload) {
+                // A worker holding members is not keeping up: counted, like a publication
+                // the link could not take (at most once).
                 tracing::debug!("cluster room {name}: a message from NATS not delivered: {e}");
+                self.count_dropped(1);
             }
         }
     }

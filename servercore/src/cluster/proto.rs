@@ -85,7 +85,9 @@ pub(crate) fn parse(
             let sid = parts[1]
                 .parse::<u64>()
                 .map_err(|_| ProtoError(format!("bad sid {:?}", parts[1])))?;
-            let end = after + total;
+            let Some(end) = after.checked_add(total).filter(|e| e.checked_add(2).is_some()) else {
+                return Err(ProtoError(format!("{op} length {total} out of range")));
+            };
             if buf.len() < end + 2 {
                 return Ok(None);
             }

@@ -5,7 +5,7 @@ mod fanout;
 mod state;
 
 pub(crate) use fanout::{Fanout, Members};
-pub(crate) use state::{Phase, SessionState, TimerAction, WorkerState};
+pub(crate) use state::{Phase, SessionState, TimerAction, WorkerState, MIN_COUNTED};
 
 use crate::buffer::SendBuffer;
 use crate::error::SendError;

@@ -30,7 +30,7 @@ use crate::reason::DisconnectReason;
 use crate::registry::ServiceShared;
 use crate::session::{
     Ctx, Fanout, Members, Phase, Session, SessionFlags, SessionId, SessionJob, SessionState,
-    TimerAction, WorkerState,
+    TimerAction, WorkerState, MIN_COUNTED,
 };
 use crate::sys;
 use crate::telemetry::WorkerMetrics;

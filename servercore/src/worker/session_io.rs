@@ -63,8 +63,12 @@ impl<S: Session> Worker<S> {
                 return;
             }
             Err(e) => {
-                let paused = conn.core.recv_paused && e.raw_os_error() == Some(ECANCELED);
-                if conn.core.receives() && !paused {
+                // The receive cancelled for a pause is no error; should the session have
+                // resumed before this completion came, it receives again now.
+                let cancelled = conn.core.recv_cancelled && e.raw_os_error() == Some(ECANCELED);
+                if cancelled && !conn.core.recv_paused {
+                    self.resume_recv(key); // kept bytes first, then a new receive
+                } else if conn.core.receives() && !cancelled {
                     local.request_close(&mut conn.core, DisconnectReason::from_io(&e));
                 }
                 self.try_finalize(key);
@@ -439,6 +443,9 @@ impl<S: Session> Worker<S> {
         }
         if let Some(t) = core.timer.take() {
             self.local.timers.cancel(t);
+        }
+        if let Some(t) = core.transport.as_mut().and_then(|t| t.timer.take()) {
+            self.local.timers.cancel(t); // a handshake that never finished
         }
         if core.abort {
             self.driver.abort(core.sock);

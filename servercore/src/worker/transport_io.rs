@@ -59,6 +59,7 @@ impl<S: Session> Worker<S> {
         let limit = local.config.max_recv_buffer;
         let t = core.transport.as_mut().expect("a session with a transport");
         let (result, n) = t.receive(driver.lease(&lease), &mut core.rbuf, limit, &mut self.scratch);
+        let entries = t.out.len();
         driver.release(lease);
         if self.scratch.capacity() > 64 << 10 {
             self.scratch = Vec::new(); // a burst's plaintext is not kept
@@ -66,6 +67,13 @@ impl<S: Session> Worker<S> {
         if n > 0 {
             core.set_queued(core.queued + n);
             local.mark_dirty(core);
+            // What the layers answer (pongs, alerts) is bounded like the session's own
+            // sends: a peer that pings and never reads must not grow its queue forever.
+            let limit = local.send_limit;
+            if core.queued > limit || entries > limit / MIN_COUNTED {
+                local.request_close(core, DisconnectReason::SendQueueOverflow { limit });
+                return;
+            }
         }
         let got = match result {
             Ok(got) => got,
@@ -83,6 +91,12 @@ impl<S: Session> Worker<S> {
         }
         if got.peer_closed {
             core.peer_eof = true; // nothing more will come
+            if core.state == Phase::Handshaking {
+                // (wss: `close_notify` during the WebSocket upgrade.) No session to tell.
+                let reason = eof_reason(core);
+                local.request_close(core, reason);
+                return;
+            }
         }
         if got.tls_done && !got.established {
             // TLS is done, the WebSocket upgrade follows with its own deadline.

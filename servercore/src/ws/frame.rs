@@ -292,7 +292,7 @@ fn parse_close(payload: &[u8]) -> Result<(Option<u16>, String), WsError> {
 
 /// Status codes a peer may put in a close frame (RFC 6455 7.4).
 fn valid_close_code(code: u16) -> bool {
-    matches!(code, 1000..=1003 | 1007..=1011 | 3000..=4999)
+    matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999)
 }
 
 /// A close frame's payload: the code and a reason cut to fit a control frame.

@@ -151,10 +151,13 @@ impl WsLayer {
             self.fail(&e, out);
             return Err(e);
         }
-        for c in std::mem::take(&mut self.controls) {
+        // Several pings in one read get one pong, the last one's (RFC 6455 5.5.3 allows
+        // it): a ping flood cannot make more answers than reads.
+        let last_ping = self.controls.iter().rposition(|c| matches!(c, Control::Ping(_)));
+        for (i, c) in std::mem::take(&mut self.controls).into_iter().enumerate() {
             match c {
                 Control::Ping(payload) => {
-                    if self.state == State::Open {
+                    if self.state == State::Open && Some(i) == last_ping {
                         out.push(self.control_frame(OP_PONG, &payload));
                     }
                 }
@@ -318,6 +321,18 @@ mod tests {
         assert_eq!(got.peer_closed, Some((Some(1000), "bye".into())));
         assert_eq!(join(&mut out), [0x88, 0x02, 0x03, 0xe8], "the same status back");
         assert!(!server.can_send());
+    }
+
+    #[test]
+    fn pings_in_one_read_get_one_pong_the_last() {
+        let (mut server, mut client) = open();
+        let mut pings = Vec::new();
+        for p in [&b"1"[..], b"2", b"3"] {
+            pings.extend_from_slice(&client.frame_bytes(frame::OP_PING, &[p]));
+        }
+        let (mut out, mut plain) = (Vec::new(), Vec::new());
+        server.receive(&pings, &mut plain, 1 << 20, &mut out).unwrap();
+        assert_eq!(join(&mut out), [0x8a, 0x01, b'3']);
     }
 
     #[test]
