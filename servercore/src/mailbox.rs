@@ -279,3 +279,44 @@ impl<'a> Iterator for Targets<'a> {
         Some(&self.workers[i])
     }
 }
+
+thread_local! {
+    /// Work deferred to the end of this worker's loop turn (`None` on threads that are no
+    /// worker): a clustered room's relay gathers a turn's broadcasts this way.
+    static TURN_END: std::cell::RefCell<Option<Vec<Box<dyn FnOnce()>>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Runs `f` at the end of this worker's loop turn, after its sends started; at once on a
+/// thread that is no worker.
+pub(crate) fn at_turn_end(f: Box<dyn FnOnce()>) {
+    let now = TURN_END.with(|t| match t.borrow_mut().as_mut() {
+        Some(deferred) => {
+            deferred.push(f);
+            None
+        }
+        None => Some(f),
+    });
+    if let Some(f) = now {
+        f();
+    }
+}
+
+/// Marks this thread as a worker: [`at_turn_end`] defers from now on.
+pub(crate) fn enter_worker_thread() {
+    TURN_END.with(|t| *t.borrow_mut() = Some(Vec::new()));
+}
+
+/// Runs what was deferred to the end of this turn (and what that defers in turn).
+pub(crate) fn end_turn() {
+    loop {
+        let due =
+            TURN_END.with(|t| t.borrow_mut().as_mut().map(std::mem::take).unwrap_or_default());
+        if due.is_empty() {
+            return;
+        }
+        for f in due {
+            f();
+        }
+    }
+}

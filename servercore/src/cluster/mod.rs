@@ -8,10 +8,11 @@
 //! this node's members as one shared buffer, like a local broadcast. A node's own messages
 //! are not echoed back to it (`"echo": false`), so none is delivered twice.
 //!
-//! Room messages bound for NATS are gathered per room while a flush is on its way to the
-//! link's worker, and go out as one NATS message (their bytes back to back, as a room's
-//! members receive consecutive broadcasts anyway): under load NATS, the link and the
-//! receiving nodes handle one message per gathered batch, not one per broadcast.
+//! Room messages bound for NATS are gathered per room until the end of the sending
+//! worker's loop turn (and while a flush is on its way to the link's worker), and go out as
+//! one NATS message (their bytes back to back, as a room's members receive consecutive
+//! broadcasts anyway): NATS, the link and the receiving nodes handle one message per
+//! gathered batch, not one per broadcast.
 //!
 //! What it guarantees, and what it does not:
 //! - **Order per sender.** A session's broadcasts reach every member on every node in the
@@ -365,12 +366,20 @@ impl Inner {
             !std::mem::replace(&mut o.scheduled, true)
         };
         if schedule {
-            let link = self.link.lock().unwrap_or_else(|e| e.into_inner()).clone();
-            let posted = link
-                .is_some_and(|h| h.run::<link::Link>(|link, ctx| link.flush_outbox(ctx)).is_ok());
-            if !posted {
-                self.drop_outbox();
-            }
+            // At the end of this worker's turn: everything the turn broadcast goes in one
+            // flush (at once on a thread that is no worker).
+            let inner = Arc::clone(self);
+            crate::mailbox::at_turn_end(Box::new(move || inner.post_flush()));
+        }
+    }
+
+    /// Posts the outbox's flush to the link (or drops the outbox when there is none).
+    fn post_flush(&self) {
+        let link = self.link.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let posted =
+            link.is_some_and(|h| h.run::<link::Link>(|link, ctx| link.flush_outbox(ctx)).is_ok());
+        if !posted {
+            self.drop_outbox();
         }
     }
 

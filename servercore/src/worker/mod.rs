@@ -187,6 +187,7 @@ impl<S: Session> Worker<S> {
     /// worker set: the first accept, and so the first user callback, comes after it.
     pub(crate) fn run(mut self) {
         debug_assert!(self.shared.workers.get().is_some(), "a worker ran before the service");
+        crate::mailbox::enter_worker_thread();
         for i in 0..self.listeners.len() {
             self.arm_accept(i);
         }
@@ -194,6 +195,7 @@ impl<S: Session> Worker<S> {
             self.drain_inbox();
             self.run_timers();
             self.flush_dirty();
+            crate::mailbox::end_turn();
             if let Some(deadline) = self.shutdown {
                 if self.finished() {
                     break;
@@ -235,6 +237,7 @@ impl<S: Session> Worker<S> {
             }
             self.completions = completions;
         }
+        crate::mailbox::end_turn();
         self.publish_metrics();
         // Sessions still here were force-closed: drop them (their memory held by the
         // kernel stays in the driver, which leaks it rather than free it).
