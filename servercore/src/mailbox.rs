@@ -280,10 +280,13 @@ impl<'a> Iterator for Targets<'a> {
     }
 }
 
+/// Work deferred to the end of a loop turn.
+type Deferred = Vec<Box<dyn FnOnce()>>;
+
 thread_local! {
     /// Work deferred to the end of this worker's loop turn (`None` on threads that are no
     /// worker): a clustered room's relay gathers a turn's broadcasts this way.
-    static TURN_END: std::cell::RefCell<Option<Vec<Box<dyn FnOnce()>>>> =
+    static TURN_END: std::cell::RefCell<Option<Deferred>> =
         const { std::cell::RefCell::new(None) };
 }
 
