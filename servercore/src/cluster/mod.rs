@@ -1,6 +1,6 @@
 //! Rooms that span servers, over NATS (core NATS: at-most-once, ordered per publisher).
 //!
-//! A [`Cluster`] is one NATS link per process: a [`ClientService`](crate::ClientService)
+//! A [`Cluster`] is one NATS link per process: a [`ClientService`]
 //! session on a worker of its own (servercore's event loop, no other runtime) speaking the
 //! NATS client protocol, with the reconnect policy of any client service and a PING
 //! keep-alive. [`Cluster::room`] gives a [`Room`] whose broadcasts also go to NATS, once,
@@ -173,6 +173,34 @@ pub(crate) struct Metrics {
 
 /// A node's link to the cluster. Thread safety: `Send + Sync`; every method may be called
 /// from any thread (also from session callbacks).
+///
+/// ```
+/// use servercore::cluster::{Cluster, ClusterConfig};
+/// use servercore::{Ctx, ServerService, Session};
+/// # let nobody = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+/// # let url = format!("nats://{}", nobody.local_addr().unwrap());
+/// # drop(nobody);
+/// struct Player(servercore::Room);
+/// impl Session for Player {
+///     fn on_connected(&mut self, ctx: &mut Ctx<'_>) {
+///         ctx.enter_room(&self.0);
+///     }
+///     fn on_recv(&mut self, ctx: &mut Ctx<'_>, data: &[u8]) -> usize {
+///         let _ = ctx.broadcast_room(&self.0, data.to_vec()); // every node's members
+///         data.len()
+///     }
+/// }
+/// // Starts even when NATS is not there (here: nobody listens): it keeps trying.
+/// let cluster = Cluster::start(ClusterConfig::new(&url, "node-a")).unwrap();
+/// let lobby = cluster.room("lobby").unwrap();
+/// let server = ServerService::builder("127.0.0.1:0".parse().unwrap())
+///     .workers(1)
+///     .start(move || Player(lobby.clone()))
+///     .unwrap();
+/// assert!(!cluster.is_up());
+/// server.shutdown(std::time::Duration::from_secs(1)).unwrap();
+/// cluster.shutdown(std::time::Duration::from_secs(1)).unwrap();
+/// ```
 pub struct Cluster {
     inner: Arc<Inner>,
     service: ClientService,
