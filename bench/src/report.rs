@@ -1177,6 +1177,70 @@ mod tests {
     }
 
     #[test]
+    fn bare_loop_table_and_target() {
+        let w = crate::run::workloads().into_iter().find(|w| w.key == "echo-64-d16").unwrap();
+        let outcome = Outcome::measured(
+            w,
+            vec![IO_URING, Server::Tokio, Server::Bare],
+            vec![
+                vec![Ok(sample(2e6, 0.33, vec![], None))],
+                vec![Ok(sample(2e6, 0.32, vec![], None))],
+                vec![Ok(sample(2.2e6, 0.30, vec![], None))],
+            ],
+        );
+        let t = render_bare(std::slice::from_ref(&outcome));
+        assert!(
+            t.contains(
+                "| echo 64 B, 100 sessions, depth 16 | 0.33 us/msg | 0.30 us/msg | 1.10 | 0.91 |"
+            ),
+            "{t}"
+        );
+        let targets = render_targets(std::slice::from_ref(&outcome));
+        assert!(targets.contains("Targets (issues 5 and 16)"), "{targets}");
+        assert!(
+            targets.contains("io_uring CPU/msg <= 1.00 x bare io_uring loop | 1.100 x | **no** |"),
+            "{targets}"
+        );
+    }
+
+    #[test]
+    fn open_loop_table_and_targets() {
+        let w = crate::run::workloads().into_iter().find(|w| w.key == "latency-chat-100").unwrap();
+        let off = Server::Servercore {
+            backend: "io_uring",
+            workers: 1,
+            without: Some(crate::run::Ablation::Gather),
+        };
+        let with_latency = |p50: f64, p99: f64, p999: f64| {
+            let mut s = sample(2e5, 0.1, vec![], None);
+            (s.p50_us, s.p99_us, s.p999_us) = (p50, p99, p999);
+            Ok(s)
+        };
+        let outcome = Outcome::measured(
+            w,
+            vec![IO_URING, off, Server::Tokio],
+            vec![
+                vec![with_latency(1400.0, 3000.0, 4000.0)],
+                vec![with_latency(700.0, 2500.0, f64::NAN)],
+                vec![with_latency(900.0, 3500.0, f64::NAN)],
+            ],
+        );
+        let mut notes = Vec::new();
+        let t = render_open_loop(std::slice::from_ref(&outcome), &mut notes);
+        assert!(notes.is_empty(), "{notes:?}");
+        assert!(t.contains("| servercore io_uring, gathering on (default) | 200,000 | 1400 | 3000 | 4000 | 100 ns/delivery |"), "{t}");
+        assert!(t.contains("| servercore io_uring, gathering off (--broadcast-gather-ms 0) | 200,000 | 700 | 2500 | - |"), "{t}");
+        assert!(t.contains("| tokio | 200,000 | 900 | 3500 | - |"), "{t}");
+        assert!(t.contains("no p99.9"), "{t}");
+        let targets = render_targets(std::slice::from_ref(&outcome));
+        assert!(targets.contains("io_uring p99 <= tokio's | 3000 / 3500 us | yes |"), "{targets}");
+        assert!(
+            targets.contains("gathering costs <= 500 us at p50 (on - off) | 700 us | **no** |"),
+            "{targets}"
+        );
+    }
+
+    #[test]
     fn cluster_table_and_target() {
         let w = crate::run::workloads().into_iter().find(|w| w.key == "cluster-chat").unwrap();
         let local = ProbeLatency {
