@@ -871,6 +871,9 @@ fn render_techniques(outcomes: &[Outcome]) -> String {
     for o in outcomes {
         let Ok(rows) = &o.rows else { continue };
         let w = &o.workload;
+        if matches!(w.load, Load::OpenChat { .. }) {
+            continue; // gathering on and off: the open-loop table
+        }
         let Some(full) = o.get(IO_URING).filter(|m| m.valid()) else { continue };
         for (server, m) in rows {
             let Server::Servercore { without: Some(a), .. } = server else { continue };
