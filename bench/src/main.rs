@@ -6,10 +6,11 @@
 //! ```
 //! The same binary also is the tokio reference servers (`tokio-echo`, `tokio-chat`, over
 //! tokio-rustls `tokio-tls-echo`, `tokio-tls-chat`, over tokio-tungstenite `tokio-ws-echo`,
-//! `tokio-ws-chat`), the churn loads (`churn-client`, `tls-churn-client`) and the cluster
+//! `tokio-ws-chat`), the bare io_uring echo loop (`bare-echo`), the churn loads (`churn-client`, `tls-churn-client`) and the cluster
 //! row's latency probe (`cluster-probe`), which the driver starts as separate, pinned
 //! processes.
 
+mod bare;
 mod churn;
 mod json;
 mod probe;
@@ -44,6 +45,12 @@ enum Command {
     Run(run::RunArgs),
     /// tokio reference echo server: a task per connection, 64 KiB buffer, read then write_all.
     TokioEcho {
+        #[arg(long, default_value = "127.0.0.1:7000")]
+        addr: SocketAddr,
+    },
+    /// Bare io_uring echo loop (issue 16): one thread, multishot accept, multishot receive
+    /// from a provided-buffer ring, one SEND straight from each received buffer.
+    BareEcho {
         #[arg(long, default_value = "127.0.0.1:7000")]
         addr: SocketAddr,
     },
@@ -150,6 +157,7 @@ fn main() -> ExitCode {
         Some(Command::TokioEcho { addr }) => {
             tokio_servers::run_echo(addr).map_err(|e| format!("tokio-echo: {e}"))
         }
+        Some(Command::BareEcho { addr }) => bare::run(addr).map_err(|e| format!("bare-echo: {e}")),
         Some(Command::TokioChat { addr, max_packet }) => {
             tokio_servers::run_chat(addr, max_packet).map_err(|e| format!("tokio-chat: {e}"))
         }

@@ -14,6 +14,8 @@ pub struct Sample {
     pub rate: f64,
     pub p50_us: f64,
     pub p99_us: f64,
+    /// NaN while the load client does not report it.
+    pub p999_us: f64,
     /// Server CPU time (user + system, all threads) per message / delivery / cycle, in us.
     pub cpu_per_unit_us: f64,
     /// Server CPU seconds per wall second during the measurement.
@@ -121,6 +123,7 @@ pub struct Summary {
     pub rate: f64,
     pub p50_us: f64,
     pub p99_us: f64,
+    pub p999_us: f64,
     pub cpu_per_unit_us: f64,
     pub util: f64,
     pub load_util: f64,
@@ -175,6 +178,7 @@ fn summarize(samples: &[Result<Sample, String>]) -> Summary {
         rate: med(&|s| s.rate),
         p50_us: med(&|s| s.p50_us),
         p99_us: med(&|s| s.p99_us),
+        p999_us: med(&|s| s.p999_us),
         cpu_per_unit_us: med(&|s| s.cpu_per_unit_us),
         util: med(&|s| s.server_cpu_util),
         load_util: med(&|s| s.load_cpu_util),
@@ -379,7 +383,7 @@ pub fn group(v: f64) -> String {
 fn rate_unit(load: Load) -> &'static str {
     match load {
         Load::Echo { .. } | Load::Memory { .. } => "msg/s",
-        Load::Chat { .. } | Load::Cluster { .. } => "deliveries/s",
+        Load::Chat { .. } | Load::OpenChat { .. } | Load::Cluster { .. } => "deliveries/s",
         Load::Churn { .. } => "conn/s",
         Load::Handshake { .. } => "handshakes/s",
     }
@@ -391,7 +395,9 @@ fn cpu_cell(load: Load, us: f64) -> String {
     }
     match load {
         Load::Echo { .. } | Load::Memory { .. } => format!("{us:.2} us/msg"),
-        Load::Chat { .. } | Load::Cluster { .. } => format!("{:.0} ns/delivery", us * 1000.0),
+        Load::Chat { .. } | Load::OpenChat { .. } | Load::Cluster { .. } => {
+            format!("{:.0} ns/delivery", us * 1000.0)
+        }
         Load::Churn { .. } => format!("{us:.1} us/conn"),
         Load::Handshake { .. } => format!("{us:.1} us/handshake"),
     }
@@ -430,8 +436,10 @@ fn compared(load: Load, m: &Summary) -> f64 {
 pub fn render(header: &Header, outcomes: &[Outcome]) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "{}", header.render());
-    // The cluster workload has its own table; this one is for every other workload.
-    let main_table = outcomes.iter().any(|o| !matches!(o.workload.load, Load::Cluster { .. }));
+    // The cluster and open-loop workloads have their own tables; this one is for every
+    // other workload.
+    let own_table = |l: Load| matches!(l, Load::Cluster { .. } | Load::OpenChat { .. });
+    let main_table = outcomes.iter().any(|o| !own_table(o.workload.load));
     if main_table {
         let _ = writeln!(
             s,
@@ -443,7 +451,7 @@ pub fn render(header: &Header, outcomes: &[Outcome]) -> String {
     let mut client_backend: Option<String> = None;
     for o in outcomes {
         let w = &o.workload;
-        if matches!(w.load, Load::Cluster { .. }) {
+        if own_table(w.load) {
             continue; // its own table, below
         }
         let rows = match &o.rows {
@@ -454,10 +462,13 @@ pub fn render(header: &Header, outcomes: &[Outcome]) -> String {
             Ok(rows) => rows,
         };
         let tokio = o.get(Server::Tokio);
-        // servercore rows first, tokio (the reference) last.
+        // servercore rows first, then the bare io_uring loop, tokio (the reference) last.
+        let refs = [Server::Bare, Server::Tokio];
         let mut ordered: Vec<&(Server, Summary)> =
-            rows.iter().filter(|(sv, _)| *sv != Server::Tokio).collect();
-        ordered.extend(rows.iter().filter(|(sv, _)| *sv == Server::Tokio));
+            rows.iter().filter(|(sv, _)| !refs.contains(sv)).collect();
+        for r in refs {
+            ordered.extend(rows.iter().filter(|(sv, _)| *sv == r));
+        }
         for (server, m) in ordered {
             if let Some(p) = &m.problem {
                 notes.push(format!(
@@ -567,6 +578,8 @@ pub fn render(header: &Header, outcomes: &[Outcome]) -> String {
              packet; its window starts once every session is past its upgrade)."
         );
     }
+    s.push_str(&render_bare(outcomes));
+    s.push_str(&render_open_loop(outcomes, &mut notes));
     s.push_str(&render_cluster(outcomes, &mut notes));
     if !notes.is_empty() {
         let _ = writeln!(s, "\nNotes:");
@@ -577,6 +590,138 @@ pub fn render(header: &Header, outcomes: &[Outcome]) -> String {
     s.push_str(&render_techniques(outcomes));
     s.push_str(&render_baseline(outcomes));
     s.push_str(&render_targets(outcomes));
+    s
+}
+
+/// servercore against the bare io_uring echo loop (issue 16), per echo workload of the
+/// run: server CPU per message, servercore / bare.
+fn render_bare(outcomes: &[Outcome]) -> String {
+    let mut s = String::new();
+    for o in outcomes {
+        let w = &o.workload;
+        let Ok(rows) = &o.rows else { continue };
+        if !rows.iter().any(|(sv, _)| *sv == Server::Bare) {
+            continue;
+        }
+        if s.is_empty() {
+            let _ = writeln!(
+                s,
+                "\nservercore / bare io_uring loop (issue 16; same run): server CPU per msg of the \
+                 1-worker io_uring server against `servercore-bench bare-echo` (one thread, \
+                 multishot accept, multishot receive from a provided-buffer ring, one SEND \
+                 straight from each received buffer, nothing else); <= 1.00: no framework cost \
+                 left.\n"
+            );
+            let _ = writeln!(
+                s,
+                "| workload | servercore io_uring | bare io_uring loop | servercore / bare loop | msg/s servercore / bare loop |"
+            );
+            let _ = writeln!(s, "|---|---:|---:|---:|---:|");
+        }
+        let (Some(sc), Some(bare)) = (o.get(IO_URING), o.get(Server::Bare)) else {
+            let _ = writeln!(s, "| {} | - | - | failed | - |", w.label);
+            continue;
+        };
+        let fmt = |r: Option<f64>| r.map_or("-".to_string(), |r| format!("{r:.2}"));
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} | {} |",
+            w.label,
+            cpu_cell(w.load, sc.cpu_per_unit_us),
+            cpu_cell(w.load, bare.cpu_per_unit_us),
+            fmt(ratio(sc.cpu_per_unit_us, bare.cpu_per_unit_us)),
+            fmt(ratio(sc.rate, bare.rate)),
+        );
+    }
+    s
+}
+
+/// The open-loop latency rows (issue 16): delivery latency at a fixed rate, servercore with
+/// fan-out gathering on and off, and tokio, with the load client's busy share.
+fn render_open_loop(outcomes: &[Outcome], notes: &mut Vec<String>) -> String {
+    let mut s = String::new();
+    let mut p999_missing = false;
+    for o in outcomes {
+        let w = &o.workload;
+        let Load::OpenChat { sessions, rate, .. } = w.load else { continue };
+        if s.is_empty() {
+            let _ = writeln!(
+                s,
+                "\nOpen-loop latency (issue 16; same run): each session sends at a fixed rate \
+                 (`dummy-client --rate`), whatever the replies do; latency = a sender's own \
+                 message back through the room (send to delivery). Load core busy near 100%: \
+                 the load client limits these figures.\n"
+            );
+            let _ = writeln!(
+                s,
+                "| workload | server | deliveries/s | p50 us | p99 us | p99.9 us | server CPU per delivery | server core busy | load core busy |"
+            );
+            let _ = writeln!(s, "|---|---|---:|---:|---:|---:|---:|---:|---:|");
+        }
+        let rows = match &o.rows {
+            Err(why) => {
+                let _ = writeln!(s, "| {} | {why} | - | - | - | - | - | - | - |", w.label);
+                continue;
+            }
+            Ok(rows) => rows,
+        };
+        for (server, m) in rows {
+            let label = match server {
+                Server::Servercore { without: None, .. } => {
+                    "servercore io_uring, gathering on (default)".to_string()
+                }
+                Server::Servercore { without: Some(_), .. } => {
+                    "servercore io_uring, gathering off (--broadcast-gather-ms 0)".to_string()
+                }
+                _ => server.label_in(w),
+            };
+            if let Some(p) = &m.problem {
+                notes.push(format!(
+                    "{} / {label}: {} of {} rounds used; {p}",
+                    w.label, m.good_rounds, m.rounds
+                ));
+            }
+            if !m.valid() {
+                let _ = writeln!(s, "| {} | {label} | failed | - | - | - | - | - | - |", w.label);
+                continue;
+            }
+            p999_missing |= !m.p999_us.is_finite();
+            let expected = f64::from(sessions) * f64::from(sessions) * f64::from(rate);
+            if m.rate < 0.9 * expected {
+                notes.push(format!(
+                    "{} / {label}: {} deliveries/s, below the {} the rate asks for",
+                    w.label,
+                    group(m.rate),
+                    group(expected)
+                ));
+            }
+            let _ = writeln!(
+                s,
+                "| {} | {label} | {} | {} | {} | {} | {} | {:.0}% | {:.0}% |",
+                w.label,
+                group(m.rate),
+                num(m.p50_us),
+                num(m.p99_us),
+                num(m.p999_us),
+                cpu_cell(w.load, m.cpu_per_unit_us),
+                m.util * 100.0,
+                m.load_util * 100.0
+            );
+        }
+    }
+    if !s.is_empty() {
+        if p999_missing {
+            let _ = writeln!(
+                s,
+                "\np99.9: \"-\" where the dummy-client's JSON has no p99.9 (`p999_us`) yet."
+            );
+        }
+        let _ = writeln!(
+            s,
+            "\nThe second open-loop row of issue 16 (1,000 sessions in 10 rooms of 100 x 5 msg/s) \
+             is not run: chat-server has one room."
+        );
+    }
     s
 }
 
@@ -726,6 +871,9 @@ fn render_techniques(outcomes: &[Outcome]) -> String {
     for o in outcomes {
         let Ok(rows) = &o.rows else { continue };
         let w = &o.workload;
+        if matches!(w.load, Load::OpenChat { .. }) {
+            continue; // gathering on and off: the open-loop table
+        }
         let Some(full) = o.get(IO_URING).filter(|m| m.valid()) else { continue };
         for (server, m) in rows {
             let Server::Servercore { without: Some(a), .. } = server else { continue };
@@ -787,7 +935,7 @@ fn transport_targets(
             ratio(u.cpu_per_unit_us, t.cpu_per_unit_us),
             |r| r <= 0.90,
         ),
-        Load::Chat { .. } | Load::Cluster { .. } => row(
+        Load::Chat { .. } | Load::OpenChat { .. } | Load::Cluster { .. } => row(
             &format!("io_uring CPU/delivery <= 0.50 x {reference}"),
             ratio(u.cpu_per_unit_us, t.cpu_per_unit_us),
             |r| r <= 0.50,
@@ -836,6 +984,42 @@ fn render_targets(outcomes: &[Outcome]) -> String {
             }
             continue;
         }
+        if let (Some(u), Some(b)) = (uring, o.get(Server::Bare)) {
+            if let Some(r) = ratio(u.cpu_per_unit_us, b.cpu_per_unit_us) {
+                rows.push((
+                    format!("{}: io_uring CPU/msg <= 1.00 x bare io_uring loop", w.label),
+                    format!("{r:.3} x"),
+                    Some(r <= 1.0),
+                ));
+            }
+        }
+        if matches!(w.load, Load::OpenChat { .. }) {
+            let off = o.get(Server::Servercore {
+                backend: "io_uring",
+                workers: 1,
+                without: Some(crate::run::Ablation::Gather),
+            });
+            if let (Some(u), Some(t)) = (uring, tokio) {
+                if let Some(r) = ratio(u.p99_us, t.p99_us) {
+                    rows.push((
+                        format!("{}: io_uring p99 <= tokio's", w.label),
+                        format!("{} / {} us", num(u.p99_us), num(t.p99_us)),
+                        Some(r <= 1.0),
+                    ));
+                }
+            }
+            if let (Some(u), Some(f)) = (uring, off) {
+                let cost = u.p50_us - f.p50_us;
+                if cost.is_finite() {
+                    rows.push((
+                        format!("{}: gathering costs <= 500 us at p50 (on - off)", w.label),
+                        format!("{cost:.0} us"),
+                        Some(cost <= 500.0),
+                    ));
+                }
+            }
+            continue;
+        }
         match w.load {
             Load::Echo { .. } => {
                 if let (Some(u), Some(t)) = (uring, tokio) {
@@ -877,7 +1061,7 @@ fn render_targets(outcomes: &[Outcome]) -> String {
                     }
                 }
             }
-            Load::Cluster { .. } => {}
+            Load::Cluster { .. } | Load::OpenChat { .. } => {}
             Load::Churn { .. } | Load::Handshake { .. } => {
                 if let (Some(u), Some(t)) = (uring, tokio) {
                     if let Some(r) = ratio(u.rate, t.rate) {
@@ -923,11 +1107,17 @@ fn render_targets(outcomes: &[Outcome]) -> String {
             "14"
         } else if matches!(w.load, Load::Cluster { .. }) {
             "15"
+        } else if matches!(w.load, Load::OpenChat { .. }) {
+            "16"
         } else {
             "5"
         };
         if !issues.contains(&issue) {
             issues.push(issue);
+        }
+        let bare = o.rows.as_ref().is_ok_and(|r| r.iter().any(|(sv, _)| *sv == Server::Bare));
+        if bare && !issues.contains(&"16") {
+            issues.push("16");
         }
     }
     issues.sort_by_key(|i| i.parse::<u32>().unwrap_or(0));
@@ -974,6 +1164,7 @@ mod tests {
             rate,
             p50_us: 900.0,
             p99_us: 1500.0,
+            p999_us: f64::NAN,
             cpu_per_unit_us: cpu_us,
             server_cpu_util: parts.iter().sum::<f64>().max(0.5),
             server_cpu_parts: parts,
@@ -986,6 +1177,70 @@ mod tests {
             besides: Besides::default(),
             probe,
         }
+    }
+
+    #[test]
+    fn bare_loop_table_and_target() {
+        let w = crate::run::workloads().into_iter().find(|w| w.key == "echo-64-d16").unwrap();
+        let outcome = Outcome::measured(
+            w,
+            vec![IO_URING, Server::Tokio, Server::Bare],
+            vec![
+                vec![Ok(sample(2e6, 0.33, vec![], None))],
+                vec![Ok(sample(2e6, 0.32, vec![], None))],
+                vec![Ok(sample(2.2e6, 0.30, vec![], None))],
+            ],
+        );
+        let t = render_bare(std::slice::from_ref(&outcome));
+        assert!(
+            t.contains(
+                "| echo 64 B, 100 sessions, depth 16 | 0.33 us/msg | 0.30 us/msg | 1.10 | 0.91 |"
+            ),
+            "{t}"
+        );
+        let targets = render_targets(std::slice::from_ref(&outcome));
+        assert!(targets.contains("Targets (issues 5 and 16)"), "{targets}");
+        assert!(
+            targets.contains("io_uring CPU/msg <= 1.00 x bare io_uring loop | 1.100 x | **no** |"),
+            "{targets}"
+        );
+    }
+
+    #[test]
+    fn open_loop_table_and_targets() {
+        let w = crate::run::workloads().into_iter().find(|w| w.key == "latency-chat-100").unwrap();
+        let off = Server::Servercore {
+            backend: "io_uring",
+            workers: 1,
+            without: Some(crate::run::Ablation::Gather),
+        };
+        let with_latency = |p50: f64, p99: f64, p999: f64| {
+            let mut s = sample(2e5, 0.1, vec![], None);
+            (s.p50_us, s.p99_us, s.p999_us) = (p50, p99, p999);
+            Ok(s)
+        };
+        let outcome = Outcome::measured(
+            w,
+            vec![IO_URING, off, Server::Tokio],
+            vec![
+                vec![with_latency(1400.0, 3000.0, 4000.0)],
+                vec![with_latency(700.0, 2500.0, f64::NAN)],
+                vec![with_latency(900.0, 3500.0, f64::NAN)],
+            ],
+        );
+        let mut notes = Vec::new();
+        let t = render_open_loop(std::slice::from_ref(&outcome), &mut notes);
+        assert!(notes.is_empty(), "{notes:?}");
+        assert!(t.contains("| servercore io_uring, gathering on (default) | 200,000 | 1400 | 3000 | 4000 | 100 ns/delivery |"), "{t}");
+        assert!(t.contains("| servercore io_uring, gathering off (--broadcast-gather-ms 0) | 200,000 | 700 | 2500 | - |"), "{t}");
+        assert!(t.contains("| tokio | 200,000 | 900 | 3500 | - |"), "{t}");
+        assert!(t.contains("no p99.9"), "{t}");
+        let targets = render_targets(std::slice::from_ref(&outcome));
+        assert!(targets.contains("io_uring p99 <= tokio's | 3000 / 3500 us | yes |"), "{targets}");
+        assert!(
+            targets.contains("gathering costs <= 500 us at p50 (on - off) | 700 us | **no** |"),
+            "{targets}"
+        );
     }
 
     #[test]

@@ -30,7 +30,7 @@ pub struct RunArgs {
     #[arg(long)]
     pub markdown_out: Option<PathBuf>,
     /// Only these workloads (comma-separated keys: echo-64-d1, echo-64-d16, echo-1k, chat-100,
-    /// chat-1000, memory, churn; TLS: tls-echo-64-d1, tls-echo-1k, tls-chat-100,
+    /// chat-1000, memory, churn; open loop: latency-chat-100; TLS: tls-echo-64-d1, tls-echo-1k, tls-chat-100,
     /// tls-chat-1000, tls-handshake, tls-memory; WebSocket: ws-echo-64-d1, ws-chat-100,
     /// ws-chat-1000, ws-memory; cluster: cluster-chat).
     #[arg(long, value_delimiter = ',')]
@@ -44,6 +44,10 @@ pub struct RunArgs {
     /// Leave out the cluster workload (issue 15).
     #[arg(long)]
     pub no_cluster: bool,
+    /// Leave out the bare io_uring echo loop (`servercore-bench bare-echo`, issue 16) from
+    /// the echo workloads.
+    #[arg(long)]
+    pub no_bare: bool,
     /// Leave out the servercore rows with 2 workers (the scale target).
     #[arg(long)]
     pub no_scale: bool,
@@ -83,6 +87,13 @@ pub enum Load {
         sessions: u32,
         size: u32,
     },
+    /// Chat, open loop (issue 16): each session sends `rate` messages per second whatever
+    /// the replies do (`dummy-client --rate`), well below saturation; for the latency.
+    OpenChat {
+        sessions: u32,
+        size: u32,
+        rate: u32,
+    },
     Memory {
         sessions: u32,
         size: u32,
@@ -104,7 +115,7 @@ pub enum Load {
 
 impl Load {
     pub fn is_chat(self) -> bool {
-        matches!(self, Load::Chat { .. } | Load::Cluster { .. })
+        matches!(self, Load::Chat { .. } | Load::OpenChat { .. } | Load::Cluster { .. })
     }
 }
 
@@ -187,6 +198,18 @@ pub fn workloads() -> Vec<Workload> {
             load: Load::Churn { wave: 2000 },
             scale: false,
             ablations: &[],
+            tls: false,
+            ws: false,
+        },
+        // Open loop (issue 16): latency at a fixed rate well below saturation. (A second
+        // row, 1,000 sessions in 10 rooms of 100 x 5 msg/s, waits for chat-server to have
+        // more than one room.)
+        Workload {
+            key: "latency-chat-100",
+            label: "open-loop chat 64 B, 100 sessions x 20 msg/s, 1 room",
+            load: Load::OpenChat { sessions: 100, size: 64, rate: 20 },
+            scale: false,
+            ablations: &[Ablation::Gather],
             tls: false,
             ws: false,
         },
@@ -351,6 +374,8 @@ pub enum Server {
     /// The `--baseline-bin` build, io_uring, one worker.
     Baseline,
     Tokio,
+    /// The bare io_uring echo loop (`servercore-bench bare-echo`, issue 16): echo only.
+    Bare,
     /// Two io_uring chat servers of one worker each on one nats-server (`--cluster`), the
     /// load's sessions alternating between them (the cluster workload).
     Cluster,
@@ -370,6 +395,7 @@ impl Server {
             }
             Server::Baseline => "servercore io_uring, baseline build".into(),
             Server::Tokio => "tokio".into(),
+            Server::Bare => "bare io_uring loop".into(),
             Server::Cluster => "servercore io_uring, 2 nodes + NATS".into(),
         }
     }
@@ -392,7 +418,7 @@ impl Server {
     pub fn workers(self) -> u16 {
         match self {
             Server::Servercore { workers, .. } => workers,
-            Server::Baseline | Server::Tokio | Server::Cluster => 1,
+            Server::Baseline | Server::Tokio | Server::Bare | Server::Cluster => 1,
         }
     }
 }
@@ -402,12 +428,29 @@ pub const POLL: Server = Server::Servercore { backend: "poll", workers: 1, witho
 pub const IO_URING_2: Server =
     Server::Servercore { backend: "io_uring", workers: 2, without: None };
 
-pub fn servers_for(w: &Workload, scale: bool, ablation: bool, baseline: bool) -> Vec<Server> {
+/// The servers of workload `w`, in the order of their rounds; `bare`: the bare io_uring
+/// loop in the plain echo workloads.
+pub fn servers_for(
+    w: &Workload,
+    scale: bool,
+    ablation: bool,
+    baseline: bool,
+    bare: bool,
+) -> Vec<Server> {
     if matches!(w.load, Load::Cluster { .. }) {
         // servercore against itself: one node, then two on NATS.
         return vec![IO_URING, Server::Cluster];
     }
+    if matches!(w.load, Load::OpenChat { .. }) {
+        // Latency: gathering on (the default) and off, and tokio; nothing else.
+        let off =
+            Server::Servercore { backend: "io_uring", workers: 1, without: Some(Ablation::Gather) };
+        return vec![IO_URING, off, Server::Tokio];
+    }
     let mut v = vec![IO_URING, POLL, Server::Tokio];
+    if bare && matches!(w.load, Load::Echo { .. }) && !(w.tls || w.ws) {
+        v.push(Server::Bare);
+    }
     if baseline {
         v.push(Server::Baseline);
     }
@@ -589,7 +632,13 @@ pub fn run(args: RunArgs) -> Result<(), String> {
     eprintln!("{}", header.render());
     let mut outcomes: Vec<Outcome> = Vec::new();
     for w in &selected {
-        let mut servers = servers_for(w, !args.no_scale, !args.no_ablation, env.baseline.is_some());
+        let mut servers = servers_for(
+            w,
+            !args.no_scale,
+            !args.no_ablation,
+            env.baseline.is_some(),
+            !args.no_bare,
+        );
         if w.load.is_chat() {
             if let Some(why) = &chat_missing {
                 outcomes.push(Outcome::unavailable(w.clone(), why.clone()));
@@ -835,6 +884,11 @@ impl RunningServer {
                 };
                 c.arg0("servercore-bench").arg(name).args(["--addr", "127.0.0.1:0"]);
                 tls_server_args(&mut c, tls);
+                c
+            }
+            Server::Bare => {
+                let mut c = Command::new(&env.me);
+                c.arg0("servercore-bench").args(["bare-echo", "--addr", "127.0.0.1:0"]);
                 c
             }
             Server::Cluster => return Self::start_cluster(env, cores),
@@ -1194,6 +1248,10 @@ const TLS_EXTRA_SECS: f64 = 1.0;
 /// deliveries.
 pub const PROBE_RATE: f64 = 200.0;
 
+/// Most messages in flight per session in the open-loop rows: far above what 20 msg/s at
+/// millisecond latencies needs, so that the rate alone sets the pace.
+const OPEN_LOOP_DEPTH: u32 = 16;
+
 /// Echo, chat, memory and cluster rounds: `servercore dummy-client` is the load.
 ///
 /// The server's CPU time is sampled inside the client's measurement window (which starts
@@ -1223,6 +1281,9 @@ fn dummy_round(
         Load::Chat { sessions, size } | Load::Cluster { sessions, size } => {
             ("chat", sessions, size, 1)
         }
+        // Open loop: `OPEN_LOOP_DEPTH` in flight at most, so that the rate, not the replies,
+        // sets the pace.
+        Load::OpenChat { sessions, size, .. } => ("chat", sessions, size, OPEN_LOOP_DEPTH),
         Load::Memory { sessions, size } => ("echo", sessions, size, 1),
         Load::Churn { .. } | Load::Handshake { .. } => unreachable!("churn has its own round"),
     };
@@ -1245,6 +1306,9 @@ fn dummy_round(
     }
     if w.ws {
         cmd.arg("--ws");
+    }
+    if let Load::OpenChat { rate, .. } = load {
+        cmd.args(["--rate", &rate.to_string()]);
     }
     for name in SWITCHES {
         cmd.env_remove(name);
@@ -1355,6 +1419,8 @@ fn dummy_round(
         rate,
         p50_us: num("p50_us").unwrap_or(f64::NAN),
         p99_us: num("p99_us").unwrap_or(f64::NAN),
+        // The dummy-client's JSON has no p99.9 yet: NaN ("-") until it has.
+        p999_us: num("p999_us").or_else(|| num("p99_9_us")).unwrap_or(f64::NAN),
         cpu_per_unit_us: if rate > 0.0 { server_cpu_rate / rate * 1e6 } else { f64::NAN },
         server_cpu_util: server_cpu_rate,
         server_cpu_parts: parts,
@@ -1511,6 +1577,7 @@ fn churn_round(
         rate,
         p50_us: num("p50_us").unwrap_or(f64::NAN),
         p99_us: num("p99_us").unwrap_or(f64::NAN),
+        p999_us: f64::NAN,
         cpu_per_unit_us: if cycles > 0.0 { (c1 - c0) / cycles * 1e6 } else { f64::NAN },
         server_cpu_util: (c1 - c0) / (w1 - w0).as_secs_f64().max(1e-9),
         server_cpu_parts: Vec::new(),
@@ -1544,15 +1611,33 @@ mod tests {
         for k in ["ws-echo-64-d1", "ws-chat-100", "ws-chat-1000", "ws-memory"] {
             let w = get(k);
             assert!(w.ws && !w.tls, "{k}");
-            assert_eq!(servers_for(w, true, true, false), vec![IO_URING, POLL, Server::Tokio]);
+            assert_eq!(
+                servers_for(w, true, true, false, true),
+                vec![IO_URING, POLL, Server::Tokio]
+            );
             assert_eq!(Server::Tokio.label_in(w), "tokio-tungstenite");
         }
         let c = get("cluster-chat");
         assert!(c.load.is_chat() && !c.ws && !c.tls);
-        assert_eq!(servers_for(c, true, true, true), vec![IO_URING, Server::Cluster]);
+        assert_eq!(servers_for(c, true, true, true, true), vec![IO_URING, Server::Cluster]);
         assert_eq!(IO_URING.label_in(c), "servercore io_uring, 1 node");
         // The plain and TLS rows keep their servers.
-        assert_eq!(servers_for(get("tls-chat-100"), true, true, false).len(), 3);
+        assert_eq!(servers_for(get("tls-chat-100"), true, true, false, true).len(), 3);
+        // The bare loop: in the plain echo workloads only, after tokio; --no-bare drops it.
+        for k in ["echo-64-d1", "echo-64-d16", "echo-1k"] {
+            let v = servers_for(get(k), false, false, false, true);
+            assert_eq!(v, vec![IO_URING, POLL, Server::Tokio, Server::Bare], "{k}");
+            assert!(!servers_for(get(k), true, true, true, false).contains(&Server::Bare));
+        }
+        for k in ["chat-100", "memory", "tls-echo-64-d1", "ws-echo-64-d1"] {
+            assert!(!servers_for(get(k), true, true, true, true).contains(&Server::Bare), "{k}");
+        }
+        // Open loop: gathering on and off, and tokio.
+        let l = get("latency-chat-100");
+        assert!(l.load.is_chat());
+        let off =
+            Server::Servercore { backend: "io_uring", workers: 1, without: Some(Ablation::Gather) };
+        assert_eq!(servers_for(l, true, true, true, true), vec![IO_URING, off, Server::Tokio]);
         assert_eq!(Server::Tokio.label_in(get("chat-100")), "tokio");
         let mut keys: Vec<&str> = all.iter().map(|w| w.key).collect();
         keys.sort_unstable();
