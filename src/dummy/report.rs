@@ -217,6 +217,7 @@ pub struct Report {
     pub sends: u64,
     pub p50_us: u64,
     pub p99_us: u64,
+    pub p999_us: u64,
     pub max_us: u64,
     /// Latency at a few percentiles (label, microseconds), for the histogram sketch.
     pub percentiles: Vec<(&'static str, u64)>,
@@ -279,6 +280,7 @@ impl Report {
             sends: counted.sends,
             p50_us: h.value_at_quantile(0.50),
             p99_us: h.value_at_quantile(0.99),
+            p999_us: h.value_at_quantile(0.999),
             max_us: h.max(),
             percentiles,
             gaps: stats.gaps.load(Ordering::Relaxed),
@@ -474,7 +476,7 @@ impl Report {
                 "{{\"mode\":\"{}\",\"backend\":\"{}\",\"sessions\":{},\"connected\":{},",
                 "\"size\":{},\"depth\":{},\"secs\":{:.3},\"messages\":{},\"bytes\":{},",
                 "\"msgs_per_sec\":{:.1},\"mb_per_sec\":{:.3},\"p50_us\":{},\"p99_us\":{},",
-                "\"max_us\":{},\"errors\":{},\"corrupt\":{},\"unexpected_disconnects\":{},",
+                "\"p999_us\":{},\"max_us\":{},\"errors\":{},\"corrupt\":{},\"unexpected_disconnects\":{},",
                 "\"connect_failures\":{},\"first_error\":{},\"rate\":{}"
             ),
             self.mode_name(),
@@ -490,6 +492,7 @@ impl Report {
             self.mb_per_sec(),
             self.p50_us,
             self.p99_us,
+            self.p999_us,
             self.max_us,
             self.errors(),
             self.corrupt,
