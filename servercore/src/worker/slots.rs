@@ -44,3 +44,26 @@ impl<S: Session> Members for Vec<Slot<S>> {
         conn_of(self, key).map(|c| &mut c.core)
     }
 }
+
+#[cfg(all(test, not(servercore_loom)))]
+mod sizes {
+    use super::*;
+
+    /// Prints the sizes of a session's per-session structures (`--ignored --nocapture`).
+    #[test]
+    #[ignore]
+    fn print_session_sizes() {
+        use std::mem::size_of;
+        struct Zst;
+        println!("Slot<()> {}", size_of::<Slot<Zst>>());
+        println!("SessionState {}", size_of::<SessionState>());
+        println!("SessionFlags {}", size_of::<SessionFlags>());
+        println!("DisconnectReason {}", size_of::<DisconnectReason>());
+        println!("Option<DisconnectReason> {}", size_of::<Option<DisconnectReason>>());
+        println!("Option<OpId> {}", size_of::<Option<OpId>>());
+        println!("Option<TimerId> {}", size_of::<Option<TimerId>>());
+        println!("Option<Instant> {}", size_of::<Option<Instant>>());
+        println!("SocketAddr {}", size_of::<SocketAddr>());
+        println!("SendBatch {}", size_of::<SendBatch>());
+    }
+}
