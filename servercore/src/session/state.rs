@@ -70,9 +70,6 @@ pub(crate) struct SessionState {
     pub(crate) in_flight: u32,
     pub(crate) queue: VecDeque<Bytes>,
     pub(crate) queued: usize,
-    /// An empty queue with capacity, swapped in when the queue goes to a send, so steady
-    /// sending allocates nothing.
-    pub(crate) recycled: SendBatch,
     pub(crate) dirty: bool,
     pub(crate) close_request: Option<DisconnectReason>,
     /// Closing, and queued data still goes out (local disconnect or shutdown).
@@ -135,6 +132,10 @@ impl SessionState {
     }
 }
 
+/// Empty send queues with capacity a worker keeps for its sessions' next sends (see
+/// [`WorkerState::push_queued`]): at most this many, each of at most `MAX_IOVECS` entries.
+const SPARE_QUEUES: usize = 256;
+
 /// A send queue holds at most one buffer per this many bytes of its limit (so buffers
 /// smaller than this fill it by count before bytes).
 pub(crate) const MIN_COUNTED: usize = 64;
@@ -154,6 +155,10 @@ pub(crate) struct WorkerState {
     pub(crate) send_limit: usize,
     pub(crate) notify_policy: bool,
     pub(crate) metrics: WorkerMetrics,
+    /// Empty send queues with capacity, shared by the worker's sessions: a session's queue
+    /// goes whole to its send and comes back here when the send is done, so steady sending
+    /// allocates nothing, and a session with nothing to send holds no queue memory.
+    pub(crate) spare_queues: Vec<SendBatch>,
 }
 
 impl WorkerState {
@@ -203,10 +208,29 @@ impl WorkerState {
             return Ok(());
         }
         core.set_queued(core.queued + buf.len());
-        core.queue.push_back(buf);
+        self.push_queued(core, buf);
         self.metrics.buffers_out += 1;
         self.mark_dirty(core);
         Ok(())
+    }
+
+    /// Appends to a session's send queue, giving a queue without memory a spare first.
+    pub(crate) fn push_queued(&mut self, core: &mut SessionState, buf: Bytes) {
+        if core.queue.capacity() == 0 {
+            if let Some(spare) = self.spare_queues.pop() {
+                core.queue = spare;
+            }
+        }
+        core.queue.push_back(buf);
+    }
+
+    /// Keeps an emptied send queue for a later send (or frees it when enough are kept).
+    pub(crate) fn recycle_queue(&mut self, mut queue: SendBatch) {
+        queue.clear();
+        let cap = queue.capacity();
+        if cap > 0 && cap <= crate::driver::MAX_IOVECS && self.spare_queues.len() < SPARE_QUEUES {
+            self.spare_queues.push(queue);
+        }
     }
 
     /// Whether `len` more bytes may be queued on the session now: it must be accepting sends

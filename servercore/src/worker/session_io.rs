@@ -174,9 +174,10 @@ impl<S: Session> Worker<S> {
         if core.queue.is_empty() {
             return;
         }
-        // The queue itself goes to the driver (no copy per buffer); new sends go into the
-        // spare. Past one gather write's limit, the rest stays queued.
-        let mut batch = std::mem::replace(&mut core.queue, std::mem::take(&mut core.recycled));
+        // The queue itself goes to the driver (no copy per buffer); new sends go into a
+        // spare of the worker's (`push_queued`). Past one gather write's limit, the rest
+        // stays queued.
+        let mut batch = std::mem::take(&mut core.queue);
         if batch.len() > MAX_IOVECS {
             core.queue = batch.split_off(MAX_IOVECS);
         }
@@ -223,12 +224,11 @@ impl<S: Session> Worker<S> {
                         local.mark_dirty(core);
                     }
                 } else if bufs.is_empty() {
-                    if bufs.capacity() > core.recycled.capacity() {
-                        core.recycled = bufs;
-                    }
+                    local.recycle_queue(bufs);
                 } else {
                     bufs.append(&mut core.queue);
-                    core.recycled = std::mem::replace(&mut core.queue, bufs);
+                    let emptied = std::mem::replace(&mut core.queue, bufs);
+                    local.recycle_queue(emptied);
                 }
                 if !core.queue.is_empty() {
                     local.mark_dirty(core);
