@@ -249,7 +249,7 @@ impl UringDriver {
             pool_free: Vec::new(),
             recv_size: config.recv_buffer_size,
             ops: Slab::with_capacity(256),
-            next_gen: 0,
+            next_gen: 1,
             socks: Slab::with_capacity(256),
             waker,
             wake_fd,
@@ -298,7 +298,7 @@ impl UringDriver {
     /// Records a new operation under a fresh generation.
     fn insert_op(&mut self, owner: u64, state: OpState) -> OpId {
         let gen = self.next_gen;
-        self.next_gen = gen.wrapping_add(1);
+        self.next_gen = crate::driver::next_gen(gen);
         OpId::new(self.ops.insert(Op { owner, gen, state }), gen)
     }
 
