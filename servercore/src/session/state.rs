@@ -66,12 +66,12 @@ pub(crate) struct SessionState {
     pub(crate) rbuf: Vec<u8>,
     pub(crate) recv_op: Option<OpId>,
     pub(crate) send_op: Option<OpId>,
-    pub(crate) connect_op: Option<OpId>,
     pub(crate) in_flight: u32,
     pub(crate) queue: VecDeque<Bytes>,
     pub(crate) queued: usize,
     pub(crate) dirty: bool,
-    pub(crate) close_request: Option<DisconnectReason>,
+    /// What only a connecting or closing session uses (see [`Rare`]); `None` until then.
+    pub(crate) rare: Option<Box<Rare>>,
     /// Closing, and queued data still goes out (local disconnect or shutdown).
     pub(crate) flushing: bool,
     /// Set when a graceful close has begun, so `on_disconnected` may still queue sends.
@@ -79,16 +79,8 @@ pub(crate) struct SessionState {
     /// The server abandons bytes it had accepted to send (or gave up on the peer): the
     /// socket is closed abortively (RST), so the kernel frees its buffers at once.
     pub(crate) abort: bool,
-    /// Closing: until when the close may wait for queued bytes to reach the peer (the
-    /// flush, then the kernel's send queue being acknowledged) before it resets instead.
-    pub(crate) close_deadline: Option<Instant>,
     /// Own sends waiting in the fan-out log (counted with the queue's buffers).
     pub(crate) logged_sends: usize,
-    /// Closing, flushed, waiting for the peer to acknowledge the kernel's send queue: how
-    /// many times it looked (each wait twice the last, from 10 ms up to 250 ms).
-    pub(crate) linger_polls: u8,
-    pub(crate) timer: Option<TimerId>,
-    pub(crate) connect_error: Option<io::Error>,
     /// Rooms this session is in (ids), so it leaves them when it closes.
     pub(crate) rooms: Vec<u64>,
     /// The TLS and/or WebSocket layers (boxed: plain sessions pay 8 bytes).
@@ -112,7 +104,51 @@ pub(crate) struct SessionState {
     pub(crate) flags: Arc<SessionFlags>,
 }
 
+/// The state of a session that only connecting and closing use, boxed so that an open
+/// session pays 8 bytes for it (allocated by [`SessionState::rare`] when first needed).
+#[derive(Default)]
+pub(crate) struct Rare {
+    /// A disconnect asked for, carried out at the end of the loop turn.
+    pub(crate) close_request: Option<DisconnectReason>,
+    /// Closing: until when the close may wait for queued bytes to reach the peer (the
+    /// flush, then the kernel's send queue being acknowledged) before it resets instead.
+    pub(crate) close_deadline: Option<Instant>,
+    /// Closing, flushed, waiting for the peer to acknowledge the kernel's send queue: how
+    /// many times it looked (each wait twice the last, from 10 ms up to 250 ms).
+    pub(crate) linger_polls: u8,
+    /// The connect timeout, flush deadline or linger timer.
+    pub(crate) timer: Option<TimerId>,
+    pub(crate) connect_op: Option<OpId>,
+    pub(crate) connect_error: Option<io::Error>,
+}
+
 impl SessionState {
+    /// The connecting and closing state, allocated on first use.
+    pub(crate) fn rare(&mut self) -> &mut Rare {
+        self.rare.get_or_insert_with(Box::default)
+    }
+
+    /// Whether a disconnect was asked for and not carried out yet.
+    pub(crate) fn close_requested(&self) -> bool {
+        self.rare.as_ref().is_some_and(|r| r.close_request.is_some())
+    }
+
+    pub(crate) fn take_close_request(&mut self) -> Option<DisconnectReason> {
+        self.rare.as_mut().and_then(|r| r.close_request.take())
+    }
+
+    pub(crate) fn close_deadline(&self) -> Option<Instant> {
+        self.rare.as_ref().and_then(|r| r.close_deadline)
+    }
+
+    pub(crate) fn connect_op(&self) -> Option<OpId> {
+        self.rare.as_ref().and_then(|r| r.connect_op)
+    }
+
+    pub(crate) fn take_timer(&mut self) -> Option<TimerId> {
+        self.rare.as_mut().and_then(|r| r.timer.take())
+    }
+
     /// Sets the queued byte count, and its mirror that handles read to reserve places
     /// (Notify policy only: a per-send atomic store is not free on a broadcast).
     pub(crate) fn set_queued(&mut self, queued: usize) {
@@ -123,12 +159,12 @@ impl SessionState {
     }
 
     pub(crate) fn is_open(&self) -> bool {
-        self.state == Phase::Open && self.close_request.is_none()
+        self.state == Phase::Open && !self.close_requested()
     }
 
     /// Open or in its TLS handshake, and no close asked for: its standing receive runs.
     pub(crate) fn receives(&self) -> bool {
-        matches!(self.state, Phase::Open | Phase::Handshaking) && self.close_request.is_none()
+        matches!(self.state, Phase::Open | Phase::Handshaking) && !self.close_requested()
     }
 }
 
@@ -244,10 +280,10 @@ impl WorkerState {
     ) -> Result<(), SendError> {
         let accepting = match core.state {
             // In the TLS handshake, bytes wait in the queue until it is done.
-            Phase::Open | Phase::Handshaking => core.close_request.is_none(),
+            Phase::Open | Phase::Handshaking => !core.close_requested(),
             // Closing gracefully: during `on_disconnected` (no deadline yet) or while the
             // queue is being flushed; after that nothing would send it.
-            Phase::Closing => core.graceful && (core.flushing || core.close_deadline.is_none()),
+            Phase::Closing => core.graceful && (core.flushing || core.close_deadline().is_none()),
             Phase::Connecting => false,
         };
         if !accepting {
@@ -289,8 +325,8 @@ impl WorkerState {
     /// Records a disconnect request; it is carried out at the end of the loop turn, outside
     /// any callback. The first reason wins.
     pub(crate) fn request_close(&mut self, core: &mut SessionState, reason: DisconnectReason) {
-        if core.state != Phase::Closing && core.close_request.is_none() {
-            core.close_request = Some(reason);
+        if core.state != Phase::Closing && !core.close_requested() {
+            core.rare().close_request = Some(reason);
             self.mark_dirty(core);
         }
     }

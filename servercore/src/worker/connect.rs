@@ -51,18 +51,24 @@ impl<S: Session> Worker<S> {
         let at = Instant::now() + self.shared.config.connect_timeout;
         let timer = self.local.timers.add(at, TimerAction::ConnectTimeout(key));
         let core = &mut self.conn(key).expect("just installed").core;
-        core.connect_op = Some(op);
         core.in_flight = 1;
-        core.timer = Some(timer);
+        let rare = core.rare();
+        rare.connect_op = Some(op);
+        rare.timer = Some(timer);
     }
 
     pub(super) fn on_connect(&mut self, key: u64, result: io::Result<()>) {
         let Some(conn) = self.conn(key) else { return };
         let core = &mut conn.core;
         core.in_flight -= 1;
-        core.connect_op = None;
-        let timer = core.timer.take();
-        let result = match (result, core.connect_error.take(), core.state) {
+        let rare = core.rare();
+        rare.connect_op = None;
+        let timer = rare.timer.take();
+        let connect_error = rare.connect_error.take();
+        if rare.close_request.is_none() && rare.close_deadline.is_none() {
+            core.rare = None; // an open session holds none of it
+        }
+        let result = match (result, connect_error, core.state) {
             (_, Some(e), _) => Err(e),
             (Ok(()), None, Phase::Connecting) => Ok(()),
             (Ok(()), None, _) => Err(io::Error::new(
