@@ -180,7 +180,7 @@ impl Ctx<'_> {
             id: self.core.id,
             peer: self.core.peer,
             key: self.core.key,
-            flags: self.core.flags.clone(),
+            flags: self.core.shared_flags().clone(),
             worker: self.local.remote.clone(),
         }
     }

@@ -14,10 +14,11 @@ use crate::telemetry::WorkerMetrics;
 use crate::timer::{TimerId, Timers};
 use crate::transport::Transport;
 use bytes::Bytes;
+use std::cell::OnceCell;
 use std::collections::VecDeque;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
@@ -101,7 +102,9 @@ pub(crate) struct SessionState {
     pub(crate) ip_counted: bool,
     /// Keep `flags.queued` up to date (Notify policy).
     pub(crate) mirror_queued: bool,
-    pub(crate) flags: Arc<SessionFlags>,
+    /// What the session's handles read, made with its first handle (see
+    /// [`SessionState::shared_flags`]): a session that never hands one out holds none.
+    pub(crate) flags: OnceCell<Arc<SessionFlags>>,
 }
 
 /// The state of a session that only connecting and closing use, boxed so that an open
@@ -154,8 +157,36 @@ impl SessionState {
     pub(crate) fn set_queued(&mut self, queued: usize) {
         self.queued = queued;
         if self.mirror_queued {
-            self.flags.queued.store(queued, Ordering::Relaxed);
+            if let Some(f) = self.flags.get() {
+                f.queued.store(queued, Ordering::Relaxed);
+            }
         }
+    }
+
+    /// The flags handles share, made now if no handle was made before, from the state they
+    /// mirror: `alive` is "open", `congested` and `queued` (Notify policy) are the
+    /// session's own; nothing was posted or overflowed without a handle.
+    pub(crate) fn shared_flags(&self) -> &Arc<SessionFlags> {
+        self.flags.get_or_init(|| {
+            Arc::new(SessionFlags {
+                alive: AtomicBool::new(self.state == Phase::Open),
+                congested: AtomicBool::new(self.congested),
+                queued: AtomicUsize::new(if self.mirror_queued { self.queued } else { 0 }),
+                ..SessionFlags::default()
+            })
+        })
+    }
+
+    /// Stores `alive` for the handles, if any.
+    pub(crate) fn set_alive(&self, alive: bool) {
+        if let Some(f) = self.flags.get() {
+            f.alive.store(alive, Ordering::Release);
+        }
+    }
+
+    /// Bytes of handle sends posted and not yet queued (none without a handle).
+    pub(crate) fn posted(&self) -> usize {
+        self.flags.get().map_or(0, |f| f.posted.load(Ordering::Acquire))
     }
 
     pub(crate) fn is_open(&self) -> bool {
@@ -298,7 +329,7 @@ impl WorkerState {
         // number of buffers is bounded as well (one per `MIN_COUNTED` bytes of the limit):
         // a queue of one-byte buffers must not hold millions of entries, and the pooled
         // chunks they keep alive (see `buffer::pool`), under a limit counted in bytes.
-        let reserved = core.flags.posted.load(Ordering::Acquire);
+        let reserved = core.posted();
         let too_many = core.queue.len() + core.logged_sends >= limit / MIN_COUNTED;
         if (notify && core.congested) || too_many || core.queued + reserved + len > limit {
             if notify {
@@ -317,7 +348,9 @@ impl WorkerState {
         if !core.congested {
             core.congested = true;
             core.notify_full = true;
-            core.flags.congested.store(true, Ordering::Release);
+            if let Some(f) = core.flags.get() {
+                f.congested.store(true, Ordering::Release);
+            }
             self.mark_dirty(core);
         }
     }

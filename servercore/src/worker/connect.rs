@@ -86,7 +86,7 @@ impl<S: Session> Worker<S> {
                 self.reconnect_failures = 0;
                 let conn = self.conn(key).expect("checked above");
                 conn.core.state = Phase::Open;
-                conn.core.flags.alive.store(true, Ordering::Release);
+                conn.core.set_alive(true);
                 let websocket = self.shared.ws.is_some();
                 self.open_session(key, websocket);
             }

@@ -29,8 +29,8 @@ use crate::mailbox::{Command, WorkerRemote, INBOX_ENTRY};
 use crate::reason::DisconnectReason;
 use crate::registry::ServiceShared;
 use crate::session::{
-    Ctx, Fanout, Members, Phase, Session, SessionFlags, SessionId, SessionJob, SessionState,
-    TimerAction, WorkerState, MIN_COUNTED,
+    Ctx, Fanout, Members, Phase, Session, SessionId, SessionJob, SessionState, TimerAction,
+    WorkerState, MIN_COUNTED,
 };
 use crate::sys;
 use crate::telemetry::WorkerMetrics;
@@ -41,7 +41,7 @@ use std::collections::VecDeque;
 use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::panic::{self, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, TryRecvError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -348,10 +348,7 @@ impl<S: Session> Worker<S> {
             last_recv: self.local.now,
             ip_counted: false,
             mirror_queued: self.shared.config.send_queue_policy == SendQueuePolicy::Notify,
-            flags: Arc::new(SessionFlags {
-                alive: AtomicBool::new(state == Phase::Open),
-                ..SessionFlags::default()
-            }),
+            flags: std::cell::OnceCell::new(),
         }
     }
 

@@ -314,7 +314,7 @@ impl<S: Session> Worker<S> {
             return;
         }
         core.state = Phase::Closing;
-        core.flags.alive.store(false, Ordering::Release);
+        core.set_alive(false);
         core.graceful = matches!(reason, DisconnectReason::Local(_) | DisconnectReason::Shutdown);
         let lost = !core.graceful && self.connect_to.is_some();
         if was == Phase::Open {

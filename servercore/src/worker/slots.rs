@@ -20,7 +20,9 @@ pub(super) fn check_writable<S: Session>(conn: &mut Conn<S>, local: &mut WorkerS
     let core = &mut conn.core;
     if core.congested && !core.notify_full && core.queued <= local.config.send_queue_low_watermark {
         core.congested = false;
-        core.flags.congested.store(false, Ordering::Release);
+        if let Some(f) = core.flags.get() {
+            f.congested.store(false, Ordering::Release);
+        }
         if core.is_open() {
             call(conn, local, |s, ctx| s.on_writable(ctx));
         }
@@ -57,7 +59,7 @@ mod sizes {
         struct Zst;
         println!("Slot<()> {}", size_of::<Slot<Zst>>());
         println!("SessionState {}", size_of::<SessionState>());
-        println!("SessionFlags {}", size_of::<SessionFlags>());
+        println!("SessionFlags {}", size_of::<crate::session::SessionFlags>());
         println!("DisconnectReason {}", size_of::<DisconnectReason>());
         println!("Option<DisconnectReason> {}", size_of::<Option<DisconnectReason>>());
         println!("Option<OpId> {}", size_of::<Option<OpId>>());
