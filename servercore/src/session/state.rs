@@ -17,7 +17,7 @@ use bytes::Bytes;
 use std::cell::OnceCell;
 use std::collections::VecDeque;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
@@ -60,7 +60,7 @@ pub(crate) enum Phase {
 pub(crate) struct SessionState {
     pub(crate) id: SessionId,
     pub(crate) key: u64,
-    pub(crate) peer: SocketAddr,
+    pub(crate) peer: PeerAddr,
     pub(crate) sock: SockId,
     pub(crate) state: Phase,
     /// Unconsumed received bytes (`len`) plus room for the next read (capacity).
@@ -105,6 +105,29 @@ pub(crate) struct SessionState {
     /// What the session's handles read, made with its first handle (see
     /// [`SessionState::shared_flags`]): a session that never hands one out holds none.
     pub(crate) flags: OnceCell<Arc<SessionFlags>>,
+}
+
+/// A peer's address in 16 bytes where a `SocketAddr` takes 32: IPv4 inline, IPv6 (28
+/// bytes with its flow and scope) boxed.
+pub(crate) enum PeerAddr {
+    V4(SocketAddrV4),
+    V6(Box<SocketAddrV6>),
+}
+
+impl PeerAddr {
+    pub(crate) fn new(addr: SocketAddr) -> Self {
+        match addr {
+            SocketAddr::V4(a) => PeerAddr::V4(a),
+            SocketAddr::V6(a) => PeerAddr::V6(Box::new(a)),
+        }
+    }
+
+    pub(crate) fn get(&self) -> SocketAddr {
+        match self {
+            PeerAddr::V4(a) => SocketAddr::V4(*a),
+            PeerAddr::V6(a) => SocketAddr::V6(**a),
+        }
+    }
 }
 
 /// The state of a session that only connecting and closing use, boxed so that an open

@@ -93,7 +93,7 @@ impl<S: Session> Worker<S> {
             Err(e) => {
                 self.shared.connect_failures.fetch_add(1, Ordering::Relaxed);
                 let conn = self.conn(key).expect("checked above");
-                let addr = conn.core.peer;
+                let addr = conn.core.peer.get();
                 let user = &mut conn.user;
                 if let Err(p) =
                     panic::catch_unwind(AssertUnwindSafe(|| user.on_connect_failed(addr, &e)))

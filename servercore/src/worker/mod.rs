@@ -29,8 +29,8 @@ use crate::mailbox::{Command, WorkerRemote, INBOX_ENTRY};
 use crate::reason::DisconnectReason;
 use crate::registry::ServiceShared;
 use crate::session::{
-    Ctx, Fanout, Members, Phase, Session, SessionId, SessionJob, SessionState, TimerAction,
-    WorkerState, MIN_COUNTED,
+    Ctx, Fanout, Members, PeerAddr, Phase, Session, SessionId, SessionJob, SessionState,
+    TimerAction, WorkerState, MIN_COUNTED,
 };
 use crate::sys;
 use crate::telemetry::WorkerMetrics;
@@ -246,7 +246,7 @@ impl<S: Session> Worker<S> {
         self.shared.sessions.fetch_sub(n, Ordering::AcqRel);
         for conn in self.slots.iter().filter_map(|s| s.conn.as_ref()) {
             if conn.core.ip_counted {
-                self.shared.release_ip(conn.core.peer.ip());
+                self.shared.release_ip(conn.core.peer.get().ip());
             }
         }
         self.release_unread_commands();
@@ -323,7 +323,7 @@ impl<S: Session> Worker<S> {
         SessionState {
             id,
             key,
-            peer,
+            peer: PeerAddr::new(peer),
             sock,
             state,
             rbuf: Vec::new(),

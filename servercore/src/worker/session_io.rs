@@ -454,7 +454,7 @@ impl<S: Session> Worker<S> {
             self.driver.close(core.sock);
         }
         if core.ip_counted {
-            self.shared.release_ip(core.peer.ip());
+            self.shared.release_ip(core.peer.get().ip());
         }
         let index = (key & 0xffff_ffff) as u32;
         let slot = &mut self.slots[index as usize];

@@ -67,5 +67,16 @@ mod sizes {
         println!("Option<Instant> {}", size_of::<Option<Instant>>());
         println!("SocketAddr {}", size_of::<SocketAddr>());
         println!("SendBatch {}", size_of::<SendBatch>());
+        println!("PeerAddr {}", size_of::<PeerAddr>());
+    }
+
+    /// A session's compact peer address gives back the address it was made from.
+    #[test]
+    fn peer_addr_round_trips() {
+        let v6 = std::net::SocketAddrV6::new("fe80::1".parse().unwrap(), 7000, 3, 2);
+        for a in ["192.0.2.7:65535".parse().unwrap(), SocketAddr::V6(v6)] {
+            assert_eq!(PeerAddr::new(a).get(), a);
+        }
+        assert_eq!(std::mem::size_of::<PeerAddr>(), 16);
     }
 }
