@@ -454,6 +454,17 @@ impl Drop for UringDriver {
 mod tests {
     use super::*;
 
+    /// Prints the per-socket and per-operation sizes (`--ignored --nocapture`).
+    #[test]
+    #[ignore]
+    fn print_driver_sizes() {
+        use std::mem::size_of;
+        println!("uring Op {}", size_of::<Op>());
+        println!("uring OpState {}", size_of::<OpState>());
+        println!("uring SendOp {}", size_of::<SendOp>());
+        println!("OwnedFd {}", size_of::<OwnedFd>());
+    }
+
     /// A submission error that persists becomes the error of `wait` and `submit` (the
     /// worker logs it and shuts down) instead of a loop inside `push`; entries the kernel
     /// did not take wait in order and go in once it takes them again, each completing once.
