@@ -223,8 +223,9 @@ impl SessionState {
 }
 
 /// Empty send queues with capacity a worker keeps for its sessions' next sends (see
-/// [`WorkerState::push_queued`]): at most this many, each of at most `MAX_IOVECS` entries.
-const SPARE_QUEUES: usize = 256;
+/// [`WorkerState::push_queued`]): at most this many entries in all (1 MiB of `Bytes`), so
+/// that thousands of small queues, or a few large ones, are kept.
+const SPARE_ENTRIES: usize = (1 << 20) / std::mem::size_of::<Bytes>();
 
 /// A send queue holds at most one buffer per this many bytes of its limit (so buffers
 /// smaller than this fill it by count before bytes).
@@ -249,6 +250,8 @@ pub(crate) struct WorkerState {
     /// goes whole to its send and comes back here when the send is done, so steady sending
     /// allocates nothing, and a session with nothing to send holds no queue memory.
     pub(crate) spare_queues: Vec<SendBatch>,
+    /// The capacity of those, in entries (at most `SPARE_ENTRIES`).
+    pub(crate) spare_entries: usize,
 }
 
 impl WorkerState {
@@ -308,6 +311,7 @@ impl WorkerState {
     pub(crate) fn push_queued(&mut self, core: &mut SessionState, buf: Bytes) {
         if core.queue.capacity() == 0 {
             if let Some(spare) = self.spare_queues.pop() {
+                self.spare_entries -= spare.capacity();
                 core.queue = spare;
             }
         }
@@ -318,7 +322,8 @@ impl WorkerState {
     pub(crate) fn recycle_queue(&mut self, mut queue: SendBatch) {
         queue.clear();
         let cap = queue.capacity();
-        if cap > 0 && cap <= crate::driver::MAX_IOVECS && self.spare_queues.len() < SPARE_QUEUES {
+        if cap > 0 && self.spare_entries + cap <= SPARE_ENTRIES {
+            self.spare_entries += cap;
             self.spare_queues.push(queue);
         }
     }

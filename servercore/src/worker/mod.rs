@@ -166,6 +166,7 @@ impl<S: Session> Worker<S> {
                 now: Instant::now(),
                 metrics: WorkerMetrics::new(shared.name, shared.backend.name(), remote_index),
                 spare_queues: Vec::new(),
+                spare_entries: 0,
             },
             shared,
             factory,
