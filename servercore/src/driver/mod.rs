@@ -134,31 +134,40 @@ pub(crate) struct SockId(pub(crate) usize);
 /// An operation in flight in a driver: its slot in the driver's table and the generation
 /// the slot had when the operation started, so that a stale id (an operation that has
 /// finished, its slot since reused) never reaches a newer operation (DESIGN.md
-/// invariant 2, for operations).
+/// invariant 2, for operations). Generations are never 0 ([`next_gen`]), so an id is never
+/// 0 and an `Option<OpId>` takes 8 bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub(crate) struct OpId(u64);
+pub(crate) struct OpId(std::num::NonZeroU64);
+
+/// The generation after `gen`: wraps, skipping 0.
+pub(crate) fn next_gen(gen: u32) -> u32 {
+    gen.wrapping_add(1).max(1)
+}
 
 impl OpId {
+    /// `gen` is never 0 (see [`next_gen`]).
     pub(crate) fn new(slot: usize, gen: u32) -> Self {
         let slot = u32::try_from(slot).expect("more than 2^32 operations in flight");
-        OpId(u64::from(gen) << 32 | u64::from(slot))
+        let v = u64::from(gen) << 32 | u64::from(slot);
+        OpId(std::num::NonZeroU64::new(v).expect("operation generation 0"))
     }
 
     pub(crate) fn slot(self) -> usize {
-        self.0 as u32 as usize
+        self.0.get() as u32 as usize
     }
 
     pub(crate) fn gen(self) -> u32 {
-        (self.0 >> 32) as u32
+        (self.0.get() >> 32) as u32
     }
 
     /// Both halves in one word (io_uring's `user_data`).
     pub(crate) fn to_u64(self) -> u64 {
-        self.0
+        self.0.get()
     }
 
-    pub(crate) fn from_u64(v: u64) -> Self {
-        OpId(v)
+    /// The id in a `user_data` word; `None` for 0, which names no operation.
+    pub(crate) fn from_u64(v: u64) -> Option<Self> {
+        std::num::NonZeroU64::new(v).map(OpId)
     }
 }
 

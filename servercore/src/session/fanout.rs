@@ -186,7 +186,7 @@ impl WorkerState {
             core.set_queued(core.queued.saturating_sub(buf.len()));
             return;
         }
-        core.queue.push_back(buf);
+        self.push_queued(core, buf);
         self.metrics.buffers_out += 1;
         self.mark_dirty(core);
     }

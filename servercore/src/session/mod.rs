@@ -5,7 +5,7 @@ mod fanout;
 mod state;
 
 pub(crate) use fanout::{Fanout, Members};
-pub(crate) use state::{Phase, SessionState, TimerAction, WorkerState, MIN_COUNTED};
+pub(crate) use state::{PeerAddr, Phase, SessionState, TimerAction, WorkerState, MIN_COUNTED};
 
 use crate::buffer::SendBuffer;
 use crate::error::SendError;
@@ -124,7 +124,7 @@ impl Ctx<'_> {
 
     /// The peer's address.
     pub fn peer_addr(&self) -> SocketAddr {
-        self.core.peer
+        self.core.peer.get()
     }
 
     /// Queues `buf` for sending; everything queued during one loop turn goes out in one
@@ -178,9 +178,9 @@ impl Ctx<'_> {
     pub fn handle(&self) -> SessionHandle {
         SessionHandle {
             id: self.core.id,
-            peer: self.core.peer,
+            peer: self.core.peer.get(),
             key: self.core.key,
-            flags: self.core.flags.clone(),
+            flags: self.core.shared_flags().clone(),
             worker: self.local.remote.clone(),
         }
     }

@@ -27,8 +27,9 @@ impl<S: Session> Worker<S> {
                 Command::Send { key, buf, .. } => {
                     let cost = buf.len() + INBOX_ENTRY;
                     self.local.remote.release(cost);
-                    if let Some(conn) = conn_of(&mut self.slots, key) {
-                        conn.core.flags.posted.fetch_sub(cost, Ordering::AcqRel);
+                    if let Some(f) = conn_of(&mut self.slots, key).and_then(|c| c.core.flags.get())
+                    {
+                        f.posted.fetch_sub(cost, Ordering::AcqRel);
                     }
                 }
                 Command::Broadcast(buf) | Command::RoomBroadcast { buf, .. } => {
@@ -60,7 +61,9 @@ impl<S: Session> Worker<S> {
                 let cost = buf.len() + INBOX_ENTRY;
                 local.remote.release(cost);
                 if let Some(conn) = conn_of(&mut self.slots, key) {
-                    conn.core.flags.posted.fetch_sub(cost, Ordering::AcqRel);
+                    if let Some(f) = conn.core.flags.get() {
+                        f.posted.fetch_sub(cost, Ordering::AcqRel);
+                    }
                     let _ = local.queue_send(&mut conn.core, buf, admitted);
                 }
             }

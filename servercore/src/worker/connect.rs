@@ -51,18 +51,24 @@ impl<S: Session> Worker<S> {
         let at = Instant::now() + self.shared.config.connect_timeout;
         let timer = self.local.timers.add(at, TimerAction::ConnectTimeout(key));
         let core = &mut self.conn(key).expect("just installed").core;
-        core.connect_op = Some(op);
         core.in_flight = 1;
-        core.timer = Some(timer);
+        let rare = core.rare();
+        rare.connect_op = Some(op);
+        rare.timer = Some(timer);
     }
 
     pub(super) fn on_connect(&mut self, key: u64, result: io::Result<()>) {
         let Some(conn) = self.conn(key) else { return };
         let core = &mut conn.core;
         core.in_flight -= 1;
-        core.connect_op = None;
-        let timer = core.timer.take();
-        let result = match (result, core.connect_error.take(), core.state) {
+        let rare = core.rare();
+        rare.connect_op = None;
+        let timer = rare.timer.take();
+        let connect_error = rare.connect_error.take();
+        if rare.close_request.is_none() && rare.close_deadline.is_none() {
+            core.rare = None; // an open session holds none of it
+        }
+        let result = match (result, connect_error, core.state) {
             (_, Some(e), _) => Err(e),
             (Ok(()), None, Phase::Connecting) => Ok(()),
             (Ok(()), None, _) => Err(io::Error::new(
@@ -80,14 +86,14 @@ impl<S: Session> Worker<S> {
                 self.reconnect_failures = 0;
                 let conn = self.conn(key).expect("checked above");
                 conn.core.state = Phase::Open;
-                conn.core.flags.alive.store(true, Ordering::Release);
+                conn.core.set_alive(true);
                 let websocket = self.shared.ws.is_some();
                 self.open_session(key, websocket);
             }
             Err(e) => {
                 self.shared.connect_failures.fetch_add(1, Ordering::Relaxed);
                 let conn = self.conn(key).expect("checked above");
-                let addr = conn.core.peer;
+                let addr = conn.core.peer.get();
                 let user = &mut conn.user;
                 if let Err(p) =
                     panic::catch_unwind(AssertUnwindSafe(|| user.on_connect_failed(addr, &e)))

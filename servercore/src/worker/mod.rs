@@ -29,7 +29,7 @@ use crate::mailbox::{Command, WorkerRemote, INBOX_ENTRY};
 use crate::reason::DisconnectReason;
 use crate::registry::ServiceShared;
 use crate::session::{
-    Ctx, Fanout, Members, Phase, Session, SessionFlags, SessionId, SessionJob, SessionState,
+    Ctx, Fanout, Members, PeerAddr, Phase, Session, SessionId, SessionJob, SessionState,
     TimerAction, WorkerState, MIN_COUNTED,
 };
 use crate::sys;
@@ -41,7 +41,7 @@ use std::collections::VecDeque;
 use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::panic::{self, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, TryRecvError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -165,6 +165,8 @@ impl<S: Session> Worker<S> {
                 timers: Timers::new(),
                 now: Instant::now(),
                 metrics: WorkerMetrics::new(shared.name, shared.backend.name(), remote_index),
+                spare_queues: Vec::new(),
+                spare_entries: 0,
             },
             shared,
             factory,
@@ -245,7 +247,7 @@ impl<S: Session> Worker<S> {
         self.shared.sessions.fetch_sub(n, Ordering::AcqRel);
         for conn in self.slots.iter().filter_map(|s| s.conn.as_ref()) {
             if conn.core.ip_counted {
-                self.shared.release_ip(conn.core.peer.ip());
+                self.shared.release_ip(conn.core.peer.get().ip());
             }
         }
         self.release_unread_commands();
@@ -322,27 +324,21 @@ impl<S: Session> Worker<S> {
         SessionState {
             id,
             key,
-            peer,
+            peer: PeerAddr::new(peer),
             sock,
             state,
             rbuf: Vec::new(),
             recv_op: None,
             send_op: None,
-            connect_op: None,
             in_flight: 0,
             queue: VecDeque::new(),
             queued: 0,
-            recycled: SendBatch::new(),
             dirty: false,
-            close_request: None,
+            rare: None,
             flushing: false,
             graceful: false,
             abort: false,
-            close_deadline: None,
-            linger_polls: 0,
             logged_sends: 0,
-            timer: None,
-            connect_error: None,
             rooms: Vec::new(),
             transport: None,
             recv_paused: false,
@@ -353,10 +349,7 @@ impl<S: Session> Worker<S> {
             last_recv: self.local.now,
             ip_counted: false,
             mirror_queued: self.shared.config.send_queue_policy == SendQueuePolicy::Notify,
-            flags: Arc::new(SessionFlags {
-                alive: AtomicBool::new(state == Phase::Open),
-                ..SessionFlags::default()
-            }),
+            flags: std::cell::OnceCell::new(),
         }
     }
 

@@ -174,9 +174,10 @@ impl<S: Session> Worker<S> {
         if core.queue.is_empty() {
             return;
         }
-        // The queue itself goes to the driver (no copy per buffer); new sends go into the
-        // spare. Past one gather write's limit, the rest stays queued.
-        let mut batch = std::mem::replace(&mut core.queue, std::mem::take(&mut core.recycled));
+        // The queue itself goes to the driver (no copy per buffer); new sends go into a
+        // spare of the worker's (`push_queued`). Past one gather write's limit, the rest
+        // stays queued.
+        let mut batch = std::mem::take(&mut core.queue);
         if batch.len() > MAX_IOVECS {
             core.queue = batch.split_off(MAX_IOVECS);
         }
@@ -223,12 +224,11 @@ impl<S: Session> Worker<S> {
                         local.mark_dirty(core);
                     }
                 } else if bufs.is_empty() {
-                    if bufs.capacity() > core.recycled.capacity() {
-                        core.recycled = bufs;
-                    }
+                    local.recycle_queue(bufs);
                 } else {
                     bufs.append(&mut core.queue);
-                    core.recycled = std::mem::replace(&mut core.queue, bufs);
+                    let emptied = std::mem::replace(&mut core.queue, bufs);
+                    local.recycle_queue(emptied);
                 }
                 if !core.queue.is_empty() {
                     local.mark_dirty(core);
@@ -277,7 +277,7 @@ impl<S: Session> Worker<S> {
                     }
                 }
                 let Some(conn) = conn_of(&mut self.slots, key) else { continue };
-                if let Some(reason) = conn.core.close_request.take() {
+                if let Some(reason) = conn.core.take_close_request() {
                     self.close(key, reason);
                 } else if conn.core.recv_paused {
                     // Paused: stop the standing receive (its completion is not an error).
@@ -314,7 +314,7 @@ impl<S: Session> Worker<S> {
             return;
         }
         core.state = Phase::Closing;
-        core.flags.alive.store(false, Ordering::Release);
+        core.set_alive(false);
         core.graceful = matches!(reason, DisconnectReason::Local(_) | DisconnectReason::Shutdown);
         let lost = !core.graceful && self.connect_to.is_some();
         if was == Phase::Open {
@@ -358,7 +358,7 @@ impl<S: Session> Worker<S> {
             // The rest of the queue is framed and encrypted as it goes; the end follows it.
             transport_io::pump(core);
         }
-        core.close_request = None;
+        core.take_close_request();
         core.notify_full = false;
         // Bytes accepted and not yet written are dropped unless the close flushes them: the
         // peer is reset then, and always when the server gives up on it (the reason says).
@@ -366,19 +366,19 @@ impl<S: Session> Worker<S> {
         core.abort = !core.graceful && (reason.is_abortive() || unsent);
         let rooms = local.leave_all_rooms(core);
         core.flushing = core.graceful && (core.queued > 0 || core.send_op.is_some());
-        for op in [core.recv_op, core.connect_op].into_iter().flatten() {
+        for op in [core.recv_op, core.connect_op()].into_iter().flatten() {
             self.driver.cancel(op);
         }
         let deadline = match self.shutdown {
             Some(d) => d.min(Instant::now() + flush_timeout),
             None => Instant::now() + flush_timeout,
         };
-        core.close_deadline = Some(deadline);
+        core.rare().close_deadline = Some(deadline);
         if core.flushing {
-            if let Some(t) = core.timer.take() {
+            if let Some(t) = core.take_timer() {
                 local.timers.cancel(t);
             }
-            core.timer = Some(local.timers.add(deadline, TimerAction::FlushDeadline(key)));
+            core.rare().timer = Some(local.timers.add(deadline, TimerAction::FlushDeadline(key)));
             local.mark_dirty(core);
         } else {
             self.stop_flushing(key);
@@ -441,7 +441,7 @@ impl<S: Session> Worker<S> {
         if !core.abort && lingers(core, &self.driver, &mut self.local) {
             return;
         }
-        if let Some(t) = core.timer.take() {
+        if let Some(t) = core.take_timer() {
             self.local.timers.cancel(t);
         }
         if let Some(t) = core.transport.as_mut().and_then(|t| t.timer.take()) {
@@ -454,7 +454,7 @@ impl<S: Session> Worker<S> {
             self.driver.close(core.sock);
         }
         if core.ip_counted {
-            self.shared.release_ip(core.peer.ip());
+            self.shared.release_ip(core.peer.get().ip());
         }
         let index = (key & 0xffff_ffff) as u32;
         let slot = &mut self.slots[index as usize];
@@ -477,21 +477,23 @@ fn lingers(core: &mut SessionState, driver: &Driver, local: &mut WorkerState) ->
         return false;
     }
     let now = Instant::now();
-    match core.close_deadline {
+    let key = core.key;
+    match core.close_deadline() {
         Some(deadline) if now < deadline => {
-            if core.linger_polls == 0 {
-                if let Some(t) = core.timer.take() {
+            let rare = core.rare();
+            if rare.linger_polls == 0 {
+                if let Some(t) = rare.timer.take() {
                     local.timers.cancel(t); // the flush deadline: the flush is done
                 }
             }
-            if core.timer.is_none() {
+            if rare.timer.is_none() {
                 // A peer that reads takes the bytes within a round trip; one that does not
                 // is looked at less and less often (a kick storm of such peers must not
                 // turn into a storm of system calls).
-                let wait = LINGER_POLL.saturating_mul(1 << core.linger_polls.min(5));
-                core.linger_polls = core.linger_polls.saturating_add(1);
+                let wait = LINGER_POLL.saturating_mul(1 << rare.linger_polls.min(5));
+                rare.linger_polls = rare.linger_polls.saturating_add(1);
                 let at = (now + wait.min(LINGER_POLL_MAX)).min(deadline);
-                core.timer = Some(local.timers.add(at, TimerAction::Linger(core.key)));
+                rare.timer = Some(local.timers.add(at, TimerAction::Linger(key)));
             }
             true
         }

@@ -30,14 +30,14 @@ impl<S: Session> Worker<S> {
             let Some(conn) = self.conn(key) else { continue };
             if conn.core.state == Phase::Connecting {
                 conn.core.state = Phase::Closing;
-                if let Some(op) = conn.core.connect_op {
+                if let Some(op) = conn.core.connect_op() {
                     self.driver.cancel(op);
                 }
             } else if conn.core.state == Phase::Closing {
                 // Already closing (flushing, or waiting for the peer to take the kernel's
                 // queue): the shutdown deadline is its deadline too.
-                let d = conn.core.close_deadline.map_or(deadline, |d| d.min(deadline));
-                conn.core.close_deadline = Some(d);
+                let d = conn.core.close_deadline().map_or(deadline, |d| d.min(deadline));
+                conn.core.rare().close_deadline = Some(d);
             } else {
                 self.close(key, DisconnectReason::Shutdown);
             }

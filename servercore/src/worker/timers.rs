@@ -56,9 +56,10 @@ impl<S: Session> Worker<S> {
             TimerAction::ConnectTimeout(key) => {
                 let timeout = self.shared.config.connect_timeout;
                 if let Some(conn) = self.conn(key) {
-                    conn.core.timer = None;
-                    if let Some(op) = conn.core.connect_op {
-                        conn.core.connect_error = Some(io::Error::new(
+                    let rare = conn.core.rare();
+                    rare.timer = None;
+                    if let Some(op) = rare.connect_op {
+                        rare.connect_error = Some(io::Error::new(
                             io::ErrorKind::TimedOut,
                             format!("connect timed out after {timeout:?}"),
                         ));
@@ -68,13 +69,13 @@ impl<S: Session> Worker<S> {
             }
             TimerAction::Linger(key) => {
                 if let Some(conn) = self.conn(key) {
-                    conn.core.timer = None;
+                    conn.core.take_timer();
                 }
                 self.try_finalize(key);
             }
             TimerAction::FlushDeadline(key) => {
                 if let Some(conn) = self.conn(key) {
-                    conn.core.timer = None;
+                    conn.core.take_timer();
                 }
                 self.stop_flushing(key);
             }

@@ -19,7 +19,7 @@ impl<S: Session> Worker<S> {
         let Some(conn) = conn_of(&mut self.slots, key) else { return true };
         let core = &mut conn.core;
         core.state = Phase::Handshaking;
-        core.flags.alive.store(false, Ordering::Release);
+        core.set_alive(false);
         let seed = key ^ (local.now.elapsed().as_nanos() as u64) ^ u64::from(self.rng);
         match Transport::new(tls, ws, seed) {
             Ok(mut t) => {
@@ -126,7 +126,7 @@ impl<S: Session> Worker<S> {
             return;
         }
         core.state = Phase::Open;
-        core.flags.alive.store(true, Ordering::Release);
+        core.set_alive(true);
         if let Some(t) = core.transport.as_mut() {
             if let Some(timer) = t.timer.take() {
                 local.timers.cancel(timer);

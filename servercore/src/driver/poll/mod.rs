@@ -124,7 +124,7 @@ impl PollDriver {
             pool: Pool::new(),
             doomed: Vec::new(),
             submitted: Vec::new(),
-            next_gen: 0,
+            next_gen: 1,
         })
     }
 

@@ -74,7 +74,7 @@ impl PollDriver {
     fn start(&mut self, sock: SockId, owner: u64, state: OpState) -> OpId {
         let kind = state.kind();
         let gen = self.next_gen;
-        self.next_gen = gen.wrapping_add(1);
+        self.next_gen = crate::driver::next_gen(gen);
         let key = self.ops.insert(Op { owner, gen, sock: sock.0, doomed: false, state });
         let problem = match self.socks.get_mut(sock.0) {
             None => Some(io::Error::new(io::ErrorKind::NotFound, "unknown socket")),

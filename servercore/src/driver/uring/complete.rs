@@ -11,7 +11,8 @@ impl UringDriver {
         flags: u32,
         out: &mut Vec<Completion>,
     ) {
-        let id = OpId::from_u64(user_data);
+        // Never 0: every `user_data` this driver gives has a nonzero half.
+        let Some(id) = OpId::from_u64(user_data) else { return };
         match user_data as u32 {
             CANCEL_SLOT => return,
             WAKE_SLOT => return self.complete_wake(res, flags),

@@ -249,7 +249,7 @@ impl UringDriver {
             pool_free: Vec::new(),
             recv_size: config.recv_buffer_size,
             ops: Slab::with_capacity(256),
-            next_gen: 0,
+            next_gen: 1,
             socks: Slab::with_capacity(256),
             waker,
             wake_fd,
@@ -298,7 +298,7 @@ impl UringDriver {
     /// Records a new operation under a fresh generation.
     fn insert_op(&mut self, owner: u64, state: OpState) -> OpId {
         let gen = self.next_gen;
-        self.next_gen = gen.wrapping_add(1);
+        self.next_gen = crate::driver::next_gen(gen);
         OpId::new(self.ops.insert(Op { owner, gen, state }), gen)
     }
 
@@ -453,6 +453,17 @@ impl Drop for UringDriver {
 #[cfg(all(test, not(servercore_loom)))]
 mod tests {
     use super::*;
+
+    /// Prints the per-socket and per-operation sizes (`--ignored --nocapture`).
+    #[test]
+    #[ignore]
+    fn print_driver_sizes() {
+        use std::mem::size_of;
+        println!("uring Op {}", size_of::<Op>());
+        println!("uring OpState {}", size_of::<OpState>());
+        println!("uring SendOp {}", size_of::<SendOp>());
+        println!("OwnedFd {}", size_of::<OwnedFd>());
+    }
 
     /// A submission error that persists becomes the error of `wait` and `submit` (the
     /// worker logs it and shuts down) instead of a loop inside `push`; entries the kernel
