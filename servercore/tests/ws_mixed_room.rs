@@ -17,7 +17,9 @@
 
 mod common;
 
-use common::rooms::{packet, room_server, u32_at, wait_room_len, C_CHAT, S_CHAT, S_JOINED};
+use common::rooms::{
+    chat_payload, packet, room_server, wait_room_len, SenderOrder, C_CHAT, S_CHAT, S_JOINED,
+};
 use common::tls::{pki, server_name};
 use common::workers::recv;
 use common::ws::{
@@ -68,44 +70,24 @@ fn service_sender(k: usize) -> usize {
 static EXCLUSIVE: Mutex<()> = Mutex::new(());
 
 /// Each sender's messages in order, each once.
-struct Order {
-    last: [Option<u32>; SENDERS],
-    got: usize,
-}
+struct Order(SenderOrder);
 
 impl Order {
     fn new() -> Self {
-        Order { last: [None; SENDERS], got: 0 }
+        Order(SenderOrder::new(SENDERS, MESSAGES))
     }
 
-    /// Checks one `S_CHAT` payload (sender, seq).
     fn take(&mut self, payload: &[u8]) -> Result<(), String> {
-        let (Some(sender), Some(seq), 8) = (u32_at(payload, 0), u32_at(payload, 4), payload.len())
-        else {
-            return Err(format!("bad S_CHAT payload {payload:?}"));
-        };
-        let Some(last) = self.last.get_mut(sender as usize) else {
-            return Err(format!("unknown sender {sender}"));
-        };
-        let want = last.map_or(0, |l| l + 1);
-        *last = Some(last.map_or(seq, |l| l.max(seq)));
-        self.got += 1;
-        if seq != want {
-            let what = if seq < want { "duplicate or reordered" } else { "gap" };
-            return Err(format!("sender {sender}: got seq {seq}, expected {want} ({what})"));
-        }
-        Ok(())
+        self.0.take(payload)
     }
 
     fn complete(&self) -> bool {
-        self.got == SENDERS * MESSAGES as usize
+        self.0.complete()
     }
 }
 
 fn chat(sender: usize, seq: u32) -> Vec<u8> {
-    let mut payload = (sender as u32).to_le_bytes().to_vec();
-    payload.extend_from_slice(&seq.to_le_bytes());
-    payload
+    chat_payload(sender, seq)
 }
 
 /// A sender's packets, in order, as bytes.

@@ -157,3 +157,49 @@ pub fn plain_members(n: usize) -> Members {
     wait_room_len(&room, n);
     Members { server, rx, clients, handles, room }
 }
+
+/// Each sender's chat messages (payload: sender u32, seq u32) in order, each once: what
+/// every member of a chat room test checks.
+pub struct SenderOrder {
+    last: Vec<Option<u32>>,
+    got: usize,
+    total: usize,
+}
+
+impl SenderOrder {
+    /// For `senders` senders of `messages` messages each.
+    pub fn new(senders: usize, messages: u32) -> Self {
+        SenderOrder { last: vec![None; senders], got: 0, total: senders * messages as usize }
+    }
+
+    /// Checks one `S_CHAT` payload (sender, seq).
+    pub fn take(&mut self, payload: &[u8]) -> Result<(), String> {
+        let (Some(sender), Some(seq), 8) = (u32_at(payload, 0), u32_at(payload, 4), payload.len())
+        else {
+            return Err(format!("bad S_CHAT payload {payload:?}"));
+        };
+        let Some(last) = self.last.get_mut(sender as usize) else {
+            return Err(format!("unknown sender {sender}"));
+        };
+        let want = last.map_or(0, |l| l + 1);
+        *last = Some(last.map_or(seq, |l| l.max(seq)));
+        self.got += 1;
+        if seq != want {
+            let what = if seq < want { "duplicate or reordered" } else { "gap" };
+            return Err(format!("sender {sender}: got seq {seq}, expected {want} ({what})"));
+        }
+        Ok(())
+    }
+
+    /// Every message of every sender arrived.
+    pub fn complete(&self) -> bool {
+        self.got == self.total
+    }
+}
+
+/// A chat message's payload: sender and sequence number.
+pub fn chat_payload(sender: usize, seq: u32) -> Vec<u8> {
+    let mut payload = (sender as u32).to_le_bytes().to_vec();
+    payload.extend_from_slice(&seq.to_le_bytes());
+    payload
+}
