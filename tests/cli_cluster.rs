@@ -10,12 +10,11 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::mpsc::RecvTimeoutError;
 use std::time::{Duration, Instant};
 
 mod common;
+use common::certs::Certs;
 use common::nats::Nats;
 use common::*;
 
@@ -28,39 +27,6 @@ struct Node {
     tcp: SocketAddr,
     ws: Option<SocketAddr>,
     metrics: String,
-}
-
-/// Certificates for the TLS test, in a fresh directory removed on drop.
-struct Certs {
-    dir: PathBuf,
-}
-
-impl Certs {
-    fn new() -> Certs {
-        static NEXT: AtomicU32 = AtomicU32::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "servercore-cli-cluster-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&dir).expect("create the certificate directory");
-        let made = rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()])
-            .expect("rcgen makes a self-signed certificate");
-        std::fs::write(dir.join("cert.pem"), made.cert.pem()).expect("write cert.pem");
-        std::fs::write(dir.join("key.pem"), made.signing_key.serialize_pem())
-            .expect("write key.pem");
-        Certs { dir }
-    }
-
-    fn path(&self, name: &str) -> String {
-        self.dir.join(name).to_str().expect("UTF-8 temporary path").to_string()
-    }
-}
-
-impl Drop for Certs {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
 }
 
 /// Starts `chat-server --cluster URL --node NAME --metrics 127.0.0.1:0` on `backend`, with
@@ -95,9 +61,9 @@ fn start_node(
     if let Some(c) = certs {
         args.extend([
             "--tls-cert".into(),
-            c.path("cert.pem"),
+            c.cert().to_string(),
             "--tls-key".into(),
-            c.path("key.pem"),
+            c.key().to_string(),
         ]);
     }
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -297,14 +263,13 @@ fn two_nodes_over_tls_and_websocket(backend: &str) {
     let Some(b) = start_node(backend, &url, "b", true, Some(&certs)) else { return };
     wait_status(&a, "/ready", 200);
     wait_status(&b, "/ready", 200);
-    let ca = certs.path("cert.pem");
+    let ca = certs.cert();
     let (tcp_a, tcp_b) = (a.tcp.to_string(), b.tcp.to_string());
-    let json =
-        chat_run(backend, 6, &["--tls", "--tls-ca", &ca, "--addr", &tcp_a, "--addr", &tcp_b]);
+    let json = chat_run(backend, 6, &["--tls", "--tls-ca", ca, "--addr", &tcp_a, "--addr", &tcp_b]);
     assert_eq!(json_u64(&json, "handshakes"), Some(6), "{json}");
     let (ws_a, ws_b) = (a.ws.unwrap().to_string(), b.ws.unwrap().to_string());
     let json =
-        chat_run(backend, 6, &["--ws", "--tls", "--tls-ca", &ca, "--addr", &ws_a, "--addr", &ws_b]);
+        chat_run(backend, 6, &["--ws", "--tls", "--tls-ca", ca, "--addr", &ws_a, "--addr", &ws_b]);
     assert_eq!(json_u64(&json, "upgrades"), Some(6), "{json}");
     stop(a, "a");
     stop(b, "b");

@@ -9,64 +9,11 @@
 //! is killed on drop, every wait is bounded, and the tests wait for events (readiness lines,
 //! exits), never for a fixed time.
 
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::mpsc::RecvTimeoutError;
 
 mod common;
+use common::certs::{path_str, Certs};
 use common::*;
-
-/// A self-signed certificate and its key as PEM files in a fresh directory.
-struct Certs {
-    dir: PathBuf,
-    cert: PathBuf,
-    key: PathBuf,
-}
-
-impl Certs {
-    /// A certificate valid for `localhost` and 127.0.0.1 (the default server name of
-    /// `--addr 127.0.0.1:PORT`).
-    fn new() -> Certs {
-        static NEXT: AtomicU32 = AtomicU32::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "servercore-cli-tls-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
-        let made = rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()])
-            .expect("rcgen makes a self-signed certificate");
-        let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
-        std::fs::write(&cert, made.cert.pem()).expect("write cert.pem");
-        std::fs::write(&key, made.signing_key.serialize_pem()).expect("write key.pem");
-        Certs { dir, cert, key }
-    }
-
-    fn cert(&self) -> &str {
-        path_str(&self.cert)
-    }
-
-    fn key(&self) -> &str {
-        path_str(&self.key)
-    }
-
-    /// Another file of the directory (for broken inputs).
-    fn file(&self, name: &str, contents: &str) -> PathBuf {
-        let p = self.dir.join(name);
-        std::fs::write(&p, contents).expect("write a test file");
-        p
-    }
-}
-
-impl Drop for Certs {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn path_str(p: &Path) -> &str {
-    p.to_str().expect("temporary paths are UTF-8")
-}
 
 fn assert_no_panic(f: &Finished) {
     assert!(!f.stderr.contains("panicked"), "the binary panicked:\n{}", f.describe());
@@ -306,7 +253,7 @@ fn plain_dummy_client_against_tls_server_fails_without_hanging() {
 #[test]
 fn bad_tls_files_and_flags_are_clear_errors() {
     let certs = Certs::new();
-    let missing = certs.dir.join("missing.pem");
+    let missing = certs.path("missing.pem");
     let garbage = certs.file("garbage.pem", "not a PEM file\n");
     let other = Certs::new();
     let (missing, garbage) = (path_str(&missing), path_str(&garbage));

@@ -11,59 +11,15 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::RecvTimeoutError;
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
 mod common;
+use common::certs::Certs;
 use common::*;
-
-/// A self-signed certificate for `localhost` and 127.0.0.1, as PEM files in a fresh
-/// directory (removed on drop).
-struct Certs {
-    dir: PathBuf,
-    cert: PathBuf,
-    key: PathBuf,
-}
-
-impl Certs {
-    fn new() -> Certs {
-        static NEXT: AtomicU32 = AtomicU32::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "servercore-cli-ws-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
-        let made = rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()])
-            .expect("rcgen makes a self-signed certificate");
-        let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
-        std::fs::write(&cert, made.cert.pem()).expect("write cert.pem");
-        std::fs::write(&key, made.signing_key.serialize_pem()).expect("write key.pem");
-        Certs { dir, cert, key }
-    }
-
-    fn cert(&self) -> &str {
-        path_str(&self.cert)
-    }
-
-    fn key(&self) -> &str {
-        path_str(&self.key)
-    }
-}
-
-impl Drop for Certs {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn path_str(p: &Path) -> &str {
-    p.to_str().expect("temporary paths are UTF-8")
-}
 
 fn assert_no_panic(f: &Finished) {
     assert!(!f.stderr.contains("panicked"), "the binary panicked:\n{}", f.describe());

@@ -2,6 +2,8 @@
 //! output read in the background, wait for lines and exits with deadlines, kill on drop.
 #![allow(dead_code)] // each test binary uses its own subset
 
+/// A self-signed certificate as PEM files, for the TLS flags.
+pub mod certs;
 /// A real nats-server, shared with the library's tests.
 #[path = "../../servercore/tests/common/nats.rs"]
 pub mod nats;
