@@ -64,6 +64,47 @@ fn handle_sends_to_a_stalled_worker_count_against_the_session_limit() {
 }
 
 #[test]
+fn under_disconnect_handle_sends_count_what_the_worker_has_queued() {
+    // The queue and the inbox together stay within the limit: a handle send sees the
+    // worker's queue (its mirror), not only the bytes still in the inbox.
+    let cfg = SessionConfig { max_send_queue: LIMIT, ..SessionConfig::default() };
+    let (server, mut log) = server(cfg);
+    let _client = connect(server.local_addr());
+    let (id, handle) = log.next_connected();
+    let queued = LIMIT * 3 / 4;
+    let (inside_tx, inside_rx) = mpsc::channel();
+    let (release_tx, release_rx) = mpsc::channel::<()>();
+    // One job queues three quarters of the limit and holds the worker before the turn
+    // ends, so none of it has reached the socket yet.
+    handle
+        .run::<Recorder>(move |_, ctx| {
+            let sent = ctx.send(vec![3u8; queued]);
+            inside_tx.send((sent, ctx.send_queue_bytes())).unwrap();
+            let _ = release_rx.recv();
+        })
+        .unwrap();
+    let (sent, in_queue) = inside_rx.recv_timeout(TIMEOUT).expect("the job runs");
+    assert_eq!(sent, Ok(()));
+    assert_eq!(in_queue, queued);
+    let mut accepted = 0usize;
+    let refusal = loop {
+        match handle.send(vec![5u8; 1024]) {
+            Ok(()) => accepted += 1,
+            Err(e) => break e,
+        }
+        assert!(accepted <= LIMIT / 1024, "{accepted} KiB accepted while the worker is stalled");
+    };
+    assert_eq!(refusal, SendError::QueueFull { limit: LIMIT });
+    assert!(
+        queued + accepted * 1024 <= LIMIT,
+        "{queued} bytes queued and {accepted} KiB more accepted over a {LIMIT}-byte limit"
+    );
+    drop(release_tx);
+    assert_eq!(log.disconnected(id), DisconnectReason::SendQueueOverflow { limit: LIMIT });
+    server.shutdown(Duration::from_secs(5)).unwrap();
+}
+
+#[test]
 fn tiny_handle_sends_are_bounded_too() {
     // One-byte sends still cost their command: the count is bounded as well as the bytes.
     let cfg = SessionConfig { max_send_queue: LIMIT, ..SessionConfig::default() };

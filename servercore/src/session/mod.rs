@@ -286,8 +286,9 @@ impl SessionHandle {
         // Reserve the place now: under Notify an Ok is then never refused by the worker;
         // under Disconnect the inbox's share of the session stays within its limit.
         let reserved = self.flags.posted.fetch_add(cost, Ordering::AcqRel) + cost;
-        // Only the Notify policy keeps a mirror of the queue for handles to read.
-        let queued = if notify { self.flags.queued.load(Ordering::Acquire) } else { 0 };
+        // What the worker has queued counts too (its mirror), under either policy: the
+        // queue and the inbox together stay within the limit.
+        let queued = self.flags.queued.load(Ordering::Acquire);
         let congested = notify && self.flags.congested.load(Ordering::Acquire);
         if congested || queued + reserved > limit {
             self.flags.posted.fetch_sub(cost, Ordering::AcqRel);

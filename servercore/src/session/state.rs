@@ -100,8 +100,6 @@ pub(crate) struct SessionState {
     pub(crate) last_recv: Instant,
     /// Counted against the per-IP cap under this address.
     pub(crate) ip_counted: bool,
-    /// Keep `flags.queued` up to date (Notify policy).
-    pub(crate) mirror_queued: bool,
     /// What the session's handles read, made with its first handle (see
     /// [`SessionState::shared_flags`]): a session that never hands one out holds none.
     pub(crate) flags: OnceCell<Arc<SessionFlags>>,
@@ -176,25 +174,24 @@ impl SessionState {
     }
 
     /// Sets the queued byte count, and its mirror that handles read to reserve places
-    /// (Notify policy only: a per-send atomic store is not free on a broadcast).
+    /// under either policy (a handle send counts the queue, so the queue and the inbox
+    /// together stay within the limit). Only a session that handed out a handle has the
+    /// mirror: one that never did (an echo, a room member) pays no atomic store per send.
     pub(crate) fn set_queued(&mut self, queued: usize) {
         self.queued = queued;
-        if self.mirror_queued {
-            if let Some(f) = self.flags.get() {
-                f.queued.store(queued, Ordering::Relaxed);
-            }
+        if let Some(f) = self.flags.get() {
+            f.queued.store(queued, Ordering::Relaxed);
         }
     }
 
     /// The flags handles share, made now if no handle was made before, from the state they
-    /// mirror: `alive` is "open", `congested` and `queued` (Notify policy) are the
-    /// session's own; nothing was posted or overflowed without a handle.
+    /// mirror: `alive` is "open", `congested` and `queued` are the session's own; nothing was posted or overflowed without a handle.
     pub(crate) fn shared_flags(&self) -> &Arc<SessionFlags> {
         self.flags.get_or_init(|| {
             Arc::new(SessionFlags {
                 alive: AtomicBool::new(self.state == Phase::Open),
                 congested: AtomicBool::new(self.congested),
-                queued: AtomicUsize::new(if self.mirror_queued { self.queued } else { 0 }),
+                queued: AtomicUsize::new(self.queued),
                 ..SessionFlags::default()
             })
         })

@@ -348,7 +348,6 @@ impl<S: Session> Worker<S> {
             notify_full: false,
             last_recv: self.local.now,
             ip_counted: false,
-            mirror_queued: self.shared.config.send_queue_policy == SendQueuePolicy::Notify,
             flags: std::cell::OnceCell::new(),
         }
     }
