@@ -48,6 +48,8 @@ pub(crate) struct ServiceShared {
     /// WebSocket upgrades finished, and WebSocket connections that ended before theirs.
     pub(crate) ws_upgrades: AtomicU64,
     pub(crate) ws_upgrade_failures: AtomicU64,
+    /// Workers that stopped because their driver failed, each with what it said.
+    pub(crate) worker_failures: Mutex<Vec<String>>,
     /// Optional cap of sessions per peer IP address, with the current counts.
     pub(crate) per_ip_limit: Option<usize>,
     pub(crate) per_ip: Mutex<HashMap<IpAddr, usize>>,
@@ -90,6 +92,7 @@ impl ServiceShared {
             tls_handshake_failures: AtomicU64::new(0),
             ws_upgrades: AtomicU64::new(0),
             ws_upgrade_failures: AtomicU64::new(0),
+            worker_failures: Mutex::new(Vec::new()),
             per_ip_limit: None,
             per_ip: Mutex::new(HashMap::new()),
             accept_rate: None,
@@ -175,6 +178,15 @@ impl ServiceShared {
             tls_handshake_failures: self.tls_handshake_failures.load(Ordering::Relaxed),
             ws_upgrades: self.ws_upgrades.load(Ordering::Relaxed),
             ws_upgrade_failures: self.ws_upgrade_failures.load(Ordering::Relaxed),
+            failed_workers: self.worker_failures.lock().map_or(0, |f| f.len()),
+        }
+    }
+
+    /// A worker's driver failed and the worker stopped: kept for [`ServiceStats`] and for
+    /// the service's `shutdown`, which reports it.
+    pub(crate) fn worker_failed(&self, what: String) {
+        if let Ok(mut f) = self.worker_failures.lock() {
+            f.push(what);
         }
     }
 }
@@ -247,6 +259,10 @@ pub struct ServiceStats {
     /// WebSocket connections that ended before their upgrade finished (a bad or slow
     /// request, a refused one). Plain HTTP requests answered with a page are not counted.
     pub ws_upgrade_failures: u64,
+    /// Workers that stopped because their driver failed (a persistent submission error,
+    /// say): their sessions were reset, the other workers go on, and the service's
+    /// `shutdown` returns an error that says what failed. Logged at error level too.
+    pub failed_workers: usize,
 }
 
 #[cfg(test)]

@@ -4,6 +4,8 @@
 //! worker threads, count their sessions, broadcast, and shut down gracefully.
 
 mod client;
+#[cfg(test)]
+mod failure_tests;
 mod running;
 mod server;
 
@@ -221,6 +223,10 @@ impl Workers {
         }
         if panicked > 0 {
             return Err(io::Error::other(format!("{panicked} worker threads panicked")));
+        }
+        let failures = self.shared.worker_failures.lock().map(|f| f.join("; ")).unwrap_or_default();
+        if !failures.is_empty() {
+            return Err(io::Error::other(failures));
         }
         Ok(())
     }

@@ -58,6 +58,13 @@ const LINGER_POLL_MAX: Duration = Duration::from_millis(250);
 /// How long after the shutdown deadline a worker waits for the kernel before leaving.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
+#[cfg(test)]
+thread_local! {
+    /// Tests: every wait of the worker on this thread fails with this errno (set from a
+    /// job run on the worker), as a broken driver's would.
+    pub(crate) static FAIL_WAITS: std::cell::Cell<Option<i32>> = const { std::cell::Cell::new(None) };
+}
+
 struct ListenerState {
     sock: SockId,
     /// Its connections speak WebSocket.
@@ -104,6 +111,8 @@ pub(crate) struct Worker<S: Session> {
     /// Consecutive failed or lost client sessions, for the reconnect backoff.
     reconnect_failures: u32,
     rng: u32,
+    /// The driver failed and the service was told (once).
+    failed: bool,
     /// TLS plaintext on its way to the WebSocket layer (wss), reused.
     scratch: Vec<u8>,
 }
@@ -179,6 +188,7 @@ impl<S: Session> Worker<S> {
             // The accept bucket starts full.
             accept_bucket: (burst, Instant::now()),
             reconnect_failures: 0,
+            failed: false,
             rng: 0x9E37_79B9 ^ (std::process::id() << 8) ^ (remote_index as u32),
             scratch: Vec::new(),
         };
@@ -221,11 +231,14 @@ impl<S: Session> Worker<S> {
                 .map_or(crate::telemetry::FLUSH_EVERY, |t| t.min(crate::telemetry::FLUSH_EVERY));
             let timeout = Some(timeout);
             let gather = self.gather_window();
-            if let Err(e) = self.driver.wait(timeout, gather, &mut self.completions) {
-                tracing::error!("worker {}: driver wait failed: {e}", self.local.remote.index);
-                self.begin_shutdown(Instant::now());
-                if self.driver.in_flight() > 0 {
-                    // The driver is broken; its drop cancels and leaks what is left.
+            let waited = self.driver.wait(timeout, gather, &mut self.completions);
+            #[cfg(test)]
+            let waited = match FAIL_WAITS.with(std::cell::Cell::get) {
+                Some(errno) => Err(io::Error::from_raw_os_error(errno)),
+                None => waited,
+            };
+            if let Err(e) = waited {
+                if self.driver_failed(e) {
                     break;
                 }
             }
@@ -251,6 +264,26 @@ impl<S: Session> Worker<S> {
             }
         }
         self.release_unread_commands();
+    }
+
+    /// The driver's wait failed (a persistent submission error, say): the worker stops.
+    /// Reported once to the service (its stats and its `shutdown`'s result). Returns
+    /// whether to leave the loop now: with operations still in flight the driver is
+    /// broken, so every session left is reset (`SO_LINGER` 0, the kernel frees its
+    /// buffers when the socket closes) and the driver's drop cancels and leaks the rest.
+    fn driver_failed(&mut self, e: io::Error) -> bool {
+        let index = self.local.remote.index;
+        tracing::error!("worker {index}: driver wait failed: {e}");
+        if !self.failed {
+            self.failed = true;
+            self.shared.worker_failed(format!("worker {index}: driver wait failed: {e}"));
+        }
+        self.begin_shutdown(Instant::now());
+        if self.driver.in_flight() > 0 {
+            self.abandon_leftovers();
+            return true;
+        }
+        false
     }
 
     /// After a turn that fanned room broadcasts out, gather for as long as that turn took
