@@ -116,4 +116,14 @@ impl WorkerMetrics {
         )
         .increment(1);
     }
+
+    /// A session closed abortively (TCP reset), by the label of the reason it closed
+    /// with: an orderly reason (`local`, `shutdown`, `peer_closed`) here means its queued
+    /// bytes could not be delivered in time and were dropped.
+    pub(crate) fn abort(&self, reason_label: &'static str) {
+        metrics::counter!(
+            "servercore_aborted_total", "service" => self.service, "reason" => reason_label
+        )
+        .increment(1);
+    }
 }

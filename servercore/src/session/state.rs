@@ -144,6 +144,8 @@ pub(crate) struct Rare {
     pub(crate) timer: Option<TimerId>,
     pub(crate) connect_op: Option<OpId>,
     pub(crate) connect_error: Option<io::Error>,
+    /// Closing: the label of the reason it closes with (for the abortive-close metric).
+    pub(crate) close_label: &'static str,
 }
 
 impl SessionState {

@@ -374,6 +374,7 @@ impl<S: Session> Worker<S> {
             None => Instant::now() + flush_timeout,
         };
         core.rare().close_deadline = Some(deadline);
+        core.rare().close_label = reason.label();
         if core.flushing {
             if let Some(t) = core.take_timer() {
                 local.timers.cancel(t);
@@ -450,6 +451,9 @@ impl<S: Session> Worker<S> {
         if core.abort {
             self.driver.abort(core.sock);
             self.shared.aborted.fetch_add(1, Ordering::Relaxed);
+            let label = core.rare.as_ref().map_or("unknown", |r| r.close_label);
+            tracing::debug!("{} reset (closed with reason {label})", core.id);
+            self.local.metrics.abort(label);
         } else {
             self.driver.close(core.sock);
         }
