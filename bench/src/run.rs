@@ -29,6 +29,10 @@ pub struct RunArgs {
     /// Also write the report (markdown) to this file.
     #[arg(long)]
     pub markdown_out: Option<PathBuf>,
+    /// Also write the ratio chart (SVG) to this file, linked from the report (default, with
+    /// --markdown-out F: F with extension .svg; for BENCHMARKS.md: docs/bench-ratios.svg).
+    #[arg(long)]
+    pub chart_out: Option<PathBuf>,
     /// Only these workloads (comma-separated keys: echo-64-d1, echo-64-d16, echo-1k, chat-100,
     /// chat-1000, memory, churn; open loop: latency-chat-100; TLS: tls-echo-64-d1, tls-echo-1k, tls-chat-100,
     /// tls-chat-1000, tls-handshake, tls-memory; WebSocket: ws-echo-64-d1, ws-chat-100,
@@ -696,6 +700,8 @@ pub fn run(args: RunArgs) -> Result<(), String> {
     }
     let mut header = header;
     header.finished = report::utc_now();
+    let (chart, md) = (args.chart_out.as_deref(), args.markdown_out.as_deref());
+    header.chart = crate::chart::write(chart, md, &header, &outcomes);
     let text = report::render(&header, &outcomes);
     println!("{text}");
     if let Some(path) = &args.markdown_out {
