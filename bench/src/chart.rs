@@ -121,7 +121,7 @@ pub fn render_svg(title: &str, bars: &[Bar]) -> Result<String, String> {
         rows.extend(bars.iter().filter(|b| b.group == *g).map(Some));
     }
     let width = 1200u32;
-    let height = (130 + 26 * rows.len()).max(260) as u32;
+    let height = (130 + 26 * (rows.len() + 1)).max(260) as u32;
     let mut svg = String::new();
     {
         let root = SVGBackend::with_string(&mut svg, (width, height)).into_drawing_area();
@@ -150,83 +150,78 @@ fn draw_bars(
 ) -> Result<(), String> {
     let n = rows.len() as i32;
     let width = root.dim_in_pixel().0;
-    {
-        let chars = |s: &str| s.chars().count() as u32;
-        let longest = bars.iter().map(|b| chars(&b.workload)).max().unwrap_or(0);
-        let label_area = (longest * 7 + 24).min(width * 2 / 5);
-        // Bars end left of the legend (upper right) with room for their figures: the
-        // longest one at `fill` of the plot's width.
-        let plot = width - label_area - 24;
-        let legend =
-            groups.iter().map(|g| chars(g)).chain([chars(PARITY)]).max().unwrap_or(0) * 7 + 60;
-        let fill = (f64::from(plot.saturating_sub(legend + 60)) / f64::from(plot)).max(0.4);
-        let top = bars.iter().map(|b| b.ratio).fold(1.0, f64::max);
-        let x_end = top / fill;
-        // Row i (from the top) is segment n-1-i: plotters' y grows upwards.
-        let row_of = |k: i32| rows.get((n - 1 - k) as usize).copied().flatten();
-        let mut chart = ChartBuilder::on(root)
-            .caption(title, ("sans-serif", 24))
-            .margin(12)
-            .x_label_area_size(56)
-            .y_label_area_size(label_area)
-            .build_cartesian_2d(0.0..x_end, (0..n - 1).into_segmented())
-            .map_err(err)?;
+    let chars = |s: &str| s.chars().count() as u32;
+    let longest = bars.iter().map(|b| chars(&b.workload)).max().unwrap_or(0);
+    let label_area = (longest * 7 + 24).min(width * 2 / 5);
+    // Bars end left of the legend (upper right) with room for their figures: the
+    // longest one at `fill` of the plot's width.
+    let plot = width - label_area - 24;
+    let legend = groups.iter().map(|g| chars(g)).chain([chars(PARITY)]).max().unwrap_or(0) * 7 + 60;
+    let fill = (f64::from(plot.saturating_sub(legend + 60)) / f64::from(plot)).max(0.4);
+    let top = bars.iter().map(|b| b.ratio).fold(1.0, f64::max);
+    let x_end = top / fill;
+    // Row i (from the top) is segment n-1-i: plotters' y grows upwards. Segments 0..=n
+    // (an integer range is inclusive, and 0..0 would be empty): the top one, n, stays
+    // empty.
+    let row_of = |k: i32| (0..n).contains(&k).then(|| rows[(n - 1 - k) as usize]).flatten();
+    let mut chart = ChartBuilder::on(root)
+        .caption(title, ("sans-serif", 24))
+        .margin(12)
+        .x_label_area_size(56)
+        .y_label_area_size(label_area)
+        .build_cartesian_2d(0.0..x_end, (0..n).into_segmented())
+        .map_err(err)?;
+    chart
+        .configure_mesh()
+        .disable_y_mesh()
+        .max_light_lines(1)
+        .y_labels(rows.len() + 1)
+        .y_label_formatter(&|v| match v {
+            SegmentValue::CenterOf(k) => row_of(*k).map_or(String::new(), |b| b.workload.clone()),
+            _ => String::new(),
+        })
+        .x_desc(AXIS)
+        .label_style(("sans-serif", 15))
+        .axis_desc_style(("sans-serif", 16))
+        .draw()
+        .map_err(err)?;
+    for (g, group) in groups.iter().enumerate() {
+        let color = COLORS[g % COLORS.len()];
+        let data = (0..n).filter_map(|k| {
+            row_of(k).filter(|b| b.group == *group).map(|b| (SegmentValue::Exact(k), b.ratio))
+        });
         chart
-            .configure_mesh()
-            .disable_y_mesh()
-            .max_light_lines(1)
-            .y_labels(rows.len())
-            .y_label_formatter(&|v| match v {
-                SegmentValue::CenterOf(k) => {
-                    row_of(*k).map_or(String::new(), |b| b.workload.clone())
-                }
-                _ => String::new(),
-            })
-            .x_desc(AXIS)
-            .label_style(("sans-serif", 15))
-            .axis_desc_style(("sans-serif", 16))
-            .draw()
-            .map_err(err)?;
-        for (g, group) in groups.iter().enumerate() {
-            let color = COLORS[g % COLORS.len()];
-            let data = (0..n).filter_map(|k| {
-                row_of(k).filter(|b| b.group == *group).map(|b| (SegmentValue::Exact(k), b.ratio))
-            });
-            chart
-                .draw_series(
-                    Histogram::horizontal(&chart).style(color.filled()).margin(4).data(data),
-                )
-                .map_err(err)?
-                .label(*group)
-                .legend(move |(x, y)| Circle::new((x + 6, y), 6, color.filled()));
-        }
-        let figure = TextStyle::from(("sans-serif", 14)).pos(Pos::new(HPos::Left, VPos::Center));
-        chart
-            .draw_series((0..n).filter_map(|k| {
-                row_of(k).map(|b| {
-                    EmptyElement::at((b.ratio, SegmentValue::CenterOf(k)))
-                        + Text::new(format!("{:.2}", b.ratio), (5, 0), figure.clone())
-                })
-            }))
-            .map_err(err)?;
-        chart
-            .draw_series(LineSeries::new(
-                [(1.0, SegmentValue::Exact(0)), (1.0, SegmentValue::Last)],
-                BLACK.stroke_width(2),
-            ))
+            .draw_series(Histogram::horizontal(&chart).style(color.filled()).margin(4).data(data))
             .map_err(err)?
-            .label(PARITY)
-            .legend(|(x, y)| PathElement::new([(x, y), (x + 12, y)], BLACK.stroke_width(2)));
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperRight)
-            .label_font(("sans-serif", 15))
-            .background_style(WHITE.mix(0.9))
-            .border_style(BLACK.mix(0.4))
-            .draw()
-            .map_err(err)?;
-        root.present().map_err(err)?;
+            .label(*group)
+            .legend(move |(x, y)| Circle::new((x + 6, y), 6, color.filled()));
     }
+    let figure = TextStyle::from(("sans-serif", 14)).pos(Pos::new(HPos::Left, VPos::Center));
+    chart
+        .draw_series((0..n).filter_map(|k| {
+            row_of(k).map(|b| {
+                EmptyElement::at((b.ratio, SegmentValue::CenterOf(k)))
+                    + Text::new(format!("{:.2}", b.ratio), (5, 0), figure.clone())
+            })
+        }))
+        .map_err(err)?;
+    chart
+        .draw_series(LineSeries::new(
+            [(1.0, SegmentValue::Exact(0)), (1.0, SegmentValue::Last)],
+            BLACK.stroke_width(2),
+        ))
+        .map_err(err)?
+        .label(PARITY)
+        .legend(|(x, y)| PathElement::new([(x, y), (x + 12, y)], BLACK.stroke_width(2)));
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperRight)
+        .label_font(("sans-serif", 15))
+        .background_style(WHITE.mix(0.9))
+        .border_style(BLACK.mix(0.4))
+        .draw()
+        .map_err(err)?;
+    root.present().map_err(err)?;
     Ok(())
 }
 
@@ -459,6 +454,41 @@ mod tests {
         let svg = render_svg("servercore vs references, empty", &[]).unwrap();
         assert!(svg.starts_with("<svg") && svg.contains(&xml(EMPTY)), "{svg}");
         assert!(!svg.contains("<polyline"), "{svg}");
+    }
+
+    #[test]
+    fn one_bar() {
+        let bar = Bar { group: "servercore / tokio".into(), workload: "echo".into(), ratio: 0.1 };
+        let svg = render_svg("one", std::slice::from_ref(&bar)).unwrap();
+        let rects = svg.lines().filter(|l| l.contains("<rect") && l.contains("#1F77B4")).count();
+        assert_eq!(rects, 1, "{svg}");
+        assert!(svg.contains(&text("echo")) && svg.contains(&text("0.10")), "{svg}");
+    }
+
+    #[test]
+    fn report_links_the_chart_below_its_header() {
+        let mut header = Header {
+            date: "2026-12-01 10:00 UTC".into(),
+            finished: String::new(),
+            machine: "2 cores".into(),
+            command: "cargo run --release -p servercore-bench".into(),
+            servercore: "commit abc1234, binary `target/release/servercore`".into(),
+            rounds: 1,
+            secs: 1.0,
+            cores: 2,
+            busy_cores: 0.05,
+            chart: None,
+        };
+        assert_eq!(
+            title(&header),
+            "servercore vs references, 2026-12-01 10:00 UTC, commit abc1234"
+        );
+        let outcomes = outcomes();
+        assert!(!crate::report::render(&header, &outcomes).contains("!["));
+        header.chart = Some("latest.svg".into());
+        let report = crate::report::render(&header, &outcomes);
+        let image = report.find("![servercore vs references](latest.svg)").expect("image line");
+        assert!(image < report.find("| workload |").unwrap(), "{report}");
     }
 
     #[test]

@@ -29,8 +29,10 @@ pub struct RunArgs {
     /// Also write the report (markdown) to this file.
     #[arg(long)]
     pub markdown_out: Option<PathBuf>,
-    /// Also write the ratio chart (SVG) to this file, linked from the report (default, with
-    /// --markdown-out F: F with extension .svg; for BENCHMARKS.md: docs/bench-ratios.svg).
+    /// Also write the ratio chart (SVG: servercore / each reference, a bar per workload) to
+    /// this file (default with --markdown-out F: F with extension .svg). The report links it
+    /// below its header: by file name when beside F, else as given (for BENCHMARKS.md, from
+    /// the workspace root: docs/bench-ratios.svg).
     #[arg(long)]
     pub chart_out: Option<PathBuf>,
     /// Only these workloads (comma-separated keys: echo-64-d1, echo-64-d16, echo-1k, chat-100,
