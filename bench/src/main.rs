@@ -11,6 +11,7 @@
 //! processes.
 
 mod bare;
+mod chart;
 mod churn;
 mod json;
 mod probe;

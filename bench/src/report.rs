@@ -222,7 +222,7 @@ impl Outcome {
         Outcome { workload, rows: Ok(rows) }
     }
 
-    fn get(&self, server: Server) -> Option<&Summary> {
+    pub(crate) fn get(&self, server: Server) -> Option<&Summary> {
         self.rows
             .as_ref()
             .ok()?
@@ -244,6 +244,8 @@ pub struct Header {
     pub secs: f64,
     pub cores: usize,
     pub busy_cores: f64,
+    /// The ratio chart's link (`chart::write`), shown below the header.
+    pub chart: Option<String>,
 }
 
 impl Header {
@@ -305,6 +307,7 @@ impl Header {
             secs,
             cores,
             busy_cores,
+            chart: None,
         }
     }
 
@@ -421,12 +424,12 @@ fn num(v: f64) -> String {
     }
 }
 
-fn ratio(a: f64, b: f64) -> Option<f64> {
+pub(crate) fn ratio(a: f64, b: f64) -> Option<f64> {
     (a.is_finite() && b.is_finite() && b > 0.0).then(|| a / b)
 }
 
 /// The figure a workload's ratio compares: RSS per session for memory, else CPU per unit.
-fn compared(load: Load, m: &Summary) -> f64 {
+pub(crate) fn compared(load: Load, m: &Summary) -> f64 {
     match load {
         Load::Memory { .. } => m.rss_per_session_kib.unwrap_or(f64::NAN),
         _ => m.cpu_per_unit_us,
@@ -436,6 +439,9 @@ fn compared(load: Load, m: &Summary) -> f64 {
 pub fn render(header: &Header, outcomes: &[Outcome]) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "{}", header.render());
+    if let Some(chart) = &header.chart {
+        let _ = writeln!(s, "\n![servercore vs references]({chart})");
+    }
     // The cluster and open-loop workloads have their own tables; this one is for every
     // other workload.
     let own_table = |l: Load| matches!(l, Load::Cluster { .. } | Load::OpenChat { .. });

@@ -29,6 +29,12 @@ pub struct RunArgs {
     /// Also write the report (markdown) to this file.
     #[arg(long)]
     pub markdown_out: Option<PathBuf>,
+    /// Also write the ratio chart (SVG: servercore / each reference, a bar per workload) to
+    /// this file (default with --markdown-out F: F with extension .svg). The report links it
+    /// below its header: by file name when beside F, else as given (for BENCHMARKS.md, from
+    /// the workspace root: docs/bench-ratios.svg).
+    #[arg(long)]
+    pub chart_out: Option<PathBuf>,
     /// Only these workloads (comma-separated keys: echo-64-d1, echo-64-d16, echo-1k, chat-100,
     /// chat-1000, memory, churn; open loop: latency-chat-100; TLS: tls-echo-64-d1, tls-echo-1k, tls-chat-100,
     /// tls-chat-1000, tls-handshake, tls-memory; WebSocket: ws-echo-64-d1, ws-chat-100,
@@ -696,6 +702,8 @@ pub fn run(args: RunArgs) -> Result<(), String> {
     }
     let mut header = header;
     header.finished = report::utc_now();
+    let (chart, md) = (args.chart_out.as_deref(), args.markdown_out.as_deref());
+    header.chart = crate::chart::write(chart, md, &header, &outcomes);
     let text = report::render(&header, &outcomes);
     println!("{text}");
     if let Some(path) = &args.markdown_out {
