@@ -6,9 +6,9 @@
 mod common;
 
 use common::nats::Nats;
-use common::{any_port, wait_until, TIMEOUT};
+use common::{any_port, wait_until, Checks, TIMEOUT};
 use servercore::cluster::{Cluster, ClusterAddr, ClusterConfig};
-use servercore::{Ctx, Room, ServerService, Session};
+use servercore::{Ctx, DisconnectReason, Room, ServerService, Session};
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -16,16 +16,15 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 /// A chat session on 8-byte records (sender u32, seq u32): each one received is broadcast
-/// to the room. A record with sender 0 asks for this session's cluster address instead
-/// (sent back as the node name and id); one with sender u32::MAX is a direct send (its
-/// seq picks the target in `targets`).
+/// to the room. What it checks goes to `checks`, asserted when its node stops.
 struct Member {
     room: Room,
+    checks: Checks,
 }
 
 impl Session for Member {
     fn on_connected(&mut self, ctx: &mut Ctx<'_>) {
-        assert!(ctx.enter_room(&self.room));
+        self.checks.check(ctx.enter_room(&self.room), "the cluster room takes a member");
     }
     fn on_recv(&mut self, ctx: &mut Ctx<'_>, data: &[u8]) -> usize {
         let whole = data.len() / 8 * 8;
@@ -34,23 +33,29 @@ impl Session for Member {
         }
         whole
     }
+    fn on_disconnected(&mut self, _ctx: &mut Ctx<'_>, reason: &DisconnectReason) {
+        self.checks.disconnected(reason);
+    }
 }
 
 struct Node {
     cluster: Cluster,
     server: ServerService,
     room: Room,
+    checks: Checks,
 }
 
 fn node(url: &str, name: &str) -> Node {
     let cluster = Cluster::start(ClusterConfig::new(url, name)).unwrap();
     let room = cluster.room("chat").unwrap();
     let r = room.clone();
+    let checks = Checks::new();
+    let c = checks.clone();
     let server = ServerService::builder(any_port())
         .workers(2)
-        .start(move || Member { room: r.clone() })
+        .start(move || Member { room: r.clone(), checks: c.clone() })
         .unwrap();
-    Node { cluster, server, room }
+    Node { cluster, server, room, checks }
 }
 
 fn wait_up(nodes: &[&Node]) {
@@ -133,9 +138,11 @@ fn check_all(clients: &mut [&mut Client], senders: &[u32], to: u32) {
     }
 }
 
+/// Stops the node, then asserts what its sessions checked (every callback has run).
 fn stop(n: Node) {
     n.server.shutdown(Duration::from_secs(5)).unwrap();
     n.cluster.shutdown(Duration::from_secs(5)).unwrap();
+    n.checks.assert_ok();
 }
 
 /// The room enters are asynchronous: before a run, each node's room holds its clients.

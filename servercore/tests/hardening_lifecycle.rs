@@ -13,12 +13,15 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// Records the name of every callback, in order.
-struct Calls(Arc<Mutex<Vec<&'static str>>>);
+/// Records the name of every callback, in order; what it checks goes to `checks`.
+struct Calls {
+    calls: Arc<Mutex<Vec<&'static str>>>,
+    checks: Checks,
+}
 
 impl Calls {
     fn push(&self, name: &'static str) {
-        self.0.lock().unwrap().push(name);
+        self.calls.lock().unwrap_or_else(|e| e.into_inner()).push(name);
     }
 }
 
@@ -35,7 +38,10 @@ impl Session for Calls {
             match ctx.send(vec![0u8; 64 << 10]) {
                 Ok(()) => {}
                 Err(SendError::QueueFull { .. }) => break,
-                Err(e) => panic!("unexpected {e}"),
+                Err(e) => {
+                    self.checks.check(false, format_args!("a send failed otherwise: {e}"));
+                    break;
+                }
             }
         }
         ctx.disconnect("full, and done");
@@ -54,15 +60,17 @@ impl Session for Calls {
         self.push("on_send");
     }
 
-    fn on_disconnected(&mut self, _ctx: &mut Ctx<'_>, _reason: &DisconnectReason) {
+    fn on_disconnected(&mut self, _ctx: &mut Ctx<'_>, reason: &DisconnectReason) {
         self.push("on_disconnected");
+        self.checks.disconnected(reason);
     }
 }
 
 #[test]
 fn no_send_queue_full_after_on_disconnected() {
     let calls = Arc::new(Mutex::new(Vec::new()));
-    let c2 = calls.clone();
+    let checks = Checks::new();
+    let (c2, k2) = (calls.clone(), checks.clone());
     let cfg = SessionConfig {
         send_queue_policy: SendQueuePolicy::Notify,
         max_send_queue: 1 << 20,
@@ -73,7 +81,7 @@ fn no_send_queue_full_after_on_disconnected() {
     let server = ServerService::builder(any_port())
         .workers(1)
         .session_config(cfg)
-        .start(move || Calls(c2.clone()))
+        .start(move || Calls { calls: c2.clone(), checks: k2.clone() })
         .unwrap();
     let mut c = connect(server.local_addr());
     c.write_all(b"go").unwrap();
@@ -87,24 +95,32 @@ fn no_send_queue_full_after_on_disconnected() {
     assert_eq!(last, calls.len() - 1, "callbacks after on_disconnected: {calls:?}");
     assert_eq!(calls.iter().filter(|&&c| c == "on_disconnected").count(), 1, "{calls:?}");
     server.shutdown(Duration::from_secs(5)).unwrap();
+    checks.assert_ok();
 }
 
 /// What a session saw of its service in `on_connected`.
 struct Probe {
     tx: mpsc::Sender<(usize, usize)>,
     room: Room,
+    checks: Checks,
 }
 
 impl Session for Probe {
     fn on_connected(&mut self, ctx: &mut Ctx<'_>) {
         let workers = ctx.service().map_or(0, |s| s.workers());
-        ctx.enter_room(&self.room);
+        self.checks.check(ctx.enter_room(&self.room), "the room belongs to this service");
         let _ = self.tx.send((ctx.worker_index(), workers));
     }
 
     fn on_recv(&mut self, ctx: &mut Ctx<'_>, data: &[u8]) -> usize {
-        let _ = ctx.broadcast_room(&self.room, data.to_vec());
+        if let Err(e) = ctx.broadcast_room(&self.room, data.to_vec()) {
+            self.checks.check(false, format_args!("the broadcast was refused: {e}"));
+        }
         data.len()
+    }
+
+    fn on_disconnected(&mut self, _ctx: &mut Ctx<'_>, reason: &DisconnectReason) {
+        self.checks.disconnected(reason);
     }
 }
 
@@ -138,10 +154,12 @@ fn sessions_accepted_during_startup_see_every_worker() {
         let (tx, rx) = mpsc::channel();
         let room = Room::new();
         let r2 = room.clone();
+        let checks = Checks::new();
+        let k2 = checks.clone();
         let server = match ServerService::builder(addr)
             .workers(WORKERS)
             .reuse_port(false)
-            .start(move || Probe { tx: tx.clone(), room: r2.clone() })
+            .start(move || Probe { tx: tx.clone(), room: r2.clone(), checks: k2.clone() })
         {
             Ok(s) => s,
             Err(e) => {
@@ -178,5 +196,6 @@ fn sessions_accepted_during_startup_see_every_worker() {
             assert_eq!(&got, b"hi");
         }
         server.shutdown(Duration::from_secs(5)).unwrap();
+        checks.assert_ok();
     }
 }

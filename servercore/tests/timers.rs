@@ -109,6 +109,8 @@ enum TEv {
     #[allow(dead_code)]
     Late(&'static str),
     Counts(HashMap<u64, u32>),
+    /// A check inside a callback failed (a panic there would only end the session).
+    Failed(String),
 }
 
 /// Sets a mix of timers on connect and reports what fires.
@@ -123,6 +125,17 @@ struct TimerMix {
 impl TimerMix {
     fn report(&self, ctx: &Ctx<'_>, ev: TEv) {
         let _ = self.tx.send((ctx.id(), ev));
+    }
+
+    /// Cancels the timer `id` set in `on_connected` and reports the result as `what`.
+    fn cancel(&self, ctx: &mut Ctx<'_>, what: &'static str, id: Option<TimerId>) {
+        match id {
+            Some(id) => {
+                let ok = ctx.cancel_timer(id);
+                self.report(ctx, TEv::Cancel(what, ok));
+            }
+            None => self.report(ctx, TEv::Failed(format!("{what}: no timer id was kept"))),
+        }
     }
 }
 
@@ -151,23 +164,22 @@ impl Session for TimerMix {
             *n
         };
         match token {
-            1 => {
-                let again = ctx.cancel_timer(self.once.expect("set"));
-                self.report(ctx, TEv::Cancel("fired once", again));
-            }
+            1 => self.cancel(ctx, "fired once", self.once),
             2 if n == 4 => {
-                let ok = ctx.cancel_timer(self.interval.expect("set"));
-                self.report(ctx, TEv::Cancel("interval", ok));
+                self.cancel(ctx, "interval", self.interval);
                 // The synchronisation point: well after every other deadline.
                 ctx.set_timer(Duration::from_millis(60), 99);
             }
             5 if n == 3 => {
-                let ok = ctx.cancel_timer(self.self_cancelling.expect("set"));
-                self.report(ctx, TEv::Cancel("interval, from its own on_timer", ok));
+                self.cancel(ctx, "interval, from its own on_timer", self.self_cancelling)
             }
             99 => self.report(ctx, TEv::Counts(self.fired.clone())),
             _ => {}
         }
+    }
+
+    fn on_disconnected(&mut self, ctx: &mut Ctx<'_>, reason: &DisconnectReason) {
+        self.report(ctx, TEv::Disconnected(reason.clone()));
     }
 }
 
@@ -190,6 +202,8 @@ fn session_timers_fire_once_repeat_and_cancel() {
         match recv(&rx, "the session's timer report").1 {
             TEv::Counts(c) => break c,
             TEv::Cancel(what, ok) => cancels.push((what, ok)),
+            TEv::Failed(why) => panic!("in a callback: {why}"),
+            TEv::Disconnected(r) => panic!("the session ended before its report: {r:?}"),
             _ => {}
         }
     };
@@ -431,15 +445,20 @@ struct Thief {
 
 impl Session for Thief {
     fn on_connected(&mut self, ctx: &mut Ctx<'_>) {
+        let mut slot = self.id.lock().unwrap_or_else(|e| e.into_inner());
         if self.first {
-            *self.id.lock().unwrap() = Some(ctx.set_timer(Duration::from_millis(100), 1));
+            *slot = Some(ctx.set_timer(Duration::from_millis(100), 1));
         } else {
-            let id = self.id.lock().unwrap().expect("A connected first");
-            let ok = ctx.cancel_timer(id);
-            let _ = self.tx.send((ctx.id(), TEv::Cancel("another session's", ok)));
+            // The test thread shows what arrives instead of the cancel's result.
+            let ev = match *slot {
+                Some(id) => TEv::Cancel("another session's", ctx.cancel_timer(id)),
+                None => TEv::Failed("B connected before A set its timer".into()),
+            };
+            let _ = self.tx.send((ctx.id(), ev));
             // B's own timer, well after A's: A's has fired (or never will) by then.
             ctx.set_timer(Duration::from_millis(150), 2);
         }
+        drop(slot);
         let _ = self.tx.send((ctx.id(), TEv::Connected(ctx.handle())));
     }
     fn on_recv(&mut self, _ctx: &mut Ctx<'_>, data: &[u8]) -> usize {
@@ -447,5 +466,9 @@ impl Session for Thief {
     }
     fn on_timer(&mut self, ctx: &mut Ctx<'_>, token: u64) {
         let _ = self.tx.send((ctx.id(), TEv::Timer(token)));
+    }
+    /// Before the shutdown, only a panic in a callback ends a session: the test shows it.
+    fn on_disconnected(&mut self, ctx: &mut Ctx<'_>, reason: &DisconnectReason) {
+        let _ = self.tx.send((ctx.id(), TEv::Disconnected(reason.clone())));
     }
 }
