@@ -54,7 +54,10 @@ impl PacketSession for RoomServer {
 
     fn on_packet(&mut self, ctx: &mut Ctx<'_>, p: Packet<'_>) {
         match p.id {
-            C_CHAT => ctx.broadcast_room(&self.room, packet(S_CHAT, p.payload)).unwrap(),
+            C_CHAT => {
+                let sent = ctx.broadcast_room(&self.room, packet(S_CHAT, p.payload));
+                self.checks.check(sent.is_ok(), format_args!("a room broadcast: {sent:?}"));
+            }
             C_ENTER => {
                 self.checks.check(ctx.enter_room(&self.room), "entering again on C_ENTER");
                 let _ = ctx.send(packet(S_ENTERED, &[]));
