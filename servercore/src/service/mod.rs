@@ -6,6 +6,7 @@
 mod client;
 mod running;
 mod server;
+mod settings;
 
 pub use client::{ClientBuilder, ClientService};
 pub use server::{ServerBuilder, ServerService};
