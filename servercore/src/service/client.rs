@@ -1,8 +1,9 @@
 //! [`ClientService`]: outgoing sessions (the seed's `ClientService`): load tests and
 //! server-to-server links.
 
-use super::running::{running_methods, Overrides, Running};
-use super::{default_workers, ServiceShared, Workers};
+use super::running::{running_methods, Running};
+use super::settings::{builder_setting, BuilderSettings};
+use super::{ServiceShared, Workers};
 use crate::config::SessionConfig;
 use crate::driver::{BackendChoice, Diagnostics};
 use crate::mailbox::Command;
@@ -21,10 +22,7 @@ use std::time::Duration;
 pub struct ClientBuilder {
     addr: SocketAddr,
     sessions: usize,
-    workers: usize,
-    backend: BackendChoice,
-    config: SessionConfig,
-    overrides: Overrides,
+    settings: BuilderSettings,
     reconnect: Option<super::Reconnect>,
     tls: Option<TlsSetup>,
     websocket: Option<WsConfig>,
@@ -37,23 +35,18 @@ impl ClientBuilder {
         self
     }
 
-    /// Worker threads (default: the available cores, at most the session count).
-    pub fn workers(mut self, n: usize) -> Self {
-        self.workers = n.max(1);
-        self
-    }
+    builder_setting!(
+        /// Worker threads (default: the available cores, at most the session count).
+        workers
+    );
 
-    /// The driver backend (default: [`BackendChoice::Auto`]).
-    pub fn backend(mut self, choice: BackendChoice) -> Self {
-        self.backend = choice;
-        self
-    }
+    builder_setting!(backend);
 
     /// How long a connect may take before it fails with `TimedOut` (default 10 s). Wins
     /// over the `connect_timeout` of a [`session_config`](Self::session_config), whichever
     /// is called first.
     pub fn connect_timeout(mut self, d: Duration) -> Self {
-        self.overrides.connect_timeout = Some(d);
+        self.settings.overrides.connect_timeout = Some(d);
         self
     }
 
@@ -85,44 +78,36 @@ impl ClientBuilder {
         self
     }
 
-    /// `TCP_NODELAY` on the sockets (default on). Wins over the `nodelay` of a
-    /// [`session_config`](Self::session_config), whichever is called first.
-    pub fn nodelay(mut self, on: bool) -> Self {
-        self.overrides.nodelay = Some(on);
-        self
-    }
+    builder_setting!(
+        /// `TCP_NODELAY` on the sockets (default on). Wins over the `nodelay` of a
+        /// [`session_config`](Self::session_config), whichever is called first.
+        nodelay
+    );
 
-    /// All per-session options at once. Settings made with the builder's own methods
-    /// (`nodelay`, `connect_timeout`) apply over it, before or after.
-    ///
-    /// ```
-    /// use servercore::{ClientService, SessionConfig, Session, Ctx};
-    /// use std::time::Duration;
-    /// struct Quiet;
-    /// impl Session for Quiet {
-    ///     fn on_recv(&mut self, _: &mut Ctx<'_>, data: &[u8]) -> usize { data.len() }
-    /// }
-    /// let clients = ClientService::builder("127.0.0.1:9".parse().unwrap())
-    ///     .sessions(0)
-    ///     .workers(1)
-    ///     .connect_timeout(Duration::from_secs(2))
-    ///     .session_config(SessionConfig { nodelay: false, ..Default::default() })
-    ///     .start(|| Quiet)
-    ///     .unwrap(); // connects time out after 2 s, and Nagle is on
-    /// clients.shutdown(Duration::from_secs(1)).unwrap();
-    /// ```
-    pub fn session_config(mut self, config: SessionConfig) -> Self {
-        self.config = config;
-        self
-    }
+    builder_setting!(
+        /// All per-session options at once. Settings made with the builder's own methods
+        /// (`nodelay`, `connect_timeout`) apply over it, before or after.
+        ///
+        /// ```
+        /// use servercore::{ClientService, SessionConfig, Session, Ctx};
+        /// use std::time::Duration;
+        /// struct Quiet;
+        /// impl Session for Quiet {
+        ///     fn on_recv(&mut self, _: &mut Ctx<'_>, data: &[u8]) -> usize { data.len() }
+        /// }
+        /// let clients = ClientService::builder("127.0.0.1:9".parse().unwrap())
+        ///     .sessions(0)
+        ///     .workers(1)
+        ///     .connect_timeout(Duration::from_secs(2))
+        ///     .session_config(SessionConfig { nodelay: false, ..Default::default() })
+        ///     .start(|| Quiet)
+        ///     .unwrap(); // connects time out after 2 s, and Nagle is on
+        /// clients.shutdown(Duration::from_secs(1)).unwrap();
+        /// ```
+        session_config
+    );
 
-    /// Techniques to do without (added to those of the session config): see
-    /// [`Diagnostics`].
-    #[doc(hidden)]
-    pub fn diagnostics(mut self, d: Diagnostics) -> Self {
-        self.overrides.diagnostics = self.overrides.diagnostics.union(d);
-        self
-    }
+    builder_setting!(diagnostics);
 
     /// Starts the workers and the connects. A failed connect is reported to that session's
     /// [`on_connect_failed`](Session::on_connect_failed), never as `on_connected`.
@@ -131,8 +116,9 @@ impl ClientBuilder {
         S: Session,
         F: Fn() -> S + Send + Sync + 'static,
     {
-        let (config, backend) = self.overrides.resolve(self.config, self.backend)?;
-        let roles = (0..self.workers)
+        let (config, backend) =
+            self.settings.overrides.resolve(self.settings.config, self.settings.backend)?;
+        let roles = (0..self.settings.workers)
             .map(|_| WorkerDuties { listeners: Vec::new(), connect_to: Some(self.addr) })
             .collect();
         let mut shared = ServiceShared::new("client", config, backend, usize::MAX);
@@ -142,7 +128,7 @@ impl ClientBuilder {
             self.websocket.map(|config| WsSetup { config: Arc::new(config), server: false });
         let workers = Workers::spawn(shared, roles, factory, "sc-client")?;
         let client = ClientService {
-            running: Running { workers, backend, worker_count: self.workers },
+            running: Running { workers, backend, worker_count: self.settings.workers },
             addr: self.addr,
             next: AtomicUsize::new(0),
         };
@@ -204,10 +190,7 @@ impl ClientService {
         ClientBuilder {
             addr,
             sessions: 1,
-            workers: default_workers(),
-            backend: BackendChoice::Auto,
-            config: SessionConfig::default(),
-            overrides: Overrides::default(),
+            settings: BuilderSettings::new(),
             reconnect: None,
             tls: None,
             websocket: None,
@@ -244,7 +227,7 @@ mod tests {
 
     /// The config a builder would start with.
     fn resolved(b: ClientBuilder) -> SessionConfig {
-        b.overrides.resolve(b.config, BackendChoice::Poll).unwrap().0
+        b.settings.overrides.resolve(b.settings.config, BackendChoice::Poll).unwrap().0
     }
 
     #[test]

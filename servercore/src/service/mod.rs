@@ -8,6 +8,7 @@ mod client;
 mod failure_tests;
 mod running;
 mod server;
+mod settings;
 
 pub use client::{ClientBuilder, ClientService};
 pub use server::{ServerBuilder, ServerService};

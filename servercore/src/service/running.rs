@@ -1,10 +1,9 @@
-//! What both kinds of service share once started (their workers, backend and the methods
-//! on them), and the builder settings that win over a whole [`SessionConfig`].
+//! What both kinds of service share once started: their workers, backend and the methods
+//! on them.
 
 use super::{ServiceStats, Workers};
 use crate::buffer::SendBuffer;
-use crate::config::SessionConfig;
-use crate::driver::{Backend, BackendChoice, Diagnostics};
+use crate::driver::Backend;
 use std::io;
 use std::time::Duration;
 
@@ -78,35 +77,3 @@ macro_rules! running_methods {
     };
 }
 pub(super) use running_methods;
-
-/// Builder settings made one at a time. They are kept apart from the builder's
-/// [`SessionConfig`] and applied over it at start, so that a later `session_config(..)`
-/// does not undo an earlier `nodelay(..)`: the order of the calls does not matter.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct Overrides {
-    pub(crate) nodelay: Option<bool>,
-    pub(crate) connect_timeout: Option<Duration>,
-    /// Added to the config's own switches.
-    pub(crate) diagnostics: Diagnostics,
-}
-
-impl Overrides {
-    /// The config to start with, and the backend: `config` with these settings applied,
-    /// the backend resolved, and the switches of `SERVERCORE_BACKEND` added.
-    pub(crate) fn resolve(
-        &self,
-        mut config: SessionConfig,
-        backend: BackendChoice,
-    ) -> io::Result<(SessionConfig, Backend)> {
-        if let Some(on) = self.nodelay {
-            config.nodelay = on;
-        }
-        if let Some(d) = self.connect_timeout {
-            config.connect_timeout = d;
-        }
-        let (backend, diagnostics) =
-            backend.resolve_with(config.diagnostics.union(self.diagnostics))?;
-        config.diagnostics = diagnostics;
-        Ok((config, backend))
-    }
-}

@@ -1,7 +1,8 @@
 //! [`ServerService`]: listen, accept, serve (the seed's `ServerService` + `Listener`).
 
-use super::running::{running_methods, Overrides, Running};
-use super::{default_workers, ServiceShared, Workers};
+use super::running::{running_methods, Running};
+use super::settings::{builder_setting, BuilderSettings};
+use super::{ServiceShared, Workers};
 use crate::config::SessionConfig;
 use crate::driver::{BackendChoice, Diagnostics};
 use crate::session::Session;
@@ -17,12 +18,9 @@ use std::sync::Arc;
 #[derive(Debug, Clone)]
 pub struct ServerBuilder {
     addr: SocketAddr,
-    workers: usize,
     max_sessions: usize,
     reuse_port: bool,
-    backend: BackendChoice,
-    config: SessionConfig,
-    overrides: Overrides,
+    settings: BuilderSettings,
     per_ip: Option<usize>,
     accept_rate: Option<u32>,
     tls: Option<Arc<rustls::ServerConfig>>,
@@ -30,11 +28,10 @@ pub struct ServerBuilder {
 }
 
 impl ServerBuilder {
-    /// Worker threads (default: the available cores).
-    pub fn workers(mut self, n: usize) -> Self {
-        self.workers = n.max(1);
-        self
-    }
+    builder_setting!(
+        /// Worker threads (default: the available cores).
+        workers
+    );
 
     /// Most sessions at once (default 10,000). A connection over the cap is closed at once
     /// and counted in [`ServiceStats::rejected`](super::ServiceStats::rejected).
@@ -65,40 +62,34 @@ impl ServerBuilder {
         self
     }
 
-    /// The driver backend (default: [`BackendChoice::Auto`]).
-    pub fn backend(mut self, choice: BackendChoice) -> Self {
-        self.backend = choice;
-        self
-    }
+    builder_setting!(backend);
 
-    /// `TCP_NODELAY` on accepted sockets (default on). Wins over the `nodelay` of a
-    /// [`session_config`](Self::session_config), whichever is called first.
-    pub fn nodelay(mut self, on: bool) -> Self {
-        self.overrides.nodelay = Some(on);
-        self
-    }
+    builder_setting!(
+        /// `TCP_NODELAY` on accepted sockets (default on). Wins over the `nodelay` of a
+        /// [`session_config`](Self::session_config), whichever is called first.
+        nodelay
+    );
 
-    /// All per-session options at once. Settings made with the builder's own methods
-    /// (`nodelay`) apply over it, before or after.
-    ///
-    /// ```
-    /// use servercore::{ServerService, SessionConfig, Session, Ctx};
-    /// struct Quiet;
-    /// impl Session for Quiet {
-    ///     fn on_recv(&mut self, _: &mut Ctx<'_>, data: &[u8]) -> usize { data.len() }
-    /// }
-    /// let server = ServerService::builder("127.0.0.1:0".parse().unwrap())
-    ///     .workers(1)
-    ///     .nodelay(false)
-    ///     .session_config(SessionConfig { max_recv_buffer: 64 << 10, ..Default::default() })
-    ///     .start(|| Quiet)
-    ///     .unwrap(); // Nagle stays on: `nodelay(false)` is kept
-    /// server.shutdown(std::time::Duration::from_secs(1)).unwrap();
-    /// ```
-    pub fn session_config(mut self, config: SessionConfig) -> Self {
-        self.config = config;
-        self
-    }
+    builder_setting!(
+        /// All per-session options at once. Settings made with the builder's own methods
+        /// (`nodelay`) apply over it, before or after.
+        ///
+        /// ```
+        /// use servercore::{ServerService, SessionConfig, Session, Ctx};
+        /// struct Quiet;
+        /// impl Session for Quiet {
+        ///     fn on_recv(&mut self, _: &mut Ctx<'_>, data: &[u8]) -> usize { data.len() }
+        /// }
+        /// let server = ServerService::builder("127.0.0.1:0".parse().unwrap())
+        ///     .workers(1)
+        ///     .nodelay(false)
+        ///     .session_config(SessionConfig { max_recv_buffer: 64 << 10, ..Default::default() })
+        ///     .start(|| Quiet)
+        ///     .unwrap(); // Nagle stays on: `nodelay(false)` is kept
+        /// server.shutdown(std::time::Duration::from_secs(1)).unwrap();
+        /// ```
+        session_config
+    );
 
     /// Accept only TLS: every session runs a TLS handshake with this configuration first
     /// and sees plaintext after it (see [`crate::tls`], which also loads PEM files).
@@ -117,13 +108,7 @@ impl ServerBuilder {
         self
     }
 
-    /// Techniques to do without (added to those of the session config): see
-    /// [`Diagnostics`].
-    #[doc(hidden)]
-    pub fn diagnostics(mut self, d: Diagnostics) -> Self {
-        self.overrides.diagnostics = self.overrides.diagnostics.union(d);
-        self
-    }
+    builder_setting!(diagnostics);
 
     /// Binds, starts the workers, and starts accepting; `factory` makes one session object
     /// per connection, on the worker that will own it.
@@ -132,9 +117,10 @@ impl ServerBuilder {
         S: Session,
         F: Fn() -> S + Send + Sync + 'static,
     {
-        let (config, backend) = self.overrides.resolve(self.config, self.backend)?;
-        let per_worker = self.reuse_port && sys::REUSE_PORT_BALANCES && self.workers > 1;
-        let group = if per_worker { self.workers } else { 1 };
+        let (config, backend) =
+            self.settings.overrides.resolve(self.settings.config, self.settings.backend)?;
+        let per_worker = self.reuse_port && sys::REUSE_PORT_BALANCES && self.settings.workers > 1;
+        let group = if per_worker { self.settings.workers } else { 1 };
         let listeners = sys::listen_group(self.addr, group)?;
         let local_addr = listeners[0].local_addr()?;
         let ws_listeners = match &self.websocket {
@@ -147,7 +133,7 @@ impl ServerBuilder {
         }
         let mut listeners = listeners.into_iter();
         let mut ws_listeners = ws_listeners.into_iter();
-        let roles = (0..self.workers)
+        let roles = (0..self.settings.workers)
             .map(|_| WorkerDuties {
                 listeners: listeners
                     .next()
@@ -159,7 +145,7 @@ impl ServerBuilder {
             })
             .collect();
         let mut shared = ServiceShared::new("server", config, backend, self.max_sessions);
-        shared.single_acceptor = !per_worker && self.workers > 1;
+        shared.single_acceptor = !per_worker && self.settings.workers > 1;
         shared.per_ip_limit = self.per_ip;
         shared.accept_rate = self.accept_rate;
         let tls = self.tls.is_some();
@@ -170,15 +156,15 @@ impl ServerBuilder {
         let tls = if tls { ", tls" } else { "" };
         tracing::info!(
             "listening on {local_addr} (backend: {backend}, workers: {}{tls})",
-            self.workers
+            self.settings.workers
         );
         if let Some(addr) = ws_addr {
             tracing::info!(
                 "listening on {addr} (backend: {backend}, workers: {}{tls}, websocket)",
-                self.workers
+                self.settings.workers
             );
         }
-        let running = Running { workers, backend, worker_count: self.workers };
+        let running = Running { workers, backend, worker_count: self.settings.workers };
         Ok(ServerService { running, local_addr, ws_addr })
     }
 }
@@ -224,12 +210,9 @@ impl ServerService {
     pub fn builder(addr: SocketAddr) -> ServerBuilder {
         ServerBuilder {
             addr,
-            workers: default_workers(),
+            settings: BuilderSettings::new(),
             max_sessions: 10_000,
             reuse_port: true,
-            backend: BackendChoice::Auto,
-            config: SessionConfig::default(),
-            overrides: Overrides::default(),
             per_ip: None,
             accept_rate: None,
             tls: None,
@@ -257,7 +240,7 @@ mod tests {
 
     /// The config a builder would start with.
     fn resolved(b: ServerBuilder) -> SessionConfig {
-        b.overrides.resolve(b.config, BackendChoice::Poll).unwrap().0
+        b.settings.overrides.resolve(b.settings.config, BackendChoice::Poll).unwrap().0
     }
 
     #[test]

@@ -231,18 +231,22 @@ impl WorkerState {
         }
     }
 
-    /// Takes a closing session out of its rooms' bookkeeping; the caller then drops it
-    /// from each room's members ([`Self::remove_member`]).
-    pub(crate) fn leave_all_rooms(&mut self, core: &mut SessionState) -> Vec<u64> {
+    /// Takes a closing session out of every room it is in here, at once (not through the
+    /// log): called by the worker's close after `on_disconnected`, whose room work stays
+    /// logged and, replayed later, finds the session in no room (an enter is refused for a
+    /// session that is not open; a leave finds nothing to leave).
+    pub(crate) fn leave_rooms_on_close(&mut self, core: &mut SessionState) {
         let rooms = std::mem::take(&mut core.rooms);
         if rooms.len() >= 2 {
             self.fanout.in_several_rooms -= 1;
         }
-        rooms
+        for room in rooms {
+            self.remove_member(room, core.key);
+        }
     }
 
     /// Drops `key` from this worker's members of `room`.
-    pub(crate) fn remove_member(&mut self, room: u64, key: u64) {
+    fn remove_member(&mut self, room: u64, key: u64) {
         let rooms = &mut self.fanout.rooms;
         if let Some(local) = rooms.get_mut(&room) {
             if let Some(i) = local.members.iter().position(|&k| k == key) {

@@ -364,7 +364,7 @@ impl<S: Session> Worker<S> {
         // peer is reset then, and always when the server gives up on it (the reason says).
         let unsent = core.queued > 0 || core.send_op.is_some();
         core.abort = !core.graceful && (reason.is_abortive() || unsent);
-        let rooms = local.leave_all_rooms(core);
+        local.leave_rooms_on_close(core);
         core.flushing = core.graceful && (core.queued > 0 || core.send_op.is_some());
         for op in [core.recv_op, core.connect_op()].into_iter().flatten() {
             self.driver.cancel(op);
@@ -383,9 +383,6 @@ impl<S: Session> Worker<S> {
             local.mark_dirty(core);
         } else {
             self.stop_flushing(key);
-        }
-        for room in rooms {
-            self.local.remove_member(room, key);
         }
         self.try_finalize(key);
         if lost && matches!(was, Phase::Open | Phase::Handshaking) {
