@@ -232,6 +232,69 @@ fn advance(bufs: &mut SendBatch, mut n: usize) {
     }
 }
 
+/// Sets the io_uring testing hook that fails every `io_uring_enter` with `errno` (nothing
+/// on poll).
+fn set_fail_submit(d: &mut Driver, errno: Option<i32>) {
+    #[cfg(target_os = "linux")]
+    if let Driver::Uring(u) = d {
+        u.fail_submit = errno;
+    }
+}
+
+/// Set in the child process that [`run_alone`] starts.
+const ALONE_ENV: &str = "CONFORMANCE_RUN_ALONE";
+
+/// For a test that counts the process's open files, which means nothing while other tests
+/// run: true in a child process of the test binary running only this flavor's test `name`
+/// (the test goes on there); else starts that child, checks that it ran the test and
+/// passed, and returns false.
+fn run_alone(f: Flavor, name: &str) -> bool {
+    if std::env::var_os(ALONE_ENV).is_some() {
+        return true;
+    }
+    let module = match f {
+        Flavor::Uring => "uring",
+        Flavor::UringNoBufring => "uring_no_bufring",
+        Flavor::UringOld => "uring_old_kernel",
+        Flavor::Poll => "poll",
+    };
+    // The test's name as the harness knows it: the module path without the crate.
+    let here = module_path!().split_once("::").map_or(module_path!(), |(_, rest)| rest);
+    let test = format!("{here}::{module}::{name}");
+    let exe = std::env::current_exe().expect("the test binary");
+    let out = std::process::Command::new(exe)
+        .args([test.as_str(), "--exact", "--test-threads=1", "--nocapture"])
+        .env(ALONE_ENV, "1")
+        .output()
+        .expect("start the test binary");
+    let (stdout, stderr) =
+        (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{test}, run alone, failed:\n{stdout}\n{stderr}");
+    assert!(stdout.contains("1 passed"), "{test} did not run alone:\n{stdout}\n{stderr}");
+    false
+}
+
+/// The process's open file descriptors.
+fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd").expect("/proc/self/fd").count()
+}
+
+/// Reads from `peer` until the connection ends (end of stream or a reset); fails the test
+/// if it is still open at the deadline.
+fn assert_closed(mut peer: TcpStream) {
+    peer.set_read_timeout(Some(DEADLINE)).expect("read timeout");
+    let mut buf = vec![0u8; 64 << 10];
+    loop {
+        match peer.read(&mut buf) {
+            Ok(0) => return,
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::ConnectionReset => return,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => panic!("the connection was not closed: {e}"),
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------- the suite
 
 fn accept_several_then_cancel_ends_it(f: Flavor) {
@@ -317,6 +380,15 @@ fn starvation_pauses_and_resumes(f: Flavor) {
     }
     for lease in held {
         h.d.release(lease);
+    }
+    // The path this test is about was taken: the receive was parked for want of a buffer.
+    let k = h.d.counters();
+    match f {
+        // ENOBUFS ended the multishot receive (parked until buffers came back); poll found
+        // its pool dry.
+        Flavor::Uring | Flavor::UringOld | Flavor::Poll => assert!(k.starved > 0, "{k:?}"),
+        // The pool path gives each armed receive its own buffer: nothing starves.
+        Flavor::UringNoBufring => assert_eq!(k.starved, 0, "{k:?}"),
     }
     let rest = h.recv_exactly(3, data.len() - got.len());
     got.extend_from_slice(&rest);
@@ -480,15 +552,22 @@ fn cancel_races_completion_and_stale_ids_are_ignored(f: Flavor) {
     assert!(matches!(c.kind, CompletionKind::Recv { armed: false, .. }), "{c:?}");
 }
 
-/// Dropping a driver with operations of every kind in flight returns (the backend
-/// cancels and reaps them, or leaks their memory) and does not crash.
+/// Dropping a driver with operations of every kind in flight returns soon (the backend
+/// cancels and reaps them, or leaks their memory), closes every socket it owned (the peers
+/// see it) and leaves no file open. On io_uring, soon means without waiting out the
+/// teardown's one-second limit: every operation was reaped. Runs alone (it counts the
+/// process's files).
 fn drop_with_operations_in_flight(f: Flavor) {
+    if !run_alone(f, "drop_with_operations_in_flight") {
+        return;
+    }
+    let fds_before = open_fds();
     let Some(mut h) = H::new(f, config(f)) else { return };
     let (l, _) = h.listener();
     h.d.accept(l, 1);
-    let (r, _rc) = h.pair();
+    let (r, rc) = h.pair();
     h.d.recv(r, 2);
-    let (s, _sc) = h.pair();
+    let (s, sc) = h.pair();
     let big = batch(&pattern(48 << 20), 1 << 20);
     h.d.send(s, 3, big.clone());
     h.next();
@@ -496,11 +575,33 @@ fn drop_with_operations_in_flight(f: Flavor) {
     let (r2, mut rc2) = h.pair();
     h.d.recv(r2, 4);
     rc2.write_all(b"unread").unwrap();
+    // A connect to a listener whose accept queue is full stays pending.
+    let full = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    full.bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into()).unwrap();
+    full.listen(0).unwrap();
+    let full_addr = full.local_addr().unwrap().as_socket().unwrap();
+    let filler = TcpStream::connect(full_addr).unwrap();
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    let cs = h.d.add_stream(TcpStream::from(sock)).unwrap();
+    h.d.connect(cs, 5, full_addr);
     h.turn(Duration::from_millis(20));
+    assert_eq!(h.d.in_flight(), 5, "every operation pending: {:?}", h.ready);
     // Leases held at drop are the driver's own memory.
     let started = Instant::now();
     drop(h);
-    eprintln!("{f:?}: dropped in {:?}", started.elapsed());
+    let took = started.elapsed();
+    // Not a performance bound: a correct teardown takes milliseconds. On io_uring, one that
+    // does not reap every cancelled operation waits out its full second.
+    let bound = match f {
+        Flavor::Poll => Duration::from_secs(2),
+        _ => Duration::from_millis(900),
+    };
+    assert!(took < bound, "{f:?}: dropped in {took:?}");
+    for peer in [rc, sc, rc2] {
+        assert_closed(peer);
+    }
+    drop((full, filler));
+    assert_eq!(open_fds(), fds_before, "files left open (the test's own are closed)");
 }
 
 /// A tiny ring: more entries pushed than the submission queue holds, more completions
@@ -532,6 +633,43 @@ fn full_submission_and_completion_queues(f: Flavor) {
         h.d.release(lease);
     }
     assert!(got.iter().all(|&b| b == 1), "{got:?}");
+    let uring = f != Flavor::Poll; // poll has no submission or completion queue
+    if uring {
+        // The paths this test is about: entries pushed into a full submission queue, and
+        // completions beyond the completion queue (kept in the kernel's overflow list).
+        let k = h.d.counters();
+        assert!(k.sq_full > 0, "the submission queue never filled: {k:?}");
+        assert!(k.cq_overflow > 0, "the completion queue never overflowed: {k:?}");
+    }
+    // A kernel that takes no more entries (EBUSY; recent kernels no longer refuse them for
+    // a backed-up completion queue, so the testing hook plays that kernel): entries wait
+    // in the driver's overflow queue, then go in, in order, each completing once.
+    set_fail_submit(&mut h.d, Some(libc::EBUSY));
+    for (owner, (s, _)) in clients.iter().enumerate() {
+        h.d.send(*s, n + owner as u64, [Bytes::from_static(b"y")].into_iter().collect());
+    }
+    if uring {
+        for _ in 0..3 {
+            h.turn(Duration::from_millis(5));
+        }
+        assert!(h.ready.is_empty(), "completed while the kernel took nothing: {:?}", h.ready);
+        let k = h.d.counters();
+        assert!(k.busy > 0 && k.overflowed >= n - 4, "the overflow queue was not used: {k:?}");
+    }
+    set_fail_submit(&mut h.d, None);
+    let mut sent = vec![false; n as usize];
+    while !sent.iter().all(|&e| e) {
+        let c = h.next();
+        let CompletionKind::Send { result, bufs } = c.kind else { panic!("{c:?}") };
+        assert_eq!(result.expect("send"), 1);
+        assert_eq!(bufs.len(), 1, "the buffers come back");
+        assert!(!std::mem::replace(&mut sent[(c.owner - n) as usize], true), "two ends");
+    }
+    for (_, client) in &mut clients {
+        let mut y = [0u8; 1];
+        client.read_exact(&mut y).expect("read");
+        assert_eq!(&y, b"y");
+    }
     // And every end exactly once.
     for (_, client) in &mut clients {
         client.shutdown(std::net::Shutdown::Write).unwrap();
@@ -760,6 +898,252 @@ fn waker_wakes_a_blocked_wait(f: Flavor) {
     assert_eq!(h.d.in_flight(), 0);
 }
 
+/// A receive parked for want of buffers (every buffer leased and held: on io_uring ENOBUFS
+/// ended its multishot receive, on poll the pool is dry) is cancelled: it ends once, with
+/// ECANCELED, and buffers coming back later do not resurrect it.
+fn cancel_a_starved_recv(f: Flavor) {
+    if f == Flavor::UringNoBufring {
+        // The pool path gives each armed receive its own buffer: nothing starves.
+        return;
+    }
+    let mut c = config(f);
+    c.recv_buffers = 4;
+    c.recv_buffer_size = 1024;
+    let Some(mut h) = H::new(f, c) else { return };
+    h.poll_set_pool_max(4);
+    let (s, mut client) = h.pair();
+    let op = h.d.recv(s, 3);
+    fill(&mut client);
+    let mut held = Vec::new();
+    while held.len() < 4 {
+        let c = h.next();
+        assert_eq!(c.owner, 3);
+        let CompletionKind::Recv { result: Ok(Some(lease)), armed: true } = c.kind else {
+            panic!("{c:?}")
+        };
+        held.push(lease);
+    }
+    // Every buffer held, bytes waiting: the receive parks.
+    let end = Instant::now() + DEADLINE;
+    while h.d.counters().parked == 0 {
+        assert!(Instant::now() < end, "the receive never parked: {:?}", h.d.counters());
+        h.turn(Duration::from_millis(10));
+        assert!(h.ready.is_empty(), "a chunk without a buffer: {:?}", h.ready);
+    }
+    assert!(h.d.counters().starved > 0, "{:?}", h.d.counters());
+    h.d.cancel(op);
+    if f != Flavor::Poll {
+        // io_uring: the receive was not in the kernel; the driver ended it itself.
+        assert_eq!(h.d.counters().parked_cancels, 1, "{:?}", h.d.counters());
+    }
+    h.d.cancel(op);
+    let c = h.next();
+    assert_eq!(c.owner, 3);
+    let CompletionKind::Recv { result: Err(e), armed: false } = c.kind else { panic!("{c:?}") };
+    assert!(is_cancelled(&e), "{e}");
+    assert_eq!(h.d.in_flight(), 0);
+    // Buffers back, bytes still waiting in the socket: the ended receive stays ended.
+    for lease in held {
+        h.d.release(lease);
+    }
+    h.d.cancel(op);
+    for _ in 0..3 {
+        h.turn(Duration::from_millis(20));
+    }
+    assert!(h.ready.is_empty(), "after the final completion: {:?}", h.ready);
+    assert_eq!(h.d.in_flight(), 0);
+    assert_eq!(h.d.counters().parked, 0, "{:?}", h.d.counters());
+    // The bytes are still there for a new receive.
+    let op = h.d.recv(s, 4);
+    let c = h.next();
+    assert_eq!(c.owner, 4);
+    let CompletionKind::Recv { result: Ok(Some(lease)), armed: true } = c.kind else {
+        panic!("{c:?}")
+    };
+    assert!(h.d.lease(&lease).iter().all(|&b| b == 0x5a));
+    h.d.release(lease);
+    h.cancel_recv(op, 4);
+}
+
+/// How a test lets a just-started operation progress before cancelling it, by round: not
+/// at all, a submit, a turn that does not wait.
+fn head_start(h: &mut H, round: u64) {
+    match round % 3 {
+        0 => {}
+        1 => h.d.submit().expect("submit"),
+        _ => h.turn(Duration::ZERO),
+    }
+}
+
+/// Cancels racing connections arriving for an accept: exactly one end (`armed == false`)
+/// per accept, ECANCELED or, single-shot, the connection; no connection lost; a stale
+/// cancel, even with the slot reused, reaches nothing.
+fn cancel_races_an_arriving_connection(f: Flavor) {
+    let Some(mut h) = H::new(f, config(f)) else { return };
+    let (l, addr) = h.listener();
+    let mut keep = Vec::new();
+    for round in 0..16u64 {
+        let op = h.d.accept(l, round);
+        let client = TcpStream::connect(addr).expect("connect");
+        head_start(&mut h, round);
+        h.d.cancel(op);
+        let mut accepted = 0;
+        loop {
+            let c = h.next();
+            assert_eq!(c.owner, round, "{c:?}");
+            let CompletionKind::Accept { result, armed } = c.kind else { panic!("{c:?}") };
+            match result {
+                Ok(s) => {
+                    accepted += 1;
+                    keep.push(s);
+                }
+                Err(e) => {
+                    assert!(is_cancelled(&e), "{e}");
+                    assert!(!armed, "an error ends the accept");
+                }
+            }
+            if !armed {
+                break;
+            }
+        }
+        assert!(accepted <= 1, "one connection, {accepted} accepted");
+        h.d.cancel(op); // stale
+        h.turn(Duration::ZERO);
+        assert!(h.ready.is_empty(), "after the end: {:?}", h.ready);
+        if accepted == 0 {
+            // Not accepted: still in the listener's queue, for the next accept.
+            let again = h.d.accept(l, 1000);
+            let c = h.next();
+            assert_eq!(c.owner, 1000, "{c:?}");
+            let CompletionKind::Accept { result: Ok(s), armed } = c.kind else { panic!("{c:?}") };
+            keep.push(s);
+            if armed {
+                h.d.cancel(again);
+                let c = h.next();
+                assert!(matches!(c.kind, CompletionKind::Accept { armed: false, .. }), "{c:?}");
+            }
+        }
+        keep.push(client);
+    }
+    assert_eq!(h.d.in_flight(), 0);
+    // The slot of a finished accept, reused.
+    let old = h.d.accept(l, 200);
+    h.d.cancel(old);
+    let c = h.next();
+    assert!(matches!(c.kind, CompletionKind::Accept { armed: false, .. }), "{c:?}");
+    let new = h.d.accept(l, 201);
+    assert_eq!(old.slot(), new.slot(), "the test wants the slot reused");
+    h.d.cancel(old); // stale: must not touch `new`
+    h.d.cancel(old);
+    h.turn(Duration::from_millis(20));
+    assert!(h.ready.is_empty(), "a stale cancel reached the new accept: {:?}", h.ready);
+    let _client = TcpStream::connect(addr).expect("connect");
+    let c = h.next();
+    assert_eq!(c.owner, 201);
+    let CompletionKind::Accept { result: Ok(_), armed } = c.kind else { panic!("{c:?}") };
+    if armed {
+        h.d.cancel(new);
+        let c = h.next();
+        assert_eq!(c.owner, 201);
+        let CompletionKind::Accept { result: Err(e), armed: false } = c.kind else {
+            panic!("{c:?}")
+        };
+        assert!(is_cancelled(&e), "{e}");
+    }
+    assert_eq!(h.d.in_flight(), 0);
+}
+
+/// Cancels racing sends that complete at once: exactly one completion each, the result or
+/// ECANCELED, with the buffers; the peer gets exactly the bytes of the sends that
+/// completed; a stale cancel, even with the slot reused, reaches nothing.
+fn cancel_races_a_send(f: Flavor) {
+    let Some(mut h) = H::new(f, config(f)) else { return };
+    let (s, mut client) = h.pair();
+    let mut expected = Vec::new();
+    for round in 0..16u64 {
+        let data = vec![round as u8; 100 + round as usize];
+        // One buffer (a plain send) or several (a gather write).
+        let bufs = batch(&data, if round % 2 == 0 { 1024 } else { 32 });
+        let op = h.d.send(s, round, bufs.clone());
+        head_start(&mut h, round);
+        h.d.cancel(op);
+        let c = h.next();
+        assert_eq!(c.owner, round, "{c:?}");
+        let CompletionKind::Send { result, bufs: back } = c.kind else { panic!("{c:?}") };
+        assert_eq!(back, bufs, "the buffers come back");
+        match result {
+            Ok(n) => {
+                assert_eq!(n, data.len(), "a small send to an idle peer is whole");
+                expected.extend_from_slice(&data);
+            }
+            Err(e) => assert!(is_cancelled(&e), "{e}"),
+        }
+        h.d.cancel(op); // stale
+        h.turn(Duration::ZERO);
+        assert!(h.ready.is_empty(), "a second completion: {:?}", h.ready);
+    }
+    let mut got = vec![0u8; expected.len()];
+    client.read_exact(&mut got).expect("read");
+    assert!(got == expected, "bytes of cancelled sends went out, or bytes were lost");
+    client.set_nonblocking(true).expect("nonblocking");
+    let extra = client.read(&mut [0u8; 1]);
+    assert!(
+        matches!(&extra, Err(e) if e.kind() == io::ErrorKind::WouldBlock),
+        "more bytes than the completed sends: {extra:?}"
+    );
+    // The slot of a finished send, reused by a send that pends (the peer does not read).
+    let old = h.d.send(s, 300, [Bytes::from_static(b"old")].into_iter().collect());
+    let c = h.next();
+    assert!(matches!(c.kind, CompletionKind::Send { result: Ok(3), .. }), "{c:?}");
+    let big = batch(&pattern(48 << 20), 1 << 20);
+    let (result, _) = h.send(s, big.clone());
+    assert!(result.expect("send") < 48 << 20, "the peer's buffers did not fill");
+    let new = h.d.send(s, 301, big.clone());
+    assert_eq!(old.slot(), new.slot(), "the test wants the slot reused");
+    h.turn(Duration::from_millis(20));
+    h.d.cancel(old); // stale: must not touch `new`
+    h.d.cancel(old);
+    h.turn(Duration::from_millis(20));
+    assert!(h.ready.is_empty(), "a stale cancel reached the new send: {:?}", h.ready);
+    assert_eq!(h.d.in_flight(), 1);
+    h.d.cancel(new);
+    let c = h.next();
+    assert_eq!(c.owner, 301);
+    let CompletionKind::Send { result, bufs } = c.kind else { panic!("{c:?}") };
+    assert_eq!(bufs.len(), big.len(), "the buffers come back");
+    if let Err(e) = result {
+        assert!(is_cancelled(&e), "{e}");
+    }
+    assert_eq!(h.d.in_flight(), 0);
+}
+
+/// Cancels racing connects to a listener: exactly one completion each, `Ok(())` or
+/// ECANCELED; a stale cancel reaches nothing.
+fn cancel_races_a_connect(f: Flavor) {
+    let Some(mut h) = H::new(f, config(f)) else { return };
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = l.local_addr().expect("addr");
+    for round in 0..16u64 {
+        let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+            .expect("socket");
+        let s = h.d.add_stream(TcpStream::from(sock)).expect("add stream");
+        let op = h.d.connect(s, round, addr);
+        head_start(&mut h, round);
+        h.d.cancel(op);
+        let c = h.next();
+        assert_eq!(c.owner, round, "{c:?}");
+        let CompletionKind::Connect { result } = c.kind else { panic!("{c:?}") };
+        if let Err(e) = result {
+            assert!(is_cancelled(&e), "{e}");
+        }
+        h.d.cancel(op); // stale
+        h.turn(Duration::ZERO);
+        assert!(h.ready.is_empty(), "a second completion: {:?}", h.ready);
+        h.d.close(s);
+    }
+    assert_eq!(h.d.in_flight(), 0);
+}
+
 macro_rules! suite {
     ($($name:ident),* $(,)?) => {
         #[cfg(target_os = "linux")]
@@ -800,4 +1184,8 @@ suite!(
     ready_socket_without_an_op_does_not_spin,
     cancelled_recv_on_a_capped_socket_does_not_spin,
     waker_wakes_a_blocked_wait,
+    cancel_a_starved_recv,
+    cancel_races_an_arriving_connection,
+    cancel_races_a_send,
+    cancel_races_a_connect,
 );

@@ -127,6 +127,31 @@ pub(crate) struct Gather {
     pub window: Duration,
 }
 
+/// Test-only tallies of rarely taken paths, so that a test can confirm that it took the
+/// path it means to exercise. Plain integers, compiled only into tests.
+#[cfg(test)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct DriverCounters {
+    /// io_uring: entries that went to the overflow queue (the submission queue was full
+    /// and the kernel took no more).
+    pub overflowed: u64,
+    /// io_uring: submissions the kernel refused for now (EBUSY, EAGAIN).
+    pub busy: u64,
+    /// io_uring: entries pushed while the submission queue was full (submitted first to
+    /// make room).
+    pub sq_full: u64,
+    /// io_uring: reaps that found completions waiting in the kernel's overflow list (the
+    /// completion queue was full).
+    pub cq_overflow: u64,
+    /// Receives parked for want of a buffer (io_uring: a multishot receive ended by
+    /// ENOBUFS; poll: a recv that found the pool dry).
+    pub starved: u64,
+    /// Receives parked now (not armed, waiting for buffers to come back).
+    pub parked: usize,
+    /// io_uring: parked receives cancelled, completed by the driver itself.
+    pub parked_cancels: u64,
+}
+
 /// A socket owned by a driver.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) struct SockId(pub(crate) usize);
@@ -323,5 +348,11 @@ impl Driver {
     /// wake-up poll or a wait timer, are not counted).
     pub(crate) fn in_flight(&self) -> usize {
         each_backend!(self, d => d.in_flight())
+    }
+
+    /// Testing aid: the tallies of rarely taken paths so far.
+    #[cfg(test)]
+    pub(crate) fn counters(&self) -> DriverCounters {
+        each_backend!(self, d => d.counters())
     }
 }

@@ -106,6 +106,9 @@ pub(crate) struct PollDriver {
     submitted: Vec<Completion>,
     /// The generation the next operation gets.
     next_gen: u32,
+    /// Testing aid: recvs that went on the `starved` list.
+    #[cfg(test)]
+    starved_count: u64,
 }
 
 impl PollDriver {
@@ -125,6 +128,8 @@ impl PollDriver {
             doomed: Vec::new(),
             submitted: Vec::new(),
             next_gen: 1,
+            #[cfg(test)]
+            starved_count: 0,
         })
     }
 
@@ -136,6 +141,17 @@ impl PollDriver {
     #[cfg(test)]
     pub(crate) fn set_pool_max(&mut self, n: usize) {
         self.pool.max = n;
+    }
+
+    /// Testing aid: the tallies of rarely taken paths so far (poll has no submission
+    /// queue: only the starvation tallies apply).
+    #[cfg(test)]
+    pub(crate) fn counters(&self) -> super::DriverCounters {
+        super::DriverCounters {
+            starved: self.starved_count,
+            parked: self.socks.iter().filter(|(_, s)| s.starved && s.recv.is_some()).count(),
+            ..Default::default()
+        }
     }
 
     /// Testing aid: whether every receive buffer is back in the pool.
@@ -263,7 +279,12 @@ impl PollDriver {
                 continue;
             }
             sock.queued = false;
-            match drive(sock, &mut self.ops, &mut self.pool, out) {
+            let outcome = drive(sock, &mut self.ops, &mut self.pool, out);
+            #[cfg(test)]
+            if matches!(outcome, Outcome::Starved { .. }) && !sock.starved {
+                self.starved_count += 1;
+            }
+            match outcome {
                 Outcome::Idle => {}
                 Outcome::Again => {
                     sock.queued = true;

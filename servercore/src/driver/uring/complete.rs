@@ -159,6 +159,10 @@ impl UringDriver {
         if res == -libc::ENOBUFS {
             // Every buffer is in use: re-armed at the next wait, after the worker has given
             // buffers back. The bytes wait in the socket meanwhile.
+            #[cfg(test)]
+            {
+                self.counters.starved += 1;
+            }
             self.starved.push(key);
             return true;
         }

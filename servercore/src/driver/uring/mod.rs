@@ -195,9 +195,14 @@ pub(crate) struct UringDriver {
     /// Waits in a row that could hand no queued entry over and reaped nothing.
     stalled: u32,
     sq_entries: u32,
-    /// Testing hook: every `io_uring_enter` that submits fails with this errno.
+    /// Testing hook: every `io_uring_enter` fails with this errno (and is not made), which
+    /// takes the path the kernel's errno would: EBUSY, a kernel that takes no more for now;
+    /// others, a broken ring.
     #[cfg(test)]
     pub(crate) fail_submit: Option<i32>,
+    /// Testing aid: tallies of rarely taken paths.
+    #[cfg(test)]
+    counters: super::DriverCounters,
     multishot_accept: bool,
     /// The kernel hands deferred completions out in bounded batches (DEFER_TASKRUN) and an
     /// enter can ask for all of them without waiting (EXT_ARG): see `reap_all_deferred`.
@@ -265,6 +270,8 @@ impl UringDriver {
             sq_entries,
             #[cfg(test)]
             fail_submit: None,
+            #[cfg(test)]
+            counters: super::DriverCounters::default(),
             multishot_accept: true,
             deferred_in_batches: defer_taskrun && ext_arg,
             dropping: false,
@@ -319,10 +326,18 @@ impl UringDriver {
             if unsafe { self.ring.submission().push(&entry) }.is_ok() {
                 return;
             }
+            #[cfg(test)]
+            {
+                self.counters.sq_full += 1;
+            }
             // SAFETY: invariant 1, as above: the caller keeps the entry's memory alive.
             if self.submit_now() && unsafe { self.ring.submission().push(&entry) }.is_ok() {
                 return;
             }
+        }
+        #[cfg(test)]
+        {
+            self.counters.overflowed += 1;
         }
         self.overflow.push_back(entry);
     }
@@ -331,16 +346,25 @@ impl UringDriver {
     /// or an error, which is kept for the next `wait`/`submit`).
     fn submit_now(&mut self) -> bool {
         for _ in 0..3 {
+            // The testing hook's errno takes the path the kernel's would.
             #[cfg(test)]
-            if let Some(errno) = self.fail_submit {
-                self.submit_error.get_or_insert(io::Error::from_raw_os_error(errno));
-                return false;
-            }
-            match self.ring.submit() {
+            let result = match self.fail_submit {
+                Some(errno) => Err(io::Error::from_raw_os_error(errno)),
+                None => self.ring.submit(),
+            };
+            #[cfg(not(test))]
+            let result = self.ring.submit();
+            match result {
                 Ok(_) => return true,
                 Err(e) => match e.raw_os_error() {
                     Some(libc::EINTR) => continue,
-                    Some(libc::EBUSY) | Some(libc::EAGAIN) => return false,
+                    Some(libc::EBUSY) | Some(libc::EAGAIN) => {
+                        #[cfg(test)]
+                        {
+                            self.counters.busy += 1;
+                        }
+                        return false;
+                    }
                     _ => {
                         tracing::error!("io_uring submit failed: {e}");
                         self.submit_error.get_or_insert(e);
@@ -400,6 +424,12 @@ impl UringDriver {
     /// timers) are not counted.
     pub(crate) fn in_flight(&self) -> usize {
         self.ops.len()
+    }
+
+    /// Testing aid: the tallies of rarely taken paths so far.
+    #[cfg(test)]
+    pub(crate) fn counters(&self) -> super::DriverCounters {
+        super::DriverCounters { parked: self.starved.len(), ..self.counters }
     }
 }
 

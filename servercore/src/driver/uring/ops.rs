@@ -167,6 +167,10 @@ impl UringDriver {
             // Not armed in the kernel (waiting for buffers): complete it here, for the next
             // `wait` to hand out.
             self.starved.swap_remove(i);
+            #[cfg(test)]
+            {
+                self.counters.parked_cancels += 1;
+            }
             let owner = self.ops.remove(key).owner;
             let result = Err(io::Error::from_raw_os_error(libc::ECANCELED));
             self.backlog

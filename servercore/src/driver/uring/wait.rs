@@ -143,11 +143,12 @@ impl UringDriver {
     /// Submits and waits for `want` completions or the timeout (`None`: no timeout; zero:
     /// do not wait). A wait cut short (timeout, signal, busy completion queue) is no error.
     pub(super) fn enter(&mut self, timeout: Option<Duration>, want: usize) -> io::Result<()> {
-        #[cfg(test)]
-        if let Some(errno) = self.fail_submit {
-            return Err(io::Error::from_raw_os_error(errno));
-        }
         let result = match timeout {
+            // The testing hook's errno takes the path the kernel's would.
+            #[cfg(test)]
+            _ if self.fail_submit.is_some() => {
+                Err(io::Error::from_raw_os_error(self.fail_submit.unwrap_or(0)))
+            }
             None => self.ring.submit_and_wait(want),
             Some(d) if self.ext_arg => {
                 let ts = types::Timespec::from(d);
@@ -226,6 +227,10 @@ impl UringDriver {
 
     /// Moves every ready completion out of the ring and turns it into a [`Completion`].
     pub(super) fn reap(&mut self, out: &mut Vec<Completion>) {
+        #[cfg(test)]
+        if self.ring.submission().cq_overflow() {
+            self.counters.cq_overflow += 1;
+        }
         let mut cqes = std::mem::take(&mut self.cqes);
         cqes.extend(self.ring.completion());
         for cqe in cqes.drain(..) {
