@@ -170,6 +170,26 @@ pub struct ChatArgs {
     /// digits, `-`, `_`; no `.`, `*`, `>` or spaces); needs `--cluster`.
     #[arg(long, value_name = "NAME", requires = "cluster")]
     pub node: Option<String>,
+    /// Benchmark/load option: spread the sessions over N rooms instead of one, the n-th
+    /// session accepted (counting from 0) joining room n mod N. A C_CHAT then reaches every
+    /// session of the sender's room, the sender included; the wire protocol is unchanged.
+    /// Default 1: every session in one room. Not with `--cluster` (one shared room).
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = parse_rooms)]
+    pub rooms: u32,
+}
+
+/// Most rooms `--rooms` takes.
+const MAX_ROOMS: u32 = 100_000;
+
+/// `--rooms N`: 1 ..= [`MAX_ROOMS`], with a message a person can act on.
+fn parse_rooms(s: &str) -> Result<u32, String> {
+    let n: u32 = s.parse().map_err(|_| format!("expected a number of rooms, got {s:?}"))?;
+    if !(1..=MAX_ROOMS).contains(&n) {
+        return Err(format!(
+            "a chat server needs at least 1 room and takes at most {MAX_ROOMS}, got {n}"
+        ));
+    }
+    Ok(n)
 }
 
 fn default_gather_ms() -> u64 {
@@ -189,22 +209,35 @@ fn start_cluster(args: &ChatArgs) -> Result<Option<Cluster>, String> {
 }
 
 pub fn run_chat(args: ChatArgs, signals: TerminationSignals) -> Result<ExitCode, String> {
+    if args.cluster.is_some() && args.rooms > 1 {
+        return Err(format!(
+            "--rooms {} cannot be used with --cluster: a cluster shares one chat room \
+             (PROTOCOL.md section 7); leave out --rooms",
+            args.rooms
+        ));
+    }
     let (builder, tls) = builder(&args.server)?;
     let health = Arc::new(Health::default());
     // The metrics recorder first: the cluster registers its metrics when it starts.
     start_metrics(&args.server, &health)?;
     let cluster = start_cluster(&args)?.map(Arc::new);
-    let room = match &cluster {
-        Some(c) => c.room("chat").map_err(|e| format!("cluster room: {e}"))?,
-        None => Room::new(),
+    let rooms = match &cluster {
+        Some(c) => vec![c.room("chat").map_err(|e| format!("cluster room: {e}"))?],
+        None => (0..args.rooms).map(|_| Room::new()).collect(),
     };
+    if args.rooms > 1 {
+        eprintln!(
+            "{} chat rooms: the n-th session accepted joins room n mod {}",
+            args.rooms, args.rooms
+        );
+    }
     let config = servercore::SessionConfig {
         broadcast_gather_max: Duration::from_millis(args.broadcast_gather_ms),
         ..Default::default()
     };
     let server = match builder
         .session_config(config)
-        .start(ChatSession::factory(room, args.max_packet as usize))
+        .start(ChatSession::factory_in_rooms(rooms, args.max_packet as usize))
     {
         Ok(server) => server,
         Err(e) => {

@@ -329,6 +329,104 @@ fn bad_packets_close_only_their_session() {
     stop(server);
 }
 
+/// `chat-server --rooms 2`: the n-th session accepted joins room n mod 2, and a C_CHAT
+/// reaches exactly the sessions of the sender's room, the sender included. Every step waits
+/// for what the previous one sent to arrive (no sleeps): the sessions connect one at a time,
+/// each greeting coming back before the next connects (so the accept order is the connect
+/// order), and each session's next packet must be exactly the one its room was sent next,
+/// so a message that leaked into the other room would show up ahead of it.
+#[test]
+fn chat_server_rooms_relay_within_the_senders_room() {
+    let mut server =
+        Proc::spawn(&["chat-server", "--addr", "127.0.0.1:0", "--workers", "2", "--rooms", "2"]);
+    let line = server.next_line(LINE_TIMEOUT);
+    let (addr, _) = parse_ready(&line, 2);
+    const NAMES: [&str; 4] = ["client 0", "client 1", "client 2", "client 3"];
+    /// The next packet of `c` is an S_CHAT of exactly `want`.
+    fn expect_next(c: &mut Chat, want: &str, what: &str) {
+        let (id, payload) = c.recv();
+        assert_eq!(id, S_CHAT, "{}: expected S_CHAT (2), got packet id {id} ({what})", c.name);
+        assert_eq!(
+            String::from_utf8_lossy(&payload),
+            want,
+            "{}: wrong next message ({what})",
+            c.name
+        );
+    }
+    let mut clients: Vec<Chat> = Vec::new();
+    for (i, name) in NAMES.into_iter().enumerate() {
+        let mut c = Chat::connect(name, addr);
+        let hello = format!("hello from {i}");
+        c.send(hello.as_bytes());
+        expect_next(&mut c, &hello, "its own greeting");
+        // The earlier member of its room (i - 2) gets it too, as its next packet: nothing
+        // from the other room came in between.
+        if i >= 2 {
+            expect_next(&mut clients[i - 2], &hello, "greeting of a newcomer to its room");
+        }
+        clients.push(c);
+    }
+    // Client 0's message reaches clients 0 and 2 (room 0) ...
+    clients[0].send(b"from 0");
+    expect_next(&mut clients[0], "from 0", "own message");
+    expect_next(&mut clients[2], "from 0", "message from a member of its room");
+    // ... and not clients 1 and 3 (room 1): their next packet is a follow-up sent in their
+    // own room after "from 0" was delivered.
+    clients[1].send(b"barrier 1");
+    expect_next(&mut clients[1], "barrier 1", "own follow-up: \"from 0\" must not reach room 1");
+    expect_next(&mut clients[3], "barrier 1", "follow-up: \"from 0\" must not reach room 1");
+    // Room 1's follow-up did not reach room 0 either.
+    clients[2].send(b"barrier 2");
+    expect_next(&mut clients[0], "barrier 2", "follow-up: \"barrier 1\" must not reach room 0");
+    expect_next(&mut clients[2], "barrier 2", "own follow-up: \"barrier 1\" must not reach room 0");
+    stop(server);
+}
+
+/// `--rooms 0` is refused with an error saying why, and so is `--rooms 2` with `--cluster`
+/// (the cluster shares one room; refused before any connection to NATS).
+#[test]
+fn chat_server_refuses_zero_rooms_and_rooms_with_a_cluster() {
+    let f =
+        Proc::spawn(&["chat-server", "--addr", "127.0.0.1:0", "--rooms", "0"]).finish(EXIT_TIMEOUT);
+    assert!(
+        matches!(f.status.code(), Some(c) if c != 0),
+        "expected a non-zero exit:\n{}",
+        f.describe()
+    );
+    assert_no_panic(&f);
+    assert!(
+        f.stderr.contains("--rooms") && f.stderr.contains("at least 1 room"),
+        "expected an error naming --rooms and the minimum:\n{}",
+        f.describe()
+    );
+    assert!(!f.stdout.contains("listening on"), "the server started:\n{}", f.describe());
+
+    let f = Proc::spawn(&[
+        "chat-server",
+        "--addr",
+        "127.0.0.1:0",
+        "--cluster",
+        "nats://127.0.0.1:9",
+        "--node",
+        "a",
+        "--rooms",
+        "2",
+    ])
+    .finish(EXIT_TIMEOUT);
+    assert!(
+        matches!(f.status.code(), Some(c) if c != 0),
+        "expected a non-zero exit:\n{}",
+        f.describe()
+    );
+    assert_no_panic(&f);
+    assert!(
+        f.stderr.contains("--rooms 2 cannot be used with --cluster"),
+        "expected an error naming --rooms and --cluster:\n{}",
+        f.describe()
+    );
+    assert!(!f.stdout.contains("listening on"), "the server started:\n{}", f.describe());
+}
+
 /// `dummy-client --mode chat` against a live chat server: exit 0, no gap, no error.
 #[test]
 fn dummy_client_chat_json_reports_no_gaps_or_errors() {

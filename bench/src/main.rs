@@ -62,6 +62,11 @@ enum Command {
         /// Largest packet accepted, header included.
         #[arg(long, default_value_t = 4096)]
         max_packet: usize,
+        /// Rooms, as `chat-server --rooms N`: the n-th session accepted (from 0) joins room
+        /// n mod N; a C_CHAT reaches the sender's room only. Default 1: one room.
+        #[arg(long, value_name = "N", default_value_t = 1,
+              value_parser = clap::value_parser!(u32).range(1..=100_000))]
+        rooms: u32,
     },
     /// tokio-rustls reference echo server: `tokio-echo` with a TLS handshake first.
     TokioTlsEcho {
@@ -159,8 +164,9 @@ fn main() -> ExitCode {
             tokio_servers::run_echo(addr).map_err(|e| format!("tokio-echo: {e}"))
         }
         Some(Command::BareEcho { addr }) => bare::run(addr).map_err(|e| format!("bare-echo: {e}")),
-        Some(Command::TokioChat { addr, max_packet }) => {
-            tokio_servers::run_chat(addr, max_packet).map_err(|e| format!("tokio-chat: {e}"))
+        Some(Command::TokioChat { addr, max_packet, rooms }) => {
+            tokio_servers::run_chat(addr, max_packet, rooms as usize)
+                .map_err(|e| format!("tokio-chat: {e}"))
         }
         Some(Command::TokioTlsEcho { addr, tls }) => {
             tokio_servers::tls_acceptor(&tls.tls_cert, &tls.tls_key)

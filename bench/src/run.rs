@@ -36,7 +36,7 @@ pub struct RunArgs {
     #[arg(long)]
     pub chart_out: Option<PathBuf>,
     /// Only these workloads (comma-separated keys: echo-64-d1, echo-64-d16, echo-1k, chat-100,
-    /// chat-1000, memory, churn; open loop: latency-chat-100; TLS: tls-echo-64-d1, tls-echo-1k, tls-chat-100,
+    /// chat-1000, memory, churn; open loop: latency-chat-100, latency-chat-1000-10rooms; TLS: tls-echo-64-d1, tls-echo-1k, tls-chat-100,
     /// tls-chat-1000, tls-handshake, tls-memory; WebSocket: ws-echo-64-d1, ws-chat-100,
     /// ws-chat-1000, ws-memory; cluster: cluster-chat).
     #[arg(long, value_delimiter = ',')]
@@ -94,11 +94,14 @@ pub enum Load {
         size: u32,
     },
     /// Chat, open loop (issue 16): each session sends `rate` messages per second whatever
-    /// the replies do (`dummy-client --rate`), well below saturation; for the latency.
+    /// the replies do (`dummy-client --rate`), well below saturation; for the latency. The
+    /// sessions are spread over `rooms` rooms (`--rooms N` of both chat servers; 1: the one
+    /// room), `sessions / rooms` per room.
     OpenChat {
         sessions: u32,
         size: u32,
         rate: u32,
+        rooms: u32,
     },
     Memory {
         sessions: u32,
@@ -122,6 +125,15 @@ pub enum Load {
 impl Load {
     pub fn is_chat(self) -> bool {
         matches!(self, Load::Chat { .. } | Load::OpenChat { .. } | Load::Cluster { .. })
+    }
+
+    /// Rooms the chat servers spread the sessions over (`--rooms N`): 1 but in a multi-room
+    /// open-loop row.
+    pub fn rooms(self) -> u32 {
+        match self {
+            Load::OpenChat { rooms, .. } => rooms.max(1),
+            _ => 1,
+        }
     }
 }
 
@@ -207,13 +219,21 @@ pub fn workloads() -> Vec<Workload> {
             tls: false,
             ws: false,
         },
-        // Open loop (issue 16): latency at a fixed rate well below saturation. (A second
-        // row, 1,000 sessions in 10 rooms of 100 x 5 msg/s, waits for chat-server to have
-        // more than one room.)
+        // Open loop (issue 16): latency at a fixed rate well below saturation, in one room
+        // of 100, and in 10 rooms of 100 (`--rooms 10`: session n in room n mod 10).
         Workload {
             key: "latency-chat-100",
             label: "open-loop chat 64 B, 100 sessions x 20 msg/s, 1 room",
-            load: Load::OpenChat { sessions: 100, size: 64, rate: 20 },
+            load: Load::OpenChat { sessions: 100, size: 64, rate: 20, rooms: 1 },
+            scale: false,
+            ablations: &[Ablation::Gather],
+            tls: false,
+            ws: false,
+        },
+        Workload {
+            key: "latency-chat-1000-10rooms",
+            label: "open-loop chat 64 B, 1,000 sessions x 5 msg/s, 10 rooms of 100",
+            load: Load::OpenChat { sessions: 1000, size: 64, rate: 5, rooms: 10 },
             scale: false,
             ablations: &[Ablation::Gather],
             tls: false,
@@ -625,6 +645,7 @@ pub fn run(args: RunArgs) -> Result<(), String> {
     let tls_missing = tls_unavailable(&env.servercore);
     let ws_missing = ws_unavailable(&env.servercore);
     let cluster_missing = cluster_unavailable(&env.servercore);
+    let rooms_missing = rooms_unavailable(&env.servercore);
     if nofile < 10_000 + 100 && selected.iter().any(|w| matches!(w.load, Load::Memory { .. })) {
         eprintln!("warning: open-file limit is {nofile}; the memory workload needs ~10,100");
     }
@@ -647,6 +668,12 @@ pub fn run(args: RunArgs) -> Result<(), String> {
         );
         if w.load.is_chat() {
             if let Some(why) = &chat_missing {
+                outcomes.push(Outcome::unavailable(w.clone(), why.clone()));
+                continue;
+            }
+        }
+        if w.load.rooms() > 1 {
+            if let Some(why) = &rooms_missing {
                 outcomes.push(Outcome::unavailable(w.clone(), why.clone()));
                 continue;
             }
@@ -798,6 +825,14 @@ fn cluster_unavailable(bin: &Path) -> Option<String> {
     None
 }
 
+/// Why the multi-room workloads cannot run, if they cannot: chat-server's `--rooms`.
+fn rooms_unavailable(bin: &Path) -> Option<String> {
+    if !help_of(bin, &["chat-server", "--help"]).contains("--rooms") {
+        return Some("n/a: this servercore has no chat-server --rooms".into());
+    }
+    None
+}
+
 /// The standard output of `bin args` (`--help`), empty when it fails.
 fn help_of(bin: &Path, args: &[&str]) -> String {
     Command::new(bin)
@@ -851,6 +886,13 @@ impl RunningServer {
                 c.args(["--ws-addr", "127.0.0.1:0"]);
             }
         };
+        // Both chat servers take `--rooms N` (session n in room n mod N); left out for one
+        // room, so that a one-room row runs any build.
+        let rooms_args = |c: &mut Command| {
+            if chat && w.load.rooms() > 1 {
+                c.args(["--rooms", &w.load.rooms().to_string()]);
+            }
+        };
         let cmd = match server {
             Server::Baseline => {
                 let bin = env.baseline.as_ref().ok_or("no baseline binary")?;
@@ -863,6 +905,7 @@ impl RunningServer {
                 }
                 tls_server_args(&mut c, tls);
                 ws_args(&mut c);
+                rooms_args(&mut c);
                 c
             }
             Server::Servercore { backend, workers, without } => {
@@ -878,6 +921,7 @@ impl RunningServer {
                 }
                 tls_server_args(&mut c, tls);
                 ws_args(&mut c);
+                rooms_args(&mut c);
                 c
             }
             Server::Tokio => {
@@ -892,6 +936,7 @@ impl RunningServer {
                 };
                 c.arg0("servercore-bench").arg(name).args(["--addr", "127.0.0.1:0"]);
                 tls_server_args(&mut c, tls);
+                rooms_args(&mut c);
                 c
             }
             Server::Bare => {
@@ -1640,12 +1685,27 @@ mod tests {
         for k in ["chat-100", "memory", "tls-echo-64-d1", "ws-echo-64-d1"] {
             assert!(!servers_for(get(k), true, true, true, true).contains(&Server::Bare), "{k}");
         }
-        // Open loop: gathering on and off, and tokio.
-        let l = get("latency-chat-100");
-        assert!(l.load.is_chat());
+        // Open loop: gathering on and off, and tokio; in one room, and in 10 rooms of 100.
         let off =
             Server::Servercore { backend: "io_uring", workers: 1, without: Some(Ablation::Gather) };
-        assert_eq!(servers_for(l, true, true, true, true), vec![IO_URING, off, Server::Tokio]);
+        for (k, sessions, rooms) in
+            [("latency-chat-100", 100, 1), ("latency-chat-1000-10rooms", 1000, 10)]
+        {
+            let l = get(k);
+            assert!(l.load.is_chat() && !l.tls && !l.ws, "{k}");
+            assert!(matches!(l.load, Load::OpenChat { sessions: s, .. } if s == sessions), "{k}");
+            assert_eq!(l.load.rooms(), rooms, "{k}");
+            assert_eq!(
+                servers_for(l, true, true, true, true),
+                vec![IO_URING, off, Server::Tokio],
+                "{k}"
+            );
+        }
+        assert!(matches!(
+            get("latency-chat-1000-10rooms").load,
+            Load::OpenChat { sessions: 1000, rate: 5, rooms: 10, .. }
+        ));
+        assert_eq!(get("chat-1000").load.rooms(), 1);
         assert_eq!(Server::Tokio.label_in(get("chat-100")), "tokio");
         let mut keys: Vec<&str> = all.iter().map(|w| w.key).collect();
         keys.sort_unstable();

@@ -2,7 +2,8 @@
 //! - echo: one task per connection, a 64 KiB buffer, `read` then `write_all`;
 //! - chat (PROTOCOL.md section 3): a reader task per session parsing frames, a writer task per
 //!   session fed by an unbounded mpsc of shared `Bytes`, draining its queue into one vectored
-//!   write; the room is a `Mutex<HashMap<id, Sender>>`.
+//!   write; the room is a `Mutex<HashMap<id, Sender>>` (with `--rooms N`, N such rooms, the
+//!   n-th session accepted joining room n mod N, as `chat-server --rooms N` does).
 //!
 //! Both run on a current_thread runtime (the server is pinned to one core), listen with the
 //! same backlog as servercore (4096) and set `TCP_NODELAY` on accepted sockets as servercore
@@ -121,14 +122,19 @@ async fn echo_session(mut stream: TcpStream) {
 /// The room: every connected session's queue.
 type Room = Arc<Mutex<HashMap<u64, mpsc::UnboundedSender<Bytes>>>>;
 
-pub fn run_chat(addr: SocketAddr, max_packet: usize) -> io::Result<()> {
+/// `rooms` (at least 1; `tokio-chat --rooms N`, as `chat-server --rooms N`): the n-th
+/// session accepted (from 0) joins room n mod `rooms`, and a C_CHAT reaches the sender's
+/// room only.
+pub fn run_chat(addr: SocketAddr, max_packet: usize, rooms: usize) -> io::Result<()> {
     let max_packet = max_packet.clamp(HEADER, u16::MAX as usize);
+    let rooms = rooms.max(1);
     run_until_signal(addr, "", move |listener| async move {
-        let room: Room = Arc::default();
+        let rooms: Vec<Room> = (0..rooms).map(|_| Room::default()).collect();
         let mut next_id = 0u64;
         loop {
             let (stream, _) = listener.accept().await?;
             let _ = stream.set_nodelay(true);
+            let room = &rooms[(next_id % rooms.len() as u64) as usize];
             next_id += 1;
             let (tx, rx) = mpsc::unbounded_channel();
             room.lock().unwrap_or_else(|p| p.into_inner()).insert(next_id, tx);

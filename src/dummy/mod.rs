@@ -576,7 +576,12 @@ fn start_group(
         }
         Mode::Chat => {
             let stats = stats.clone();
-            let lag_limit = chat::lag_limit(plan.sessions, depth, size);
+            // Open loop: the rate sets the pace, whatever the receivers do (see
+            // `chat::lag_limit`); no pause.
+            let lag_limit = match pace {
+                Some(_) => u64::MAX,
+                None => chat::lag_limit(plan.sessions, depth, size),
+            };
             builder.start(move || {
                 chat::ChatClient::new(stats.clone(), size, depth, lag_limit, pace, watch())
             })

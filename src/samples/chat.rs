@@ -1,8 +1,11 @@
 //! PROTOCOL.md section 3: one room; every C_CHAT (id 1) is relayed as S_CHAT (id 2), same
-//! payload, to every session in the room, the sender included.
+//! payload, to every session in the room, the sender included. (`chat-server --rooms N`, a
+//! benchmark/load option, spreads the sessions over N such rooms: see
+//! [`ChatSession::factory_in_rooms`].)
 
 use servercore::packet::{Framed, Handlers, Packet, PacketSession, PacketWriter};
 use servercore::{Ctx, Room};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
 
 /// Client to server: a chat message.
@@ -11,7 +14,7 @@ pub const C_CHAT: u16 = 1;
 pub const S_CHAT: u16 = 2;
 
 /// One chat participant; all share the one room (with `--cluster`, a room spanning every
-/// chat server on that NATS).
+/// chat server on that NATS), or with `--rooms N` one of N rooms.
 pub struct ChatSession {
     room: Room,
     handlers: &'static Handlers<ChatSession>,
@@ -29,9 +32,27 @@ impl ChatSession {
         room: Room,
         max_packet: usize,
     ) -> impl Fn() -> Framed<ChatSession> + Send + Sync + 'static {
+        Self::factory_in_rooms(vec![room], max_packet)
+    }
+
+    /// A session factory that spreads the sessions over `rooms` (`chat-server --rooms N`):
+    /// the factory runs once per accepted connection, and the `n`-th call (from 0) joins
+    /// `rooms[n % rooms.len()]`. With one room every session joins it, as with
+    /// [`factory`](Self::factory). (With several workers, connections accepted at the same
+    /// moment may be numbered in either order.)
+    ///
+    /// Panics if `rooms` is empty.
+    pub fn factory_in_rooms(
+        rooms: Vec<Room>,
+        max_packet: usize,
+    ) -> impl Fn() -> Framed<ChatSession> + Send + Sync + 'static {
+        assert!(!rooms.is_empty(), "a chat server needs at least one room");
         let handlers = handlers();
+        let accepted = AtomicUsize::new(0);
         move || {
-            Framed::with_max_packet_size(ChatSession { room: room.clone(), handlers }, max_packet)
+            let n = accepted.fetch_add(1, Ordering::Relaxed);
+            let room = rooms[n % rooms.len()].clone();
+            Framed::with_max_packet_size(ChatSession { room, handlers }, max_packet)
         }
     }
 
