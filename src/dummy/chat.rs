@@ -38,7 +38,7 @@
 //! than the receiver's room did; the open loop, as the benchmark runs it, is unaffected.
 //! Latency is the same either way: a sender's own message back through its own room.)
 
-use super::pace::{Pace, RATE_TOKEN};
+use super::pace::{Pace, PHASE_TOKEN, RATE_TOKEN};
 use super::stats::{flush_latency, record_latency, LoadStats};
 use super::tls::HandshakeWatch;
 use crate::samples::chat::{C_CHAT, S_CHAT};
@@ -401,7 +401,7 @@ impl PacketSession for ChatLoad {
         self.expected.insert(self.me, 0);
         match self.pace {
             Some(p) => {
-                ctx.set_interval(p.period(), RATE_TOKEN);
+                ctx.set_timer(p.phase(ctx.id().get()), PHASE_TOKEN);
             }
             None => self.top_up(ctx, u64::MAX),
         }
@@ -490,6 +490,9 @@ impl PacketSession for ChatLoad {
 
     fn on_timer(&mut self, ctx: &mut Ctx<'_>, token: u64) {
         match (token, &mut self.pace) {
+            (PHASE_TOKEN, Some(pace)) => {
+                ctx.set_interval(pace.period(), RATE_TOKEN);
+            }
             (RATE_TOKEN, Some(pace)) => {
                 let due = pace.tick();
                 if !self.retry_armed {

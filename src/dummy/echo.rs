@@ -1,6 +1,6 @@
 //! Echo load: each session keeps `depth` messages in flight and checks every echoed byte.
 
-use super::pace::{Pace, RATE_TOKEN};
+use super::pace::{Pace, PHASE_TOKEN, RATE_TOKEN};
 use super::stats::{flush_latency, record_latency, LoadStats};
 use super::tls::HandshakeWatch;
 use servercore::{Ctx, DisconnectReason, SendBuffer, Session};
@@ -71,7 +71,7 @@ impl Session for EchoLoad {
         self.salt = ctx.id().get().wrapping_mul(0x2545_F491_4F6C_DD1D);
         match self.pace {
             Some(p) => {
-                ctx.set_interval(p.period(), RATE_TOKEN);
+                ctx.set_timer(p.phase(ctx.id().get()), PHASE_TOKEN);
             }
             None => {
                 for _ in 0..self.depth {
@@ -123,6 +123,10 @@ impl Session for EchoLoad {
 
     fn on_timer(&mut self, ctx: &mut Ctx<'_>, token: u64) {
         let Some(pace) = &mut self.pace else { return };
+        if token == PHASE_TOKEN {
+            ctx.set_interval(pace.period(), RATE_TOKEN);
+            return;
+        }
         if token != RATE_TOKEN || self.stats.stopping.load(Ordering::Relaxed) {
             return;
         }

@@ -399,6 +399,7 @@ fn add_stats(a: ServiceStats, b: ServiceStats) -> ServiceStats {
         tls_handshake_failures: a.tls_handshake_failures + b.tls_handshake_failures,
         ws_upgrades: a.ws_upgrades + b.ws_upgrades,
         ws_upgrade_failures: a.ws_upgrade_failures + b.ws_upgrade_failures,
+        failed_workers: a.failed_workers + b.failed_workers,
     }
 }
 
