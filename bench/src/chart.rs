@@ -7,7 +7,7 @@
 //! the open-loop p99 against tokio's, and the cluster's 2 nodes against 1 node.
 
 use crate::report::{compared, ratio, Header, Outcome};
-use crate::run::{Load, Server, IO_URING};
+use crate::workloads::{Load, Server, IO_URING};
 use plotters::coord::ranged1d::SegmentValue;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
@@ -285,7 +285,7 @@ pub fn write(
 mod tests {
     use super::*;
     use crate::report::{Besides, Sample};
-    use crate::run::{workloads, Workload};
+    use crate::workloads::{workloads, Workload};
 
     fn workload(key: &str) -> Workload {
         workloads().into_iter().find(|w| w.key == key).unwrap()

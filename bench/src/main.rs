@@ -21,6 +21,7 @@ mod run;
 mod sys;
 mod tls_churn;
 mod tokio_servers;
+mod workloads;
 
 use clap::{Parser, Subcommand};
 use std::net::SocketAddr;
