@@ -18,23 +18,12 @@ mod common;
 use common::*;
 use servercore::packet::{encode, Framed, Packet, PacketSession};
 use servercore::{Ctx, DisconnectReason, Room, ServerService, SessionConfig, SessionId};
-use socket2::{Domain, Socket, Type};
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Sender};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-/// A client with a tiny receive window that never reads unless asked.
-fn slow_client(addr: SocketAddr) -> TcpStream {
-    let s = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
-    s.set_recv_buffer_size(4096).unwrap();
-    s.connect(&addr.into()).unwrap();
-    let s: TcpStream = s.into();
-    s.set_read_timeout(Some(TIMEOUT)).unwrap();
-    s
-}
 
 /// The server side of `client`'s connection in `/proc/net/tcp`: (state, tx_queue bytes).
 fn server_side(server: SocketAddr, client: &TcpStream) -> Option<(u8, u64)> {

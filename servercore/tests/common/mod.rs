@@ -543,3 +543,15 @@ pub fn open_fd_count() -> Option<usize> {
         None
     }
 }
+
+/// A client with a tiny receive window (4 KiB) that never reads unless asked: a peer the
+/// server cannot flush to.
+pub fn slow_client(addr: SocketAddr) -> TcpStream {
+    use socket2::{Domain, Socket, Type};
+    let s = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    s.set_recv_buffer_size(4096).unwrap();
+    s.connect(&addr.into()).unwrap();
+    let s: TcpStream = s.into();
+    s.set_read_timeout(Some(TIMEOUT)).unwrap();
+    s
+}

@@ -195,17 +195,18 @@ pub fn feed_client(conn: &mut ClientConnection, mut bytes: &[u8]) -> Option<rust
 pub struct ReasonCounts(std::sync::Mutex<std::collections::HashMap<String, u64>>);
 
 struct ReasonCounter {
+    counts: &'static ReasonCounts,
     reason: String,
 }
 
 impl metrics::CounterFn for ReasonCounter {
     fn increment(&self, value: u64) {
-        let mut map = reason_counts().0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut map = self.counts.0.lock().unwrap_or_else(|p| p.into_inner());
         *map.entry(self.reason.clone()).or_default() += value;
     }
 
     fn absolute(&self, value: u64) {
-        let mut map = reason_counts().0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut map = self.counts.0.lock().unwrap_or_else(|p| p.into_inner());
         let n = map.entry(self.reason.clone()).or_default();
         *n = (*n).max(value);
     }
@@ -236,11 +237,14 @@ impl metrics::Recorder for ReasonRecorder {
     ) {
     }
     fn register_counter(&self, key: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Counter {
-        if key.name() != "servercore_disconnects_total" {
-            return metrics::Counter::noop();
-        }
+        let counts = match key.name() {
+            "servercore_disconnects_total" => &DISCONNECTS,
+            "servercore_aborted_total" => &ABORTED,
+            _ => return metrics::Counter::noop(),
+        };
         let reason = key.labels().find(|l| l.key() == "reason").map(|l| l.value().to_string());
         metrics::Counter::from_arc(Arc::new(ReasonCounter {
+            counts: counts.get_or_init(|| ReasonCounts(Default::default())),
             reason: reason.unwrap_or_else(|| "<no reason label>".into()),
         }))
     }
@@ -256,16 +260,28 @@ impl metrics::Recorder for ReasonRecorder {
     }
 }
 
-/// The process's reason counts; the first call installs the recorder (before any service
-/// of the test starts: call it first).
-pub fn reason_counts() -> &'static ReasonCounts {
-    static COUNTS: OnceLock<ReasonCounts> = OnceLock::new();
+static DISCONNECTS: OnceLock<ReasonCounts> = OnceLock::new();
+static ABORTED: OnceLock<ReasonCounts> = OnceLock::new();
+
+/// Installs the recorder, once, and returns `counts`.
+fn installed(counts: &'static OnceLock<ReasonCounts>) -> &'static ReasonCounts {
     static INSTALLED: std::sync::Once = std::sync::Once::new();
-    let counts = COUNTS.get_or_init(|| ReasonCounts(Default::default()));
     INSTALLED.call_once(|| {
         metrics::set_global_recorder(ReasonRecorder).expect("no other metrics recorder");
     });
-    counts
+    counts.get_or_init(|| ReasonCounts(Default::default()))
+}
+
+/// The process's reason counts; the first call installs the recorder (before any service
+/// of the test starts: call it first).
+pub fn reason_counts() -> &'static ReasonCounts {
+    installed(&DISCONNECTS)
+}
+
+/// Counts of `servercore_aborted_total` (abortive closes, by the reason the session closed
+/// with), from the same recorder; the first call installs it.
+pub fn aborted_counts() -> &'static ReasonCounts {
+    installed(&ABORTED)
 }
 
 impl ReasonCounts {
