@@ -77,25 +77,8 @@ fn pattern(len: usize) -> Vec<u8> {
     (0..len).map(|i| (i.wrapping_mul(7) ^ (i >> 8)) as u8).collect()
 }
 
-fn assert_no_panic(f: &Finished) {
-    assert!(
-        !f.stderr.contains("panicked") && !f.stdout.contains("panicked"),
-        "the binary panicked:\n{}",
-        f.describe()
-    );
-}
-
 fn assert_exit_code(f: &Finished, code: i32) {
     assert_eq!(f.status.code(), Some(code), "wrong exit status:\n{}", f.describe());
-}
-
-fn assert_failed_cleanly(f: &Finished) {
-    assert!(
-        matches!(f.status.code(), Some(c) if c != 0),
-        "expected a non-zero exit code (not a signal):\n{}",
-        f.describe()
-    );
-    assert_no_panic(f);
 }
 
 /// Value of a non-negative integer field of a flat JSON object, by string search.

@@ -38,14 +38,6 @@ fn start_chat_server() -> (Proc, SocketAddr) {
     (server, addr)
 }
 
-fn assert_no_panic(f: &Finished) {
-    assert!(
-        !f.stderr.contains("panicked") && !f.stdout.contains("panicked"),
-        "the binary panicked:\n{}",
-        f.describe()
-    );
-}
-
 /// SIGTERM, then exit status 0 with no panic.
 fn stop(server: Proc) -> Finished {
     server.signal(libc::SIGTERM);
@@ -388,12 +380,7 @@ fn chat_server_rooms_relay_within_the_senders_room() {
 fn chat_server_refuses_zero_rooms_and_rooms_with_a_cluster() {
     let f =
         Proc::spawn(&["chat-server", "--addr", "127.0.0.1:0", "--rooms", "0"]).finish(EXIT_TIMEOUT);
-    assert!(
-        matches!(f.status.code(), Some(c) if c != 0),
-        "expected a non-zero exit:\n{}",
-        f.describe()
-    );
-    assert_no_panic(&f);
+    assert_failed_cleanly(&f);
     assert!(
         f.stderr.contains("--rooms") && f.stderr.contains("at least 1 room"),
         "expected an error naming --rooms and the minimum:\n{}",
@@ -413,12 +400,7 @@ fn chat_server_refuses_zero_rooms_and_rooms_with_a_cluster() {
         "2",
     ])
     .finish(EXIT_TIMEOUT);
-    assert!(
-        matches!(f.status.code(), Some(c) if c != 0),
-        "expected a non-zero exit:\n{}",
-        f.describe()
-    );
-    assert_no_panic(&f);
+    assert_failed_cleanly(&f);
     assert!(
         f.stderr.contains("--rooms 2 cannot be used with --cluster"),
         "expected an error naming --rooms and --cluster:\n{}",
@@ -494,12 +476,7 @@ fn dummy_client_chat_rejects_a_too_small_size() {
         "1",
     ])
     .finish(RUN_TIMEOUT);
-    assert!(
-        matches!(f.status.code(), Some(c) if c != 0),
-        "expected a non-zero exit:\n{}",
-        f.describe()
-    );
-    assert_no_panic(&f);
+    assert_failed_cleanly(&f);
     assert!(
         f.stderr.contains("--size") && f.stderr.contains("24") && f.stderr.contains("16"),
         "expected an error naming --size, the minimum and the value:\n{}",

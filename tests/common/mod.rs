@@ -279,3 +279,22 @@ pub fn ready_tcp_and_ws(
     assert_ne!(tcp, ws, "the TCP and WebSocket listeners have one address");
     (tcp, ws, backend)
 }
+
+/// The process did not panic (no "panicked" in its output).
+pub fn assert_no_panic(f: &Finished) {
+    assert!(
+        !f.stderr.contains("panicked") && !f.stdout.contains("panicked"),
+        "the binary panicked:\n{}",
+        f.describe()
+    );
+}
+
+/// The process failed cleanly: a non-zero exit code (not a signal) and no panic.
+pub fn assert_failed_cleanly(f: &Finished) {
+    assert!(
+        matches!(f.status.code(), Some(c) if c != 0),
+        "expected a non-zero exit code (not a signal):\n{}",
+        f.describe()
+    );
+    assert_no_panic(f);
+}
