@@ -95,14 +95,7 @@ impl RunningServer {
                 }
             }
         });
-        let mut running = RunningServer {
-            child,
-            pid,
-            addr: "0.0.0.0:0".parse().unwrap(),
-            load_addrs: Vec::new(),
-            log,
-            others: Vec::new(),
-        };
+        let mut running = RunningServer::spawned(child, pid, log);
         running.addr = rx.recv_timeout(Duration::from_secs(15)).map_err(|_| {
             format!("{NATS_SERVER} did not say it is ready; its log: {}", running.log_tail())
         })?;

@@ -45,6 +45,18 @@ pub(super) struct RunningServer {
 }
 
 impl RunningServer {
+    /// A started process whose address is not known yet (read from its output next).
+    pub(super) fn spawned(child: Child, pid: u32, log: PathBuf) -> Self {
+        RunningServer {
+            child,
+            pid,
+            addr: "0.0.0.0:0".parse().unwrap(),
+            load_addrs: Vec::new(),
+            log,
+            others: Vec::new(),
+        }
+    }
+
     pub(super) fn start(
         env: &Env,
         w: &Workload,
@@ -160,14 +172,7 @@ impl RunningServer {
                 }
             }
         });
-        let mut running = RunningServer {
-            child,
-            pid,
-            addr: "0.0.0.0:0".parse().unwrap(),
-            load_addrs: Vec::new(),
-            log,
-            others: Vec::new(),
-        };
+        let mut running = RunningServer::spawned(child, pid, log);
         // "listening on 127.0.0.1:PORT (backend: B, workers: N[, tls][, websocket])"
         let deadline = Instant::now() + Duration::from_secs(15);
         let line = loop {
