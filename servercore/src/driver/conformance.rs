@@ -275,6 +275,18 @@ fn run_alone(f: Flavor, name: &str) -> bool {
 }
 
 /// The process's open file descriptors.
+/// A listener whose accept queue is full (backlog 0, one connection waiting), and its
+/// address: a connect to it stays pending (the SYN is dropped). Kept alive while it
+/// matters.
+fn full_listener() -> ((socket2::Socket, TcpStream), SocketAddr) {
+    let full = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    full.bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into()).unwrap();
+    full.listen(0).unwrap();
+    let addr = full.local_addr().unwrap().as_socket().unwrap();
+    let filler = TcpStream::connect(addr).unwrap();
+    ((full, filler), addr)
+}
+
 fn open_fds() -> usize {
     std::fs::read_dir("/proc/self/fd").expect("/proc/self/fd").count()
 }
@@ -453,11 +465,7 @@ fn cancel_each_kind(f: Flavor) {
     let sv = h.d.send(s, 12, big.clone());
     // connect to a listener whose accept queue is full: the SYN is dropped, the connect
     // stays pending
-    let full = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    full.bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into()).unwrap();
-    full.listen(0).unwrap();
-    let full_addr = full.local_addr().unwrap().as_socket().unwrap();
-    let _filler = TcpStream::connect(full_addr).unwrap();
+    let (_full, full_addr) = full_listener();
     let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
     let cs = h.d.add_stream(TcpStream::from(sock)).unwrap();
     let cv = h.d.connect(cs, 13, full_addr);
@@ -576,11 +584,7 @@ fn drop_with_operations_in_flight(f: Flavor) {
     h.d.recv(r2, 4);
     rc2.write_all(b"unread").unwrap();
     // A connect to a listener whose accept queue is full stays pending.
-    let full = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    full.bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into()).unwrap();
-    full.listen(0).unwrap();
-    let full_addr = full.local_addr().unwrap().as_socket().unwrap();
-    let filler = TcpStream::connect(full_addr).unwrap();
+    let (full, full_addr) = full_listener();
     let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
     let cs = h.d.add_stream(TcpStream::from(sock)).unwrap();
     h.d.connect(cs, 5, full_addr);
@@ -600,7 +604,7 @@ fn drop_with_operations_in_flight(f: Flavor) {
     for peer in [rc, sc, rc2] {
         assert_closed(peer);
     }
-    drop((full, filler));
+    drop(full);
     assert_eq!(open_fds(), fds_before, "files left open (the test's own are closed)");
 }
 
