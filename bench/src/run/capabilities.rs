@@ -82,16 +82,7 @@ fn chat_unavailable(bin: &Path) -> Option<String> {
 /// Why the TLS workloads cannot run, if they cannot: the servers' `--tls-cert`/`--tls-key`
 /// and the dummy-client's `--tls`/`--tls-ca` (issue 13).
 fn tls_unavailable(bin: &Path) -> Option<String> {
-    let help = |args: &[&str]| -> String {
-        Command::new(bin)
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .ok()
-            .filter(|o| o.status.success())
-            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-            .unwrap_or_default()
-    };
+    let help = |args: &[&str]| help_of(bin, args);
     if !help(&["echo-server", "--help"]).contains("--tls-cert") {
         return Some("n/a: this servercore has no echo-server --tls-cert".into());
     }

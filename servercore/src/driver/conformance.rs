@@ -287,6 +287,17 @@ fn full_listener() -> ((socket2::Socket, TcpStream), SocketAddr) {
     ((full, filler), addr)
 }
 
+/// A harness with four receive buffers of 1 KiB (on poll, a pool of at most four): one
+/// held lease per buffer starves the receives.
+fn four_buffers(f: Flavor) -> Option<H> {
+    let mut c = config(f);
+    c.recv_buffers = 4;
+    c.recv_buffer_size = 1024;
+    let mut h = H::new(f, c)?;
+    h.poll_set_pool_max(4);
+    Some(h)
+}
+
 fn open_fds() -> usize {
     std::fs::read_dir("/proc/self/fd").expect("/proc/self/fd").count()
 }
@@ -354,11 +365,7 @@ fn standing_recv_in_order_then_peer_close(f: Flavor) {
 /// Every buffer leased and held: receiving pauses (io_uring: ENOBUFS ends the multishot)
 /// and resumes once they come back, with no byte lost or repeated.
 fn starvation_pauses_and_resumes(f: Flavor) {
-    let mut c = config(f);
-    c.recv_buffers = 4;
-    c.recv_buffer_size = 1024;
-    let Some(mut h) = H::new(f, c) else { return };
-    h.poll_set_pool_max(4);
+    let Some(mut h) = four_buffers(f) else { return };
     let (s, mut client) = h.pair();
     h.d.recv(s, 3);
     let data = pattern(256 << 10);
@@ -910,11 +917,7 @@ fn cancel_a_starved_recv(f: Flavor) {
         // The pool path gives each armed receive its own buffer: nothing starves.
         return;
     }
-    let mut c = config(f);
-    c.recv_buffers = 4;
-    c.recv_buffer_size = 1024;
-    let Some(mut h) = H::new(f, c) else { return };
-    h.poll_set_pool_max(4);
+    let Some(mut h) = four_buffers(f) else { return };
     let (s, mut client) = h.pair();
     let op = h.d.recv(s, 3);
     fill(&mut client);
