@@ -12,6 +12,7 @@
 //! | `servercore_sessions_rejected_total` | counter | `service` |
 //! | `servercore_connect_failures_total` | counter | `service` |
 //! | `servercore_disconnects_total` | counter | `service`, `reason` (see [`DisconnectReason::label`](crate::DisconnectReason::label); a failed TLS handshake counts here too, with a `tls_*` reason) |
+//! | `servercore_aborted_total` | counter | `service`, `reason` (abortive closes, TCP reset, by the reason the session closed with: `local`, `shutdown` or `peer_closed` there means its queued bytes missed the deadline) |
 //! | `servercore_tls_handshakes_total` | counter | `service` (TLS services: handshakes finished) |
 //! | `servercore_bytes_in_total`, `servercore_bytes_out_total` | counter | `service` |
 //! | `servercore_packets_in_total` | counter | `service` (packets decoded by [`Framed`](crate::packet::Framed)) |
