@@ -187,7 +187,8 @@ impl SessionState {
     }
 
     /// The flags handles share, made now if no handle was made before, from the state they
-    /// mirror: `alive` is "open", `congested` and `queued` are the session's own; nothing was posted or overflowed without a handle.
+    /// mirror: `alive` is "open", `congested` and `queued` are the session's own; nothing
+    /// was posted or overflowed without a handle.
     pub(crate) fn shared_flags(&self) -> &Arc<SessionFlags> {
         self.flags.get_or_init(|| {
             Arc::new(SessionFlags {

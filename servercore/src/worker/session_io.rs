@@ -448,7 +448,8 @@ impl<S: Session> Worker<S> {
         if core.abort {
             self.driver.abort(core.sock);
             self.shared.aborted.fetch_add(1, Ordering::Relaxed);
-            let label = core.rare.as_ref().map_or("unknown", |r| r.close_label);
+            let label = core.rare.as_ref().map(|r| r.close_label).filter(|l| !l.is_empty());
+            let label = label.unwrap_or("unknown");
             tracing::debug!("{} reset (closed with reason {label})", core.id);
             self.local.metrics.abort(label);
         } else {
