@@ -10,7 +10,6 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::sync::mpsc::RecvTimeoutError;
 use std::time::{Duration, Instant};
 
 mod common;
@@ -67,21 +66,8 @@ fn start_node(
         ]);
     }
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let mut proc = Proc::spawn_env(&args, &[("SERVERCORE_BACKEND", backend)]);
-    let first = match proc.stdout.recv_timeout(LINE_TIMEOUT) {
-        Ok(line) => line,
-        Err(RecvTimeoutError::Disconnected) if backend == "io_uring" => {
-            let f = proc.finish(EXIT_TIMEOUT);
-            assert!(
-                f.stderr.contains("io_uring"),
-                "no readiness line, and not for want of io_uring:\n{}",
-                f.describe()
-            );
-            eprintln!("skipped: io_uring is not available here:\n{}", f.stderr);
-            return None;
-        }
-        Err(_) => proc.next_line(LINE_TIMEOUT), // panics with the details
-    };
+    let proc = Proc::spawn_env(&args, &[("SERVERCORE_BACKEND", backend)]);
+    let (mut proc, first) = first_line_or_skip(proc, backend)?;
     // The readiness line is the one of PROTOCOL.md section 4, --cluster or not.
     let tls = certs.is_some();
     let tcp_line = if tls {

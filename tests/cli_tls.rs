@@ -9,8 +9,6 @@
 //! is killed on drop, every wait is bounded, and the tests wait for events (readiness lines,
 //! exits), never for a fixed time.
 
-use std::sync::mpsc::RecvTimeoutError;
-
 mod common;
 use common::certs::{path_str, Certs};
 use common::*;
@@ -41,21 +39,8 @@ fn start_tls_server(kind: &str, backend: &str, certs: &Certs) -> Option<(Proc, u
         "--tls-key",
         certs.key(),
     ];
-    let mut server = Proc::spawn_env(&args, &[("SERVERCORE_BACKEND", backend)]);
-    let line = match server.stdout.recv_timeout(LINE_TIMEOUT) {
-        Ok(line) => line,
-        Err(RecvTimeoutError::Disconnected) if backend == "io_uring" => {
-            let f = server.finish(EXIT_TIMEOUT);
-            assert!(
-                f.stderr.contains("io_uring"),
-                "no readiness line, and not for want of io_uring:\n{}",
-                f.describe()
-            );
-            eprintln!("skipped: io_uring is not available here:\n{}", f.stderr);
-            return None;
-        }
-        Err(_) => server.next_line(LINE_TIMEOUT), // panics with the details
-    };
+    let server = Proc::spawn_env(&args, &[("SERVERCORE_BACKEND", backend)]);
+    let (server, line) = first_line_or_skip(server, backend)?;
     let Some(plain) = line.strip_suffix(", tls)") else {
         panic!("readiness line {line:?} does not end in `, tls)`")
     };

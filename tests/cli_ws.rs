@@ -12,7 +12,6 @@
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::RecvTimeoutError;
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -48,22 +47,9 @@ fn start_ws_server(kind: &str, backend: &str, certs: Option<&Certs>) -> Option<W
     if let Some(c) = certs {
         args.extend_from_slice(&["--tls-cert", c.cert(), "--tls-key", c.key()]);
     }
-    let mut proc = Proc::spawn_env(&args, &[("SERVERCORE_BACKEND", backend)]);
+    let proc = Proc::spawn_env(&args, &[("SERVERCORE_BACKEND", backend)]);
     // Peek for an early exit for want of io_uring before reading the lines.
-    let first = match proc.stdout.recv_timeout(LINE_TIMEOUT) {
-        Ok(line) => line,
-        Err(RecvTimeoutError::Disconnected) if backend == "io_uring" => {
-            let f = proc.finish(EXIT_TIMEOUT);
-            assert!(
-                f.stderr.contains("io_uring"),
-                "no readiness line, and not for want of io_uring:\n{}",
-                f.describe()
-            );
-            eprintln!("skipped: io_uring is not available here:\n{}", f.stderr);
-            return None;
-        }
-        Err(_) => proc.next_line(LINE_TIMEOUT), // panics with the details
-    };
+    let (mut proc, first) = first_line_or_skip(proc, backend)?;
     let tls = certs.is_some();
     let tcp_line = if tls {
         let plain = first.strip_suffix(", tls)").unwrap_or_else(|| {

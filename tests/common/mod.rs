@@ -298,3 +298,27 @@ pub fn assert_failed_cleanly(f: &Finished) {
     );
     assert_no_panic(f);
 }
+
+/// The first line a server started with `SERVERCORE_BACKEND=backend` prints (its first
+/// readiness line), with the server; or `None`, after saying why, when it exited without
+/// one for want of io_uring (a forced io_uring is refused where the kernel lacks it, and
+/// the test is then skipped).
+pub fn first_line_or_skip(mut proc: Proc, backend: &str) -> Option<(Proc, String)> {
+    match proc.stdout.recv_timeout(LINE_TIMEOUT) {
+        Ok(line) => Some((proc, line)),
+        Err(RecvTimeoutError::Disconnected) if backend == "io_uring" => {
+            let f = proc.finish(EXIT_TIMEOUT);
+            assert!(
+                f.stderr.contains("io_uring"),
+                "no readiness line, and not for want of io_uring:\n{}",
+                f.describe()
+            );
+            eprintln!("skipped: io_uring is not available here:\n{}", f.stderr);
+            None
+        }
+        Err(_) => {
+            let line = proc.next_line(LINE_TIMEOUT); // panics with the details
+            Some((proc, line))
+        }
+    }
+}
