@@ -81,18 +81,6 @@ fn assert_exit_code(f: &Finished, code: i32) {
     assert_eq!(f.status.code(), Some(code), "wrong exit status:\n{}", f.describe());
 }
 
-/// Value of a non-negative integer field of a flat JSON object, by string search.
-fn json_u64(json: &str, key: &str) -> Option<u64> {
-    let pat = format!("\"{key}\":");
-    let start = json.find(&pat)? + pat.len();
-    let digits: String = json[start..]
-        .chars()
-        .skip_while(|c| c.is_whitespace())
-        .take_while(|c| c.is_ascii_digit())
-        .collect();
-    digits.parse().ok()
-}
-
 /// Sends `sig` to a running echo-server and checks that it exits with status 0 in time.
 fn stop_with(server: Proc, sig: libc::c_int, sig_name: &str) -> Finished {
     server.signal(sig);

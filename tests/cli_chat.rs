@@ -48,18 +48,6 @@ fn stop(server: Proc) -> Finished {
     f
 }
 
-/// Value of a non-negative integer field of a flat JSON object, by string search.
-fn json_u64(json: &str, key: &str) -> Option<u64> {
-    let pat = format!("\"{key}\":");
-    let start = json.find(&pat)? + pat.len();
-    let digits: String = json[start..]
-        .chars()
-        .skip_while(|c| c.is_whitespace())
-        .take_while(|c| c.is_ascii_digit())
-        .collect();
-    digits.parse().ok()
-}
-
 // ----- a chat client from PROTOCOL.md alone ------------------------------------------
 
 /// One packet of PROTOCOL.md section 2: u16 size (header included), u16 id, payload; all

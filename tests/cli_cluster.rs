@@ -149,13 +149,6 @@ fn metric(text: &str, series: &str) -> Option<f64> {
     text.lines().find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
 }
 
-/// The number after `"key":` in a JSON text (first occurrence).
-fn json_u64(json: &str, key: &str) -> Option<u64> {
-    let at = json.find(&format!("\"{key}\":"))? + key.len() + 3;
-    let digits: String = json[at..].chars().take_while(|c| c.is_ascii_digit()).collect();
-    digits.parse().ok()
-}
-
 /// Runs `dummy-client --mode chat --json` on `backend` with `args` to completion, and
 /// checks a clean run: exit 0, every session connected, deliveries, no error of any kind.
 fn chat_run(backend: &str, sessions: u32, args: &[&str]) -> String {

@@ -13,17 +13,6 @@ mod common;
 use common::certs::{path_str, Certs};
 use common::*;
 
-fn assert_no_panic(f: &Finished) {
-    assert!(!f.stderr.contains("panicked"), "the binary panicked:\n{}", f.describe());
-}
-
-/// The number after `"key":` in a JSON text (first occurrence).
-fn json_u64(json: &str, key: &str) -> Option<u64> {
-    let at = json.find(&format!("\"{key}\":"))? + key.len() + 3;
-    let digits: String = json[at..].chars().take_while(|c| c.is_ascii_digit()).collect();
-    digits.parse().ok()
-}
-
 /// Starts `kind` (`echo-server` or `chat-server`) with TLS on `backend` and checks its
 /// readiness line exactly (`..., workers: 2, tls)`). `None` when io_uring was asked for and
 /// the kernel refuses it (the test then has nothing to check on this machine).

@@ -20,17 +20,6 @@ mod common;
 use common::certs::Certs;
 use common::*;
 
-fn assert_no_panic(f: &Finished) {
-    assert!(!f.stderr.contains("panicked"), "the binary panicked:\n{}", f.describe());
-}
-
-/// The number after `"key":` in a JSON text (first occurrence).
-fn json_u64(json: &str, key: &str) -> Option<u64> {
-    let at = json.find(&format!("\"{key}\":"))? + key.len() + 3;
-    let digits: String = json[at..].chars().take_while(|c| c.is_ascii_digit()).collect();
-    digits.parse().ok()
-}
-
 /// A server started with `--ws-addr`.
 struct WsServer {
     proc: Proc,

@@ -322,3 +322,16 @@ pub fn first_line_or_skip(mut proc: Proc, backend: &str) -> Option<(Proc, String
         }
     }
 }
+
+/// Value of a non-negative integer field of a flat JSON object, by string search
+/// (the first occurrence of the key).
+pub fn json_u64(json: &str, key: &str) -> Option<u64> {
+    let pat = format!("\"{key}\":");
+    let start = json.find(&pat)? + pat.len();
+    let digits: String = json[start..]
+        .chars()
+        .skip_while(|c| c.is_whitespace())
+        .take_while(|c| c.is_ascii_digit())
+        .collect();
+    digits.parse().ok()
+}
