@@ -2,36 +2,16 @@
 //! various sizes (larger than a provided buffer, and large enough to fill the socket buffers
 //! so that sends come back short), many connections at once, and peers that close.
 
-use std::io::{BufRead, BufReader, Read, Write};
+mod common;
+
+use common::Server;
+use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
-
-const BIN: &str = env!("CARGO_BIN_EXE_servercore-bench");
-
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// Starts `servercore-bench bare-echo --addr 127.0.0.1:0` and reads its readiness line.
 fn start() -> (Server, SocketAddr) {
-    let mut child = Command::new(BIN)
-        .args(["bare-echo", "--addr", "127.0.0.1:0"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    let server = Server(child);
-    assert!(line.contains("(backend: bare-io_uring, workers: 1)"), "{line}");
-    let addr = line["listening on ".len()..].split_whitespace().next().unwrap().parse().unwrap();
-    (server, addr)
+    common::start(["bare-echo", "--addr", "127.0.0.1:0"], "(backend: bare-io_uring, workers: 1)")
 }
 
 fn connect(addr: SocketAddr) -> TcpStream {

@@ -3,14 +3,16 @@
 
 use rustls::pki_types::ServerName;
 use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
-use std::io::{BufRead, BufReader, Read, Write};
+mod common;
+
+use common::{Server, BIN};
+use std::ffi::OsStr;
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
-
-const BIN: &str = env!("CARGO_BIN_EXE_servercore-bench");
 
 /// A certificate for `localhost` in a fresh temp dir: (dir, cert.pem, key.pem, DER cert).
 fn certificate(tag: &str) -> (PathBuf, PathBuf, PathBuf, Vec<u8>) {
@@ -23,33 +25,13 @@ fn certificate(tag: &str) -> (PathBuf, PathBuf, PathBuf, Vec<u8>) {
     (dir, cert, key, made.cert.der().to_vec())
 }
 
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// Starts `servercore-bench <sub> --addr 127.0.0.1:0 --tls-cert .. --tls-key ..` and reads
 /// its readiness line.
 fn start(sub: &str, cert: &Path, key: &Path) -> (Server, SocketAddr) {
-    let mut child = Command::new(BIN)
-        .args([sub, "--addr", "127.0.0.1:0", "--tls-cert"])
-        .arg(cert)
-        .arg("--tls-key")
-        .arg(key)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    let server = Server(child);
-    assert!(line.trim_end().ends_with("(backend: tokio, workers: 1, tls)"), "{line:?}");
-    let addr = line["listening on ".len()..].split_whitespace().next().unwrap().parse().unwrap();
-    (server, addr)
+    let tls =
+        [OsStr::new("--tls-cert"), cert.as_os_str(), OsStr::new("--tls-key"), key.as_os_str()];
+    let args = [sub, "--addr", "127.0.0.1:0"].map(OsStr::new).into_iter().chain(tls);
+    common::start(args, "(backend: tokio, workers: 1, tls)")
 }
 
 fn client(addr: SocketAddr, der: &[u8]) -> StreamOwned<ClientConnection, TcpStream> {

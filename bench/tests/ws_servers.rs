@@ -2,39 +2,19 @@
 //! started as the driver starts it, reached with a tungstenite client (the probe: against
 //! the plain tokio chat server, the same address given twice).
 
-use std::io::{BufRead, BufReader};
+mod common;
+
+use common::{Server, BIN};
 use std::net::{SocketAddr, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{self, Message, WebSocket};
 
-const BIN: &str = env!("CARGO_BIN_EXE_servercore-bench");
-
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// Starts `servercore-bench <sub> --addr 127.0.0.1:0` and reads its readiness line, which
 /// must end with `tail`.
 fn start(sub: &str, tail: &str) -> (Server, SocketAddr) {
-    let mut child = Command::new(BIN)
-        .args([sub, "--addr", "127.0.0.1:0"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    let server = Server(child);
-    assert!(line.trim_end().ends_with(tail), "{line:?}");
-    let addr = line["listening on ".len()..].split_whitespace().next().unwrap().parse().unwrap();
-    (server, addr)
+    common::start([sub, "--addr", "127.0.0.1:0"], tail)
 }
 
 fn client(addr: SocketAddr) -> WebSocket<TcpStream> {
