@@ -40,17 +40,7 @@ fn start_tls_server(kind: &str, backend: &str, certs: &Certs) -> Option<(Proc, u
 
 /// SIGTERM, then a clean exit.
 fn stop(server: Proc) {
-    server.signal(libc::SIGTERM);
-    let f = server.finish(EXIT_TIMEOUT);
-    assert_no_panic(&f);
-    assert_eq!(f.status.code(), Some(0), "server did not exit cleanly:\n{}", f.describe());
-}
-
-/// Runs `dummy-client` on `backend` to completion.
-fn dummy(backend: &str, args: &[&str]) -> Finished {
-    let mut all = vec!["dummy-client"];
-    all.extend_from_slice(args);
-    Proc::spawn_env(&all, &[("SERVERCORE_BACKEND", backend)]).finish(RUN_TIMEOUT)
+    stop_cleanly(server);
 }
 
 /// `dummy-client --tls --tls-ca` against a TLS `echo-server`: verified echo traffic, and the
@@ -59,7 +49,7 @@ fn echo_over_tls(backend: &str) {
     let certs = Certs::new();
     let Some((server, port)) = start_tls_server("echo-server", backend, &certs) else { return };
     let addr = format!("127.0.0.1:{port}");
-    let f = dummy(
+    let f = dummy_on(
         backend,
         &[
             "--addr",
@@ -101,7 +91,7 @@ fn chat_over_tls(backend: &str) {
     let certs = Certs::new();
     let Some((server, port)) = start_tls_server("chat-server", backend, &certs) else { return };
     let addr = format!("127.0.0.1:{port}");
-    let f = dummy(
+    let f = dummy_on(
         backend,
         &[
             "--addr",
@@ -164,7 +154,7 @@ fn dummy_client_tls_insecure_accepts_an_unknown_certificate() {
     let certs = Certs::new();
     let (server, port) = start_tls_server("echo-server", "poll", &certs).expect("poll serves");
     let addr = format!("127.0.0.1:{port}");
-    let f = dummy(
+    let f = dummy_on(
         "poll",
         &["--addr", &addr, "--sessions", "2", "--secs", "0.5", "--tls", "--tls-insecure"],
     );
@@ -190,7 +180,7 @@ fn dummy_client_refuses_a_wrong_ca_or_name_and_says_why() {
     for (extra, why) in cases {
         let mut args = vec!["--addr", &addr, "--sessions", "2", "--secs", "1", "--tls"];
         args.extend_from_slice(extra);
-        let f = dummy("poll", &args);
+        let f = dummy_on("poll", &args);
         assert_no_panic(&f);
         assert_eq!(f.status.code(), Some(1), "{extra:?} should fail:\n{}", f.describe());
         assert!(
@@ -210,7 +200,8 @@ fn plain_dummy_client_against_tls_server_fails_without_hanging() {
     let (server, port) = start_tls_server("echo-server", "poll", &certs).expect("poll serves");
     let addr = format!("127.0.0.1:{port}");
     for mode in ["echo", "chat"] {
-        let f = dummy("poll", &["--addr", &addr, "--mode", mode, "--sessions", "2", "--secs", "1"]);
+        let f =
+            dummy_on("poll", &["--addr", &addr, "--mode", mode, "--sessions", "2", "--secs", "1"]);
         assert_no_panic(&f);
         assert_eq!(f.status.code(), Some(1), "plain {mode} client should fail:\n{}", f.describe());
         assert!(

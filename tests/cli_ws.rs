@@ -59,17 +59,7 @@ fn start_ws_server(kind: &str, backend: &str, certs: Option<&Certs>) -> Option<W
 
 /// SIGTERM, then a clean exit.
 fn stop(server: WsServer) {
-    server.proc.signal(libc::SIGTERM);
-    let f = server.proc.finish(EXIT_TIMEOUT);
-    assert_no_panic(&f);
-    assert_eq!(f.status.code(), Some(0), "server did not exit cleanly:\n{}", f.describe());
-}
-
-/// Runs `dummy-client` on `backend` to completion.
-fn dummy(backend: &str, args: &[&str]) -> Finished {
-    let mut all = vec!["dummy-client"];
-    all.extend_from_slice(args);
-    Proc::spawn_env(&all, &[("SERVERCORE_BACKEND", backend)]).finish(RUN_TIMEOUT)
+    stop_cleanly(server.proc);
 }
 
 /// Checks a `--json` report of a clean WebSocket run of `sessions` sessions.
@@ -114,7 +104,7 @@ fn dummy_over_ws(backend: &str, tls: bool) {
         "--json",
     ];
     args.extend_from_slice(&tls_args);
-    let f = dummy(backend, &args);
+    let f = dummy_on(backend, &args);
     assert_clean_ws_json(&f, 8);
     assert!(f.stdout.contains(&format!("\"backend\":\"{backend}\"")), "backend:\n{}", f.stdout);
     if tls {
@@ -139,7 +129,7 @@ fn dummy_over_ws(backend: &str, tls: bool) {
         "1",
     ];
     args.extend_from_slice(&tls_args);
-    let f = dummy(backend, &args);
+    let f = dummy_on(backend, &args);
     assert_no_panic(&f);
     assert_eq!(f.status.code(), Some(0), "chat dummy-client --ws failed:\n{}", f.describe());
     for want in [
@@ -236,7 +226,7 @@ fn mixed_room_tcp_text_and_ws_dummy_clients() {
             })
         };
         let addr = server.ws.to_string();
-        let f = dummy(
+        let f = dummy_on(
             backend,
             &[
                 "--addr",
@@ -301,7 +291,7 @@ fn tungstenite_echo_server() -> SocketAddr {
 fn dummy_client_ws_against_a_third_party_server() {
     let addr = tungstenite_echo_server().to_string();
     for backend in ["io_uring", "poll"] {
-        let f = dummy(
+        let f = dummy_on(
             backend,
             &[
                 "--addr",
@@ -359,7 +349,7 @@ fn wrong_transport_fails_clearly() {
     let server = start_ws_server("chat-server", "poll", None).expect("poll serves");
     let tcp = server.tcp.to_string();
     let start = Instant::now();
-    let f = dummy("poll", &["--addr", &tcp, "--ws", "--mode", "chat", "--sessions", "2"]);
+    let f = dummy_on("poll", &["--addr", &tcp, "--ws", "--mode", "chat", "--sessions", "2"]);
     assert_no_panic(&f);
     assert_eq!(f.status.code(), Some(1), "--ws against a TCP port:\n{}", f.describe());
     assert!(
@@ -369,7 +359,7 @@ fn wrong_transport_fails_clearly() {
         f.describe()
     );
     let ws = server.ws.to_string();
-    let f = dummy("poll", &["--addr", &ws, "--mode", "echo", "--sessions", "2", "--secs", "1"]);
+    let f = dummy_on("poll", &["--addr", &ws, "--mode", "echo", "--sessions", "2", "--secs", "1"]);
     assert_no_panic(&f);
     assert_eq!(f.status.code(), Some(1), "plain client against a ws port:\n{}", f.describe());
     // The server answers the bytes that are no HTTP request with `HTTP/1.1 400`, which the

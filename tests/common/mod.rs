@@ -335,3 +335,19 @@ pub fn json_u64(json: &str, key: &str) -> Option<u64> {
         .collect();
     digits.parse().ok()
 }
+
+/// SIGTERM, then a clean exit: status 0 and no panic.
+pub fn stop_cleanly(server: Proc) -> Finished {
+    server.signal(libc::SIGTERM);
+    let f = server.finish(EXIT_TIMEOUT);
+    assert_no_panic(&f);
+    assert_eq!(f.status.code(), Some(0), "server did not exit cleanly:\n{}", f.describe());
+    f
+}
+
+/// Runs `dummy-client args` on `backend` to completion.
+pub fn dummy_on(backend: &str, args: &[&str]) -> Finished {
+    let mut all = vec!["dummy-client"];
+    all.extend_from_slice(args);
+    Proc::spawn_env(&all, &[("SERVERCORE_BACKEND", backend)]).finish(RUN_TIMEOUT)
+}
