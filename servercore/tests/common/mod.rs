@@ -8,6 +8,7 @@
 
 #![allow(dead_code)]
 
+pub mod bad_input;
 pub mod cycles;
 pub mod nats;
 pub mod provision;
