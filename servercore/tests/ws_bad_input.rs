@@ -52,18 +52,7 @@ struct Bench {
     round: usize,
 }
 
-impl std::ops::Deref for Bench {
-    type Target = BadInput;
-    fn deref(&self) -> &BadInput {
-        &self.base
-    }
-}
-
-impl std::ops::DerefMut for Bench {
-    fn deref_mut(&mut self) -> &mut BadInput {
-        &mut self.base
-    }
-}
+crate::deref_to_bad_input!(Bench);
 
 impl Bench {
     fn new(handshake_timeout: Duration, tls: bool) -> Self {

@@ -98,3 +98,22 @@ impl BadInput {
         }
     }
 }
+
+/// Makes a bench type with a `base: BadInput` field deref to it.
+#[macro_export]
+macro_rules! deref_to_bad_input {
+    ($bench:ty) => {
+        impl std::ops::Deref for $bench {
+            type Target = $crate::common::bad_input::BadInput;
+            fn deref(&self) -> &Self::Target {
+                &self.base
+            }
+        }
+
+        impl std::ops::DerefMut for $bench {
+            fn deref_mut(&mut self) -> &mut Self::Target {
+                &mut self.base
+            }
+        }
+    };
+}
