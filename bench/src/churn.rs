@@ -200,6 +200,23 @@ pub(crate) fn poll_round<C>(
     Ok(())
 }
 
+/// The histogram of cycle latencies, in µs (1 µs to a minute, 3 significant digits).
+pub(crate) fn latency_histogram() -> Result<Histogram<u64>, String> {
+    Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).map_err(|e| format!("histogram: {e}"))
+}
+
+/// The report of a run begun at `start`: its duration and latency quantiles filled in.
+pub(crate) fn finish(
+    mut report: ChurnReport,
+    hist: &Histogram<u64>,
+    start: Instant,
+) -> ChurnReport {
+    report.secs = start.elapsed().as_secs_f64();
+    report.p50_us = hist.value_at_quantile(0.50);
+    report.p99_us = hist.value_at_quantile(0.99);
+    report
+}
+
 /// Counts a completed cycle begun at `started` and records its latency (in µs, capped at
 /// a minute).
 pub(crate) fn record_cycle(report: &mut ChurnReport, hist: &mut Histogram<u64>, started: Instant) {
@@ -215,8 +232,7 @@ pub fn run(addr: SocketAddr, wave: usize, secs: f64) -> Result<ChurnReport, Stri
     };
     let to = sockaddr_in(addr);
     let spread = addr.ip().is_loopback();
-    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)
-        .map_err(|e| format!("histogram: {e}"))?;
+    let mut hist = latency_histogram()?;
     let mut report = ChurnReport { mode: "churn", ..ChurnReport::default() };
     let mut next_source_ix = 0u32;
     let start = Instant::now();
@@ -292,8 +308,5 @@ pub fn run(addr: SocketAddr, wave: usize, secs: f64) -> Result<ChurnReport, Stri
             })?;
         }
     }
-    report.secs = start.elapsed().as_secs_f64();
-    report.p50_us = hist.value_at_quantile(0.50);
-    report.p99_us = hist.value_at_quantile(0.99);
-    Ok(report)
+    Ok(finish(report, &hist, start))
 }

@@ -13,7 +13,6 @@
 //! `churn.rs`.
 
 use crate::churn::{self, ChurnReport};
-use hdrhistogram::Histogram;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::Resumption;
 use rustls::crypto::CryptoProvider;
@@ -210,8 +209,7 @@ pub fn run(
         .map_err(|e| format!("server name {server_name:?}: {e}"))?;
     let to = churn::sockaddr_in(addr);
     let spread = addr.ip().is_loopback();
-    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)
-        .map_err(|e| format!("histogram: {e}"))?;
+    let mut hist = churn::latency_histogram()?;
     let mut report = ChurnReport { mode: "tls-churn", ..ChurnReport::default() };
     let mut source = 0u32;
     let start = Instant::now();
@@ -269,8 +267,5 @@ pub fn run(
             })?;
         }
     }
-    report.secs = start.elapsed().as_secs_f64();
-    report.p50_us = hist.value_at_quantile(0.50);
-    report.p99_us = hist.value_at_quantile(0.99);
-    Ok(report)
+    Ok(churn::finish(report, &hist, start))
 }
