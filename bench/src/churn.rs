@@ -163,6 +163,68 @@ pub(crate) fn next_source(spread: bool, next: &mut u32) -> Option<Ipv4Addr> {
     })
 }
 
+/// One poll of a wave: waits up to 100 ms for the events each of `conns` waits for
+/// (`interest` gives its fd and events), then keeps, in order, the connections with no
+/// event and those for which `on_ready` (given the connection and its `revents`) returns
+/// true. An interrupted poll is a round with no event.
+pub(crate) fn poll_round<C>(
+    conns: &mut Vec<C>,
+    pfds: &mut Vec<libc::pollfd>,
+    interest: impl Fn(&C) -> (libc::c_int, libc::c_short),
+    mut on_ready: impl FnMut(&mut C, libc::c_short) -> bool,
+) -> Result<(), String> {
+    pfds.clear();
+    pfds.extend(conns.iter().map(|c| {
+        let (fd, events) = interest(c);
+        libc::pollfd { fd, events, revents: 0 }
+    }));
+    // SAFETY: `pfds` is a valid array of `pfds.len()` pollfd entries.
+    let n = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, 100) };
+    if n < 0 {
+        let e = io::Error::last_os_error();
+        if e.kind() == io::ErrorKind::Interrupted {
+            return Ok(());
+        }
+        return Err(format!("poll: {e}"));
+    }
+    let mut k = 0;
+    // `conns` and `pfds` are in the same order; walk both, removing finished conns.
+    conns.retain_mut(|c| {
+        let revents = pfds[k].revents;
+        k += 1;
+        if revents == 0 {
+            return true;
+        }
+        on_ready(c, revents)
+    });
+    Ok(())
+}
+
+/// The histogram of cycle latencies, in µs (1 µs to a minute, 3 significant digits).
+pub(crate) fn latency_histogram() -> Result<Histogram<u64>, String> {
+    Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).map_err(|e| format!("histogram: {e}"))
+}
+
+/// The report of a run begun at `start`: its duration and latency quantiles filled in.
+pub(crate) fn finish(
+    mut report: ChurnReport,
+    hist: &Histogram<u64>,
+    start: Instant,
+) -> ChurnReport {
+    report.secs = start.elapsed().as_secs_f64();
+    report.p50_us = hist.value_at_quantile(0.50);
+    report.p99_us = hist.value_at_quantile(0.99);
+    report
+}
+
+/// Counts a completed cycle begun at `started` and records its latency (in µs, capped at
+/// a minute).
+pub(crate) fn record_cycle(report: &mut ChurnReport, hist: &mut Histogram<u64>, started: Instant) {
+    let us = started.elapsed().as_micros().max(1) as u64;
+    let _ = hist.record(us.min(60_000_000));
+    report.cycles += 1;
+}
+
 /// Runs waves of `wave` connections until `secs` have passed (the last wave is finished).
 pub fn run(addr: SocketAddr, wave: usize, secs: f64) -> Result<ChurnReport, String> {
     let SocketAddr::V4(addr) = addr else {
@@ -170,8 +232,7 @@ pub fn run(addr: SocketAddr, wave: usize, secs: f64) -> Result<ChurnReport, Stri
     };
     let to = sockaddr_in(addr);
     let spread = addr.ip().is_loopback();
-    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)
-        .map_err(|e| format!("histogram: {e}"))?;
+    let mut hist = latency_histogram()?;
     let mut report = ChurnReport { mode: "churn", ..ChurnReport::default() };
     let mut next_source_ix = 0u32;
     let start = Instant::now();
@@ -196,32 +257,14 @@ pub fn run(addr: SocketAddr, wave: usize, secs: f64) -> Result<ChurnReport, Stri
                 }
                 break;
             }
-            pfds.clear();
-            pfds.extend(conns.iter().map(|c| libc::pollfd {
-                fd: c.fd,
-                events: match c.state {
+            let interest = |c: &Conn| {
+                let events = match c.state {
                     State::Connecting => libc::POLLOUT,
                     State::AwaitingEcho => libc::POLLIN,
-                },
-                revents: 0,
-            }));
-            // SAFETY: `pfds` is a valid array of `pfds.len()` pollfd entries.
-            let n = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, 100) };
-            if n < 0 {
-                let e = io::Error::last_os_error();
-                if e.kind() == io::ErrorKind::Interrupted {
-                    continue;
-                }
-                return Err(format!("poll: {e}"));
-            }
-            let mut k = 0;
-            // `conns` and `pfds` are in the same order; walk both, removing finished conns.
-            conns.retain_mut(|c| {
-                let revents = pfds[k].revents;
-                k += 1;
-                if revents == 0 {
-                    return true;
-                }
+                };
+                (c.fd, events)
+            };
+            poll_round(&mut conns, &mut pfds, interest, |c, _revents| {
                 match c.state {
                     State::Connecting => {
                         if let Some(e) = socket_error(c.fd) {
@@ -253,9 +296,7 @@ pub fn run(addr: SocketAddr, wave: usize, secs: f64) -> Result<ChurnReport, Stri
                         }
                         close(c.fd);
                         if got == 1 && byte[0] == b'x' {
-                            let us = c.started.elapsed().as_micros().max(1) as u64;
-                            let _ = hist.record(us.min(60_000_000));
-                            report.cycles += 1;
+                            record_cycle(&mut report, &mut hist, c.started);
                         } else if got == 0 {
                             fail(&mut report, "server closed before echoing".into());
                         } else {
@@ -264,11 +305,8 @@ pub fn run(addr: SocketAddr, wave: usize, secs: f64) -> Result<ChurnReport, Stri
                         false
                     }
                 }
-            });
+            })?;
         }
     }
-    report.secs = start.elapsed().as_secs_f64();
-    report.p50_us = hist.value_at_quantile(0.50);
-    report.p99_us = hist.value_at_quantile(0.99);
-    Ok(report)
+    Ok(finish(report, &hist, start))
 }

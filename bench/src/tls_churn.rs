@@ -13,7 +13,6 @@
 //! `churn.rs`.
 
 use crate::churn::{self, ChurnReport};
-use hdrhistogram::Histogram;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::Resumption;
 use rustls::crypto::CryptoProvider;
@@ -210,8 +209,7 @@ pub fn run(
         .map_err(|e| format!("server name {server_name:?}: {e}"))?;
     let to = churn::sockaddr_in(addr);
     let spread = addr.ip().is_loopback();
-    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)
-        .map_err(|e| format!("histogram: {e}"))?;
+    let mut hist = churn::latency_histogram()?;
     let mut report = ChurnReport { mode: "tls-churn", ..ChurnReport::default() };
     let mut source = 0u32;
     let start = Instant::now();
@@ -245,40 +243,20 @@ pub fn run(
                 }
                 break;
             }
-            pfds.clear();
-            pfds.extend(conns.iter().map(|c| libc::pollfd {
-                fd: raw_fd(&c.sock),
-                events: match c.state {
+            let interest = |c: &Conn| {
+                let events = match c.state {
                     State::Connecting => libc::POLLOUT,
                     State::Tls { .. } if c.tls.wants_write() => libc::POLLIN | libc::POLLOUT,
                     State::Tls { .. } => libc::POLLIN,
-                },
-                revents: 0,
-            }));
-            // SAFETY: `pfds` is a valid array of `pfds.len()` pollfd entries.
-            let n = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, 100) };
-            if n < 0 {
-                let e = io::Error::last_os_error();
-                if e.kind() == io::ErrorKind::Interrupted {
-                    continue;
-                }
-                return Err(format!("poll: {e}"));
-            }
-            let mut k = 0;
-            // `conns` and `pfds` are in the same order; walk both, dropping (closing)
-            // finished connections.
-            conns.retain_mut(|c| {
-                let revents = pfds[k].revents;
-                k += 1;
-                if revents == 0 {
-                    return true;
-                }
+                };
+                (raw_fd(&c.sock), events)
+            };
+            // Finished connections are dropped (closed).
+            churn::poll_round(&mut conns, &mut pfds, interest, |c, revents| {
                 match step(c, revents) {
                     Step::Pending => true,
                     Step::Done => {
-                        let us = c.started.elapsed().as_micros().max(1) as u64;
-                        let _ = hist.record(us.min(60_000_000));
-                        report.cycles += 1;
+                        churn::record_cycle(&mut report, &mut hist, c.started);
                         false
                     }
                     Step::Failed(e) => {
@@ -286,11 +264,8 @@ pub fn run(
                         false
                     }
                 }
-            });
+            })?;
         }
     }
-    report.secs = start.elapsed().as_secs_f64();
-    report.p50_us = hist.value_at_quantile(0.50);
-    report.p99_us = hist.value_at_quantile(0.99);
-    Ok(report)
+    Ok(churn::finish(report, &hist, start))
 }

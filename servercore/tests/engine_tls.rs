@@ -4,88 +4,36 @@
 
 mod common;
 
-use common::{any_port, wait_no_sessions, TIMEOUT};
-use servercore::tls::{self, rustls};
-use servercore::{Ctx, DisconnectReason, ServerService, Session, TlsError};
+use common::tls::{fresh_certs, tls_client, Certs};
+use common::{any_port, wait_no_sessions, ByeEcho, Greeter, LifeEv, TIMEOUT};
+use servercore::tls;
+use servercore::{DisconnectReason, ServerService, TlsError};
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::sync::mpsc::{self, Sender};
-use std::sync::Arc;
+use std::sync::mpsc;
 use std::time::Duration;
 
-struct Certs {
-    server: Arc<rustls::ServerConfig>,
-    client: Arc<rustls::ClientConfig>,
-}
-
-fn certs() -> Certs {
-    let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
-    let der = rustls::pki_types::CertificateDer::from(cert.cert.der().to_vec());
-    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(rustls::pki_types::PrivatePkcs8KeyDer::from(
-        cert.signing_key.serialize_der(),
-    ));
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(der.clone()).unwrap();
-    Certs { server: tls::server_config(vec![der], key).unwrap(), client: tls::client_config(roots) }
-}
-
-type Client = rustls::StreamOwned<rustls::ClientConnection, TcpStream>;
-
-fn client(addr: std::net::SocketAddr, config: &Arc<rustls::ClientConfig>) -> Client {
-    let tcp = TcpStream::connect(addr).unwrap();
-    tcp.set_read_timeout(Some(TIMEOUT)).unwrap();
-    let name = tls::server_name("localhost").unwrap();
-    let conn = rustls::ClientConnection::new(config.clone(), name).unwrap();
-    rustls::StreamOwned::new(conn, tcp)
-}
-
-#[derive(Debug)]
-enum Ev {
-    Connected,
-    Disconnected(DisconnectReason),
-}
-
-/// Echoes; "bye" asks for a local disconnect after a last message.
-struct Echo(Sender<Ev>);
-impl Session for Echo {
-    fn on_connected(&mut self, _ctx: &mut Ctx<'_>) {
-        let _ = self.0.send(Ev::Connected);
-    }
-    fn on_recv(&mut self, ctx: &mut Ctx<'_>, data: &[u8]) -> usize {
-        if data == b"bye" {
-            let _ = ctx.send(&b"last words"[..]);
-            ctx.disconnect("bye");
-        } else {
-            let _ = ctx.send(data.to_vec());
-        }
-        data.len()
-    }
-    fn on_disconnected(&mut self, _ctx: &mut Ctx<'_>, reason: &DisconnectReason) {
-        let _ = self.0.send(Ev::Disconnected(reason.clone()));
-    }
-}
-
-fn server(c: &Certs) -> (ServerService, mpsc::Receiver<Ev>) {
+fn server(c: &Certs) -> (ServerService, mpsc::Receiver<LifeEv>) {
     let (tx, rx) = mpsc::channel();
     let server = ServerService::builder(any_port())
         .workers(1)
         .tls(c.server.clone())
-        .start(move || Echo(tx.clone()))
+        .start(move || ByeEcho(tx.clone()))
         .unwrap();
     (server, rx)
 }
 
 #[test]
 fn tls_echo_close_notify_and_truncation() {
-    let c = certs();
+    let c = fresh_certs();
     let (server, rx) = server(&c);
-    let mut cl = client(server.local_addr(), &c.client);
+    let mut cl = tls_client(server.local_addr(), &c.client);
     let msg: Vec<u8> = (0..100_000u32).map(|i| (i % 253) as u8).collect();
     cl.write_all(&msg).unwrap();
     let mut back = vec![0u8; msg.len()];
     cl.read_exact(&mut back).unwrap();
     assert!(back == msg);
-    assert!(matches!(rx.recv_timeout(TIMEOUT).unwrap(), Ev::Connected));
+    assert!(matches!(rx.recv_timeout(TIMEOUT).unwrap(), LifeEv::Connected));
 
     // A local disconnect: the queued bytes, then close_notify (a clean end: Ok(0)).
     cl.write_all(b"bye").unwrap();
@@ -93,31 +41,31 @@ fn tls_echo_close_notify_and_truncation() {
     cl.read_to_end(&mut rest).expect("a clean close_notify, not a truncation");
     assert_eq!(rest, b"last words");
     match rx.recv_timeout(TIMEOUT).unwrap() {
-        Ev::Disconnected(DisconnectReason::Local(_)) => {}
+        LifeEv::Disconnected(DisconnectReason::Local(_)) => {}
         e => panic!("{e:?}"),
     }
 
     // A peer that closes without close_notify: truncated.
-    let mut cl = client(server.local_addr(), &c.client);
+    let mut cl = tls_client(server.local_addr(), &c.client);
     cl.write_all(b"x").unwrap();
     let mut one = [0u8; 1];
     cl.read_exact(&mut one).unwrap();
-    assert!(matches!(rx.recv_timeout(TIMEOUT).unwrap(), Ev::Connected));
+    assert!(matches!(rx.recv_timeout(TIMEOUT).unwrap(), LifeEv::Connected));
     drop(cl);
     match rx.recv_timeout(TIMEOUT).unwrap() {
-        Ev::Disconnected(DisconnectReason::Tls(TlsError::Truncated)) => {}
+        LifeEv::Disconnected(DisconnectReason::Tls(TlsError::Truncated)) => {}
         e => panic!("{e:?}"),
     }
 
     // With close_notify: an orderly close.
-    let mut cl = client(server.local_addr(), &c.client);
+    let mut cl = tls_client(server.local_addr(), &c.client);
     cl.write_all(b"y").unwrap();
     cl.read_exact(&mut one).unwrap();
-    assert!(matches!(rx.recv_timeout(TIMEOUT).unwrap(), Ev::Connected));
+    assert!(matches!(rx.recv_timeout(TIMEOUT).unwrap(), LifeEv::Connected));
     cl.conn.send_close_notify();
     cl.flush().unwrap();
     match rx.recv_timeout(TIMEOUT).unwrap() {
-        Ev::Disconnected(DisconnectReason::PeerClosed) => {}
+        LifeEv::Disconnected(DisconnectReason::PeerClosed) => {}
         e => panic!("{e:?}"),
     }
     wait_no_sessions(&server);
@@ -127,9 +75,9 @@ fn tls_echo_close_notify_and_truncation() {
 
 #[test]
 fn plain_bytes_to_a_tls_server_cost_only_that_connection() {
-    let c = certs();
+    let c = fresh_certs();
     let (server, rx) = server(&c);
-    let mut good = client(server.local_addr(), &c.client);
+    let mut good = tls_client(server.local_addr(), &c.client);
     good.write_all(b"hello").unwrap();
     let mut back = [0u8; 5];
     good.read_exact(&mut back).unwrap();
@@ -153,36 +101,21 @@ fn plain_bytes_to_a_tls_server_cost_only_that_connection() {
     good.write_all(b"still").unwrap();
     good.read_exact(&mut back).unwrap();
     assert_eq!(&back, b"still");
-    assert!(matches!(rx.recv_timeout(TIMEOUT).unwrap(), Ev::Connected));
+    assert!(matches!(rx.recv_timeout(TIMEOUT).unwrap(), LifeEv::Connected));
     assert!(rx.try_recv().is_err(), "no callback for the failed connection");
     server.shutdown(Duration::from_secs(5)).unwrap();
 }
 
-/// Sends one greeting once connected (after the handshake) and reports the echo.
-struct Link(Sender<Vec<u8>>);
-impl Session for Link {
-    fn on_connected(&mut self, ctx: &mut Ctx<'_>) {
-        let _ = ctx.send(&b"over tls"[..]);
-    }
-    fn on_recv(&mut self, _ctx: &mut Ctx<'_>, data: &[u8]) -> usize {
-        if data.len() < 8 {
-            return 0;
-        }
-        let _ = self.0.send(data.to_vec());
-        data.len()
-    }
-}
-
 #[test]
 fn a_client_service_speaks_tls_to_a_server_service() {
-    let c = certs();
+    let c = fresh_certs();
     let (server, _rx) = server(&c);
     let (tx, rx) = mpsc::channel();
     let link = servercore::ClientService::builder(server.local_addr())
         .workers(1)
         .sessions(3)
         .tls(c.client.clone(), tls::server_name("localhost").unwrap())
-        .start(move || Link(tx.clone()))
+        .start(move || Greeter { greeting: b"over tls", answers: tx.clone() })
         .unwrap();
     for _ in 0..3 {
         assert_eq!(rx.recv_timeout(TIMEOUT).unwrap(), b"over tls");

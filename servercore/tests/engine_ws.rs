@@ -4,44 +4,19 @@
 
 mod common;
 
-use common::{any_port, wait_no_sessions, TIMEOUT};
-use servercore::tls::{self, rustls};
+use common::tls::{fresh_certs, tls_client};
+use common::{any_port, wait_no_sessions, ByeEcho, Greeter, LifeEv, TIMEOUT};
+use servercore::tls::rustls;
 use servercore::ws::WsConfig;
-use servercore::{ClientService, Ctx, DisconnectReason, ServerService, Session};
+use servercore::{ClientService, DisconnectReason, ServerService};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::sync::mpsc::{self, Sender};
+use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::Duration;
 use tungstenite::Message;
 
-#[derive(Debug)]
-enum Ev {
-    Connected,
-    Disconnected(DisconnectReason),
-}
-
-/// Echoes; "bye" asks for a local disconnect after a last message.
-struct Echo(Sender<Ev>);
-impl Session for Echo {
-    fn on_connected(&mut self, _ctx: &mut Ctx<'_>) {
-        let _ = self.0.send(Ev::Connected);
-    }
-    fn on_recv(&mut self, ctx: &mut Ctx<'_>, data: &[u8]) -> usize {
-        if data == b"bye" {
-            let _ = ctx.send(&b"last words"[..]);
-            ctx.disconnect("bye");
-        } else {
-            let _ = ctx.send(data.to_vec());
-        }
-        data.len()
-    }
-    fn on_disconnected(&mut self, _ctx: &mut Ctx<'_>, reason: &DisconnectReason) {
-        let _ = self.0.send(Ev::Disconnected(reason.clone()));
-    }
-}
-
-fn server(tls: Option<Arc<rustls::ServerConfig>>) -> (ServerService, mpsc::Receiver<Ev>) {
+fn server(tls: Option<Arc<rustls::ServerConfig>>) -> (ServerService, mpsc::Receiver<LifeEv>) {
     let (tx, rx) = mpsc::channel();
     let mut b = ServerService::builder(any_port())
         .workers(1)
@@ -49,7 +24,7 @@ fn server(tls: Option<Arc<rustls::ServerConfig>>) -> (ServerService, mpsc::Recei
     if let Some(t) = tls {
         b = b.tls(t);
     }
-    (b.start(move || Echo(tx.clone())).unwrap(), rx)
+    (b.start(move || ByeEcho(tx.clone())).unwrap(), rx)
 }
 
 fn ws_client<S: Read + Write>(stream: S, addr: SocketAddr) -> tungstenite::WebSocket<S> {
@@ -67,8 +42,8 @@ fn next_binary<S: Read + Write>(ws: &mut tungstenite::WebSocket<S>) -> Vec<u8> {
     }
 }
 
-fn echo_checks<S: Read + Write>(mut ws: tungstenite::WebSocket<S>, rx: &mpsc::Receiver<Ev>) {
-    assert!(matches!(rx.recv_timeout(TIMEOUT).unwrap(), Ev::Connected));
+fn echo_checks<S: Read + Write>(mut ws: tungstenite::WebSocket<S>, rx: &mpsc::Receiver<LifeEv>) {
+    assert!(matches!(rx.recv_timeout(TIMEOUT).unwrap(), LifeEv::Connected));
     for len in [1usize, 125, 126, 65535, 65536, 300_000] {
         let msg: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
         ws.send(Message::Binary(msg.clone().into())).unwrap();
@@ -98,7 +73,7 @@ fn echo_checks<S: Read + Write>(mut ws: tungstenite::WebSocket<S>, rx: &mpsc::Re
         Err(e) => panic!("{e}"),
     }
     match rx.recv_timeout(TIMEOUT).unwrap() {
-        Ev::Disconnected(DisconnectReason::PeerClosed) => {}
+        LifeEv::Disconnected(DisconnectReason::PeerClosed) => {}
         e => panic!("{e:?}"),
     }
 }
@@ -111,7 +86,7 @@ fn ws_echo_ping_close_and_the_page() {
 
     // A local disconnect: the last message, then the server's close frame (1000).
     let mut ws = ws_client(TcpStream::connect(addr).unwrap(), addr);
-    assert!(matches!(rx.recv_timeout(TIMEOUT).unwrap(), Ev::Connected));
+    assert!(matches!(rx.recv_timeout(TIMEOUT).unwrap(), LifeEv::Connected));
     ws.send(Message::Binary(b"bye".to_vec().into())).unwrap();
     assert_eq!(next_binary(&mut ws), b"last words");
     match ws.read().unwrap() {
@@ -141,37 +116,11 @@ fn ws_echo_ping_close_and_the_page() {
 
 #[test]
 fn wss_goes_through_the_tls_layer() {
-    let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
-    let der = rustls::pki_types::CertificateDer::from(cert.cert.der().to_vec());
-    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(rustls::pki_types::PrivatePkcs8KeyDer::from(
-        cert.signing_key.serialize_der(),
-    ));
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(der.clone()).unwrap();
-    let client = tls::client_config(roots);
-    let (server, rx) = server(Some(tls::server_config(vec![der], key).unwrap()));
+    let certs = fresh_certs();
+    let (server, rx) = server(Some(certs.server));
     let addr = server.websocket_addr().unwrap();
-    let tcp = TcpStream::connect(addr).unwrap();
-    tcp.set_read_timeout(Some(TIMEOUT)).unwrap();
-    let conn =
-        rustls::ClientConnection::new(client, tls::server_name("localhost").unwrap()).unwrap();
-    echo_checks(ws_client(rustls::StreamOwned::new(conn, tcp), addr), &rx);
+    echo_checks(ws_client(tls_client(addr, &certs.client), addr), &rx);
     server.shutdown(Duration::from_secs(5)).unwrap();
-}
-
-/// Sends a greeting once upgraded and reports the answer.
-struct Link(Sender<Vec<u8>>);
-impl Session for Link {
-    fn on_connected(&mut self, ctx: &mut Ctx<'_>) {
-        let _ = ctx.send(&b"over websocket"[..]);
-    }
-    fn on_recv(&mut self, _ctx: &mut Ctx<'_>, data: &[u8]) -> usize {
-        if data.len() < 14 {
-            return 0;
-        }
-        let _ = self.0.send(data.to_vec());
-        data.len()
-    }
 }
 
 #[test]
@@ -182,7 +131,7 @@ fn a_client_service_speaks_websocket_to_a_server_service() {
         .workers(1)
         .sessions(3)
         .websocket(WsConfig::default())
-        .start(move || Link(tx.clone()))
+        .start(move || Greeter { greeting: b"over websocket", answers: tx.clone() })
         .unwrap();
     for _ in 0..3 {
         assert_eq!(rx.recv_timeout(TIMEOUT).unwrap(), b"over websocket");

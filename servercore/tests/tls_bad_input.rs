@@ -18,19 +18,17 @@
 
 mod common;
 
+use common::bad_input::BadInput;
 use common::tls::{
-    client_connection, client_hello, feed_client, pki, raw_read_to_end, reason_counts, tls_connect,
+    client_connection, client_hello, feed_client, pki, raw_read_to_end, tls_connect,
     tls_read_to_end, tls_roundtrip, RawEnd, TlsClient, TlsEnd,
 };
-use common::{any_port, connect, recorder, wait_until, Ev, EventLog, Hooks};
+use common::{any_port, connect, Ev};
 use servercore::tls::rustls;
-use servercore::{
-    DisconnectReason, ServerService, ServiceStats, SessionConfig, SessionId, TlsError,
-};
-use std::collections::{BTreeMap, HashMap};
+use servercore::{DisconnectReason, ServerService, SessionConfig, SessionId, TlsError};
 use std::io::Write;
 use std::net::Shutdown;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// The tests of this binary one at a time: the reason counts are process-wide.
@@ -42,61 +40,26 @@ const QUICK: Duration = Duration::from_secs(5);
 
 /// A TLS echo server with one healthy TLS client connected.
 struct Bench {
-    server: ServerService,
-    log: EventLog,
+    base: BadInput,
     healthy: TlsClient,
-    healthy_id: SessionId,
     round: usize,
-    /// The reason counts when the last [`Bench::mark`] was made.
-    reasons: HashMap<String, u64>,
-    _exclusive: MutexGuard<'static, ()>,
 }
+
+crate::deref_to_bad_input!(Bench);
 
 impl Bench {
     fn new(config: SessionConfig) -> Self {
-        let exclusive = EXCLUSIVE.lock().unwrap_or_else(|p| p.into_inner());
-        reason_counts(); // the recorder is installed before the service starts
-        let (factory, mut log) = recorder(Hooks::echo());
-        let server = ServerService::builder(any_port())
+        let builder = ServerService::builder(any_port())
             .workers(2)
             .session_config(config)
-            .tls(pki().server.clone())
-            .start(factory)
-            .unwrap();
-        let mut healthy = tls_connect(server.local_addr());
-        let (healthy_id, _) = log.next_connected();
-        tls_roundtrip(&mut healthy, b"healthy hello");
-        let mut bench = Bench {
-            server,
-            log,
-            healthy,
-            healthy_id,
-            round: 0,
-            reasons: HashMap::new(),
-            _exclusive: exclusive,
-        };
-        bench.wait_stats("the healthy session alone", |s| s.sessions == 1);
-        bench.mark();
-        bench
-    }
-
-    /// Takes the reason counts now, for [`Bench::reasons_since_mark`].
-    fn mark(&mut self) {
-        self.reasons = reason_counts().snapshot();
-    }
-
-    /// The disconnect reasons counted (sessions that connected and handshakes that failed)
-    /// since the last mark, by label.
-    fn reasons_since_mark(&self) -> BTreeMap<String, u64> {
-        reason_counts().since(&self.reasons)
-    }
-
-    /// Checks the reasons counted since the last mark, then marks again.
-    #[track_caller]
-    fn assert_reasons(&mut self, what: &str, want: &[(&str, u64)]) {
-        let want: BTreeMap<String, u64> = want.iter().map(|(k, v)| (k.to_string(), *v)).collect();
-        assert_eq!(self.reasons_since_mark(), want, "{what}: disconnect reasons counted");
-        self.mark();
+            .tls(pki().server.clone());
+        let (base, healthy) = BadInput::start(
+            &EXCLUSIVE,
+            builder,
+            |server| tls_connect(server.local_addr()),
+            |healthy| tls_roundtrip(healthy, b"healthy hello"),
+        );
+        Bench { base, healthy, round: 0 }
     }
 
     /// The healthy session still echoes.
@@ -106,22 +69,6 @@ impl Bench {
         tls_roundtrip(&mut self.healthy, msg.as_bytes());
     }
 
-    fn stats(&self) -> ServiceStats {
-        self.server.stats()
-    }
-
-    /// Waits until the server's stats satisfy `cond`.
-    fn wait_stats(&mut self, what: &str, cond: impl Fn(&ServiceStats) -> bool) {
-        wait_until(what, || {
-            let s = self.server.stats();
-            if cond(&s) {
-                Ok(())
-            } else {
-                Err(format!("{s:?}"))
-            }
-        });
-    }
-
     /// Ends the healthy session in order, shuts down, and checks that the only sessions
     /// that got callbacks are the healthy one and `connected` (each with one clean
     /// lifecycle).
@@ -129,18 +76,7 @@ impl Bench {
         self.healthy_echoes();
         common::tls::send_close_notify(&mut self.healthy);
         self.healthy.sock.shutdown(Shutdown::Write).unwrap();
-        assert_eq!(self.log.disconnected(self.healthy_id), DisconnectReason::PeerClosed);
-        self.server.shutdown(Duration::from_secs(5)).unwrap();
-        self.log.drain();
-        let mut with_events: Vec<SessionId> = self.log.by_session().keys().copied().collect();
-        with_events.sort();
-        let mut want: Vec<SessionId> = connected.to_vec();
-        want.push(self.healthy_id);
-        want.sort();
-        assert_eq!(with_events, want, "sessions that got callbacks: {:#?}", self.log.seen);
-        for &id in &want {
-            self.log.check_lifecycle(id);
-        }
+        self.base.finish(connected);
     }
 }
 

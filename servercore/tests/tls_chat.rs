@@ -9,21 +9,17 @@
 
 mod common;
 
+use common::any_port;
 use common::rooms::{
-    chat_payload, packet, room_server, wait_room_len, SenderOrder, C_CHAT, S_CHAT, S_JOINED,
+    chat_payload, packet, room_server, send_chats_interleaved, wait_room_len, ChatMember,
+    ChatShared, SenderOrder, C_CHAT, S_CHAT, S_JOINED,
 };
 use common::tls::{pki, send_close_notify, server_name, tls_connect, TlsClient};
 use common::workers::recv;
-use common::{any_port, TIMEOUT};
-use servercore::packet::{Framed, Packet, PacketSession};
-use servercore::{
-    ClientService, Ctx, DisconnectReason, Room, ServerService, SessionHandle, SessionId,
-};
-use std::collections::HashSet;
+use servercore::packet::Framed;
+use servercore::{ClientService, Room, ServerService, SessionHandle};
 use std::io::{Read, Write};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc::{self, Sender};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 /// Members from the `ClientService`.
@@ -39,76 +35,8 @@ const MESSAGES: u32 = 500;
 const MEMBERS: usize = SESSIONS + BLOCKING_SENDERS + BLOCKING_LISTENERS;
 
 /// Each sender's messages in order, each once.
-struct Order(SenderOrder);
-
-impl Order {
-    fn new() -> Self {
-        Order(SenderOrder::new(SENDERS, MESSAGES))
-    }
-
-    fn take(&mut self, payload: &[u8]) -> Result<(), String> {
-        self.0.take(payload)
-    }
-
-    fn complete(&self) -> bool {
-        self.0.complete()
-    }
-}
-
-fn chat(sender: usize, seq: u32) -> Vec<u8> {
-    chat_payload(sender, seq)
-}
-
-struct Shared {
-    joined: Sender<SessionHandle>,
-    done: Sender<SessionId>,
-    deliveries: AtomicUsize,
-    violations: Mutex<Vec<String>>,
-}
-
-impl Shared {
-    fn violation(&self, v: String) {
-        let mut all = self.violations.lock().unwrap();
-        if all.len() < 50 {
-            all.push(v);
-        }
-    }
-}
-
-/// A member of the `ClientService`.
-struct ChatClient {
-    shared: Arc<Shared>,
-    order: Order,
-}
-
-impl PacketSession for ChatClient {
-    fn on_packet(&mut self, ctx: &mut Ctx<'_>, p: Packet<'_>) {
-        match p.id {
-            S_JOINED => {
-                let _ = self.shared.joined.send(ctx.handle());
-            }
-            S_CHAT => {
-                if let Err(e) = self.order.take(p.payload) {
-                    self.shared.violation(format!("{}: {e}", ctx.id()));
-                }
-                self.shared.deliveries.fetch_add(1, Ordering::Relaxed);
-                if self.order.complete() {
-                    let _ = self.shared.done.send(ctx.id());
-                }
-            }
-            other => self.shared.violation(format!("{}: unexpected packet id {other}", ctx.id())),
-        }
-    }
-
-    fn on_disconnected(&mut self, ctx: &mut Ctx<'_>, reason: &DisconnectReason) {
-        if *reason != DisconnectReason::Shutdown {
-            self.shared.violation(format!("{}: disconnected early: {reason}", ctx.id()));
-        }
-    }
-
-    fn on_connect_failed(&mut self, addr: std::net::SocketAddr, error: &std::io::Error) {
-        self.shared.violation(format!("connect to {addr} failed: {error}"));
-    }
+fn order() -> SenderOrder {
+    SenderOrder::new(SENDERS, MESSAGES)
 }
 
 /// Reads one packet from a blocking TLS client: (id, payload).
@@ -133,7 +61,7 @@ fn blocking_member(addr: std::net::SocketAddr) -> TlsClient {
 
 /// A blocking member reads until it has every sender's messages; returns the violations.
 fn blocking_listen(s: &mut TlsClient, who: &str) -> Vec<String> {
-    let mut order = Order::new();
+    let mut order = order();
     let mut violations = Vec::new();
     while !order.complete() {
         let (id, payload) = read_packet(s);
@@ -154,20 +82,13 @@ fn every_tls_member_gets_every_senders_messages_in_order() {
     let (server, checks) =
         room_server(&room, ServerService::builder(any_port()).workers(2).tls(pki().server.clone()));
     let addr = server.local_addr();
-    let (joined_tx, joined_rx) = mpsc::channel();
-    let (done_tx, done_rx) = mpsc::channel();
-    let shared = Arc::new(Shared {
-        joined: joined_tx,
-        done: done_tx,
-        deliveries: AtomicUsize::new(0),
-        violations: Mutex::new(Vec::new()),
-    });
+    let (shared, joined_rx, done_rx) = ChatShared::new();
     let sh = shared.clone();
     let client = ClientService::builder(addr)
         .sessions(SESSIONS)
         .workers(2)
         .tls(pki().client.clone(), server_name())
-        .start(move || Framed::new(ChatClient { shared: sh.clone(), order: Order::new() }))
+        .start(move || Framed::new(ChatMember { shared: sh.clone(), order: order() }))
         .unwrap();
     let handles: Vec<SessionHandle> =
         (0..SESSIONS).map(|i| recv(&joined_rx, &format!("S_JOINED number {i}"))).collect();
@@ -185,7 +106,7 @@ fn every_tls_member_gets_every_senders_messages_in_order() {
                 let sender = SERVICE_SENDERS + k;
                 let mut burst = Vec::new();
                 for seq in 0..MESSAGES {
-                    burst.extend_from_slice(&packet(C_CHAT, &chat(sender, seq)));
+                    burst.extend_from_slice(&packet(C_CHAT, &chat_payload(sender, seq)));
                     if burst.len() >= 12 * (1 + seq as usize % 17) {
                         s.write_all(&burst).unwrap();
                         s.flush().unwrap();
@@ -200,28 +121,8 @@ fn every_tls_member_gets_every_senders_messages_in_order() {
         }));
     }
     // The service's senders, through their handles, interleaved.
-    for seq in 0..MESSAGES {
-        for (sender, h) in handles[..SERVICE_SENDERS].iter().enumerate() {
-            h.send(packet(C_CHAT, &chat(sender, seq))).expect("senders are connected");
-        }
-    }
-
-    let mut finished = HashSet::new();
-    let deadline = Instant::now() + TIMEOUT;
-    while finished.len() < SESSIONS {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match done_rx.recv_timeout(left) {
-            Ok(id) => assert!(finished.insert(id), "{id} reported twice"),
-            Err(e) => panic!(
-                "{e}: only {} of {SESSIONS} members got all {} messages; {} deliveries; \
-                 violations: {:#?}",
-                finished.len(),
-                SENDERS * MESSAGES as usize,
-                shared.deliveries.load(Ordering::Relaxed),
-                shared.violations.lock().unwrap()
-            ),
-        }
-    }
+    send_chats_interleaved(&handles[..SERVICE_SENDERS], MESSAGES, |k| k);
+    shared.wait_done(&done_rx, SESSIONS, "members", SENDERS * MESSAGES as usize);
     let mut violations = Vec::new();
     let mut blocking = Vec::new();
     for t in threads {

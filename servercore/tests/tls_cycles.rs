@@ -15,7 +15,7 @@ use common::tls::{
     client_hello, pki, raw_read_to_end, send_close_notify, tls_connect, tls_connect_with,
     tls_read_to_end, tls_roundtrip, TlsEnd,
 };
-use common::{any_port, connect, open_fd_count, set_linger_zero, wait_until};
+use common::{any_port, connect, open_fd_count, set_linger_zero};
 use servercore::ServerService;
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -82,32 +82,24 @@ fn cycle(addr: SocketAddr, i: usize, hello: &[u8]) {
     }
 }
 
-/// The cycle indices run: the warm-up's, then each client thread's.
-/// Waits until the server has accepted every connection the clients made (see
-/// `reliability_cycles.rs`): TLS sentinels are connected until every worker has served
-/// one, and each worker accepts its listener's queue in order.
+/// Settles (see `common::cycles::settle`) with TLS sentinels, each closed with
+/// `close_notify`.
 fn settle(addr: SocketAddr, workers: usize) -> usize {
-    let mut served = vec![false; workers];
-    let mut sentinels = 0;
-    while served.contains(&false) {
-        sentinels += 1;
-        assert!(sentinels <= 1000, "sentinels never reached every worker: {served:?}");
+    common::cycles::settle(workers, || {
         let mut s = tls_connect(addr);
         s.write_all(b"?").unwrap();
         s.flush().unwrap();
         let mut worker = [0u8; 1];
         s.read_exact(&mut worker).expect("a sentinel's answer");
-        served[usize::from(worker[0])] = true;
         send_close_notify(&mut s);
-    }
-    sentinels
+        usize::from(worker[0])
+    })
 }
 
 #[test]
 fn two_thousand_tls_cycles_leave_no_session_fd_or_memory_behind() {
     let _exclusive = EXCLUSIVE.lock().unwrap_or_else(|p| p.into_inner());
-    if open_fd_count().is_none() {
-        eprintln!("skipped: open_fd_count() is not available on this OS");
+    if fd_count_unknown() {
         return;
     }
     let counters = Arc::new(Counters::default());
@@ -116,57 +108,20 @@ fn two_thousand_tls_cycles_leave_no_session_fd_or_memory_behind() {
     let hello = Arc::new(client_hello());
 
     // Warm up (pools, slots, rustls and the client's session cache), then take the start.
-    for i in 0..WARM_UP {
-        cycle(addr, i, &hello);
-    }
-    let mut sentinels = settle(addr, WORKERS);
-    common::wait_no_sessions(&server);
-    let fd_start = fds();
-    let rss_start = rss();
-
-    let started = Instant::now();
-    let threads: Vec<_> = (0..THREADS)
-        .map(|t| {
-            let hello = hello.clone();
-            std::thread::spawn(move || {
-                for i in 0..CYCLES / THREADS {
-                    cycle(addr, t + i, &hello);
-                }
-            })
-        })
-        .collect();
-    for t in threads {
-        t.join().expect("client thread");
-    }
-    let cycles_took = started.elapsed();
-    sentinels += settle(addr, WORKERS);
-
-    common::wait_no_sessions(&server);
-    wait_until("the fd count to return to its start", || {
-        let now = fds();
-        if now == fd_start {
-            Ok(())
-        } else {
-            Err(format!("{now} open fds, started with {fd_start}"))
-        }
-    });
-    let rss_end = rss();
+    let run = run_cycles(&server, SIZES, move |i| cycle(addr, i, &hello), || settle(addr, WORKERS));
+    let sentinels = run.sentinels;
     let stats = server.stats();
-    let reasons = counters.reasons.lock().unwrap().clone();
+    let reasons = counters.reasons();
     eprintln!(
-        "{CYCLES} TLS cycles in {cycles_took:?} ({} backend); {stats:?}; reasons {reasons:?}; \
+        "{CYCLES} TLS cycles in {:?} ({} backend); {stats:?}; reasons {reasons:?}; \
          RSS {} -> {} KiB",
+        run.took,
         server.backend(),
-        rss_start / 1024,
-        rss_end / 1024
+        run.rss_start / 1024,
+        run.rss_end / 1024
     );
 
-    assert_eq!(stats.sessions, 0);
-    let connected = counters.connected.load(Ordering::SeqCst);
-    let disconnected = counters.disconnected.load(Ordering::SeqCst);
-    assert_eq!(counters.double_disconnects.load(Ordering::SeqCst), 0, "on_disconnected twice");
-    assert_eq!(connected, disconnected, "every session got exactly one on_disconnected");
-    assert_eq!(stats.disconnected as usize, disconnected, "{stats:?}");
+    let connected = counters.assert_each_disconnected_once(&stats);
     // A session connects once its handshake is done: the endings that never finish a
     // handshake never connect, the others connect (but a reset right after the client's
     // Finished may beat it).
@@ -189,17 +144,8 @@ fn two_thousand_tls_cycles_leave_no_session_fd_or_memory_behind() {
     );
     let local = reasons.get("local").copied().unwrap_or(0);
     assert_eq!(local, cycles_ending_of(5), "server-side closes: {reasons:?}");
-    let unexpected: Vec<_> = reasons
-        .iter()
-        .filter(|(l, _)| {
-            !matches!(**l, "peer_closed" | "local" | "reset" | "tls_truncated" | "os_error")
-        })
-        .collect();
-    assert!(unexpected.is_empty(), "unexpected reasons: {unexpected:?}");
-    assert!(
-        rss_end <= rss_start + RSS_SLACK,
-        "RSS grew from {rss_start} B to {rss_end} B over {CYCLES} cycles (allowed +{RSS_SLACK} B)"
-    );
+    assert_only_reasons(&reasons, &["peer_closed", "local", "reset", "tls_truncated", "os_error"]);
+    assert_rss_back(&run, CYCLES);
     server.shutdown(Duration::from_secs(5)).unwrap();
 }
 
@@ -237,14 +183,7 @@ fn shutdown_with_tls_sessions_handshaking_and_established_ends_in_time() {
         s.write_all(bytes).unwrap();
         handshaking.push(s);
     }
-    wait_until("every session open and every flood queued", || {
-        let (sessions, flooded) = (server.session_count(), counters.flooded.load(Ordering::SeqCst));
-        if sessions == ESTABLISHED + handshaking.len() && flooded == ESTABLISHED {
-            Ok(())
-        } else {
-            Err(format!("{sessions} sessions, {flooded} floods queued"))
-        }
-    });
+    wait_sessions_and_floods(&server, &counters, ESTABLISHED + handshaking.len(), ESTABLISHED);
 
     let started = Instant::now();
     server.shutdown(DEADLINE).expect("a clean shutdown");
@@ -252,7 +191,7 @@ fn shutdown_with_tls_sessions_handshaking_and_established_ends_in_time() {
     eprintln!("shutdown with TLS sessions open took {took:?}");
     assert!(took < DEADLINE, "the shutdown took {took:?}, its deadline is {DEADLINE:?}");
 
-    let expected: Vec<u8> = (0..FLOOD / 1024).flat_map(|i| vec![i as u8; 1024]).collect();
+    let expected = flood_bytes();
     for (k, r) in readers.into_iter().enumerate() {
         let (got, end, raw_rest, raw_end) = r.join().expect("reader thread");
         // The round trip's echo was read; what follows is the flood.
@@ -268,16 +207,9 @@ fn shutdown_with_tls_sessions_handshaking_and_established_ends_in_time() {
     }
     assert_eq!(counters.connected.load(Ordering::SeqCst), ESTABLISHED, "no handshake finished");
     assert_eq!(counters.disconnected.load(Ordering::SeqCst), ESTABLISHED);
-    let reasons = counters.reasons.lock().unwrap().clone();
+    let reasons = counters.reasons();
     assert_eq!(reasons, HashMap::from([("shutdown", ESTABLISHED)]), "{reasons:?}");
     if let Some(start) = fd_start {
-        wait_until("the fd count to return to its start", || {
-            let now = open_fd_count().unwrap();
-            if now == start {
-                Ok(())
-            } else {
-                Err(format!("{now} open fds, started with {start}"))
-            }
-        });
+        wait_fds_back(start);
     }
 }

@@ -12,7 +12,7 @@ mod common;
 
 use common::tls::{
     pki, raw_read_to_end, send_close_notify, server_name, tls_connect, tls_read_to_end,
-    tls_roundtrip, RawEnd, TlsEnd,
+    tls_roundtrip, RawEnd, TlsClient, TlsEnd,
 };
 use common::{any_port, recorder, Checks, Hooks, Rng};
 use servercore::{
@@ -50,14 +50,62 @@ fn sizes() -> Vec<usize> {
     v
 }
 
-fn tls_echo_server(workers: usize) -> (ServerService, common::EventLog) {
-    let (factory, log) = recorder(Hooks::echo());
-    let server = ServerService::builder(any_port())
+/// A TLS server of `workers` workers whose sessions `factory` makes.
+fn tls_server<S: Session>(
+    workers: usize,
+    factory: impl Fn() -> S + Send + Sync + 'static,
+) -> ServerService {
+    ServerService::builder(any_port())
         .workers(workers)
         .tls(pki().server.clone())
         .start(factory)
-        .unwrap();
-    (server, log)
+        .unwrap()
+}
+
+fn tls_echo_server(workers: usize) -> (ServerService, common::EventLog) {
+    let (factory, log) = recorder(Hooks::echo());
+    (tls_server(workers, factory), log)
+}
+
+/// A one-worker TLS echo server and a client whose session is connected and has echoed
+/// "hello"; the session's id.
+fn hello_session() -> (ServerService, common::EventLog, TlsClient, SessionId) {
+    let (server, mut log) = tls_echo_server(1);
+    let mut client = tls_connect(server.local_addr());
+    let (id, _) = log.next_connected();
+    tls_roundtrip(&mut client, b"hello");
+    (server, log, client, id)
+}
+
+/// [`hello_session`], then the client's `close_notify` and FIN: the session ends with
+/// `PeerClosed`, and the client reads nothing more to the end of the stream; returns how
+/// that stream ended too.
+fn hello_then_close_notify_and_fin(
+) -> (ServerService, common::EventLog, TlsClient, SessionId, TlsEnd) {
+    let (server, mut log, mut client, id) = hello_session();
+    send_close_notify(&mut client);
+    client.sock.shutdown(Shutdown::Write).unwrap();
+    assert_eq!(log.disconnected(id), DisconnectReason::PeerClosed);
+    let (rest, end) = tls_read_to_end(&mut client);
+    assert!(rest.is_empty(), "{} bytes after the echo", rest.len());
+    (server, log, client, id, end)
+}
+
+/// Once session `id` has ended: waits until no session is left, checks that the stats
+/// count one disconnect (`with_error` of them with an error), shuts down, and checks the
+/// session's lifecycle.
+fn one_disconnect_then_shutdown(
+    server: ServerService,
+    log: &mut common::EventLog,
+    id: SessionId,
+    with_error: u64,
+) {
+    common::wait_no_sessions(&server);
+    let stats = server.stats();
+    assert_eq!((stats.disconnected, stats.disconnected_with_error), (1, with_error), "{stats:?}");
+    server.shutdown(Duration::from_secs(5)).unwrap();
+    log.drain();
+    log.check_lifecycle(id);
 }
 
 #[test]
@@ -238,41 +286,20 @@ fn a_tls_client_service_echoes_every_size_through_a_tls_server_service() {
 
 #[test]
 fn close_notify_then_fin_ends_the_session_with_peer_closed() {
-    let (server, mut log) = tls_echo_server(1);
-    let mut client = tls_connect(server.local_addr());
-    let (id, _) = log.next_connected();
-    tls_roundtrip(&mut client, b"hello");
-    send_close_notify(&mut client);
-    client.sock.shutdown(Shutdown::Write).unwrap();
-    assert_eq!(log.disconnected(id), DisconnectReason::PeerClosed);
     // The server's side ends too (no hang).
-    let (rest, end) = tls_read_to_end(&mut client);
-    assert!(rest.is_empty(), "{} bytes after the echo", rest.len());
+    let (server, mut log, _client, id, end) = hello_then_close_notify_and_fin();
     eprintln!("after the client's close_notify the client saw {end:?}");
-    common::wait_no_sessions(&server);
-    let stats = server.stats();
-    assert_eq!((stats.disconnected, stats.disconnected_with_error), (1, 0), "{stats:?}");
-    server.shutdown(Duration::from_secs(5)).unwrap();
-    log.drain();
-    log.check_lifecycle(id);
+    one_disconnect_then_shutdown(server, &mut log, id, 0);
 }
 
 #[test]
 fn fin_without_close_notify_ends_the_session_with_truncated() {
-    let (server, mut log) = tls_echo_server(1);
-    let mut client = tls_connect(server.local_addr());
-    let (id, _) = log.next_connected();
-    tls_roundtrip(&mut client, b"hello");
+    let (server, mut log, mut client, id) = hello_session();
     client.sock.shutdown(Shutdown::Write).unwrap();
     assert_eq!(log.disconnected(id), DisconnectReason::Tls(TlsError::Truncated));
     let (_, end, _) = raw_read_to_end(&mut client.sock, Instant::now());
     eprintln!("after the client's FIN alone the client saw {end:?}");
-    common::wait_no_sessions(&server);
-    let stats = server.stats();
-    assert_eq!((stats.disconnected, stats.disconnected_with_error), (1, 1), "{stats:?}");
-    server.shutdown(Duration::from_secs(5)).unwrap();
-    log.drain();
-    log.check_lifecycle(id);
+    one_disconnect_then_shutdown(server, &mut log, id, 1);
 }
 
 /// A local `disconnect` right after queueing megabytes: the client reads every byte, then a
@@ -297,11 +324,7 @@ fn a_local_disconnect_flushes_queued_data_then_close_notify_then_fin() {
         ctx.disconnect("flood done");
         data.len()
     }));
-    let server = ServerService::builder(any_port())
-        .workers(1)
-        .tls(pki().server.clone())
-        .start(factory)
-        .unwrap();
+    let server = tls_server(1, factory);
     let mut client = tls_connect(server.local_addr());
     let (id, _) = log.next_connected();
     client.write_all(b"flood!").unwrap();
@@ -327,15 +350,7 @@ fn a_local_disconnect_flushes_queued_data_then_close_notify_then_fin() {
 /// must see the server's `close_notify` before the end of the stream, not a truncation.
 #[test]
 fn the_server_answers_a_close_notify_with_its_own() {
-    let (server, mut log) = tls_echo_server(1);
-    let mut client = tls_connect(server.local_addr());
-    let (id, _) = log.next_connected();
-    tls_roundtrip(&mut client, b"hello");
-    send_close_notify(&mut client);
-    client.sock.shutdown(Shutdown::Write).unwrap();
-    assert_eq!(log.disconnected(id), DisconnectReason::PeerClosed);
-    let (rest, end) = tls_read_to_end(&mut client);
-    assert!(rest.is_empty(), "{} bytes after the echo", rest.len());
+    let (server, _log, _client, _id, end) = hello_then_close_notify_and_fin();
     assert!(
         matches!(end, TlsEnd::CloseNotify),
         "after the client's close_notify and FIN, the server must send close_notify before its \
@@ -356,11 +371,7 @@ fn a_tls_client_service_session_sees_the_servers_disconnect_as_peer_closed() {
         ctx.disconnect("asked to");
         data.len()
     }));
-    let server = ServerService::builder(any_port())
-        .workers(1)
-        .tls(pki().server.clone())
-        .start(factory)
-        .unwrap();
+    let server = tls_server(1, factory);
     let (factory, mut client_log) =
         recorder(Hooks::on_recv(|_, data| data.len()).with_connected(|ctx| {
             let _ = ctx.send(&b"bye!"[..]);
@@ -387,11 +398,7 @@ fn a_tls_client_service_session_sees_the_servers_disconnect_as_peer_closed() {
 #[test]
 fn a_tls_client_service_refuses_a_certificate_for_another_name() {
     let (factory, mut server_log) = recorder(Hooks::echo());
-    let server = ServerService::builder(any_port())
-        .workers(1)
-        .tls(pki().server.clone())
-        .start(factory)
-        .unwrap();
+    let server = tls_server(1, factory);
     let (factory, mut client_log) = recorder(Hooks::echo());
     let client = ClientService::builder(server.local_addr())
         .workers(1)

@@ -16,19 +16,19 @@
 
 mod common;
 
-use common::tls::{pki, reason_counts};
+use common::bad_input::BadInput;
+use common::tls::pki;
 use common::ws::{
     binary, client_frame, client_stream, close_frame, frame, http_status, read_until_end, tcp,
     tls_stream, upgrade_request, ws_client, ws_roundtrip, Frame, RawWs, Stream, WireEnd, OP_BINARY,
     OP_CLOSE, OP_CONTINUATION, OP_PING, OP_TEXT,
 };
-use common::{any_port, recorder, wait_until, Ev, EventLog, Hooks};
+use common::{any_port, Ev};
 use servercore::ws::{WsConfig, WsError};
-use servercore::{DisconnectReason, ServerService, ServiceStats, SessionConfig, SessionId};
-use std::collections::{BTreeMap, HashMap};
+use servercore::{DisconnectReason, ServerService, SessionConfig, SessionId};
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// The tests of this binary one at a time: the reason counts are process-wide.
@@ -45,23 +45,17 @@ const PAGE: &[u8] = b"<p>the game</p>";
 /// A WebSocket echo server (and its plain TCP listener, unused but for one case) with one
 /// healthy tungstenite client connected over ws, or over wss when the server has TLS.
 struct Bench {
-    server: ServerService,
+    base: BadInput,
     ws_addr: SocketAddr,
     tls: bool,
-    log: EventLog,
     healthy: tungstenite::WebSocket<Box<dyn Stream>>,
-    healthy_id: SessionId,
     round: usize,
-    /// The reason counts when the last [`Bench::mark`] was made.
-    reasons: HashMap<String, u64>,
-    _exclusive: MutexGuard<'static, ()>,
 }
+
+crate::deref_to_bad_input!(Bench);
 
 impl Bench {
     fn new(handshake_timeout: Duration, tls: bool) -> Self {
-        let exclusive = EXCLUSIVE.lock().unwrap_or_else(|p| p.into_inner());
-        reason_counts(); // the recorder is installed before the service starts
-        let (factory, mut log) = recorder(Hooks::echo());
         let config =
             WsConfig { handshake_timeout, max_message: MAX_MESSAGE, ..WsConfig::default() }.page(
                 "/",
@@ -75,37 +69,14 @@ impl Bench {
         if tls {
             builder = builder.tls(pki().server.clone());
         }
-        let server = builder.start(factory).unwrap();
-        let ws_addr = server.websocket_addr().expect("a WebSocket listener");
-        let mut healthy = ws_client(ws_addr, tls);
-        let (healthy_id, _) = log.next_connected();
-        ws_roundtrip(&mut healthy, b"healthy hello");
-        let mut bench = Bench {
-            server,
-            ws_addr,
-            tls,
-            log,
-            healthy,
-            healthy_id,
-            round: 0,
-            reasons: HashMap::new(),
-            _exclusive: exclusive,
-        };
-        bench.wait_stats("the healthy session alone", |s| s.sessions == 1);
-        bench.mark();
-        bench
-    }
-
-    fn mark(&mut self) {
-        self.reasons = reason_counts().snapshot();
-    }
-
-    /// Checks the reasons counted since the last mark, then marks again.
-    #[track_caller]
-    fn assert_reasons(&mut self, what: &str, want: &[(&str, u64)]) {
-        let want: BTreeMap<String, u64> = want.iter().map(|(k, v)| (k.to_string(), *v)).collect();
-        assert_eq!(reason_counts().since(&self.reasons), want, "{what}: disconnect reasons");
-        self.mark();
+        let (base, healthy) = BadInput::start(
+            &EXCLUSIVE,
+            builder,
+            |server| ws_client(server.websocket_addr().expect("a WebSocket listener"), tls),
+            |healthy| ws_roundtrip(healthy, b"healthy hello"),
+        );
+        let ws_addr = base.server.websocket_addr().expect("a WebSocket listener");
+        Bench { base, ws_addr, tls, healthy, round: 0 }
     }
 
     /// The healthy session still echoes (messages of varied sizes, up to the 16-bit
@@ -115,21 +86,6 @@ impl Bench {
         let n = if self.round % 5 == 0 { 60_000 } else { self.round % 64 * 100 };
         let msg = format!("healthy round {} {}", self.round, "x".repeat(n));
         ws_roundtrip(&mut self.healthy, msg.as_bytes());
-    }
-
-    fn stats(&self) -> ServiceStats {
-        self.server.stats()
-    }
-
-    fn wait_stats(&mut self, what: &str, cond: impl Fn(&ServiceStats) -> bool) {
-        wait_until(what, || {
-            let s = self.server.stats();
-            if cond(&s) {
-                Ok(())
-            } else {
-                Err(format!("{s:?}"))
-            }
-        });
     }
 
     /// A new client stream to the WebSocket listener (TLS done, when the server has TLS).
@@ -160,18 +116,7 @@ impl Bench {
                 Err(e) => panic!("the healthy client's close: {e}"),
             }
         }
-        assert_eq!(self.log.disconnected(self.healthy_id), DisconnectReason::PeerClosed);
-        self.server.shutdown(Duration::from_secs(5)).unwrap();
-        self.log.drain();
-        let mut with_events: Vec<SessionId> = self.log.by_session().keys().copied().collect();
-        with_events.sort();
-        let mut want: Vec<SessionId> = connected.to_vec();
-        want.push(self.healthy_id);
-        want.sort();
-        assert_eq!(with_events, want, "sessions that got callbacks: {:#?}", self.log.seen);
-        for &id in &want {
-            self.log.check_lifecycle(id);
-        }
+        self.base.finish(connected);
     }
 }
 

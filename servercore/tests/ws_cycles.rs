@@ -18,7 +18,7 @@ use common::ws::{
     binary, client_frame, client_stream, close_frame, http_status, read_until_end, tcp, ws_connect,
     RawWs, WireEnd, OP_BINARY, OP_CLOSE, OP_TEXT,
 };
-use common::{any_port, open_fd_count, set_linger_zero, wait_until};
+use common::{any_port, open_fd_count, set_linger_zero};
 use servercore::ws::WsConfig;
 use servercore::ServerService;
 use std::collections::HashMap;
@@ -122,35 +122,27 @@ fn cycle(addr: SocketAddr, i: usize) {
     }
 }
 
-/// The cycle indices run: the warm-up's, then each client thread's.
-/// Waits until the server has accepted every connection the clients made (see
-/// `reliability_cycles.rs`): WebSocket sentinels are connected until every worker has
-/// served one, and each worker accepts its listener's queue in order. Each ends with a
+/// Settles (see `common::cycles::settle`) with WebSocket sentinels, each ended with a
 /// close handshake.
 fn settle(addr: SocketAddr, workers: usize) -> usize {
-    let mut served = vec![false; workers];
-    let mut sentinels = 0;
-    while served.contains(&false) {
-        sentinels += 1;
-        assert!(sentinels <= 1000, "sentinels never reached every worker: {served:?}");
+    common::cycles::settle(workers, || {
         let mut c = RawWs::upgrade(tcp(addr));
         c.send(&binary(b"?"));
         let f = c.read_frame().expect("a sentinel's answer");
         assert_eq!((f.opcode, f.payload.len()), (OP_BINARY, 1), "{f:?}");
-        served[usize::from(f.payload[0])] = true;
+        let worker = usize::from(f.payload[0]);
         c.send(&close_frame(1000, b""));
         let (frames, end) = c.read_to_end();
         assert_eq!(frames.last().and_then(|f| f.close_code()), Some(1000), "{frames:?}");
         assert_eq!(end, WireEnd::Eof);
-    }
-    sentinels
+        worker
+    })
 }
 
 #[test]
 fn two_thousand_websocket_cycles_leave_no_session_fd_or_memory_behind() {
     let _exclusive = EXCLUSIVE.lock().unwrap_or_else(|p| p.into_inner());
-    if open_fd_count().is_none() {
-        eprintln!("skipped: open_fd_count() is not available on this OS");
+    if fd_count_unknown() {
         return;
     }
     let counters = Arc::new(Counters::default());
@@ -158,56 +150,20 @@ fn two_thousand_websocket_cycles_leave_no_session_fd_or_memory_behind() {
     let addr = server.websocket_addr().unwrap();
 
     // Warm up (pools, slots), then take the start.
-    for i in 0..WARM_UP {
-        cycle(addr, i);
-    }
-    let mut sentinels = settle(addr, WORKERS);
-    common::wait_no_sessions(&server);
-    let fd_start = fds();
-    let rss_start = rss();
-
-    let started = Instant::now();
-    let threads: Vec<_> = (0..THREADS)
-        .map(|t| {
-            std::thread::spawn(move || {
-                for i in 0..CYCLES / THREADS {
-                    cycle(addr, t + i);
-                }
-            })
-        })
-        .collect();
-    for t in threads {
-        t.join().expect("client thread");
-    }
-    let cycles_took = started.elapsed();
-    sentinels += settle(addr, WORKERS);
-
-    common::wait_no_sessions(&server);
-    wait_until("the fd count to return to its start", || {
-        let now = fds();
-        if now == fd_start {
-            Ok(())
-        } else {
-            Err(format!("{now} open fds, started with {fd_start}"))
-        }
-    });
-    let rss_end = rss();
+    let run = run_cycles(&server, SIZES, move |i| cycle(addr, i), || settle(addr, WORKERS));
+    let sentinels = run.sentinels;
     let stats = server.stats();
-    let reasons = counters.reasons.lock().unwrap().clone();
+    let reasons = counters.reasons();
     eprintln!(
-        "{CYCLES} WebSocket cycles in {cycles_took:?} ({} backend); {stats:?}; reasons \
+        "{CYCLES} WebSocket cycles in {:?} ({} backend); {stats:?}; reasons \
          {reasons:?}; RSS {} -> {} KiB",
+        run.took,
         server.backend(),
-        rss_start / 1024,
-        rss_end / 1024
+        run.rss_start / 1024,
+        run.rss_end / 1024
     );
 
-    assert_eq!(stats.sessions, 0);
-    let connected = counters.connected.load(Ordering::SeqCst);
-    let disconnected = counters.disconnected.load(Ordering::SeqCst);
-    assert_eq!(counters.double_disconnects.load(Ordering::SeqCst), 0, "on_disconnected twice");
-    assert_eq!(connected, disconnected, "every session got exactly one on_disconnected");
-    assert_eq!(stats.disconnected as usize, disconnected, "{stats:?}");
+    let connected = counters.assert_each_disconnected_once(&stats);
     // Every upgrade that finished connected its session, and only those.
     let upgraded = UPGRADED_ENDINGS.map(cycles_ending_of).iter().sum::<usize>() + sentinels;
     assert_eq!(connected, upgraded, "sessions connected for {upgraded} upgrades");
@@ -230,17 +186,11 @@ fn two_thousand_websocket_cycles_leave_no_session_fd_or_memory_behind() {
     assert_eq!(count("ws_protocol_error"), cycles_ending_of(8), "text frames: {reasons:?}");
     let orderly = cycles_ending_of(0) + cycles_ending_of(1) + sentinels;
     assert!(count("peer_closed") >= orderly, "{orderly} orderly closes: {reasons:?}");
-    let unexpected: Vec<_> = reasons
-        .iter()
-        .filter(|(l, _)| {
-            !matches!(**l, "peer_closed" | "local" | "reset" | "ws_protocol_error" | "os_error")
-        })
-        .collect();
-    assert!(unexpected.is_empty(), "unexpected reasons: {unexpected:?}");
-    assert!(
-        rss_end <= rss_start + RSS_SLACK,
-        "RSS grew from {rss_start} B to {rss_end} B over {CYCLES} cycles (allowed +{RSS_SLACK} B)"
+    assert_only_reasons(
+        &reasons,
+        &["peer_closed", "local", "reset", "ws_protocol_error", "os_error"],
     );
+    assert_rss_back(&run, CYCLES);
     server.shutdown(Duration::from_secs(5)).unwrap();
 }
 
@@ -277,14 +227,7 @@ fn shutdown_with_websocket_sessions_open(tls: bool) {
         upgrading.push(s);
     }
     let sessions = FLOODED + IDLE + upgrading.len();
-    wait_until("every session open and every flood queued", || {
-        let (n, flooded) = (server.session_count(), counters.flooded.load(Ordering::SeqCst));
-        if n == sessions && flooded == FLOODED {
-            Ok(())
-        } else {
-            Err(format!("{n} sessions, {flooded} floods queued"))
-        }
-    });
+    wait_sessions_and_floods(&server, &counters, sessions, FLOODED);
 
     let started = Instant::now();
     server.shutdown(DEADLINE).expect("a clean shutdown");
@@ -292,7 +235,7 @@ fn shutdown_with_websocket_sessions_open(tls: bool) {
     eprintln!("shutdown with WebSocket sessions open (tls: {tls}) took {took:?}");
     assert!(took < DEADLINE, "the shutdown took {took:?}, its deadline is {DEADLINE:?}");
 
-    let expected: Vec<u8> = (0..FLOOD / 1024).flat_map(|i| vec![i as u8; 1024]).collect();
+    let expected = flood_bytes();
     for (k, r) in readers.into_iter().enumerate() {
         let (frames, end) = r.join().expect("reader thread");
         let (last, data) = frames.split_last().expect("frames");
@@ -315,17 +258,10 @@ fn shutdown_with_websocket_sessions_open(tls: bool) {
     }
     assert_eq!(counters.connected.load(Ordering::SeqCst), FLOODED + IDLE);
     assert_eq!(counters.disconnected.load(Ordering::SeqCst), FLOODED + IDLE);
-    let reasons = counters.reasons.lock().unwrap().clone();
+    let reasons = counters.reasons();
     assert_eq!(reasons, HashMap::from([("shutdown", FLOODED + IDLE)]), "{reasons:?}");
     if let Some(start) = fd_start {
-        wait_until("the fd count to return to its start", || {
-            let now = open_fd_count().unwrap();
-            if now == start {
-                Ok(())
-            } else {
-                Err(format!("{now} open fds, started with {start}"))
-            }
-        });
+        wait_fds_back(start);
     }
 }
 

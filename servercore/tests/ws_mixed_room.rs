@@ -18,7 +18,8 @@
 mod common;
 
 use common::rooms::{
-    chat_payload, packet, room_server, wait_room_len, SenderOrder, C_CHAT, S_CHAT, S_JOINED,
+    chat_payload, packet, room_server, send_chats_interleaved, wait_room_len, ChatMember,
+    ChatShared, SenderOrder, C_CHAT, S_CHAT, S_JOINED,
 };
 use common::tls::{pki, server_name};
 use common::workers::recv;
@@ -26,18 +27,14 @@ use common::ws::{
     client_frame, client_stream, ws_client, RawWs, Stream, OP_BINARY, OP_CONTINUATION, OP_PING,
     OP_PONG,
 };
-use common::{any_port, Rng, TIMEOUT};
-use servercore::packet::{Framed, Packet, PacketSession};
+use common::{any_port, Rng};
+use servercore::packet::Framed;
 use servercore::ws::WsConfig;
-use servercore::{
-    ClientService, Ctx, DisconnectReason, Room, ServerService, SessionHandle, SessionId,
-};
-use std::collections::HashSet;
+use servercore::{ClientService, Room, ServerService, SessionHandle};
 use std::io::{Read, Write};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc::{self, Sender};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// Blocking TCP (or TLS) clients that speak, then one that only listens.
@@ -70,29 +67,13 @@ fn service_sender(k: usize) -> usize {
 static EXCLUSIVE: Mutex<()> = Mutex::new(());
 
 /// Each sender's messages in order, each once.
-struct Order(SenderOrder);
-
-impl Order {
-    fn new() -> Self {
-        Order(SenderOrder::new(SENDERS, MESSAGES))
-    }
-
-    fn take(&mut self, payload: &[u8]) -> Result<(), String> {
-        self.0.take(payload)
-    }
-
-    fn complete(&self) -> bool {
-        self.0.complete()
-    }
-}
-
-fn chat(sender: usize, seq: u32) -> Vec<u8> {
-    chat_payload(sender, seq)
+fn order() -> SenderOrder {
+    SenderOrder::new(SENDERS, MESSAGES)
 }
 
 /// A sender's packets, in order, as bytes.
 fn chat_packets(sender: usize) -> Vec<Vec<u8>> {
-    (0..MESSAGES).map(|seq| packet(C_CHAT, &chat(sender, seq)).to_vec()).collect()
+    (0..MESSAGES).map(|seq| packet(C_CHAT, &chat_payload(sender, seq)).to_vec()).collect()
 }
 
 /// Splits whole packets off the front of `buf`: (id, payload) each; returns how many
@@ -130,7 +111,7 @@ fn message_packets(who: &str, msg: &[u8], violations: &mut Vec<String>) -> Vec<(
 /// Checks the packets a member received; returns whether the order is complete.
 fn take_packets(
     who: &str,
-    order: &mut Order,
+    order: &mut SenderOrder,
     packets: Vec<(u16, Vec<u8>)>,
     violations: &mut Vec<String>,
 ) {
@@ -192,7 +173,7 @@ impl TcpMember {
     }
 
     fn listen(&mut self, who: &str) -> Vec<String> {
-        let (mut order, mut violations) = (Order::new(), Vec::new());
+        let (mut order, mut violations) = (order(), Vec::new());
         while !order.complete() {
             let p = self.read_packet();
             take_packets(who, &mut order, vec![p], &mut violations);
@@ -232,7 +213,7 @@ impl WsMember {
     }
 
     fn listen(&mut self, who: &str) -> Vec<String> {
-        let (mut order, mut violations) = (Order::new(), Vec::new());
+        let (mut order, mut violations) = (order(), Vec::new());
         while !order.complete() {
             let msg = common::ws::next_binary(&mut self.ws);
             let packets = message_packets(who, &msg, &mut violations);
@@ -292,7 +273,7 @@ impl RawMember {
     }
 
     fn listen(&mut self, who: &str) -> Vec<String> {
-        let (mut order, mut violations) = (Order::new(), Vec::new());
+        let (mut order, mut violations) = (order(), Vec::new());
         // Pongs answer pings in order; several pings read at once may get one pong, the
         // last one's (RFC 6455 5.5.3), so the pongs name an increasing run of pings that
         // ends with the last.
@@ -324,58 +305,6 @@ impl RawMember {
             }
         }
         violations
-    }
-}
-
-/// A member of the WebSocket `ClientService`.
-struct ChatClient {
-    shared: Arc<Shared>,
-    order: Order,
-}
-
-struct Shared {
-    joined: Sender<SessionHandle>,
-    done: Sender<SessionId>,
-    deliveries: AtomicUsize,
-    violations: Mutex<Vec<String>>,
-}
-
-impl Shared {
-    fn violation(&self, v: String) {
-        let mut all = self.violations.lock().unwrap();
-        if all.len() < 50 {
-            all.push(v);
-        }
-    }
-}
-
-impl PacketSession for ChatClient {
-    fn on_packet(&mut self, ctx: &mut Ctx<'_>, p: Packet<'_>) {
-        match p.id {
-            S_JOINED => {
-                let _ = self.shared.joined.send(ctx.handle());
-            }
-            S_CHAT => {
-                if let Err(e) = self.order.take(p.payload) {
-                    self.shared.violation(format!("{}: {e}", ctx.id()));
-                }
-                self.shared.deliveries.fetch_add(1, Ordering::Relaxed);
-                if self.order.complete() {
-                    let _ = self.shared.done.send(ctx.id());
-                }
-            }
-            other => self.shared.violation(format!("{}: unexpected packet id {other}", ctx.id())),
-        }
-    }
-
-    fn on_disconnected(&mut self, ctx: &mut Ctx<'_>, reason: &DisconnectReason) {
-        if *reason != DisconnectReason::Shutdown {
-            self.shared.violation(format!("{}: disconnected early: {reason}", ctx.id()));
-        }
-    }
-
-    fn on_connect_failed(&mut self, addr: SocketAddr, error: &std::io::Error) {
-        self.shared.violation(format!("connect to {addr} failed: {error}"));
     }
 }
 
@@ -439,14 +368,7 @@ fn run_room(tls: bool) {
     let (tcp_addr, ws_addr) = (server.local_addr(), server.websocket_addr().unwrap());
 
     // The library's WebSocket client: many members, a few speaking through their handles.
-    let (joined_tx, joined_rx) = mpsc::channel();
-    let (done_tx, done_rx) = mpsc::channel();
-    let shared = Arc::new(Shared {
-        joined: joined_tx,
-        done: done_tx,
-        deliveries: AtomicUsize::new(0),
-        violations: Mutex::new(Vec::new()),
-    });
+    let (shared, joined_rx, done_rx) = ChatShared::new();
     let sh = shared.clone();
     let mut client = ClientService::builder(ws_addr)
         .sessions(SERVICE_SESSIONS)
@@ -456,7 +378,7 @@ fn run_room(tls: bool) {
         client = client.tls(pki().client.clone(), server_name());
     }
     let client = client
-        .start(move || Framed::new(ChatClient { shared: sh.clone(), order: Order::new() }))
+        .start(move || Framed::new(ChatMember { shared: sh.clone(), order: order() }))
         .unwrap();
     let handles: Vec<SessionHandle> =
         (0..SERVICE_SESSIONS).map(|i| recv(&joined_rx, &format!("S_JOINED number {i}"))).collect();
@@ -495,28 +417,8 @@ fn run_room(tls: bool) {
         })
         .collect();
     // The service's senders, through their handles, interleaved.
-    for seq in 0..MESSAGES {
-        for (k, h) in handles[..SERVICE_SENDERS].iter().enumerate() {
-            h.send(packet(C_CHAT, &chat(service_sender(k), seq))).expect("senders are connected");
-        }
-    }
-
-    let mut finished = HashSet::new();
-    let deadline = Instant::now() + TIMEOUT;
-    while finished.len() < SERVICE_SESSIONS {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match done_rx.recv_timeout(left) {
-            Ok(id) => assert!(finished.insert(id), "{id} reported twice"),
-            Err(e) => panic!(
-                "{e}: only {} of {SERVICE_SESSIONS} service members got all {} messages; \
-                 {} deliveries; violations: {:#?}",
-                finished.len(),
-                SENDERS * MESSAGES as usize,
-                shared.deliveries.load(Ordering::Relaxed),
-                shared.violations.lock().unwrap()
-            ),
-        }
-    }
+    send_chats_interleaved(&handles[..SERVICE_SENDERS], MESSAGES, service_sender);
+    shared.wait_done(&done_rx, SERVICE_SESSIONS, "service members", SENDERS * MESSAGES as usize);
     let mut violations = Vec::new();
     let mut blocking = Vec::new();
     for t in threads {

@@ -8,6 +8,7 @@
 
 #![allow(dead_code)]
 
+pub mod bad_input;
 pub mod cycles;
 pub mod nats;
 pub mod provision;
@@ -467,6 +468,57 @@ impl EventLog {
             .filter_map(|e| if let Ev::Recv(d) = e { Some(d.clone()) } else { None })
             .collect();
         (recvs, reason)
+    }
+}
+
+// ----- small sessions of the engine tests ----------------------------------------------
+
+/// What a [`ByeEcho`] reports.
+#[derive(Debug)]
+pub enum LifeEv {
+    Connected,
+    Disconnected(DisconnectReason),
+}
+
+/// Echoes; "bye" asks for a local disconnect after a last message ("last words"). Reports
+/// its connect and its disconnect's reason.
+pub struct ByeEcho(pub Sender<LifeEv>);
+
+impl Session for ByeEcho {
+    fn on_connected(&mut self, _ctx: &mut Ctx<'_>) {
+        let _ = self.0.send(LifeEv::Connected);
+    }
+    fn on_recv(&mut self, ctx: &mut Ctx<'_>, data: &[u8]) -> usize {
+        if data == b"bye" {
+            let _ = ctx.send(&b"last words"[..]);
+            ctx.disconnect("bye");
+        } else {
+            let _ = ctx.send(data.to_vec());
+        }
+        data.len()
+    }
+    fn on_disconnected(&mut self, _ctx: &mut Ctx<'_>, reason: &DisconnectReason) {
+        let _ = self.0.send(LifeEv::Disconnected(reason.clone()));
+    }
+}
+
+/// A client session that sends `greeting` once connected and reports the answer once it
+/// has as many bytes.
+pub struct Greeter {
+    pub greeting: &'static [u8],
+    pub answers: Sender<Vec<u8>>,
+}
+
+impl Session for Greeter {
+    fn on_connected(&mut self, ctx: &mut Ctx<'_>) {
+        let _ = ctx.send(self.greeting);
+    }
+    fn on_recv(&mut self, _ctx: &mut Ctx<'_>, data: &[u8]) -> usize {
+        if data.len() < self.greeting.len() {
+            return 0;
+        }
+        let _ = self.answers.send(data.to_vec());
+        data.len()
     }
 }
 

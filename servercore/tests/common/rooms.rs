@@ -3,13 +3,18 @@
 //! and `Plain` sessions put in a room from the test thread.
 
 use super::workers::recv;
-use super::{any_port, connect, wait_until, Checks};
+use super::{any_port, connect, wait_until, Checks, TIMEOUT};
 use servercore::packet::{Framed, Packet, PacketSession, PacketWriter};
 use servercore::{
     Ctx, DisconnectReason, Room, SendBuffer, ServerService, Session, SessionHandle, SessionId,
 };
+use std::collections::HashSet;
 use std::io::Read;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 /// One packet built in pooled memory.
 pub fn packet(id: u16, payload: &[u8]) -> SendBuffer {
@@ -205,4 +210,115 @@ pub fn chat_payload(sender: usize, seq: u32) -> Vec<u8> {
     let mut payload = (sender as u32).to_le_bytes().to_vec();
     payload.extend_from_slice(&seq.to_le_bytes());
     payload
+}
+
+/// Sends `messages` chat messages from each of `handles`, interleaved (sequence number
+/// by sequence number); the `k`th handle's sender id is `sender_of(k)`.
+pub fn send_chats_interleaved(
+    handles: &[SessionHandle],
+    messages: u32,
+    sender_of: impl Fn(usize) -> usize,
+) {
+    for seq in 0..messages {
+        for (k, h) in handles.iter().enumerate() {
+            h.send(packet(C_CHAT, &chat_payload(sender_of(k), seq)))
+                .expect("senders are connected");
+        }
+    }
+}
+
+/// What the [`ChatMember`]s of a chat room test share: each reports its handle once in
+/// the room and its id once it has every message; deliveries and violations are counted.
+pub struct ChatShared {
+    pub joined: Sender<SessionHandle>,
+    pub done: Sender<SessionId>,
+    pub deliveries: AtomicUsize,
+    pub violations: Mutex<Vec<String>>,
+}
+
+impl ChatShared {
+    /// A new one, and the receiving ends of `joined` and `done`.
+    pub fn new() -> (Arc<Self>, Receiver<SessionHandle>, Receiver<SessionId>) {
+        let (joined, joined_rx) = mpsc::channel();
+        let (done, done_rx) = mpsc::channel();
+        let shared = ChatShared {
+            joined,
+            done,
+            deliveries: AtomicUsize::new(0),
+            violations: Mutex::new(Vec::new()),
+        };
+        (Arc::new(shared), joined_rx, done_rx)
+    }
+
+    /// Records a violation (the first 50).
+    pub fn violation(&self, v: String) {
+        let mut all = self.violations.lock().unwrap();
+        if all.len() < 50 {
+            all.push(v);
+        }
+    }
+
+    /// Waits until `sessions` members (`members` names them in the panic) have each reported
+    /// once on `done_rx` that they got all `messages` messages; panics after `TIMEOUT`.
+    pub fn wait_done(
+        &self,
+        done_rx: &Receiver<SessionId>,
+        sessions: usize,
+        members: &str,
+        messages: usize,
+    ) {
+        let mut finished = HashSet::new();
+        let deadline = Instant::now() + TIMEOUT;
+        while finished.len() < sessions {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match done_rx.recv_timeout(left) {
+                Ok(id) => assert!(finished.insert(id), "{id} reported twice"),
+                Err(e) => panic!(
+                    "{e}: only {} of {sessions} {members} got all {messages} messages; {} \
+                     deliveries; violations: {:#?}",
+                    finished.len(),
+                    self.deliveries.load(Ordering::Relaxed),
+                    self.violations.lock().unwrap()
+                ),
+            }
+        }
+    }
+}
+
+/// A member of a chat room's `ClientService` (wrap it in `Framed`): reports `S_JOINED`,
+/// checks every `S_CHAT` with its `order`, reports when that is complete; any other packet,
+/// a disconnect before the shutdown or a failed connect is a violation.
+pub struct ChatMember {
+    pub shared: Arc<ChatShared>,
+    pub order: SenderOrder,
+}
+
+impl PacketSession for ChatMember {
+    fn on_packet(&mut self, ctx: &mut Ctx<'_>, p: Packet<'_>) {
+        match p.id {
+            S_JOINED => {
+                let _ = self.shared.joined.send(ctx.handle());
+            }
+            S_CHAT => {
+                if let Err(e) = self.order.take(p.payload) {
+                    self.shared.violation(format!("{}: {e}", ctx.id()));
+                }
+                self.shared.deliveries.fetch_add(1, Ordering::Relaxed);
+                if self.order.complete() {
+                    let _ = self.shared.done.send(ctx.id());
+                }
+            }
+            other => self.shared.violation(format!("{}: unexpected packet id {other}", ctx.id())),
+        }
+    }
+
+    fn on_disconnected(&mut self, ctx: &mut Ctx<'_>, reason: &DisconnectReason) {
+        if *reason != DisconnectReason::Shutdown {
+            self.shared.violation(format!("{}: disconnected early: {reason}", ctx.id()));
+        }
+    }
+
+    fn on_connect_failed(&mut self, addr: SocketAddr, error: &std::io::Error) {
+        self.shared.violation(format!("connect to {addr} failed: {error}"));
+    }
 }

@@ -43,6 +43,33 @@ pub fn pki() -> &'static Pki {
     })
 }
 
+/// A server configuration and a client configuration trusting it, on a certificate of
+/// its own (for [`NAME`] only), unlike the shared [`pki`].
+pub struct Certs {
+    pub server: Arc<ServerConfig>,
+    pub client: Arc<ClientConfig>,
+}
+
+/// A new self-signed certificate for [`NAME`], and configurations using it.
+pub fn fresh_certs() -> Certs {
+    let cert = rcgen::generate_simple_self_signed(vec![NAME.into()]).unwrap();
+    let der = CertificateDer::from(cert.cert.der().to_vec());
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(cert.signing_key.serialize_der()));
+    let mut roots = RootCertStore::empty();
+    roots.add(der.clone()).unwrap();
+    Certs { server: tls::server_config(vec![der], key).unwrap(), client: tls::client_config(roots) }
+}
+
+/// A TLS client to `addr` over a plain `TcpStream` with only the read safety net; the
+/// handshake is left to its first read or write.
+pub fn tls_client(addr: SocketAddr, config: &Arc<ClientConfig>) -> TlsClient {
+    let tcp = TcpStream::connect(addr).unwrap();
+    tcp.set_read_timeout(Some(TIMEOUT)).unwrap();
+    let name = tls::server_name(NAME).unwrap();
+    let conn = ClientConnection::new(config.clone(), name).unwrap();
+    StreamOwned::new(conn, tcp)
+}
+
 /// The server name of the test certificate.
 pub fn server_name() -> ServerName<'static> {
     tls::server_name(NAME).expect("a valid DNS name")
